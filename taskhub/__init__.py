@@ -1,0 +1,39 @@
+"""taskhub: admit tasks over HTTP, rate-limit them per user in Redis, run them on workers.
+
+The public API for plugin authors is re-exported here.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from taskhub.components import (
+    Completion,
+    Limiter,
+    Options,
+    PreparedJob,
+    QueueBackend,
+    RatePolicy,
+    Server,
+    Sink,
+    Task,
+    TaskHandler,
+    TaskSpec,
+)
+from taskhub.hookspecs import hookimpl
+
+__all__ = [
+    "Completion",
+    "Limiter",
+    "Options",
+    "PreparedJob",
+    "QueueBackend",
+    "RatePolicy",
+    "Server",
+    "Sink",
+    "Task",
+    "TaskHandler",
+    "TaskSpec",
+    "__version__",
+    "hookimpl",
+]

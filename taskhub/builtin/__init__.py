@@ -1,0 +1,1 @@
+"""The default plugins. They register through the same hooks as anyone else's."""

@@ -1,0 +1,253 @@
+"""``sanic``: the HTTP API, ``POST /task`` and ``GET /health``, on Sanic.
+
+The request path is: size check (Sanic, 413), content type (415), parse and
+validate (400/422), one admission round trip (200/429, or 503 when Redis is
+down). Every response, errors included, is JSON; no response carries a
+traceback. An unexpected error is a 500 whose ``error_id`` is also in the
+logged traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import Field
+from sanic import Request, Sanic
+from sanic.application.state import ApplicationServerInfo
+from sanic.config import Config as SanicConfig
+from sanic.exceptions import SanicException
+from sanic.handlers import ErrorHandler
+from sanic.http.constants import HTTP
+from sanic.response import HTTPResponse
+from sanic.server import AsyncioServer
+
+from taskhub import Options, Server, hookimpl
+from taskhub.admission import Outcome
+from taskhub.errors import BackendUnavailable, StartupError
+from taskhub.ratelimit_headers import rate_limit_headers
+from taskhub.submission import SubmissionError
+
+if TYPE_CHECKING:
+    from taskhub.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+_app_numbers = itertools.count(1)
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> HTTPResponse:
+    return HTTPResponse(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> HTTPResponse:
+    return json_response(status, {"error": code, "message": message}, headers)
+
+
+def is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
+
+
+class JsonErrorHandler(ErrorHandler):
+    """Sanic's own errors (404, 405, 413, ...) and unexpected ones, as JSON without traces."""
+
+    def default(self, request: Request, exception: BaseException) -> HTTPResponse:
+        if isinstance(exception, SanicException):
+            status = exception.status_code
+            code = _ERROR_CODES.get(status, "http_error")
+            message = str(exception) or code.replace("_", " ")
+            return error_response(status, code, message, dict(exception.headers or {}))
+        error_id = uuid.uuid4().hex[:12]
+        logger.error(
+            "unhandled error %s on %s %s",
+            error_id,
+            request.method,
+            request.path,
+            exc_info=exception,
+        )
+        return json_response(
+            500,
+            {"error": "internal", "message": "internal server error", "error_id": error_id},
+        )
+
+
+_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+}
+
+
+class SanicServer(Server):
+    name = "sanic"
+
+    class Config(Options):
+        host: str = Field("127.0.0.1", min_length=1)
+        port: int = Field(3000, ge=0, le=65_535, description="0 picks a free port")
+        body_limit: int = Field(65_536, ge=256, le=64 * 1024 * 1024, description="bytes")
+        keep_alive_timeout: float = Field(5, ge=0, le=3_600, description="seconds")
+        request_timeout: float = Field(30, gt=0, le=3_600, description="seconds")
+        graceful_shutdown: float = Field(
+            5, ge=0, le=3_600, description="seconds to finish requests in flight"
+        )
+        backlog: int = Field(1024, ge=1, le=65_535)
+        unavailable_retry_after: int = Field(
+            1, ge=1, le=3_600, description="Retry-After on 503, seconds"
+        )
+
+    config: Config
+
+    def __init__(self, config: Options) -> None:
+        super().__init__(config)
+        self._server: AsyncioServer | None = None
+        self._address = ""
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def build_app(self, hub: Hub) -> Sanic:
+        c = self.config
+        sanic_config = SanicConfig()
+        sanic_config.REQUEST_MAX_SIZE = c.body_limit
+        sanic_config.KEEP_ALIVE_TIMEOUT = c.keep_alive_timeout
+        sanic_config.REQUEST_TIMEOUT = c.request_timeout
+        sanic_config.ACCESS_LOG = False
+        sanic_config.FALLBACK_ERROR_FORMAT = "json"
+        number = next(_app_numbers)
+        app = Sanic(
+            "taskhub" if number == 1 else f"taskhub_{number}",
+            config=sanic_config,
+            error_handler=JsonErrorHandler(),
+            configure_logging=False,
+        )
+        # Tell Sanic's start-up code rewriter that only HTTP/1.1 is served, so it drops
+        # the empty alt-svc header it otherwise adds to every response.
+        app.state.server_info.append(ApplicationServerInfo(settings={"version": HTTP.VERSION_1}))
+        submit = self._submit_handler(hub)
+        app.add_route(submit, "/task", methods=["POST"], name="submit_task")
+        app.add_route(_health, "/health", methods=["GET"], name="health")
+        return app
+
+    def _submit_handler(self, hub: Hub) -> Callable[[Request], Any]:
+        admission = hub.admission
+        parser = hub.submissions
+        assert admission is not None
+        unavailable_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
+
+        async def submit(request: Request) -> HTTPResponse:
+            content_type = request.headers.get("content-type")
+            if content_type is not None and not is_json_media_type(content_type):
+                return error_response(
+                    415, "unsupported_media_type", "send the body as application/json"
+                )
+            try:
+                submission = parser.parse(request.body)
+            except SubmissionError as exc:
+                return json_response(exc.status, exc.body())
+            try:
+                decision = await admission.admit(
+                    submission.spec, submission.user_id, submission.payload
+                )
+            except BackendUnavailable:
+                return error_response(
+                    503,
+                    "unavailable",
+                    "the task store is unreachable; retry shortly",
+                    unavailable_headers,
+                )
+            headers = rate_limit_headers(decision)
+            if decision.outcome is Outcome.REFUSED:
+                retry_after = int(headers["Retry-After"])
+                return json_response(
+                    429,
+                    {
+                        "error": "rate_limited",
+                        "message": f"too many tasks for this user; retry in {retry_after} s",
+                        "policy": decision.rule.name,
+                        "retry_after": retry_after,
+                    },
+                    headers,
+                )
+            return json_response(
+                200,
+                {"status": "queued", "job_id": decision.job_id, "task": submission.spec.name},
+                headers,
+            )
+
+        return submit
+
+    def bind(self) -> socket.socket:
+        """Bind the listening socket ourselves: Sanic reads port 0 as "use 8000"."""
+        c = self.config
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                c.host, c.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise StartupError(f"cannot listen on {c.host}:{c.port}: {reason or exc}") from exc
+        return sock
+
+    async def start(self, hub: Hub) -> None:
+        c = self.config
+        app = self.build_app(hub)
+        server = await app.create_server(sock=self.bind(), backlog=c.backlog, access_log=False)
+        assert server is not None
+        await server.startup()
+        await server.before_start()
+        await server.start_serving()
+        await server.after_start()
+        self._server = server
+        host, port = server.server.sockets[0].getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self._address = f"http://{shown}:{port}"
+
+    async def stop(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        await server.before_stop()
+        server.close()
+        await server.wait_closed()
+        deadline = time.monotonic() + self.config.graceful_shutdown
+        while server.connections and time.monotonic() < deadline:
+            for connection in list(server.connections):
+                connection.close_if_idle()
+            await asyncio.sleep(0.02)
+        for connection in list(server.connections):
+            connection.abort()
+        await server.after_stop()
+
+
+async def _health(request: Request) -> HTTPResponse:
+    return json_response(200, {"status": "ok"})
+
+
+@hookimpl
+def register_servers(register: Callable[[type[Server]], None]) -> None:
+    register(SanicServer)

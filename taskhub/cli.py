@@ -1,0 +1,159 @@
+"""``taskhub run | serve | worker | check | plugins``.
+
+Exit codes: 0 after a clean run or shutdown (SIGINT and SIGTERM included); 2
+for anything the user must fix in the command line, the config or a plugin; 1
+when a component cannot start or fails while running. Errors print as one
+readable message; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - a dependency everywhere but Windows
+    uvloop = None  # type: ignore[assignment]
+
+from taskhub import __version__
+from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
+from taskhub.hub import Hub, Role
+from taskhub.plugins import PluginRegistry, load_plugins
+
+logger = logging.getLogger("taskhub")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Libraries that log every job or request at INFO; quiet unless --debug.
+CHATTY_LOGGERS = ("saq", "sanic.root", "sanic.access", "sanic.server")
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0 picks a free one)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskhub",
+        description="Admit tasks over HTTP, rate-limit them per user, run them on workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"taskhub {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="DEBUG logs and full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> Any:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    for name, help_text, role in (
+        ("run", "run the HTTP server and a worker in one process", Role.BOTH),
+        ("serve", "run the HTTP server alone", Role.SERVER),
+    ):
+        sub = command(name, help_text, lambda args, role=role: run_hub(args, role))
+        sub.add_argument("config", metavar="CONFIG", help="YAML config file")
+        sub.add_argument("--host", help="listen address (overrides server.host)")
+        sub.add_argument("--port", type=port_number, help="listen port (overrides server.port)")
+    sub = command("worker", "run a worker alone", lambda args: run_hub(args, Role.WORKER))
+    sub.add_argument("config", metavar="CONFIG", help="YAML config file")
+    sub = command("check", "validate a config and print it resolved, secrets masked", check)
+    sub.add_argument("config", metavar="CONFIG", help="YAML config file")
+    sub = command("plugins", "list plugins and the components each registers", list_plugins)
+    sub.add_argument("config", metavar="CONFIG", nargs="?", help="also load this config's plugins")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("INFO", args.debug)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, PluginError, UsageError) as exc:
+        return report(exc, args.debug, 2)
+    except StartupError as exc:
+        return report(exc, args.debug, 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def report(exc: TaskhubError, debug: bool, code: int) -> int:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.write(f"taskhub: error: {exc}\n")
+    return code
+
+
+def configure_logging(level: str, debug: bool) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def run_hub(args: argparse.Namespace, role: Role) -> int:
+    overrides = {
+        key: value
+        for key, value in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+        )
+        if value is not None
+    }
+    hub = Hub.from_file(args.config, server_overrides=overrides)
+    configure_logging(hub.settings.logging.level, args.debug)
+    hub.check_role(role)
+    run_async(hub.run(role))
+    return 0
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed."""
+    factory = uvloop.new_event_loop if uvloop is not None else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+def check(args: argparse.Namespace) -> int:
+    hub = Hub.from_file(args.config)
+    sys.stdout.write(f"# {args.config}: valid. Resolved, with defaults and secrets masked:\n")
+    sys.stdout.write(yaml.safe_dump(hub.resolved(), sort_keys=False, allow_unicode=True))
+    return 0
+
+
+def list_plugins(args: argparse.Namespace) -> int:
+    registry: PluginRegistry
+    if args.config:
+        registry = Hub.from_file(args.config).registry
+    else:
+        default_dir = Path("plugins")
+        registry = load_plugins(default_dir if default_dir.is_dir() else None)
+    for info in registry.plugins:
+        sys.stdout.write(f"{info.name} ({info.source})\n")
+        if not info.components:
+            sys.stdout.write("  (registers no components)\n")
+        for kind, names in info.components.items():
+            sys.stdout.write(f"  {kind}: {', '.join(names)}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

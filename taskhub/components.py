@@ -1,0 +1,210 @@
+"""The component base classes every plugin builds on.
+
+A component is a class with a ``name`` (what config selects it by), a pydantic
+``Config`` model (its options, validated with their YAML path) and the async
+methods its kind needs. Plugins hand component classes to the ``register_*``
+hooks; the kernel instantiates the ones the config names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from taskhub.hub import Hub
+
+
+class Options(BaseModel):
+    """Base for component ``Config`` models: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """Something config can select by ``type: <name>``."""
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[Options]] = Options
+
+    def __init__(self, config: Options) -> None:
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name!r}>"
+
+
+# --------------------------------------------------------------------------- limiters
+
+
+@dataclass(frozen=True, slots=True)
+class RatePolicy:
+    """What a limiter promises, for the ``RateLimit-Policy`` header: ``limit`` per ``window`` s."""
+
+    limit: int
+    window: float
+
+
+class Limiter(Component):
+    """A rate-limiting strategy, expressed as Lua so admission stays one atomic round trip.
+
+    ``lua`` is a chunk that returns a table ``M`` with three functions. ``ks`` is the
+    list of this rule's Redis keys, ``now`` the Redis clock in milliseconds, ``cost``
+    what the request weighs and ``p`` the list from :meth:`params`:
+
+    - ``M.check(ks, now, cost, p) -> d`` reads state and decides, writing nothing.
+      ``d.allowed`` (boolean), ``d.limit``, ``d.remaining`` (after this request, if
+      admitted), ``d.reset`` (ms until the quota is whole again) and ``d.retry``
+      (ms until a refused request could pass; 0 when allowed).
+    - ``M.commit(ks, now, cost, p, d)`` charges the request. It runs only when every
+      rule admitted and the job was queued.
+    - ``M.refuse(ks, now, cost, p, d)`` records what a refusal costs under this
+      strategy (a block, a counted attempt) and may raise ``d.retry``. It runs only
+      for the rule that refused.
+    """
+
+    kind = "limiter"
+    lua: ClassVar[str] = ""
+    key_count: ClassVar[int] = 1
+
+    def params(self) -> list[float]:
+        """Constants the Lua functions receive as ``p``."""
+        return []
+
+    def policy(self) -> RatePolicy:
+        raise NotImplementedError
+
+    def keys(self, prefix: str, subject: str) -> list[str]:
+        """The Redis keys holding ``subject``'s state (``subject`` is already escaped)."""
+        return [f"{prefix}:{self.name}:{subject}"]
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One run of a task, as a handler sees it."""
+
+    name: str
+    job_id: str
+    user_id: str
+    payload: Any
+    attempt: int
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A task that finished successfully, as sinks see it."""
+
+    task: Task
+    result: Any
+    completed_at: datetime
+
+
+class TaskHandler(Component):
+    """Does the work of a task. ``Payload``, when set, validates ``payload`` at admission."""
+
+    kind = "handler"
+    Payload: ClassVar[type[BaseModel] | None] = None
+
+    async def run(self, task: Task) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task clients may submit, as config defines it: its handler and job options."""
+
+    name: str
+    handler: TaskHandler
+    retries: int | None = None
+    timeout: int | None = None
+
+
+class Sink(Component):
+    """Receives every completion. ``emit`` must not block the event loop."""
+
+    kind = "sink"
+
+    async def open(self) -> None:
+        """Acquire resources (files, connections) before the first completion."""
+
+    async def emit(self, completion: Completion) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Flush and release; called once at shutdown."""
+
+
+# --------------------------------------------------------------------------- queue and server
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedJob:
+    """A job ready for the admission script: its id, its Redis keys and its arguments."""
+
+    job_id: str
+    keys: list[str]
+    args: list[str | bytes]
+
+
+class QueueBackend(Component):
+    """Stores admitted jobs and runs them on workers.
+
+    ``enqueue_lua`` is a chunk returning a table ``Q`` with ``Q.exists(ks, a)`` (is
+    this job already stored?) and ``Q.push(ks, a)`` (store and queue it), where ``ks``
+    and ``a`` are :attr:`PreparedJob.keys` and :attr:`PreparedJob.args`. The kernel
+    splices it into the admission script after the limiter's checks.
+    """
+
+    kind = "queue"
+    enqueue_lua: ClassVar[str] = ""
+
+    def prepare(self, spec: TaskSpec, user_id: str, payload: Any) -> PreparedJob:
+        """Build a new job (its id, keys and stored form); writes nothing."""
+        raise NotImplementedError
+
+    async def open(self, hub: Hub) -> None:
+        """Connect; called by servers and workers alike."""
+
+    async def work(self, hub: Hub, stop: asyncio.Event) -> None:
+        """Run jobs until ``stop`` is set, then finish or hand back those in flight."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class Server(Component):
+    """Accepts task submissions and hands them to ``hub.admission``."""
+
+    kind = "server"
+
+    async def start(self, hub: Hub) -> None:
+        """Bind and begin serving; return once the server accepts connections."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop accepting, finish the requests in flight, then return."""
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        """Where clients reach the server, for the start-up message."""
+        return ""
+
+
+KINDS: dict[str, type[Component]] = {
+    "limiter": Limiter,
+    "handler": TaskHandler,
+    "sink": Sink,
+    "queue": QueueBackend,
+    "server": Server,
+}

@@ -1,0 +1,66 @@
+"""Open Redis clients from a URL: a real server, or embedded fakeredis for ``memory://``."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from taskhub.config import RedisSettings
+
+logger = logging.getLogger(__name__)
+
+# Embedded servers live as long as the process, one per memory:// URL, so that the
+# HTTP server and the worker of `taskhub run` share the same data.
+_embedded: dict[str, object] = {}
+
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,  # includes AuthenticationError and BusyLoadingError
+    rx.TimeoutError,
+    rx.ReadOnlyError,  # a replica during failover
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.MasterDownError,
+    OSError,
+)
+_UNAVAILABLE_REPLIES = ("OOM ", "LOADING ", "MASTERDOWN ", "BUSY ", "CLUSTERDOWN ", "TRYAGAIN ")
+
+
+def is_embedded(url: str) -> bool:
+    return urlsplit(url).scheme.lower() == "memory"
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "Redis cannot serve us right now", as opposed to bugs."""
+    if isinstance(exc, _UNAVAILABLE_TYPES):
+        return True
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:
+    """A client for ``settings.url``.
+
+    ``blocking_timeout`` is the longest blocking command (such as BLMOVE) the client
+    will issue; the socket timeout is extended by it so such commands are not cut off.
+    """
+    if is_embedded(settings.url):
+        return _embedded_client(settings.url)
+    return Redis.from_url(
+        settings.url,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_timeout=settings.socket_timeout + blocking_timeout,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+def _embedded_client(url: str) -> Redis:
+    # Imported here so that processes on a real Redis never load fakeredis and Lua.
+    from fakeredis import FakeAsyncRedis, FakeServer  # noqa: PLC0415
+
+    server = _embedded.get(url)
+    if server is None:
+        server = _embedded[url] = FakeServer()
+    return FakeAsyncRedis(server=server)

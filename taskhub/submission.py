@@ -1,0 +1,127 @@
+"""Validate a task submission (the body of ``POST /task``) before anything touches Redis.
+
+The pydantic model here is the single source of truth for what a request may
+contain; servers use it to validate and, later, to describe the API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from taskhub.components import TaskSpec
+
+MAX_USER_ID = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TaskRequest(BaseModel):
+    """``{"user_id": "...", "task": "...", "payload": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
+    task: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    payload: dict[str, Any] | None = None
+
+    @field_validator("user_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if _CONTROL.search(value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    field: str
+    message: str
+
+
+@dataclass
+class SubmissionError(Exception):
+    """A request the client must fix. ``status`` is 400 (unreadable) or 422 (invalid)."""
+
+    status: int
+    code: str
+    message: str
+    problems: list[FieldProblem] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.problems:
+            body["problems"] = [{"field": p.field, "message": p.message} for p in self.problems]
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    spec: TaskSpec
+    user_id: str
+    payload: Any
+
+
+class SubmissionParser:
+    """Turns raw request bytes into a Submission for one of the configured tasks."""
+
+    def __init__(self, tasks: Mapping[str, TaskSpec], default_task: str) -> None:
+        self.tasks = tasks
+        self.default_task = default_task
+
+    def parse(self, body: bytes) -> Submission:
+        try:
+            request = TaskRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise _request_error(exc) from None
+        name = request.task or self.default_task
+        spec = self.tasks.get(name)
+        if spec is None:
+            choices = ", ".join(sorted(self.tasks))
+            raise _invalid(
+                [FieldProblem("task", f"unknown task {name!r}; choose one of: {choices}")]
+            )
+        payload: Any = request.payload
+        model = spec.handler.Payload
+        if model is not None:
+            try:
+                model.model_validate(payload or {})
+            except ValidationError as exc:
+                raise _invalid(_field_problems(exc, prefix="payload")) from None
+        return Submission(spec, request.user_id, payload)
+
+
+def _request_error(exc: ValidationError) -> SubmissionError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        detail = first.get("ctx", {}).get("error", first["msg"])
+        return SubmissionError(400, "invalid_json", f"body is not valid JSON: {detail}")
+    if not first["loc"]:
+        return SubmissionError(400, "invalid_body", "body must be a JSON object")
+    return _invalid(_field_problems(exc))
+
+
+def _invalid(problems: list[FieldProblem]) -> SubmissionError:
+    summary = "; ".join(f"{p.field}: {p.message}" for p in problems)
+    return SubmissionError(422, "invalid_request", summary, problems)
+
+
+def _field_problems(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        parts = [prefix] if prefix else []
+        parts += [str(p) for p in error["loc"]]
+        name = ".".join(parts) or prefix or "body"
+        if error["type"] == "missing":
+            message = "required"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field"
+        else:
+            message = error["msg"][:1].lower() + error["msg"][1:]
+            message = message.removeprefix("value error, ")
+        problems.append(FieldProblem(name, message))
+    return problems

@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests that need Redis use the real one and fail (never skip) without it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from helpers import (
+    REDIS_URL,
+    START_REDIS_HINT,
+    Namespace,
+    PrivateRedis,
+    TaskhubProcess,
+    write_config,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}): {START_REDIS_HINT}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ns(sync_redis: redis.Redis) -> Iterator[Namespace]:
+    """A namespace of keys on the shared Redis, removed after the test (only its own keys)."""
+    namespace = Namespace.new()
+    yield namespace
+    namespace.cleanup(sync_redis)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
+    """Start ``taskhub COMMAND config`` in a directory; kill whatever still runs afterwards."""
+    started: list[TaskhubProcess] = []
+
+    def start(
+        config: dict[str, Any],
+        command: str = "run",
+        cwd: Path | None = None,
+        wait_for: str = "listening on ",
+    ) -> TaskhubProcess:
+        directory = cwd or tmp_path
+        directory.mkdir(parents=True, exist_ok=True)
+        process = TaskhubProcess([command, str(write_config(directory, config))], cwd=directory)
+        started.append(process)
+        return process.start(wait_for)
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,258 @@
+"""Test helpers: taskhub as a real subprocess, private redis-servers, per-test Redis namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("TASKHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+START_REDIS_HINT = (
+    "start one with `redis-server --daemonize yes --port 6379 --save '' --appendonly no` "
+    "(Debian: apt-get install redis-server), or run .ci/run, which does both; "
+    "or point TASKHUB_TEST_REDIS_URL at another server"
+)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Keys one test owns on the shared Redis: its limiter prefix and its queue."""
+
+    id: str
+
+    @classmethod
+    def new(cls) -> Namespace:
+        return cls(uuid.uuid4().hex[:10])
+
+    @property
+    def prefix(self) -> str:
+        return f"taskhub-test:{self.id}"
+
+    @property
+    def queue(self) -> str:
+        return f"test-{self.id}"
+
+    @property
+    def patterns(self) -> list[str]:
+        return [f"{self.prefix}:*", f"saq:{self.queue}:*", f"saq:job:{self.queue}:*"]
+
+    def keys(self, client: redis.Redis) -> set[bytes]:
+        found: set[bytes] = set()
+        for pattern in self.patterns:
+            found.update(client.scan_iter(match=pattern, count=1000))
+        return found
+
+    def snapshot(self, client: redis.Redis) -> dict[bytes, Any]:
+        """Every key this namespace owns, with its contents (except volatile worker stats)."""
+        state: dict[bytes, Any] = {}
+        for key in self.keys(client):
+            if b":stats" in key or b":worker_info:" in key or b":sweep" in key:
+                continue
+            kind = client.type(key)
+            if kind == b"hash":
+                state[key] = client.hgetall(key)
+            elif kind == b"list":
+                state[key] = client.lrange(key, 0, -1)
+            elif kind == b"zset":
+                state[key] = client.zrange(key, 0, -1, withscores=True)
+            else:
+                state[key] = client.get(key)
+        return state
+
+    def cleanup(self, client: redis.Redis) -> None:
+        keys = self.keys(client)
+        if keys:
+            client.delete(*keys)
+
+    def queued(self, client: redis.Redis) -> int:
+        return client.llen(f"saq:{self.queue}:queued")
+
+
+def config_dict(ns: Namespace, redis_url: str, **sections: Any) -> dict[str, Any]:
+    """A config on ``redis_url`` in namespace ``ns``; ``sections`` replace whole top-level keys."""
+    config: dict[str, Any] = {
+        "redis": {"url": redis_url, "key_prefix": ns.prefix},
+        "plugins_dir": str(ROOT / "plugins"),
+        "server": {"type": "sanic", "host": "127.0.0.1", "port": 0, "graceful_shutdown": 2},
+        "limiter": {"type": "token_bucket", "capacity": 20, "refill": 20, "period": 60, "block": 1},
+        "queue": {"type": "saq", "name": ns.queue, "concurrency": 10, "shutdown_grace": 2},
+        "sinks": [{"type": "file_log", "path": "task.log"}],
+    }
+    config.update(sections)
+    return config
+
+
+def write_config(directory: Path, config: dict[str, Any], name: str = "config.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class TaskhubProcess:
+    """``python -m taskhub ...`` in a directory, with its output collected as it runs."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.cwd = cwd
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, wait_for: str | None = "listening on ", timeout: float = 20) -> TaskhubProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "taskhub", *self.args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._collect, daemon=True).start()
+        if wait_for:
+            line = self.wait_for(wait_for, timeout)
+            assert line, f"taskhub did not start:\n{self.output}"
+            match = re.search(r"listening on (http://\S+)", line)
+            if match:
+                self.url = match.group(1)
+        return self
+
+    def _collect(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 10) -> str | None:
+        def find() -> str | None:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if self.proc is not None and self.proc.poll() is not None:
+                time.sleep(0.1)  # let the reader thread catch the last lines
+                return next((line for line in list(self.lines) if text in line), None)
+            return None
+
+        return wait_until(find, timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            message = f"taskhub did not stop within {timeout} s:\n{self.output}"
+            raise AssertionError(message) from None
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskhub", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, on a free port, that the test may stop and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(f"redis-server is not installed: {START_REDIS_HINT}")
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        assert wait_until(lambda: _pings(client), 10), "private redis-server did not start"
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+def _pings(client: redis.Redis) -> bool:
+    with contextlib.suppress(redis.ConnectionError):
+        return bool(client.ping())
+    return False

@@ -1,0 +1,76 @@
+"""Pure-Python reference models of the limiter strategies, driven by a simulated clock.
+
+They are written from the specifications, not from the Lua: the token bucket from
+ARCHITECTURE.md, the fixed window from rate-limiter-flexible 11.4's RateLimiterRedis
+(``SET 0 EX duration NX``, ``INCRBY``, ``PTTL``, then ``SET consumed PX block`` the
+first time a window goes over). Arithmetic follows the same IEEE doubles as Lua.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Expected:
+    allowed: bool
+    remaining: int
+    reset_ms: int
+    retry_ms: int
+
+
+class TokenBucketModel:
+    def __init__(self, capacity: int, refill: float, period: float, block: float) -> None:
+        self.capacity = capacity
+        self.rate = refill / (period * 1000)
+        self.block_ms = block * 1000
+        self.tokens: float | None = None
+        self.ts = 0
+        self.blocked = 0.0
+
+    def request(self, now: int, cost: int = 1) -> Expected:
+        if self.tokens is None:
+            tokens = float(self.capacity)
+            self.ts = now
+        elif now > self.ts:
+            tokens = min(self.capacity, self.tokens + (now - self.ts) * self.rate)
+        else:
+            tokens = self.tokens
+        if self.blocked <= now and tokens >= cost:
+            left = tokens - cost
+            self.tokens, self.ts = left, now
+            reset = math.ceil((self.capacity - left) / self.rate)
+            return Expected(True, math.floor(left), reset, 0)
+        retry = math.ceil((cost - tokens) / self.rate) if tokens < cost else 0
+        retry = max(retry, self.blocked - now)
+        if self.block_ms > 0 and self.blocked <= now:
+            self.blocked = now + self.block_ms
+            retry = max(retry, self.block_ms)
+        reset = math.ceil((self.capacity - tokens) / self.rate)
+        return Expected(False, math.floor(tokens), reset, int(retry))
+
+
+class RateLimiterRedisModel:
+    """rate-limiter-flexible's RateLimiterRedis.consume(), key by key."""
+
+    def __init__(self, points: int, duration: int, block_duration: int) -> None:
+        self.points = points
+        self.duration_ms = duration * 1000
+        self.block_ms = block_duration * 1000
+        self.value: int | None = None
+        self.expires_at = 0
+
+    def request(self, now: int, cost: int = 1) -> Expected:
+        if self.value is not None and now >= self.expires_at:
+            self.value = None  # the key expired
+        if self.value is None:  # SET key 0 EX duration NX
+            self.value, self.expires_at = 0, now + self.duration_ms
+        self.value += cost  # INCRBY
+        consumed, ttl = self.value, self.expires_at - now  # PTTL
+        if consumed <= self.points:
+            return Expected(True, self.points - consumed, ttl, 0)
+        if self.block_ms > 0 and consumed <= self.points + cost:  # first time over: block
+            self.expires_at = now + self.block_ms  # SET key consumed PX block
+            return Expected(False, 0, self.block_ms, self.block_ms)
+        return Expected(False, 0, ttl, ttl)

@@ -1,0 +1,278 @@
+"""Config loading: interpolation, defaults, and errors that name the YAML path and line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from taskhub.cli import main
+from taskhub.config import load_text, mask_url, parse_settings
+from taskhub.errors import ConfigError
+from taskhub.hub import Hub
+from taskhub.plugins import load_plugins
+
+
+def hub_from(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Hub:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return Hub.from_file(path, env=env or {})
+
+
+def errors_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        hub_from(tmp_path, text, env)
+    return caught.value
+
+
+def test_example_config_is_valid_and_matches_the_documented_shape(tmp_path: Path) -> None:
+    hub = Hub.from_file(ROOT / "config.example.yaml", env={})
+    resolved = hub.resolved()
+    assert resolved["redis"]["url"] == "memory://"
+    server = resolved["server"]
+    assert (server["type"], server["host"], server["port"]) == ("sanic", "127.0.0.1", 3000)
+    assert resolved["limiter"] == {
+        "type": "token_bucket",
+        "capacity": 20,
+        "refill": 20.0,
+        "period": 60.0,
+        "block": 1.0,
+    }
+    assert resolved["queue"]["name"] == "tasks" and resolved["queue"]["concurrency"] == 10
+    assert [s["type"] for s in resolved["sinks"]] == ["file_log", "console"]
+    assert resolved["sinks"][0]["path"] == "task.log"
+
+
+def test_an_empty_file_means_all_defaults(tmp_path: Path) -> None:
+    hub = hub_from(tmp_path, "")
+    assert hub.limiter.name == "token_bucket"
+    assert hub.queue.name == "saq" and hub.server.name == "sanic"
+    assert [s.name for s in hub.sinks] == ["file_log"]
+    assert list(hub.tasks) == ["log_completion"]
+
+
+def test_interpolation_with_defaults_and_escapes() -> None:
+    raw = load_text(
+        textwrap.dedent(
+            """
+            redis:
+              url: redis://:${REDIS_PASSWORD}@${REDIS_HOST:-localhost}:6379/0
+            plugins_dir: ${EMPTY:-fallback}
+            plugins: ["$${NOT_A_VAR}", "${UNSET_WITH_EMPTY_DEFAULT:-}"]
+            """
+        ),
+        "inline",
+        {"REDIS_PASSWORD": "s3cret", "EMPTY": ""},
+    )
+    settings = parse_settings(raw)
+    assert settings.redis.url == "redis://:s3cret@localhost:6379/0"
+    assert settings.plugins_dir == "fallback"  # ":-" also applies to an empty variable
+    assert settings.plugins == ["${NOT_A_VAR}", ""]
+
+
+def test_environment_values_cannot_change_the_yaml_structure() -> None:
+    raw = load_text("plugins_dir: ${X}\n", "inline", {"X": "a\nplugins: [evil]"})
+    settings = parse_settings(raw)
+    assert settings.plugins == [] and settings.plugins_dir == "a\nplugins: [evil]"
+
+
+def test_missing_variable_names_it_and_the_path(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "redis:\n  url: redis://:${REDIS_PASSWORD}@host\n")
+    assert "line 2: redis.url: environment variable REDIS_PASSWORD is not set" in str(error)
+
+
+def test_malformed_interpolation(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "plugins_dir: ${1BAD}\n")
+    assert "plugins_dir: malformed '${1BAD}'" in str(error)
+
+
+def test_bad_option_reports_path_line_value_and_rule(tmp_path: Path) -> None:
+    error = errors_of(
+        tmp_path,
+        """\
+        limiter:
+          type: token_bucket
+          capacity: -5
+        """,
+    )
+    assert str(error).endswith(
+        "line 3: limiter.capacity: input should be greater than or equal to 1 (got -5)"
+    )
+
+
+def test_wrong_type_option(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "server:\n  port: lots\n")
+    assert "line 2: server.port: input should be a valid integer" in str(error)
+    assert "(got 'lots')" in str(error)
+
+
+def test_unknown_option_lists_the_allowed_ones(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "limiter:\n  type: token_bucket\n  capcity: 20\n")
+    assert (
+        "line 3: limiter.capcity: unknown option 'capcity'; "
+        "allowed here: block, capacity, period, refill"
+    ) in str(error)
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "redis:\n  url: memory://\nlimitter: {}\n")
+    message = str(error)
+    assert "line 3: limitter: unknown option 'limitter'; allowed here:" in message
+    assert "limiter" in message
+
+
+def test_unknown_component_lists_the_choices(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "limiter:\n  type: leaky\n")
+    assert (
+        "line 2: limiter.type: Unknown limiter 'leaky'. Choose one of: "
+        "daily_quota, fixed_window, token_bucket"
+    ) in str(error)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    error = errors_of(
+        tmp_path,
+        """\
+        limiter: {type: token_bucket, capacity: 0}
+        queue: {concurrency: 0}
+        sinks:
+          - type: file_log
+            path: ""
+          - type: nope
+        """,
+    )
+    paths = [p.path for p in error.problems]
+    assert paths == ["limiter.capacity", "queue.concurrency", "sinks[0].path", "sinks[1].type"]
+    assert str(error).startswith(f"{error.source}: 4 problems")
+
+
+def test_task_options_are_validated_by_the_handler(tmp_path: Path) -> None:
+    config = "tasks:\n  count_words: {%s}\nplugins_dir: %s\n"
+    error = errors_of(tmp_path, config % ("retries: 0", ROOT / "plugins"))
+    assert "tasks.count_words.retries: input should be greater than or equal to 1" in str(error)
+    error = errors_of(tmp_path, config % ("min_length: 0", ROOT / "plugins"))
+    assert "tasks.count_words.min_length: input should be greater than or equal to 1" in str(error)
+
+
+def test_unknown_handler_and_default_task(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "tasks:\n  resize: {}\n")
+    assert "tasks.resize.type: Unknown handler 'resize'. Choose one of:" in str(error)
+    assert "default_task: 'log_completion' is not in tasks (defined: resize)" in str(error)
+
+
+def test_bad_task_name(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "tasks:\n  'bad name!': {}\n")
+    assert "task name 'bad name!' must start with a letter" in str(error)
+
+
+def test_redis_url_scheme_is_checked_and_password_masked(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "redis:\n  url: http://user:hunter2@host\n")
+    message = str(error)
+    assert "redis.url: value error, unsupported URL 'http://user:***@host'" in message
+    assert "hunter2" not in message
+
+
+def test_secret_values_never_appear_in_errors(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "server:\n  port: ${API_TOKEN}\n", env={"API_TOKEN": "tok-123456"})
+    assert "server.port" in str(error) and "tok-123456" not in str(error)
+
+
+def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "limiter: {}\nqueue: {}\nlimiter: {}\n")
+    assert "line 3: limiter: duplicate key" in str(error)
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "server:\n  port: 3000\n   host: x\n")
+    assert "line 3: (top level): not valid YAML" in str(error)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "- a\n- b\n")
+    assert "must be a mapping of options, not a list" in str(error)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        Hub.from_file(tmp_path / "absent.yaml")
+
+
+def test_mask_url() -> None:
+    assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert mask_url("rediss://user:pw@host") == "rediss://user:***@host"
+    assert mask_url("redis://host:6379") == "redis://host:6379"
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_check_prints_the_resolved_config_with_secrets_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_PASSWORD", "hunter2")
+    monkeypatch.setenv("MY_TOKEN", "tok-abc")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "redis:\n  url: redis://:${REDIS_PASSWORD}@localhost:6379/0\n"
+        "plugins: ['${MY_TOKEN:-x}']\n"
+        "plugins_dir: null\n"
+    )
+    # MY_TOKEN names a module here only to show that secret-looking variables are masked.
+    monkeypatch.setattr("taskhub.hub.load_plugins", _builtins_only)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "url: redis://:***@localhost:6379/0" in out
+    assert "hunter2" not in out and "tok-abc" not in out
+    assert "capacity: 20" in out
+
+
+def _builtins_only(plugins_dir: object, modules: object) -> object:
+    return load_plugins(None, ())
+
+
+def test_config_error_exits_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("limiter:\n  capacity: many\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "taskhub: error:" in err and "limiter.capacity" in err
+    assert "Traceback" not in err
+
+
+def test_debug_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("limiter:\n  capacity: many\n")
+    assert main(["check", str(path), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run"], "the following arguments are required: CONFIG"),
+        (["run", "c.yaml", "--port", "70000"], "70000 is not a port"),
+        (["run", "c.yaml", "--port", "abc"], "'abc' is not a number"),
+        (["launch", "c.yaml"], "invalid choice: 'launch'"),
+    ],
+)
+def test_bad_flags_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_embedded_redis_needs_run_not_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("redis: {url: 'memory://'}\n")
+    assert main(["serve", str(path)]) == 2
+    assert "use `taskhub run`" in capsys.readouterr().err
+    assert main(["worker", str(path)]) == 2

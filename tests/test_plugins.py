@@ -1,0 +1,244 @@
+"""Plugin loading from every source, and every way a plugin can be wrong."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, run_cli
+
+from taskhub import hookspecs
+from taskhub.errors import PluginError, UnknownComponentError
+from taskhub.plugins import load_plugins
+
+LIMITER_PLUGIN = """
+from taskhub import Limiter, RatePolicy, hookimpl
+
+class {cls}(Limiter):
+    name = "{name}"
+    lua = "return {{}}"
+    def policy(self):
+        return RatePolicy(1, 1)
+
+@hookimpl
+def register_limiters(register):
+    register({cls})
+"""
+
+
+def write_plugin(directory: Path, filename: str, source: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / filename
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def test_builtins_register_through_the_hooks() -> None:
+    registry = load_plugins(None, (), entry_points=False)
+    assert registry.names("limiter") == ["fixed_window", "token_bucket"]
+    assert registry.names("server") == ["sanic"]
+    assert registry.names("queue") == ["saq"]
+    assert registry.names("sink") == ["console", "file_log"]
+    assert registry.names("handler") == ["log_completion"]
+    sources = {info.name: info.source for info in registry.plugins}
+    assert sources["taskhub.builtin.token_bucket"] == "built-in"
+    assert registry.registration("limiter", "token_bucket").plugin == "taskhub.builtin.token_bucket"
+
+
+def test_the_shipped_examples_load_from_plugins_dir() -> None:
+    registry = load_plugins(ROOT / "plugins", (), entry_points=False)
+    assert "daily_quota" in registry.names("limiter")
+    assert "count_words" in registry.names("handler")
+    info = {i.name: i for i in registry.plugins}["plugins/count_words.py"]
+    assert info.source == "plugins_dir" and info.components == {"handler": ["count_words"]}
+
+
+def test_plugins_dir_loads_files_and_packages_and_skips_private(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "alpha.py", LIMITER_PLUGIN.format(cls="Alpha", name="alpha"))
+    write_plugin(tmp_path / "beta", "__init__.py", LIMITER_PLUGIN.format(cls="Beta", name="beta"))
+    write_plugin(tmp_path, "_private.py", "raise RuntimeError('must not be imported')")
+    write_plugin(tmp_path, "notes.txt", "not python")
+    registry = load_plugins(tmp_path, (), entry_points=False)
+    assert {"alpha", "beta"} <= set(registry.names("limiter"))
+
+
+def test_dotted_path_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_plugin(tmp_path, "acme_limits.py", LIMITER_PLUGIN.format(cls="Acme", name="acme"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_plugins(None, ["acme_limits"], entry_points=False)
+    assert registry.registration("limiter", "acme").plugin == "acme_limits"
+
+
+def test_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_plugin(tmp_path, "ep_limits.py", LIMITER_PLUGIN.format(cls="Ep", name="from_ep"))
+    dist = tmp_path / "ep_limits-1.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-limits\nVersion: 1.2\n")
+    (dist / "entry_points.txt").write_text("[taskhub]\nep = ep_limits\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_plugins(None, ())
+    assert registry.registration("limiter", "from_ep").plugin == "ep (ep-limits 1.2)"
+    assert {i.name: i.source for i in registry.plugins}["ep (ep-limits 1.2)"] == "entry point"
+
+
+def test_duplicate_name_names_both_plugins(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "mine.py", LIMITER_PLUGIN.format(cls="Mine", name="token_bucket"))
+    with pytest.raises(PluginError) as caught:
+        load_plugins(tmp_path, (), entry_points=False)
+    assert str(caught.value) == (
+        "Limiter 'token_bucket' is registered by both 'taskhub.builtin.token_bucket' and "
+        "'plugins/mine.py': rename one of them, or remove one plugin"
+    ).replace("plugins/mine.py", _shown(tmp_path / "mine.py"))
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def test_unknown_name_lists_the_choices() -> None:
+    registry = load_plugins(None, (), entry_points=False)
+    with pytest.raises(UnknownComponentError) as caught:
+        registry.get("limiter", "leaky")
+    assert str(caught.value) == "Unknown limiter 'leaky'. Choose one of: fixed_window, token_bucket"
+
+
+def test_import_failure_names_the_plugin_file_and_line(tmp_path: Path) -> None:
+    path = write_plugin(tmp_path, "broken.py", "import os\n\nvalue = undefined_name + 1\n")
+    with pytest.raises(PluginError) as caught:
+        load_plugins(tmp_path, (), entry_points=False)
+    message = str(caught.value)
+    assert message.startswith(f"Plugin '{_shown(path)}' failed to import: NameError:")
+    assert f"({path}, line 3)" in message
+
+
+def test_missing_dependency_names_the_plugin(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "needs.py", "import not_installed_anywhere\n")
+    with pytest.raises(PluginError, match="ModuleNotFoundError: No module named"):
+        load_plugins(tmp_path, (), entry_points=False)
+
+
+def test_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write_plugin(tmp_path, "typo.py", "def f(:\n    pass\n")
+    with pytest.raises(PluginError, match=rf"SyntaxError: .*\({path}, line 1\)"):
+        load_plugins(tmp_path, (), entry_points=False)
+
+
+def test_dotted_path_that_does_not_exist() -> None:
+    with pytest.raises(PluginError, match=r"Plugin 'no\.such\.module' failed to import"):
+        load_plugins(None, ["no.such.module"], entry_points=False)
+
+
+def test_registering_something_that_is_not_a_component(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "wrong.py",
+        """
+        from taskhub import hookimpl
+
+        class NotALimiter:
+            name = "nope"
+
+        @hookimpl
+        def register_limiters(register):
+            register(NotALimiter)
+        """,
+    )
+    with pytest.raises(PluginError, match=r"is not a subclass of taskhub\.Limiter"):
+        load_plugins(tmp_path, (), entry_points=False)
+
+
+def test_bad_component_name(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "caps.py", LIMITER_PLUGIN.format(cls="Caps", name="Bad-Name"))
+    with pytest.raises(PluginError, match="a component name must be lower-case letters"):
+        load_plugins(tmp_path, (), entry_points=False)
+
+
+def test_misspelled_hook_is_reported_with_the_known_hooks(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "typo_hook.py",
+        """
+        from taskhub import hookimpl
+
+        @hookimpl
+        def register_limiter(register):
+            pass
+        """,
+    )
+    with pytest.raises(PluginError) as caught:
+        load_plugins(tmp_path, (), entry_points=False)
+    message = str(caught.value)
+    assert "implements a hook taskhub does not define" in message
+    assert "register_limiters" in message
+
+
+def test_handler_options_may_not_shadow_job_options(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "shadow.py",
+        """
+        from taskhub import Options, TaskHandler, hookimpl
+
+        class Shadow(TaskHandler):
+            name = "shadow"
+            class Config(Options):
+                retries: int = 1
+
+        @hookimpl
+        def register_handlers(register):
+            register(Shadow)
+        """,
+    )
+    with pytest.raises(PluginError, match="declares option\\(s\\) retries"):
+        load_plugins(tmp_path, (), entry_points=False)
+
+
+def test_exception_inside_a_register_hook(tmp_path: Path) -> None:
+    write_plugin(
+        tmp_path,
+        "explodes.py",
+        """
+        from taskhub import hookimpl
+
+        @hookimpl
+        def register_sinks(register):
+            raise RuntimeError("boom")
+        """,
+    )
+    with pytest.raises(PluginError, match="failed in register_sinks: RuntimeError: boom"):
+        load_plugins(tmp_path, (), entry_points=False)
+
+
+def test_cli_plugin_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    write_plugin(tmp_path / "plugins", "broken.py", "raise ImportError('half installed')\n")
+    (tmp_path / "config.yaml").write_text("plugins_dir: plugins\n")
+    result = run_cli(["check", "config.yaml"], tmp_path)
+    assert result.returncode == 2
+    assert "Plugin 'plugins/broken.py' failed to import: ImportError: half installed" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_lists_plugins_and_their_components(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(f"plugins_dir: {ROOT / 'plugins'}\n")
+    result = run_cli(["plugins", "config.yaml"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "taskhub.builtin.token_bucket (built-in)\n  limiter: token_bucket" in result.stdout
+    assert "(plugins_dir)\n  limiter: daily_quota" in result.stdout
+
+
+def test_every_hook_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    hooks = [
+        name
+        for name in dir(hookspecs)
+        if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")
+    ]
+    assert len(hooks) == 7
+    for name in hooks:
+        assert f"### `{name}(" in readme, f"hook {name} is not documented in README.md"
