@@ -30,6 +30,26 @@ START_REDIS_HINT = (
 )
 
 
+LIMITER_PLUGIN = """
+from taskhub import Limiter, RatePolicy, hookimpl
+
+class {cls}(Limiter):
+    name = "{name}"
+    lua = "{lua}"
+    def policy(self):
+        return RatePolicy(1, 1)
+
+@hookimpl
+def register_limiters(register):
+    register({cls})
+"""
+
+
+def limiter_plugin(cls: str, name: str, lua: str = "return {}") -> str:
+    """Source of a plugin module registering a limiter ``name`` with Lua ``lua``."""
+    return LIMITER_PLUGIN.format(cls=cls, name=name, lua=lua)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -19,6 +19,7 @@ from helpers import (
     PrivateRedis,
     TaskhubProcess,
     config_dict,
+    limiter_plugin,
     run_cli,
     wait_until,
     write_config,
@@ -190,19 +191,9 @@ def test_validation_messages_name_the_field(ns: Namespace, redis_url: str, spawn
         assert_stops_cleanly(process)
 
 
-BROKEN_LIMITER = """
-from taskhub import Limiter, RatePolicy, hookimpl
-
-class Broken(Limiter):
-    name = "broken"
-    lua = "local M = {} function M.check() error('secret internals') end return M"
-    def policy(self):
-        return RatePolicy(1, 1)
-
-@hookimpl
-def register_limiters(register):
-    register(Broken)
-"""
+BROKEN_LIMITER = limiter_plugin(
+    "Broken", "broken", "local M = {} function M.check() error('secret internals') end return M"
+)
 
 
 def test_unexpected_error_is_a_500_with_an_error_id_and_no_trace(

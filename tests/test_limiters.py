@@ -116,25 +116,37 @@ async def test_refusal_costs_no_tokens_and_queues_nothing(client, ns, sync_redis
     assert await client.llen(f"saq:{ns.queue}:queued") == queued == 1
 
 
+async def assert_matches_model(
+    admission: Admission,
+    make_model: Callable[[], Any],
+    rng: random.Random,
+    gaps: list[int],
+    costs: list[int],
+    steps: int,
+) -> None:
+    """Random two-user traffic: every decision must equal the model's."""
+    models: dict[str, Any] = {}
+    now = T0
+    for step in range(steps):
+        now += rng.choice(gaps)
+        user = rng.choice(["a", "b"])
+        cost = rng.choice(costs)
+        expected = models.setdefault(user, make_model()).request(now, cost)
+        assert await decide(admission, now, user, cost) == expected, step
+
+
 @pytest.mark.parametrize("seed", range(12))
 async def test_token_bucket_matches_the_model(client, ns, seed: int) -> None:
     rng = random.Random(seed)
-    options = {
-        "capacity": rng.choice([1, 3, 20, 50]),
-        "refill": rng.choice([1, 7, 20, 100]),
-        "period": rng.choice([0.5, 1, 60]),
-        "block": rng.choice([0, 0.25, 1]),
-    }
-    limiter, make_model = token_bucket(**options)
+    limiter, make_model = token_bucket(
+        capacity=rng.choice([1, 3, 20, 50]),
+        refill=rng.choice([1, 7, 20, 100]),
+        period=rng.choice([0.5, 1, 60]),
+        block=rng.choice([0, 0.25, 1]),
+    )
+    gaps = [0, 0, 1, 10, 150, 999, 3_000, 20_000]
     admission = admission_for(client, ns, limiter)
-    models: dict[str, TokenBucketModel] = {}
-    now = T0
-    for step in range(120):
-        now += rng.choice([0, 0, 1, 10, 150, 999, 3_000, 20_000])
-        user = rng.choice(["a", "b"])
-        cost = rng.choice([1, 1, 1, 2])
-        expected = models.setdefault(user, make_model()).request(now, cost)
-        assert await decide(admission, now, user, cost) == expected, (options, step)
+    await assert_matches_model(admission, make_model, rng, gaps, [1, 1, 1, 2], 120)
 
 
 # --------------------------------------------------------------------------- fixed window
@@ -161,21 +173,14 @@ async def test_fixed_window_without_block_waits_for_the_window(client, ns) -> No
 @pytest.mark.parametrize("seed", range(12))
 async def test_fixed_window_matches_rate_limiter_flexible(client, ns, seed: int) -> None:
     rng = random.Random(1000 + seed)
-    options = {
-        "points": rng.choice([1, 5, 20]),
-        "duration": rng.choice([1, 10, 60]),
-        "block_duration": rng.choice([0, 1, 5]),
-    }
-    limiter, make_model = fixed_window(**options)
+    limiter, make_model = fixed_window(
+        points=rng.choice([1, 5, 20]),
+        duration=rng.choice([1, 10, 60]),
+        block_duration=rng.choice([0, 1, 5]),
+    )
+    gaps = [0, 0, 1, 50, 400, 999, 2_000, 15_000]
     admission = admission_for(client, ns, limiter)
-    models: dict[str, RateLimiterRedisModel] = {}
-    now = T0
-    for step in range(150):
-        now += rng.choice([0, 0, 1, 50, 400, 999, 2_000, 15_000])
-        user = rng.choice(["a", "b"])
-        cost = rng.choice([1, 1, 2])
-        expected = models.setdefault(user, make_model()).request(now, cost)
-        assert await decide(admission, now, user, cost) == expected, (options, step)
+    await assert_matches_model(admission, make_model, rng, gaps, [1, 1, 2], 150)
 
 
 # --------------------------------------------------------------------------- keys

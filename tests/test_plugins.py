@@ -6,25 +6,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
+from helpers import ROOT, limiter_plugin, run_cli
 
 from taskhub import hookspecs
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.plugins import load_plugins
-
-LIMITER_PLUGIN = """
-from taskhub import Limiter, RatePolicy, hookimpl
-
-class {cls}(Limiter):
-    name = "{name}"
-    lua = "return {{}}"
-    def policy(self):
-        return RatePolicy(1, 1)
-
-@hookimpl
-def register_limiters(register):
-    register({cls})
-"""
 
 
 def write_plugin(directory: Path, filename: str, source: str) -> Path:
@@ -55,8 +41,8 @@ def test_the_shipped_examples_load_from_plugins_dir() -> None:
 
 
 def test_plugins_dir_loads_files_and_packages_and_skips_private(tmp_path: Path) -> None:
-    write_plugin(tmp_path, "alpha.py", LIMITER_PLUGIN.format(cls="Alpha", name="alpha"))
-    write_plugin(tmp_path / "beta", "__init__.py", LIMITER_PLUGIN.format(cls="Beta", name="beta"))
+    write_plugin(tmp_path, "alpha.py", limiter_plugin("Alpha", "alpha"))
+    write_plugin(tmp_path / "beta", "__init__.py", limiter_plugin("Beta", "beta"))
     write_plugin(tmp_path, "_private.py", "raise RuntimeError('must not be imported')")
     write_plugin(tmp_path, "notes.txt", "not python")
     registry = load_plugins(tmp_path, (), entry_points=False)
@@ -64,14 +50,14 @@ def test_plugins_dir_loads_files_and_packages_and_skips_private(tmp_path: Path) 
 
 
 def test_dotted_path_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_plugin(tmp_path, "acme_limits.py", LIMITER_PLUGIN.format(cls="Acme", name="acme"))
+    write_plugin(tmp_path, "acme_limits.py", limiter_plugin("Acme", "acme"))
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = load_plugins(None, ["acme_limits"], entry_points=False)
     assert registry.registration("limiter", "acme").plugin == "acme_limits"
 
 
 def test_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_plugin(tmp_path, "ep_limits.py", LIMITER_PLUGIN.format(cls="Ep", name="from_ep"))
+    write_plugin(tmp_path, "ep_limits.py", limiter_plugin("Ep", "from_ep"))
     dist = tmp_path / "ep_limits-1.2.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-limits\nVersion: 1.2\n")
@@ -83,7 +69,7 @@ def test_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_duplicate_name_names_both_plugins(tmp_path: Path) -> None:
-    write_plugin(tmp_path, "mine.py", LIMITER_PLUGIN.format(cls="Mine", name="token_bucket"))
+    write_plugin(tmp_path, "mine.py", limiter_plugin("Mine", "token_bucket"))
     with pytest.raises(PluginError) as caught:
         load_plugins(tmp_path, (), entry_points=False)
     assert str(caught.value) == (
@@ -152,7 +138,7 @@ def test_registering_something_that_is_not_a_component(tmp_path: Path) -> None:
 
 
 def test_bad_component_name(tmp_path: Path) -> None:
-    write_plugin(tmp_path, "caps.py", LIMITER_PLUGIN.format(cls="Caps", name="Bad-Name"))
+    write_plugin(tmp_path, "caps.py", limiter_plugin("Caps", "Bad-Name"))
     with pytest.raises(PluginError, match="a component name must be lower-case letters"):
         load_plugins(tmp_path, (), entry_points=False)
 
