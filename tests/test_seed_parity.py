@@ -19,7 +19,12 @@ import httpx
 import pytest
 from helpers import ROOT, Namespace, PrivateRedis, config_dict, free_port, wait_until
 
-SEED = Path(os.environ.get("TASKHUB_SEED_REFERENCE", ROOT.parent / "shared" / "seed-reference"))
+CANDIDATES = [
+    os.environ.get("TASKHUB_SEED_REFERENCE", ""),
+    ROOT.parent / "shared" / "seed-reference",
+    "/work/shared/seed-reference",
+]
+SEED = next((Path(c) for c in CANDIDATES if c and (Path(c) / "start.sh").exists()), Path())
 
 
 @pytest.fixture
