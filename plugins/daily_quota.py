@@ -45,7 +45,7 @@ function M.check(ks, now, cost, p)
 end
 function M.commit(ks, now, cost, p, d)
   redis.call('HSET', ks[1], 'day', d.day, 'count', d.used)
-  redis.call('PEXPIRE', ks[1], d.reset)
+  redis.call('PEXPIREAT', ks[1], now + d.reset)
 end
 return M
 """

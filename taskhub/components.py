@@ -66,6 +66,9 @@ class Limiter(Component):
     - ``M.refuse(ks, now, cost, p, d)`` records what a refusal costs under this
       strategy (a block, a counted attempt) and may raise ``d.retry``. It runs only
       for the rule that refused.
+
+    Set expiries with ``PEXPIREAT`` on ``now`` (not ``PEXPIRE``), so that a key's
+    lifetime follows the same clock as the decision that set it.
     """
 
     kind = "limiter"

@@ -27,7 +27,9 @@ from taskhub.config import RedisSettings
 from taskhub.redis_client import connect
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
-T0 = 1_800_000_000_000  # simulated Redis clock, ms
+# Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test
+# (strategies set absolute expiries on the decision clock).
+T0 = 4_000_000_000_000
 
 
 @pytest.fixture(params=["redis", "memory"])

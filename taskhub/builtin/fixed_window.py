@@ -37,14 +37,14 @@ function M.check(ks, now, cost, p)
 end
 function M.commit(ks, now, cost, p, d)
   redis.call('HSET', ks[1], 'count', d.consumed, 'ends', d.ends)
-  redis.call('PEXPIRE', ks[1], d.ends - now)
+  redis.call('PEXPIREAT', ks[1], d.ends)
 end
 function M.refuse(ks, now, cost, p, d)
   local points, block = p[1], p[3]
   local ends = d.ends
   if block > 0 and d.consumed <= points + cost then ends = now + block end
   redis.call('HSET', ks[1], 'count', d.consumed, 'ends', ends)
-  redis.call('PEXPIRE', ks[1], ends - now)
+  redis.call('PEXPIREAT', ks[1], ends)
   d.ends, d.reset, d.retry = ends, ends - now, ends - now
 end
 return M

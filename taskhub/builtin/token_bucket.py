@@ -45,13 +45,13 @@ function M.check(ks, now, cost, p)
 end
 function M.commit(ks, now, cost, p, d)
   redis.call('HSET', ks[1], 'tokens', d.tokens - cost, 'ts', now)
-  redis.call('PEXPIRE', ks[1], math.max(1, d.reset, d.blocked - now))
+  redis.call('PEXPIREAT', ks[1], now + math.max(1, d.reset, d.blocked - now))
 end
 function M.refuse(ks, now, cost, p, d)
   local block = p[3]
   if block <= 0 or d.blocked > now then return end
   redis.call('HSET', ks[1], 'blocked', now + block)
-  redis.call('PEXPIRE', ks[1], math.max(1, d.reset, block))
+  redis.call('PEXPIREAT', ks[1], now + math.max(1, d.reset, block))
   d.retry = math.max(d.retry, block)
 end
 return M
