@@ -51,10 +51,6 @@ class Decision:
     now_ms: int
     rule: RuleState
 
-    @property
-    def admitted(self) -> bool:
-        return self.outcome is not Outcome.REFUSED
-
 
 def lua_number(value: float) -> str:
     """A Python number as a Lua literal that reads back exactly."""

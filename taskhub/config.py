@@ -83,10 +83,6 @@ class TaskSection(ComponentSection):
     retries: int | None = Field(None, ge=1, le=100)
     timeout: int | None = Field(None, ge=0, le=86_400)
 
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
 
 class LoggingSettings(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -24,7 +24,3 @@ class OutageLog:
             lasted = time.monotonic() - self.down_since
             self.down_since = None
             self.logger.warning("%s is reachable again after %.1f s", self.what, lasted)
-
-    @property
-    def is_down(self) -> bool:
-        return self.down_since is not None

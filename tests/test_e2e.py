@@ -237,6 +237,8 @@ def test_redis_down_is_503_and_recovers_without_a_restart(
         # logged once per outage and once on recovery, not per request
         assert process.output.count("Redis (admission) is unreachable") == 1
         assert "Redis (admission) is reachable again" in process.output
+        # the worker backs off and logs once too, instead of spinning or printing tracebacks
+        assert process.output.count(f"Redis (queue '{ns.queue}') is unreachable") == 1
     finally:
         assert_stops_cleanly(process)
 

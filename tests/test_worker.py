@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -61,3 +62,22 @@ def test_a_killed_workers_job_runs_again_on_another_worker(
     assert f"(task=hang_once job={job_id} attempt=2)" in log.read_text()
     assert wait_until(lambda: status() == "complete", 5)
     assert (tmp_path / "first" / "task.log").read_text() == ""
+
+
+def test_a_worker_started_before_redis_waits_quietly_then_works(
+    tmp_path: Path, ns: Namespace, private_redis, spawn
+) -> None:
+    private_redis.stop()
+    config = config_dict(ns, private_redis.url)
+    worker = spawn(config, "worker", cwd=tmp_path / "worker", wait_for="started (worker)")
+    assert worker.wait_for("is unreachable", 10)
+    time.sleep(2)  # several dequeue and upkeep rounds while Redis is away
+    private_redis.start()
+    server = spawn(config, "serve", cwd=tmp_path / "server")
+    response = httpx.post(f"{server.url}/task", json={"user_id": "late"})
+    assert response.status_code == 200
+    log = tmp_path / "worker" / "task.log"
+    assert wait_until(lambda: "user late " in log.read_text(), 15), worker.output
+    assert worker.output.count("is unreachable") == 1
+    assert "Traceback" not in worker.output
+    assert worker.stop() == 0

@@ -14,8 +14,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import Field
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from taskhub.hub import Hub
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
 DEQUEUE_TIMEOUT = 1.0
@@ -84,19 +85,23 @@ class HardenedRedisQueue(RedisQueue):
         return job
 
     async def schedule(self, lock: int = 1) -> list[str]:
-        return await self._guarded(super().schedule(lock))
+        return await self._guarded(super().schedule(lock)) or []
 
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
-        return await self._guarded(super().sweep(lock, abort))
+        return await self._guarded(super().sweep(lock, abort)) or []
 
-    async def _guarded(self, call: Any) -> list[str]:
+    async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
+        await self._guarded(super().write_worker_info(worker_id, info, ttl))
+
+    async def _guarded(self, call: Awaitable[T]) -> T | None:
+        """Upkeep during an outage: note it once and skip this round."""
         try:
             return await call
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
             self._outage.failed(exc)
-            return []
+            return None
 
 
 class HubWorker(Worker):
