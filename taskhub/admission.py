@@ -22,7 +22,6 @@ from taskhub.components import Limiter, QueueBackend, RatePolicy, TaskSpec
 from taskhub.errors import BackendUnavailable
 from taskhub.keys import escape_subject
 from taskhub.outage import OutageLog
-from taskhub.redis_client import is_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +138,7 @@ class Admission:
         try:
             reply = await self._script(keys=keys, args=args)
         except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            self._outage.failed(exc)
+            self._outage.absorb(exc)
             raise BackendUnavailable("Redis is unreachable") from exc
         self._outage.succeeded()
         outcome, now, _limit, remaining, reset_ms, retry_ms = (int(v) for v in reply)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+from taskhub.redis_client import is_unavailable
+
 
 class OutageLog:
     """Tracks whether ``what`` is reachable; cheap enough to call on every request."""
@@ -14,7 +16,10 @@ class OutageLog:
         self.logger = logger
         self.down_since: float | None = None
 
-    def failed(self, exc: BaseException) -> None:
+    def absorb(self, exc: Exception) -> None:
+        """Note ``exc`` as an outage (logged once), or re-raise it if it is a bug instead."""
+        if not is_unavailable(exc):
+            raise exc
         if self.down_since is None:
             self.down_since = time.monotonic()
             self.logger.warning("%s is unreachable: %s", self.what, exc or type(exc).__name__)

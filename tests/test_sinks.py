@@ -71,9 +71,7 @@ async def test_file_log_appends_and_reports_write_failures(tmp_path: Path) -> No
     sink._file.close()  # a write now fails; emit must raise so the job is retried
     with pytest.raises(ValueError, match="closed file"):
         await sink.emit(completion(job_id="j2"))
-    sink._file = None
-    sink._closing = True
-    sink._wakeup.set()
+    await sink.close()
     assert path.read_text().splitlines()[0] == "earlier line"
     assert len(path.read_text().splitlines()) == 2
 

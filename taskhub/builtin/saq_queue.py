@@ -25,7 +25,6 @@ from saq.queue.redis import RedisQueue
 
 from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
 from taskhub.outage import OutageLog
-from taskhub.redis_client import is_unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -76,9 +75,7 @@ class HardenedRedisQueue(RedisQueue):
         try:
             job = await super().dequeue(timeout, poll_interval)
         except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            self._outage.failed(exc)
+            self._outage.absorb(exc)
             await asyncio.sleep(OUTAGE_BACKOFF)
             return None
         self._outage.succeeded()
@@ -98,9 +95,7 @@ class HardenedRedisQueue(RedisQueue):
         try:
             return await call
         except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            self._outage.failed(exc)
+            self._outage.absorb(exc)
             return None
 
 
