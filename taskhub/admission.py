@@ -1,46 +1,55 @@
-"""Admission: the rate-limit decision and the enqueue, in one Lua script and one round trip.
+"""Admission: a policy's rate-limit decision and the enqueue, in one Lua script and one round trip.
 
-The script is composed from the limiter's Lua (check, commit, refuse) and the
-queue's Lua (exists, push). It checks first and writes only once the outcome is
-known, so there is no half state: a 200 means the job is stored and the limiter
-charged; a refusal charges only what the strategy's ``refuse`` defines; an error
-changes nothing. A retried call with the same job id finds the job already
-stored and charges nothing twice.
+The script (built in :mod:`taskhub.policy`) checks every rule first and writes
+only once the outcome is known, so there is no half state: a 200 means the job
+is stored and every rule charged; a refusal charges nothing (a refusing rule
+records only what its strategy's ``refuse`` defines, such as a block); a full
+queue charges nothing; an error changes nothing. A retried call with the same
+job id (an Idempotency-Key) finds the job already stored and charges nothing.
+
+With ``limits.redis_url`` the limiter keeps its state on another Redis: the
+rules are then decided there first (with a fail mode for when it is down) and
+the job queued second, so a queue failure after the decision leaves that
+decision's charge in place. One Redis for both is the all-or-nothing setup.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import math
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
 
-from taskhub.components import Limiter, QueueBackend, RatePolicy, TaskSpec
+from taskhub.components import QueueBackend, TaskSpec
+from taskhub.deny_cache import DenyCache
 from taskhub.errors import BackendUnavailable
-from taskhub.keys import escape_subject
+from taskhub.limiter_backend import FailMode, GuardedScript
 from taskhub.outage import OutageLog
+from taskhub.policy import (
+    ADMITTED,
+    DUPLICATE,
+    FULL,
+    REFUSED,
+    RequestContext,
+    Rule,
+    RuleResult,
+    build_script,
+    parse_rules,
+)
+from taskhub.shadow import ShadowLog
 
 logger = logging.getLogger(__name__)
 
 
 class Outcome(enum.IntEnum):
-    REFUSED = 0
-    ADMITTED = 1
-    DUPLICATE = 2  # the job id was already stored: nothing new charged or queued
-
-
-@dataclass(frozen=True, slots=True)
-class RuleState:
-    """A rule's view after the decision, in the units headers need."""
-
-    name: str
-    policy: RatePolicy
-    remaining: int
-    reset_ms: int
-    retry_ms: int
+    REFUSED = REFUSED
+    ADMITTED = ADMITTED
+    DUPLICATE = DUPLICATE  # the job id was already stored: nothing new charged or queued
+    FULL = FULL  # the queue is at its maximum depth: nothing charged or queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,99 +57,154 @@ class Decision:
     outcome: Outcome
     job_id: str
     now_ms: int
-    rule: RuleState
+    rules: tuple[RuleResult, ...]
+    cached: bool = False  # answered by this process's deny cache, without Redis
+    degraded: bool = False  # decided by the fail mode: the limiter's Redis was unreachable
 
+    @property
+    def refusing(self) -> tuple[RuleResult, ...]:
+        return tuple(r for r in self.rules if r.refuses)
 
-def lua_number(value: float) -> str:
-    """A Python number as a Lua literal that reads back exactly."""
-    if isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"limiter parameter {value!r} is not a finite number")
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-def build_script(limiter: Limiter, queue: QueueBackend) -> str:
-    """The admission script for one limiter rule in front of one queue.
-
-    KEYS: the limiter's keys, then the queue's. ARGV: the clock override in ms
-    (empty for the Redis clock), the request's cost, then the queue's arguments.
-    Reply: {outcome, now_ms, limit, remaining, reset_ms, retry_ms}.
-    """
-    limiter_keys = ", ".join(f"KEYS[{i + 1}]" for i in range(limiter.key_count))
-    params = ", ".join(lua_number(p) for p in limiter.params())
-    return f"""
-local L = (function()
-{limiter.lua}
-end)()
-local Q = (function()
-{queue.enqueue_lua}
-end)()
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local cost = tonumber(ARGV[2])
-local lk = {{{limiter_keys}}}
-local p = {{{params}}}
-local qk, qa = {{}}, {{}}
-for i = {limiter.key_count + 1}, #KEYS do qk[#qk + 1] = KEYS[i] end
-for i = 3, #ARGV do qa[#qa + 1] = ARGV[i] end
-if Q.exists(qk, qa) then
-  local d = L.check(lk, now, 0, p)
-  return {{{Outcome.DUPLICATE}, now, d.limit, d.remaining, d.reset, 0}}
-end
-local d = L.check(lk, now, cost, p)
-if not d.allowed then
-  if L.refuse then L.refuse(lk, now, cost, p, d) end
-  return {{{Outcome.REFUSED}, now, d.limit, d.remaining, d.reset, d.retry}}
-end
-Q.push(qk, qa)
-L.commit(lk, now, cost, p, d)
-return {{{Outcome.ADMITTED}, now, d.limit, d.remaining, d.reset, 0}}
-"""
+    @property
+    def deciding(self) -> RuleResult | None:
+        """The rule a client most needs to hear about: the refusal to wait out longest,
+        or else the rule closest to its limit."""
+        refusing = self.refusing
+        if refusing:
+            return max(refusing, key=lambda r: r.retry_ms)
+        if not self.rules:
+            return None
+        return min(self.rules, key=lambda r: r.remaining / max(r.policy.limit, 1))
 
 
 class Admission:
-    """Admits tasks for one limiter and one queue on one Redis client."""
+    """Admits tasks for one policy in front of one queue."""
 
     def __init__(
-        self, redis: Redis, limiter: Limiter, queue: QueueBackend, key_prefix: str
+        self,
+        redis: Redis,
+        rules: Sequence[Rule],
+        queue: QueueBackend,
+        key_prefix: str,
+        *,
+        limiter_redis: Redis | None = None,
+        fail_mode: FailMode = "closed",
+        deny_cache: DenyCache | None = None,
     ) -> None:
-        self.limiter = limiter
+        self.rules = tuple(rules)
         self.queue = queue
         self.key_prefix = key_prefix
-        self.policy = limiter.policy()
-        self.source = build_script(limiter, queue)
-        self._script = redis.register_script(self.source)
+        self.deny_cache = deny_cache
+        self._cacheable = tuple(not r.shadow and r.limiter.deny_cacheable for r in self.rules)
+        self._shadow = ShadowLog(logger)
         self._outage = OutageLog("Redis (admission)", logger)
+        self.split = limiter_redis is not None
+        if limiter_redis is None:
+            self.source = build_script(self.rules, queue)
+            self._script = redis.register_script(self.source)
+        else:
+            self.source = build_script((), queue)
+            self._script = redis.register_script(self.source)
+            self._limit = GuardedScript(
+                limiter_redis, build_script(self.rules, None), fail_mode, "limiter"
+            )
 
-    def limiter_keys(self, user_id: str) -> list[str]:
-        return self.limiter.keys(self.key_prefix, escape_subject(user_id))
+    def rule_keys(self, request: RequestContext) -> list[str]:
+        return self._keys([rule.subject(request) for rule in self.rules])
+
+    def _keys(self, subjects: list[str]) -> list[str]:
+        pairs = zip(self.rules, subjects, strict=True)
+        return [k for rule, subject in pairs for k in rule.keys(self.key_prefix, subject)]
 
     async def admit(
         self,
         spec: TaskSpec,
-        user_id: str,
+        request: RequestContext,
         payload: Any,
         *,
-        cost: int = 1,
+        job_id: str | None = None,
+        cost: int | None = None,
         now_ms: int | None = None,
     ) -> Decision:
         """Decide and, if admitted, enqueue. Raises BackendUnavailable when Redis is down.
 
-        ``now_ms`` overrides the Redis clock; only tests of the limiter maths use it.
+        ``job_id`` makes the call idempotent; ``cost`` overrides the task's; ``now_ms``
+        overrides the Redis clock (only tests of the limiter maths use it, and it
+        bypasses the deny cache).
         """
-        job = self.queue.prepare(spec, user_id, payload)
-        keys = [*self.limiter_keys(user_id), *job.keys]
-        args = ["" if now_ms is None else str(now_ms), str(cost), *job.args]
+        cost = spec.cost if cost is None else cost
+        subjects = [rule.subject(request) for rule in self.rules]
+        use_cache = self.deny_cache is not None and now_ms is None
+        sent_at = DenyCache.clock()
+        if use_cache:
+            cached = self._cached_refusal(subjects, cost, sent_at)
+            if cached is not None:
+                return cached
+        job = self.queue.prepare(spec, request.user_id, payload, job_id)
+        args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
+        args.append(job.job_id)
+        keys = self._keys(subjects)
+        if self.split:
+            decision = await self._admit_split(keys, args, job.keys, job.args, job.job_id)
+        else:
+            reply = await self._run([*keys, *job.keys], [*args, *job.args])
+            decision = self._decision(reply, job.job_id)
+        if len(decision.rules) == len(self.rules):  # empty when fail_mode open skipped them
+            if use_cache and decision.outcome is Outcome.REFUSED and not decision.degraded:
+                self._remember(decision, subjects, cost, sent_at)
+            self._shadow.note(decision.rules, subjects)
+        return decision
+
+    async def _admit_split(
+        self,
+        rule_keys: list[str],
+        args: list[str],
+        job_keys: list[str],
+        job_args: list[str | bytes],
+        job_id: str,
+    ) -> Decision:
+        limits, degraded = await self._limit(rule_keys, args)
+        rules: tuple[RuleResult, ...] = ()
+        if limits is not None:  # None: fail_mode open during an outage, nothing decided
+            rules = parse_rules(self.rules, limits)
+            if Outcome(int(limits[0])) is Outcome.REFUSED:
+                return Decision(Outcome.REFUSED, job_id, int(limits[1]), rules, degraded=degraded)
+        reply = await self._run([*job_keys], [*args, *job_args])
+        return Decision(Outcome(int(reply[0])), job_id, int(reply[1]), rules, degraded=degraded)
+
+    async def _run(self, keys: list[Any], args: list[Any]) -> list[Any]:
         try:
             reply = await self._script(keys=keys, args=args)
         except Exception as exc:
             self._outage.absorb(exc)
             raise BackendUnavailable("Redis is unreachable") from exc
         self._outage.succeeded()
-        outcome, now, _limit, remaining, reset_ms, retry_ms = (int(v) for v in reply)
-        rule = RuleState(self.limiter.name, self.policy, remaining, reset_ms, retry_ms)
-        return Decision(Outcome(outcome), job.job_id, now, rule)
+        return reply
+
+    def _decision(self, reply: list[Any], job_id: str) -> Decision:
+        return Decision(
+            Outcome(int(reply[0])), job_id, int(reply[1]), parse_rules(self.rules, reply)
+        )
+
+    def _cached_refusal(self, subjects: list[str], cost: int, now: float) -> Decision | None:
+        assert self.deny_cache is not None
+        for rule, subject, cacheable in zip(self.rules, subjects, self._cacheable, strict=True):
+            if not cacheable:
+                continue
+            entry = self.deny_cache.lookup(rule.name, subject, cost, now)
+            if entry is not None:
+                elapsed_ms = int((now - entry.sent_at) * 1000)
+                left_ms = max(1, entry.result.retry_ms - elapsed_ms)
+                reset_ms = max(left_ms, entry.result.reset_ms - elapsed_ms)
+                result = replace(entry.result, remaining=0, reset_ms=reset_ms, retry_ms=left_ms)
+                wall_ms = int(time.time() * 1000)
+                return Decision(Outcome.REFUSED, "", wall_ms, (result,), cached=True)
+        return None
+
+    def _remember(self, decision: Decision, subjects: list[str], cost: int, sent_at: float) -> None:
+        assert self.deny_cache is not None
+        for result, subject, cacheable in zip(
+            decision.rules, subjects, self._cacheable, strict=True
+        ):
+            if cacheable and result.refuses:
+                self.deny_cache.remember(subject, result, cost, sent_at)

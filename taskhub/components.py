@@ -61,8 +61,8 @@ class Limiter(Component):
       ``d.allowed`` (boolean), ``d.limit``, ``d.remaining`` (after this request, if
       admitted), ``d.reset`` (ms until the quota is whole again) and ``d.retry``
       (ms until a refused request could pass; 0 when allowed).
-    - ``M.commit(ks, now, cost, p, d)`` charges the request. It runs only when every
-      rule admitted and the job was queued.
+    - ``M.commit(ks, now, cost, p, d, job)`` charges the request. It runs only when
+      every rule admitted and the job was queued; ``job`` is the job id.
     - ``M.refuse(ks, now, cost, p, d)`` records what a refusal costs under this
       strategy (a block, a counted attempt) and may raise ``d.retry``. It runs only
       for the rule that refused.
@@ -74,6 +74,12 @@ class Limiter(Component):
     kind = "limiter"
     lua: ClassVar[str] = ""
     key_count: ClassVar[int] = 1
+    # A refusal with retry R means "refused for R ms whatever happens meanwhile", so a
+    # server may answer that key from memory until then. False for strategies whose
+    # refusals can end early (a concurrency slot frees when a job finishes).
+    deny_cacheable: ClassVar[bool] = True
+    # Whether the strategy also makes sense on workers (execution limits).
+    executable: ClassVar[bool] = True
 
     def params(self) -> list[float]:
         """Constants the Lua functions receive as ``p``."""
@@ -129,6 +135,7 @@ class TaskSpec:
     handler: TaskHandler
     retries: int | None = None
     timeout: int | None = None
+    cost: int = 1
 
 
 class Sink(Component):
@@ -162,7 +169,8 @@ class QueueBackend(Component):
     """Stores admitted jobs and runs them on workers.
 
     ``enqueue_lua`` is a chunk returning a table ``Q`` with ``Q.exists(ks, a)`` (is
-    this job already stored?) and ``Q.push(ks, a)`` (store and queue it), where ``ks``
+    this job already stored?), ``Q.depth(ks, a)`` (jobs admitted and not finished,
+    for backpressure) and ``Q.push(ks, a)`` (store and queue it), where ``ks``
     and ``a`` are :attr:`PreparedJob.keys` and :attr:`PreparedJob.args`. The kernel
     splices it into the admission script after the limiter's checks.
     """
@@ -170,8 +178,18 @@ class QueueBackend(Component):
     kind = "queue"
     enqueue_lua: ClassVar[str] = ""
 
-    def prepare(self, spec: TaskSpec, user_id: str, payload: Any) -> PreparedJob:
-        """Build a new job (its id, keys and stored form); writes nothing."""
+    @property
+    def max_depth(self) -> int:
+        """Most jobs admitted and not yet finished; 0 for no bound (needs ``Q.depth``)."""
+        return 0
+
+    def prepare(
+        self, spec: TaskSpec, user_id: str, payload: Any, job_id: str | None = None
+    ) -> PreparedJob:
+        """Build a job (its id, new unless ``job_id`` is given, keys and stored form).
+
+        Writes nothing.
+        """
         raise NotImplementedError
 
     async def open(self, hub: Hub) -> None:

@@ -13,12 +13,20 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from taskhub.errors import ConfigError, Problem
 
@@ -32,6 +40,9 @@ SECRET_NAME = re.compile(
 )
 REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP token
+KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
 DEFAULT_TYPES = {"server": "sanic", "limiter": "token_bucket", "queue": "saq"}
 
 
@@ -53,12 +64,16 @@ class RedisSettings(StrictModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in REDIS_SCHEMES:
-            allowed = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
-            shown = mask_url(url)
-            raise ValueError(f"unsupported URL {shown!r}: use one of {allowed}")
-        return url
+        return check_redis_url(url)
+
+
+def check_redis_url(url: str) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        allowed = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+        shown = mask_url(url)
+        raise ValueError(f"unsupported URL {shown!r}: use one of {allowed}")
+    return url
 
 
 class ComponentSection(BaseModel):
@@ -82,6 +97,87 @@ class TaskSection(ComponentSection):
 
     retries: int | None = Field(None, ge=1, le=100)
     timeout: int | None = Field(None, ge=0, le=86_400)
+    cost: int = Field(1, ge=1, le=1_000_000, description="what one submission weighs")
+
+
+class RuleSection(ComponentSection):
+    """One rate-limit rule: a strategy (``type`` and its options) counted per ``key``."""
+
+    name: str | None = Field(None, pattern=RULE_NAME)
+    key: str = "user"
+    shadow: bool = False
+
+    @field_validator("key")
+    @classmethod
+    def _known_source(cls, key: str) -> str:
+        source, _, header = key.partition(":")
+        if source == "header" and HEADER_NAME.match(header):
+            return key
+        if source in KEY_SOURCES and not header:
+            return key
+        raise ValueError(f"unknown key {key!r}; use one of: {', '.join(KEY_SOURCES)}")
+
+    @property
+    def rule_name(self) -> str:
+        """The name given, or one derived from the key (``header:X-Api-Key`` -> ``x-api-key``)."""
+        if self.name:
+            return self.name
+        source, _, header = self.key.partition(":")
+        return {"constant": "global", "header": header.lower()}.get(source, source)
+
+
+class DenyCacheSettings(StrictModel):
+    enabled: bool = True
+    max_keys: int = Field(10_000, ge=1, le=10_000_000)
+
+
+class AdminSettings(StrictModel):
+    """The ``/admin/limits`` endpoint: off unless enabled, and then only with the token."""
+
+    enabled: bool = False
+    token: str = ""
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> AdminSettings:
+        if self.enabled and len(self.token) < 16:
+            raise ValueError(
+                "admin.enabled needs admin.token of at least 16 characters; "
+                "read it from the environment: token: ${TASKHUB_ADMIN_TOKEN}"
+            )
+        return self
+
+
+class LimitsSettings(StrictModel):
+    """Rate-limit policies at admission and at execution, and how the limiter fails."""
+
+    admission: list[RuleSection] | None = None
+    execution: list[RuleSection] = Field(default_factory=list)
+    shadow: bool = False
+    fail_mode: Literal["closed", "open", "local"] = "closed"
+    redis_url: str | None = None
+    deny_cache: DenyCacheSettings = Field(default_factory=DenyCacheSettings)
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        return None if not url else check_redis_url(url)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        networks = []
+        for item in value:
+            try:
+                networks.append(ip_network(str(item), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8, ::1)"
+                ) from None
+        return networks
 
 
 class LoggingSettings(StrictModel):
@@ -103,7 +199,8 @@ class Settings(StrictModel):
     plugins_dir: str | None = "plugins"
     plugins: list[str] = Field(default_factory=list)
     server: ComponentSection = Field(default_factory=ComponentSection)
-    limiter: ComponentSection = Field(default_factory=ComponentSection)
+    limiter: ComponentSection | None = None
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     queue: ComponentSection = Field(default_factory=ComponentSection)
     sinks: list[SinkSection] = Field(default_factory=_default_sinks)
     tasks: dict[str, TaskSection] = Field(default_factory=_default_tasks, min_length=1)

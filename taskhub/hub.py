@@ -39,6 +39,7 @@ from taskhub.config import (
     ComponentSection,
     Loc,
     RawConfig,
+    RuleSection,
     Settings,
     load_file,
     mask_secrets,
@@ -46,6 +47,7 @@ from taskhub.config import (
     parse_settings,
     problems_from,
 )
+from taskhub.deny_cache import DenyCache
 from taskhub.errors import (
     ConfigError,
     Problem,
@@ -55,12 +57,15 @@ from taskhub.errors import (
 )
 from taskhub.execution import TaskRunner
 from taskhub.plugins import PluginRegistry, load_plugins
+from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
 from taskhub.submission import SubmissionParser
 
 logger = logging.getLogger("taskhub")
 
 C = TypeVar("C", bound=Component)
+# What a worker knows about a job: rules keyed on the client (ip, headers) cannot apply.
+EXECUTION_SOURCES = ("user", "task", "constant")
 
 
 class Role(enum.Flag):
@@ -83,14 +88,18 @@ class Hub:
         self.registry = registry
         problems: list[Problem] = []
         build = _Builder(raw, registry, problems)
-        self.limiter = build(Limiter, settings.limiter, ("limiter",))
+        self.rules = self._admission_rules(build, problems)
+        self.execution_rules = self._rules(build, settings.limits.execution, "execution", problems)
+        self._check_limits(problems)
         self.queue = build(QueueBackend, settings.queue, ("queue",))
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
         self.tasks: dict[str, TaskSpec] = {}
         for name, section in settings.tasks.items():
             handler = build(TaskHandler, section, ("tasks", name), default_type=name)
-            self.tasks[name] = TaskSpec(name, handler, section.retries, section.timeout)
+            self.tasks[name] = TaskSpec(
+                name, handler, section.retries, section.timeout, section.cost
+            )
         if settings.default_task not in settings.tasks:
             defined = ", ".join(sorted(settings.tasks))
             message = f"{settings.default_task!r} is not in tasks (defined: {defined})"
@@ -101,8 +110,63 @@ class Hub:
         self.submissions = SubmissionParser(self.tasks, self.default_task)
         self.runner = TaskRunner(self.sinks)
         self.redis: Redis | None = None
+        self.limiter_redis: Redis | None = None
         self.admission: Admission | None = None
         self._started: list[str] = []
+
+    def _admission_rules(self, build: _Builder, problems: list[Problem]) -> list[Rule]:
+        """``limits.admission``, or the ``limiter`` shorthand: one rule per user, named
+        after its strategy."""
+        limits, limiter = self.settings.limits, self.settings.limiter
+        if limiter is not None and limits.admission is not None:
+            message = "give either limiter (one rule per user) or limits.admission, not both"
+            problems.append(self.raw.problem(("limiter",), message))
+        if limits.admission is not None:
+            return self._rules(build, limits.admission, "admission", problems)
+        strategy = build(Limiter, limiter or ComponentSection(), ("limiter",))
+        if strategy is None:
+            return []
+        return [Rule.keyed(strategy.name, strategy, "user", shadow=limits.shadow)]
+
+    def _rules(
+        self,
+        build: _Builder,
+        sections: list[RuleSection],
+        where: str,
+        problems: list[Problem],
+    ) -> list[Rule]:
+        rules: list[Rule] = []
+        for index, section in enumerate(sections):
+            loc: Loc = ("limits", where, index)
+            name = section.rule_name
+            if any(rule.name == name for rule in rules):
+                problems.append(self.raw.problem((*loc, "name"), f"duplicate rule name {name!r}"))
+            strategy = build(Limiter, section, loc)
+            if strategy is None:
+                continue
+            shadow = section.shadow or self.settings.limits.shadow
+            rules.append(Rule.keyed(name, strategy, section.key, shadow=shadow))
+        return rules
+
+    def _check_limits(self, problems: list[Problem]) -> None:
+        limits = self.settings.limits
+        if limits.fail_mode != "closed" and not limits.redis_url:
+            message = (
+                f"{limits.fail_mode!r} needs limits.redis_url: with one Redis for the limiter "
+                "and the queue, nothing can be queued while it is down, so every mode answers 503"
+            )
+            problems.append(self.raw.problem(("limits", "fail_mode"), message))
+        for index, rule in enumerate(self.execution_rules):
+            loc: Loc = ("limits", "execution", index)
+            if rule.source not in EXECUTION_SOURCES:
+                message = (
+                    f"{rule.key_spec!r} is not known on a worker; "
+                    f"use one of: {', '.join(EXECUTION_SOURCES)}"
+                )
+                problems.append(self.raw.problem((*loc, "key"), message))
+            if not rule.limiter.executable:
+                message = f"{rule.limiter.name!r} cannot limit execution; use a rate strategy"
+                problems.append(self.raw.problem((*loc, "type"), message))
 
     @classmethod
     def from_file(
@@ -131,12 +195,24 @@ class Hub:
         def section(component: Component) -> dict[str, Any]:
             return {"type": component.name, **component.config.model_dump(mode="json")}
 
+        def describe_rule(rule: Rule) -> dict[str, Any]:
+            return {
+                "name": rule.name,
+                "key": rule.key_spec,
+                "shadow": rule.shadow,
+                **section(rule.limiter),
+            }
+
         resolved = {
             "redis": settings.redis.model_dump(mode="json"),
             "plugins_dir": settings.plugins_dir,
             "plugins": list(settings.plugins),
             "server": section(self.server),
-            "limiter": section(self.limiter),
+            "limits": {
+                **settings.limits.model_dump(mode="json", exclude={"admission", "execution"}),
+                "admission": [describe_rule(rule) for rule in self.rules],
+                "execution": [describe_rule(rule) for rule in self.execution_rules],
+            },
             "queue": section(self.queue),
             "sinks": [section(sink) for sink in self.sinks],
             "tasks": {
@@ -208,13 +284,33 @@ class Hub:
                     raise StartupError(f"sinks[{index}] ({sink.name}): {exc}") from exc
                 self._started.append(f"sink:{index}")
         if role & Role.SERVER:
-            self.admission = Admission(
-                self.redis, self.limiter, self.queue, self.settings.redis.key_prefix
-            )
+            self.admission = self.build_admission()
             await self.server.start(self)
             self._started.append("server")
         await self._lifecycle("startup")
         self._log_banner(role)
+
+    def connect_limiter_redis(self) -> Redis | None:
+        """A client on ``limits.redis_url``; None when the limiter shares the queue's Redis."""
+        url = self.settings.limits.redis_url
+        if not url:
+            return None
+        return connect(self.settings.redis.model_copy(update={"url": url}))
+
+    def build_admission(self) -> Admission:
+        assert self.redis is not None
+        limits = self.settings.limits
+        cache = limits.deny_cache
+        self.limiter_redis = self.connect_limiter_redis()
+        return Admission(
+            self.redis,
+            self.rules,
+            self.queue,
+            self.settings.redis.key_prefix,
+            limiter_redis=self.limiter_redis,
+            fail_mode=limits.fail_mode,
+            deny_cache=DenyCache(cache.max_keys) if cache.enabled else None,
+        )
 
     async def stop(self, worker: asyncio.Task[None] | None = None) -> None:
         """Stop what started, in reverse order; safe to call after a failed start."""
@@ -233,9 +329,10 @@ class Hub:
                     logger.exception("sinks[%d] (%s) failed to close", index, sink.name)
         if "queue" in self._started:
             await self.queue.close()
-        if self.redis is not None:
-            await self.redis.aclose()
-            self.redis = None
+        for client in (self.redis, self.limiter_redis):
+            if client is not None:
+                await client.aclose()
+        self.redis = self.limiter_redis = None
         if self._started:
             logger.info("taskhub stopped")
         self._started.clear()
@@ -256,7 +353,15 @@ class Hub:
         else:
             logger.info("redis: %s", mask_url(self.settings.redis.url))
         if role & Role.SERVER:
-            logger.info("limiter: %s", _describe(self.limiter))
+            for rule in self.rules:
+                shadow = " (shadow)" if rule.shadow else ""
+                logger.info(
+                    "limit %s per %s%s: %s",
+                    rule.name,
+                    rule.key_spec,
+                    shadow,
+                    _describe(rule.limiter),
+                )
             logger.info("listening on %s", self.server.address)
         if role & Role.WORKER:
             logger.info("queue: %s", _describe(self.queue))

@@ -1,16 +1,19 @@
 """Rate-limit response headers: the de-facto ``X-RateLimit-*`` set and the IETF draft's.
 
-``X-RateLimit-Reset`` is a Unix time in seconds (as GitHub sends it), taken from
-the Redis clock; the draft's ``RateLimit`` carries the same moment as a delta
-(``t``). Both say when the quota is whole again. ``Retry-After`` (refusals only)
-says when the next request can pass, which for a token bucket is much sooner.
+``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)
+list every rule of the policy, shadow rules included, by name. The single-valued
+``X-RateLimit-*`` set describes the deciding rule: the refusal to wait out
+longest, or else the rule closest to its limit. ``X-RateLimit-Reset`` is a Unix
+time in seconds (as GitHub sends it) on the Redis clock. ``Retry-After``
+(refusals only) says when the next request can pass.
 """
 
 from __future__ import annotations
 
 import math
 
-from taskhub.admission import Decision, Outcome
+from taskhub.admission import Decision
+from taskhub.policy import RuleResult
 
 
 def _seconds(ms: int) -> int:
@@ -21,17 +24,31 @@ def _window(window: float) -> str:
     return str(int(window)) if float(window).is_integer() else f"{window:g}"
 
 
+def _policy_item(rule: RuleResult) -> str:
+    return f'"{rule.name}";q={rule.policy.limit};w={_window(rule.policy.window)}'
+
+
+def _state_item(rule: RuleResult) -> str:
+    return f'"{rule.name}";r={rule.remaining};t={_seconds(rule.reset_ms)}'
+
+
+def retry_after(decision: Decision) -> int:
+    """Seconds until every refusing rule would admit: the longest wait, at least 1."""
+    longest = max((r.retry_ms for r in decision.refusing), default=0)
+    return max(1, _seconds(longest))
+
+
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
-    rule = decision.rule
-    limit = rule.policy.limit
-    reset = _seconds(rule.reset_ms)
+    rule = decision.deciding
+    if rule is None:
+        return {}
     headers = {
-        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Limit": str(rule.policy.limit),
         "X-RateLimit-Remaining": str(rule.remaining),
         "X-RateLimit-Reset": str(math.ceil((decision.now_ms + rule.reset_ms) / 1000)),
-        "RateLimit-Policy": f'"{rule.name}";q={limit};w={_window(rule.policy.window)}',
-        "RateLimit": f'"{rule.name}";r={rule.remaining};t={reset}',
+        "RateLimit-Policy": ", ".join(_policy_item(r) for r in decision.rules),
+        "RateLimit": ", ".join(_state_item(r) for r in decision.rules),
     }
-    if decision.outcome is Outcome.REFUSED:
-        headers["Retry-After"] = str(max(1, _seconds(rule.retry_ms)))
+    if decision.refusing:
+        headers["Retry-After"] = str(retry_after(decision))
     return headers

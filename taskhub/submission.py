@@ -6,6 +6,7 @@ contain; servers use it to validate and, later, to describe the API.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from taskhub.components import TaskSpec
 
 MAX_USER_ID = 256
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -125,3 +127,20 @@ def _field_problems(exc: ValidationError, prefix: str = "") -> list[FieldProblem
             message = message.removeprefix("value error, ")
         problems.append(FieldProblem(name, message))
     return problems
+
+
+def idempotent_job_id(user_id: str, key: str | None) -> str | None:
+    """The job id an ``Idempotency-Key`` stands for: the same for a retry, per user.
+
+    Scoped to the user, so one client cannot collide with (or probe) another's keys.
+    """
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise SubmissionError(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+    digest = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+    return digest[:32]

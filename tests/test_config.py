@@ -33,7 +33,11 @@ def test_example_config_is_valid_and_matches_the_documented_shape(tmp_path: Path
     assert resolved["redis"]["url"] == "memory://"
     server = resolved["server"]
     assert (server["type"], server["host"], server["port"]) == ("sanic", "127.0.0.1", 3000)
-    assert resolved["limiter"] == {
+    (rule,) = resolved["limits"]["admission"]
+    assert rule == {
+        "name": "token_bucket",
+        "key": "user",
+        "shadow": False,
         "type": "token_bucket",
         "capacity": 20,
         "refill": 20.0,
@@ -47,7 +51,9 @@ def test_example_config_is_valid_and_matches_the_documented_shape(tmp_path: Path
 
 def test_an_empty_file_means_all_defaults(tmp_path: Path) -> None:
     hub = hub_from(tmp_path, "")
-    assert hub.limiter.name == "token_bucket"
+    assert [(r.name, r.source, r.limiter.name) for r in hub.rules] == [
+        ("token_bucket", "user", "token_bucket")
+    ]
     assert hub.queue.name == "saq" and hub.server.name == "sanic"
     assert [s.name for s in hub.sinks] == ["file_log"]
     assert list(hub.tasks) == ["log_completion"]

@@ -24,6 +24,7 @@ from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.builtin.token_bucket import TokenBucket
 from taskhub.components import Limiter, TaskSpec
 from taskhub.config import RedisSettings
+from taskhub.policy import RequestContext, Rule
 from taskhub.redis_client import connect
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
@@ -42,12 +43,13 @@ async def client(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterato
 
 def admission_for(client: aioredis.Redis, ns: Namespace, limiter: Limiter) -> Admission:
     queue = SaqQueue(SaqQueue.Config(name=ns.queue))
-    return Admission(client, limiter, queue, ns.prefix)
+    return Admission(client, [Rule("user", limiter)], queue, ns.prefix)
 
 
 async def decide(admission: Admission, now: int, user: str = "u1", cost: int = 1) -> Expected:
-    decision = await admission.admit(SPEC, user, None, cost=cost, now_ms=now)
-    rule = decision.rule
+    request = RequestContext(user_id=user, task=SPEC.name)
+    decision = await admission.admit(SPEC, request, None, cost=cost, now_ms=now)
+    (rule,) = decision.rules
     return Expected(
         decision.outcome is Outcome.ADMITTED, rule.remaining, rule.reset_ms, rule.retry_ms
     )
@@ -109,7 +111,7 @@ async def test_block_refuses_even_when_tokens_return(client, ns) -> None:
 async def test_refusal_costs_no_tokens_and_queues_nothing(client, ns, sync_redis) -> None:
     admission = admission_for(client, ns, token_bucket(capacity=1, block=0)[0])
     await decide(admission, T0)
-    key = admission.limiter_keys("u1")[0]
+    key = admission.rule_keys(RequestContext("u1", SPEC.name))[0]
     before = await client.hgetall(key)
     queued = await client.llen(f"saq:{ns.queue}:queued")
     for i in range(5):
@@ -194,9 +196,9 @@ async def test_fixed_window_matches_rate_limiter_flexible(client, ns, seed: int)
 )
 async def test_keys_expire_with_the_real_clock(client, ns, limiter: Limiter, strategy: str) -> None:
     admission = admission_for(client, ns, limiter)
-    await admission.admit(SPEC, "ttl-user", None)
-    key = admission.limiter_keys("ttl-user")[0]
-    assert key == f"{ns.prefix}:{strategy}:ttl-user"
+    await admission.admit(SPEC, RequestContext("ttl-user", SPEC.name), None)
+    key = admission.rule_keys(RequestContext("ttl-user", SPEC.name))[0]
+    assert key == f"{ns.prefix}:user:{strategy}:ttl-user"
     ttl = await client.pttl(key)
     # token bucket: full again 3 s after one token is spent; fixed window: the 60 s window
     expected = 3_000 if strategy == "tb" else 60_000
@@ -208,8 +210,8 @@ async def test_user_ids_map_to_distinct_keys_that_cannot_pick_a_slot(client, ns)
     users = ["a:b", "a%3Ab", "a", "a:", "{a}", "{a}b", "é", "x" * 256, "a b", "a/b"]
     for user in users:
         assert (await decide(admission, T0, user)).allowed, user  # each has its own bucket
-    keys = [admission.limiter_keys(u)[0] for u in users]
+    keys = [admission.rule_keys(RequestContext(u, SPEC.name))[0] for u in users]
     assert len(set(keys)) == len(users)
     for key in keys:
-        subject = key.removeprefix(f"{ns.prefix}:tb:")
+        subject = key.removeprefix(f"{ns.prefix}:user:tb:")
         assert not set(subject) & set(":{}"), key

@@ -31,10 +31,12 @@ from sanic.response import HTTPResponse
 from sanic.server import AsyncioServer
 
 from taskhub import Options, Server, hookimpl
-from taskhub.admission import Outcome
+from taskhub.admission import Decision, Outcome
+from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
-from taskhub.ratelimit_headers import rate_limit_headers
-from taskhub.submission import SubmissionError
+from taskhub.policy import RequestContext
+from taskhub.ratelimit_headers import rate_limit_headers, retry_after
+from taskhub.submission import SubmissionError, idempotent_job_id
 
 if TYPE_CHECKING:
     from taskhub.hub import Hub
@@ -149,7 +151,13 @@ class SanicServer(Server):
         admission = hub.admission
         parser = hub.submissions
         assert admission is not None
-        unavailable_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
+        retry_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
+        header_names = sorted({r.header for r in admission.rules if r.source == "header"})
+        client_address = (
+            ClientAddress(hub.settings.limits.trusted_proxies)
+            if any(r.source == "ip" for r in admission.rules)
+            else None
+        )
 
         async def submit(request: Request) -> HTTPResponse:
             content_type = request.headers.get("content-type")
@@ -159,37 +167,34 @@ class SanicServer(Server):
                 )
             try:
                 submission = parser.parse(request.body)
+                job_id = idempotent_job_id(
+                    submission.user_id, request.headers.get("idempotency-key")
+                )
             except SubmissionError as exc:
                 return json_response(exc.status, exc.body())
+            headers = request.headers
+            context = RequestContext(
+                user_id=submission.user_id,
+                task=submission.spec.name,
+                client_ip=(
+                    client_address.resolve(request.ip, headers.get("x-forwarded-for"))
+                    if client_address is not None
+                    else ""
+                ),
+                headers={name: headers.get(name, "") for name in header_names},
+            )
             try:
                 decision = await admission.admit(
-                    submission.spec, submission.user_id, submission.payload
+                    submission.spec, context, submission.payload, job_id=job_id
                 )
             except BackendUnavailable:
                 return error_response(
                     503,
                     "unavailable",
                     "the task store is unreachable; retry shortly",
-                    unavailable_headers,
+                    retry_headers,
                 )
-            headers = rate_limit_headers(decision)
-            if decision.outcome is Outcome.REFUSED:
-                retry_after = int(headers["Retry-After"])
-                return json_response(
-                    429,
-                    {
-                        "error": "rate_limited",
-                        "message": f"too many tasks for this user; retry in {retry_after} s",
-                        "policy": decision.rule.name,
-                        "retry_after": retry_after,
-                    },
-                    headers,
-                )
-            return json_response(
-                200,
-                {"status": "queued", "job_id": decision.job_id, "task": submission.spec.name},
-                headers,
-            )
+            return decision_response(decision, submission.spec.name, retry_headers)
 
         return submit
 
@@ -242,6 +247,34 @@ class SanicServer(Server):
         for connection in list(server.connections):
             connection.abort()
         await server.after_stop()
+
+
+def decision_response(decision: Decision, task: str, full_headers: dict[str, str]) -> HTTPResponse:
+    headers = rate_limit_headers(decision)
+    outcome = decision.outcome
+    if outcome is Outcome.REFUSED:
+        wait = retry_after(decision)
+        rule = decision.deciding
+        return json_response(
+            429,
+            {
+                "error": "rate_limited",
+                "message": f"rate limit {rule.name if rule else ''!r} reached; retry in {wait} s",
+                "policy": rule.name if rule else "",
+                "refused_by": [r.name for r in decision.refusing],
+                "retry_after": wait,
+            },
+            headers,
+        )
+    if outcome is Outcome.FULL:
+        return error_response(
+            503, "queue_full", "the queue is full; retry shortly", {**headers, **full_headers}
+        )
+    body: dict[str, Any] = {"status": "queued", "job_id": decision.job_id, "task": task}
+    if outcome is Outcome.DUPLICATE:
+        body["replayed"] = True
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(200, body, headers)
 
 
 async def _health(request: Request) -> HTTPResponse:

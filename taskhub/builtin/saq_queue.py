@@ -45,6 +45,9 @@ local Q = {}
 function Q.exists(ks, a)
   return redis.call('EXISTS', ks[2]) == 1 or redis.call('EXISTS', ks[4]) == 1
 end
+function Q.depth(ks, a)
+  return redis.call('ZCARD', ks[1])
+end
 function Q.push(ks, a)
   redis.call('SET', ks[2], a[1])
   redis.call('ZADD', ks[1], a[2], ks[2])
@@ -147,6 +150,9 @@ class SaqQueue(QueueBackend):
         shutdown_grace: float = Field(
             10, ge=0, le=3_600, description="seconds to finish jobs in flight on shutdown"
         )
+        max_depth: int = Field(
+            0, ge=0, le=1_000_000_000, description="most unfinished jobs; 0 for no bound"
+        )
 
     config: Config
 
@@ -157,9 +163,15 @@ class SaqQueue(QueueBackend):
         self._queued = f"saq:{name}:queued"
         self._job_prefix = f"saq:job:{name}:"
 
-    def prepare(self, spec: TaskSpec, user_id: str, payload: Any) -> PreparedJob:
+    @property
+    def max_depth(self) -> int:
+        return self.config.max_depth
+
+    def prepare(
+        self, spec: TaskSpec, user_id: str, payload: Any, job_id: str | None = None
+    ) -> PreparedJob:
         c = self.config
-        key = uuid.uuid4().hex
+        key = job_id or uuid.uuid4().hex
         kwargs: dict[str, Any] = {"user_id": user_id}
         if payload is not None:
             kwargs["payload"] = payload
