@@ -127,8 +127,19 @@ def test_unknown_component_lists_the_choices(tmp_path: Path) -> None:
     error = errors_of(tmp_path, "limiter:\n  type: leaky\n")
     assert (
         "line 2: limiter.type: Unknown limiter 'leaky'. Choose one of: "
-        "daily_quota, fixed_window, token_bucket"
+        "daily_quota, fixed_window, sliding_window, token_bucket"
     ) in str(error)
+
+
+def test_sliding_window_periods_are_whole_milliseconds(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "limiter:\n  type: sliding_window\n  period: 0.0005\n")
+    assert "line 3: limiter.period: input should be greater than or equal to 0.001" in str(error)
+    error = errors_of(tmp_path, "limiter:\n  type: sliding_window\n  period: 1.0005\n")
+    assert "line 3: limiter.period: value error, must be a whole number of milliseconds" in str(
+        error
+    )
+    hub = hub_from(tmp_path, "limiter: {type: sliding_window, period: 1.1, block: 0.25}\n")
+    assert hub.limiter.params() == [20, 1_100, 250]  # not 1100.0000000000002
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
