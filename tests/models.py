@@ -5,7 +5,8 @@ ARCHITECTURE.md, the fixed window from rate-limiter-flexible 11.4's RateLimiterR
 (``SET 0 EX duration NX``, ``INCRBY``, ``PTTL``, then ``SET consumed PX block`` the
 first time a window goes over), the sliding window from its definition (the weighted
 two-window estimate; reset and retry found by searching the clock, not by the Lua's
-closed forms). Arithmetic follows the same IEEE doubles as Lua.
+closed forms), GCRA from redis-cell's ``RateLimiter::rate_limit``. Arithmetic follows
+the same IEEE doubles as Lua.
 """
 
 from __future__ import annotations
@@ -136,3 +137,32 @@ class SlidingWindowModel:
             if retry >= 0:
                 retry = max(retry, self.block_ms)
         return Expected(False, max(0, math.floor(self.limit - estimate)), reset, retry)
+
+
+class GcraModel:
+    """redis-cell's CL.THROTTLE (``RateLimiter::rate_limit``), in ms instead of ns."""
+
+    def __init__(self, max_burst: int, rate: int, period: float) -> None:
+        self.emission_interval = period * 1000 / rate
+        self.delay_variation_tolerance = self.emission_interval * (max_burst + 1)
+        self.limit = max_burst + 1
+        self.tat: float | None = None  # the key; it expires at the TAT
+
+    def request(self, now: int, cost: int = 1) -> Expected:
+        ei, dvt = self.emission_interval, self.delay_variation_tolerance
+        tat = now if self.tat is None or self.tat < now else self.tat
+        increment = ei * cost
+        new_tat = tat + increment
+        allow_at = new_tat - dvt
+        diff = now - allow_at
+        if diff < 0:
+            limited, ttl = True, tat - now
+            retry = math.ceil(-diff) if increment <= dvt else -1
+        else:
+            limited, ttl, retry = False, new_tat - now, 0
+            self.tat = new_tat
+        remaining = 0
+        following = dvt - ttl
+        if following > -ei:
+            remaining = int(following / ei)  # redis-cell's `as i64`: truncation
+        return Expected(not limited, remaining, math.ceil(ttl), retry)

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from helpers import Namespace
 from models import (
     Expected,
+    GcraModel,
     RateLimiterRedisModel,
     SlidingWindowModel,
     TokenBucketModel,
@@ -24,6 +25,7 @@ from models import (
 
 from taskhub.admission import Admission, Outcome
 from taskhub.builtin.fixed_window import FixedWindow
+from taskhub.builtin.gcra import Gcra
 from taskhub.builtin.handlers import LogCompletion
 from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.builtin.sliding_window import SlidingWindow
@@ -78,6 +80,11 @@ def sliding_window(**options: Any) -> tuple[SlidingWindow, Callable[[], SlidingW
     return SlidingWindow(config), lambda: SlidingWindowModel(
         config.limit, config.period, config.block
     )
+
+
+def gcra(**options: Any) -> tuple[Gcra, Callable[[], GcraModel]]:
+    config = Gcra.Config(**options)
+    return Gcra(config), lambda: GcraModel(config.max_burst, config.rate, config.period)
 
 
 # --------------------------------------------------------------------------- token bucket
@@ -285,6 +292,56 @@ async def test_sliding_window_key_expires_when_the_estimate_is_zero(client, ns) 
     assert await client.pexpiretime(key) == T0 + 32_000
 
 
+# --------------------------------------------------------------------------- gcra
+
+
+async def test_gcra_burst_then_one_every_emission_interval(client, ns) -> None:
+    admission = admission_for(client, ns, gcra()[0])  # limit 20, one every 3 s
+    results = [await decide(admission, T0) for _ in range(21)]
+    assert [r.allowed for r in results] == [True] * 20 + [False]
+    assert [r.remaining for r in results[:20]] == list(range(19, -1, -1))
+    assert results[20] == Expected(False, 0, 60_000, 3_000)
+    assert await decide(admission, T0 + 2_999) == Expected(False, 0, 57_001, 1)
+    assert await decide(admission, T0 + 3_000) == Expected(True, 0, 60_000, 0)
+    key = admission.limiter_keys("u1")[0]
+    assert await client.pexpiretime(key) == T0 + 63_000  # the TAT
+
+
+async def test_gcra_reproduces_redis_cells_own_test_table(client, ns) -> None:
+    """redis-cell's ``it_rate_limits``: max_burst 4, one per second."""
+    admission = admission_for(client, ns, gcra(max_burst=4, rate=1, period=1)[0])
+    cases = [
+        # (ms after start, quantity, allowed, remaining, reset ms, retry ms)
+        (0, 6, False, 5, 0, -1),  # more than the burst: never (redis-cell: retry -1)
+        (0, 1, True, 4, 1_000, 0),
+        (0, 1, True, 3, 2_000, 0),
+        (0, 1, True, 2, 3_000, 0),
+        (0, 1, True, 1, 4_000, 0),
+        (0, 1, True, 0, 5_000, 0),
+        (0, 1, False, 0, 5_000, 1_000),
+        (3_000, 1, True, 2, 3_000, 0),
+        (3_100, 1, True, 1, 3_900, 0),
+        (4_000, 1, True, 1, 4_000, 0),
+        (8_000, 1, True, 4, 1_000, 0),
+        (9_500, 1, True, 4, 1_000, 0),
+        (9_500, 0, True, 4, 1_000, 0),  # a zero quantity peeks
+        (9_500, 2, True, 2, 3_000, 0),
+        (9_500, 5, False, 2, 3_000, 3_000),
+    ]
+    for at, quantity, *expected in cases:
+        assert await decide(admission, T0 + at, cost=quantity) == Expected(*expected), at
+
+
+async def test_gcra_fractional_emission_interval(client, ns) -> None:
+    # 7 per 10 s: one every 1428.57... ms; a burst of 2
+    admission = admission_for(client, ns, gcra(max_burst=1, rate=7, period=10)[0])
+    assert (await decide(admission, T0)).allowed and (await decide(admission, T0)).allowed
+    refused = await decide(admission, T0)
+    assert refused == Expected(False, 0, 2_858, 1_429)
+    assert not (await decide(admission, T0 + 1_428)).allowed
+    assert (await decide(admission, T0 + 1_429)).allowed
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -297,6 +354,8 @@ async def test_sliding_window_key_expires_when_the_estimate_is_zero(client, ns) 
         (FixedWindow(FixedWindow.Config()), "fw", 59_000, 60_000),
         # the end of the next aligned 60 s window
         (SlidingWindow(SlidingWindow.Config()), "sw", 60_000, 120_000),
+        # the TAT, one emission interval on
+        (Gcra(Gcra.Config()), "gcra", 2_000, 3_000),
     ],
 )
 async def test_keys_expire_with_the_real_clock(
