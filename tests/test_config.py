@@ -9,6 +9,7 @@ import pytest
 from helpers import ROOT
 
 from taskhub.cli import main
+from taskhub.components import RatePolicy
 from taskhub.config import load_text, mask_url, parse_settings
 from taskhub.errors import ConfigError
 from taskhub.hub import Hub
@@ -129,6 +130,21 @@ def test_unknown_component_lists_the_choices(tmp_path: Path) -> None:
         "line 2: limiter.type: Unknown limiter 'leaky'. Choose one of: "
         "daily_quota, fixed_window, gcra, sliding_window, token_bucket"
     ) in str(error)
+
+
+def test_the_new_strategies_are_chosen_by_the_limiter_block(tmp_path: Path) -> None:
+    hub = hub_from(tmp_path, "limiter: {type: sliding_window, limit: 5, period: 10, block: 2}\n")
+    assert hub.resolved()["limiter"] == {
+        "type": "sliding_window",
+        "limit": 5,
+        "period": 10.0,
+        "block": 2.0,
+    }
+    assert hub.limiter.policy() == RatePolicy(limit=5, window=10)
+    hub = hub_from(tmp_path, "limiter: {type: gcra, max_burst: 4, rate: 1, period: 2}\n")
+    assert hub.resolved()["limiter"] == {"type": "gcra", "max_burst": 4, "rate": 1, "period": 2.0}
+    assert hub.limiter.policy() == RatePolicy(limit=5, window=10)  # 5, one every 2 s
+    assert hub.limiter.params() == [2_000, 10_000, 5]
 
 
 def test_sliding_window_periods_are_whole_milliseconds(tmp_path: Path) -> None:
