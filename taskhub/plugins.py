@@ -35,6 +35,8 @@ ENTRY_POINT_GROUP = "taskhub"
 BUILTIN_MODULES = (
     "taskhub.builtin.token_bucket",
     "taskhub.builtin.fixed_window",
+    "taskhub.builtin.sliding_window",
+    "taskhub.builtin.gcra",
     "taskhub.builtin.handlers",
     "taskhub.builtin.file_log",
     "taskhub.builtin.console",

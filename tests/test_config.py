@@ -9,6 +9,7 @@ import pytest
 from helpers import ROOT
 
 from taskhub.cli import main
+from taskhub.components import RatePolicy
 from taskhub.config import load_text, mask_url, parse_settings
 from taskhub.errors import ConfigError
 from taskhub.hub import Hub
@@ -133,8 +134,34 @@ def test_unknown_component_lists_the_choices(tmp_path: Path) -> None:
     error = errors_of(tmp_path, "limiter:\n  type: leaky\n")
     assert (
         "line 2: limiter.type: Unknown limiter 'leaky'. Choose one of: "
-        "daily_quota, fixed_window, token_bucket"
+        "daily_quota, fixed_window, gcra, sliding_window, token_bucket"
     ) in str(error)
+
+
+def test_the_new_strategies_are_chosen_by_the_limiter_block(tmp_path: Path) -> None:
+    hub = hub_from(tmp_path, "limiter: {type: sliding_window, limit: 5, period: 10, block: 2}\n")
+    assert hub.resolved()["limiter"] == {
+        "type": "sliding_window",
+        "limit": 5,
+        "period": 10.0,
+        "block": 2.0,
+    }
+    assert hub.limiter.policy() == RatePolicy(limit=5, window=10)
+    hub = hub_from(tmp_path, "limiter: {type: gcra, max_burst: 4, rate: 1, period: 2}\n")
+    assert hub.resolved()["limiter"] == {"type": "gcra", "max_burst": 4, "rate": 1, "period": 2.0}
+    assert hub.limiter.policy() == RatePolicy(limit=5, window=10)  # 5, one every 2 s
+    assert hub.limiter.params() == [2_000, 10_000, 5]
+
+
+def test_sliding_window_periods_are_whole_milliseconds(tmp_path: Path) -> None:
+    error = errors_of(tmp_path, "limiter:\n  type: sliding_window\n  period: 0.0005\n")
+    assert "line 3: limiter.period: input should be greater than or equal to 0.001" in str(error)
+    error = errors_of(tmp_path, "limiter:\n  type: sliding_window\n  period: 1.0005\n")
+    assert "line 3: limiter.period: value error, must be a whole number of milliseconds" in str(
+        error
+    )
+    hub = hub_from(tmp_path, "limiter: {type: sliding_window, period: 1.1, block: 0.25}\n")
+    assert hub.limiter.params() == [20, 1_100, 250]  # not 1100.0000000000002
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

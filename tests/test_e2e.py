@@ -261,6 +261,10 @@ def test_embedded_memory_mode_end_to_end(tmp_path: Path, ns: Namespace, spawn) -
         ({"type": "fixed_window", "points": 20, "duration": 60, "block_duration": 1}, 200),
         # A token bucket: after the 1 s block it is still empty (the next token is 30 s away).
         ({"type": "token_bucket", "capacity": 20, "refill": 20, "period": 600, "block": 1}, 429),
+        # A sliding window: the last minute's 20 still weigh (almost) fully.
+        ({"type": "sliding_window", "limit": 20, "period": 60, "block": 1}, 429),
+        # GCRA: the next request is allowed 30 s after the burst.
+        ({"type": "gcra", "max_burst": 19, "rate": 20, "period": 600}, 429),
     ],
 )
 def test_swapping_the_limiter_is_an_edit_of_the_limiter_block(
@@ -268,8 +272,10 @@ def test_swapping_the_limiter_is_an_edit_of_the_limiter_block(
 ) -> None:
     process = spawn(config_dict(ns, redis_url, limiter=limiter))
     try:
-        statuses = [post(process.url, {"user_id": "swap"}).status_code for _ in range(22)]
-        assert statuses == [200] * 20 + [429] * 2
+        responses = [post(process.url, {"user_id": "swap"}) for _ in range(22)]
+        assert [r.status_code for r in responses] == [200] * 20 + [429] * 2
+        policy = responses[-1].headers["RateLimit-Policy"]
+        assert policy.startswith(f'"{limiter["type"]}";q=20;w='), policy
         time.sleep(1.2)
         assert post(process.url, {"user_id": "swap"}).status_code == after_block
     finally:
