@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ROOT
 
 from taskhub.cli import main
-from taskhub.components import RatePolicy
+from taskhub.components import Limiter, RatePolicy
 from taskhub.config import load_text, mask_url, parse_settings
 from taskhub.errors import ConfigError
 from taskhub.hub import Hub
@@ -138,19 +139,22 @@ def test_unknown_component_lists_the_choices(tmp_path: Path) -> None:
     ) in str(error)
 
 
+def only_rule(hub: Hub) -> tuple[dict[str, Any], Limiter]:
+    (resolved,) = hub.resolved()["limits"]["admission"]
+    (rule,) = hub.rules
+    return {k: v for k, v in resolved.items() if k not in ("name", "key", "shadow")}, rule.limiter
+
+
 def test_the_new_strategies_are_chosen_by_the_limiter_block(tmp_path: Path) -> None:
     hub = hub_from(tmp_path, "limiter: {type: sliding_window, limit: 5, period: 10, block: 2}\n")
-    assert hub.resolved()["limiter"] == {
-        "type": "sliding_window",
-        "limit": 5,
-        "period": 10.0,
-        "block": 2.0,
-    }
-    assert hub.limiter.policy() == RatePolicy(limit=5, window=10)
+    resolved, limiter = only_rule(hub)
+    assert resolved == {"type": "sliding_window", "limit": 5, "period": 10.0, "block": 2.0}
+    assert limiter.policy() == RatePolicy(limit=5, window=10)
     hub = hub_from(tmp_path, "limiter: {type: gcra, max_burst: 4, rate: 1, period: 2}\n")
-    assert hub.resolved()["limiter"] == {"type": "gcra", "max_burst": 4, "rate": 1, "period": 2.0}
-    assert hub.limiter.policy() == RatePolicy(limit=5, window=10)  # 5, one every 2 s
-    assert hub.limiter.params() == [2_000, 10_000, 5]
+    resolved, limiter = only_rule(hub)
+    assert resolved == {"type": "gcra", "max_burst": 4, "rate": 1, "period": 2.0}
+    assert limiter.policy() == RatePolicy(limit=5, window=10)  # 5, one every 2 s
+    assert limiter.params() == [2_000, 10_000, 5]
 
 
 def test_sliding_window_periods_are_whole_milliseconds(tmp_path: Path) -> None:
@@ -161,7 +165,7 @@ def test_sliding_window_periods_are_whole_milliseconds(tmp_path: Path) -> None:
         error
     )
     hub = hub_from(tmp_path, "limiter: {type: sliding_window, period: 1.1, block: 0.25}\n")
-    assert hub.limiter.params() == [20, 1_100, 250]  # not 1100.0000000000002
+    assert only_rule(hub)[1].params() == [20, 1_100, 250]  # not 1100.0000000000002
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import Namespace
+from limiter_harness import SPEC, T0, admission_for, decide, keys_of
 from models import (
     Expected,
     GcraModel,
@@ -23,22 +23,15 @@ from models import (
     TokenBucketModel,
 )
 
-from taskhub.admission import Admission, Outcome
+from taskhub.admission import Admission
 from taskhub.builtin.fixed_window import FixedWindow
 from taskhub.builtin.gcra import Gcra
-from taskhub.builtin.handlers import LogCompletion
-from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.builtin.sliding_window import SlidingWindow
 from taskhub.builtin.token_bucket import TokenBucket
-from taskhub.components import Limiter, TaskSpec
+from taskhub.components import Limiter
 from taskhub.config import RedisSettings
-from taskhub.policy import RequestContext, Rule
+from taskhub.policy import RequestContext
 from taskhub.redis_client import connect
-
-SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
-# Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test
-# (strategies set absolute expiries on the decision clock).
-T0 = 4_000_000_000_000
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -47,20 +40,6 @@ async def client(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterato
     conn = connect(RedisSettings(url=url))
     yield conn
     await conn.aclose()
-
-
-def admission_for(client: aioredis.Redis, ns: Namespace, limiter: Limiter) -> Admission:
-    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
-    return Admission(client, [Rule("user", limiter)], queue, ns.prefix)
-
-
-async def decide(admission: Admission, now: int, user: str = "u1", cost: int = 1) -> Expected:
-    request = RequestContext(user_id=user, task=SPEC.name)
-    decision = await admission.admit(SPEC, request, None, cost=cost, now_ms=now)
-    (rule,) = decision.rules
-    return Expected(
-        decision.outcome is Outcome.ADMITTED, rule.remaining, rule.reset_ms, rule.retry_ms
-    )
 
 
 def token_bucket(**options: Any) -> tuple[TokenBucket, Callable[[], TokenBucketModel]]:
@@ -232,7 +211,7 @@ async def test_sliding_window_burst_refusal_and_the_weighted_recovery(client, ns
 async def test_sliding_window_refusals_are_not_counted(client, ns) -> None:
     admission = admission_for(client, ns, sliding_window(limit=1, period=10)[0])
     assert (await decide(admission, T0)).allowed
-    key = admission.limiter_keys("u1")[0]
+    key = keys_of(admission, "u1")[0]
     before = await client.hgetall(key)
     for i in range(1, 5):
         assert not (await decide(admission, T0 + i * 1_000)).allowed
@@ -256,7 +235,7 @@ async def test_sliding_window_block_is_not_extended(client, ns) -> None:
 async def test_sliding_window_request_over_the_limit_is_never_admitted(client, ns) -> None:
     admission = admission_for(client, ns, sliding_window(limit=5, period=10)[0])
     assert await decide(admission, T0, cost=6) == Expected(False, 5, 0, -1)
-    assert await client.exists(admission.limiter_keys("u1")[0]) == 0  # nothing written
+    assert await client.exists(keys_of(admission, "u1")[0]) == 0  # nothing written
 
 
 async def test_sliding_window_clock_stepping_back_keeps_the_count(client, ns) -> None:
@@ -287,7 +266,7 @@ async def test_sliding_window_retry_is_the_checks_own_first_admission(client, ns
 
 async def test_sliding_window_key_expires_when_the_estimate_is_zero(client, ns) -> None:
     admission = admission_for(client, ns, sliding_window(limit=1, period=10, block=30)[0])
-    key = admission.limiter_keys("u1")[0]
+    key = keys_of(admission, "u1")[0]
     assert (await decide(admission, T0 + 1_000)).allowed
     assert await client.pexpiretime(key) == T0 + 20_000
     assert not (await decide(admission, T0 + 2_000)).allowed  # blocked until 32 s
@@ -305,7 +284,7 @@ async def test_gcra_burst_then_one_every_emission_interval(client, ns) -> None:
     assert results[20] == Expected(False, 0, 60_000, 3_000)
     assert await decide(admission, T0 + 2_999) == Expected(False, 0, 57_001, 1)
     assert await decide(admission, T0 + 3_000) == Expected(True, 0, 60_000, 0)
-    key = admission.limiter_keys("u1")[0]
+    key = keys_of(admission, "u1")[0]
     assert await client.pexpiretime(key) == T0 + 63_000  # the TAT
 
 
@@ -364,8 +343,8 @@ async def test_keys_expire_with_the_real_clock(
     client, ns, limiter: Limiter, strategy: str, low: int, high: int
 ) -> None:
     admission = admission_for(client, ns, limiter)
-    await admission.admit(SPEC, RequestContext("ttl-user", SPEC.name), None)
-    key = admission.rule_keys(RequestContext("ttl-user", SPEC.name))[0]
+    await admission.admit(SPEC, RequestContext("ttl-user", SPEC.name), None)  # Redis clock
+    key = keys_of(admission, "ttl-user")[0]
     assert key == f"{ns.prefix}:user:{strategy}:ttl-user"
     ttl = await client.pttl(key)
     assert low < ttl <= high
@@ -376,7 +355,7 @@ async def test_user_ids_map_to_distinct_keys_that_cannot_pick_a_slot(client, ns)
     users = ["a:b", "a%3Ab", "a", "a:", "{a}", "{a}b", "é", "x" * 256, "a b", "a/b"]
     for user in users:
         assert (await decide(admission, T0, user)).allowed, user  # each has its own bucket
-    keys = [admission.rule_keys(RequestContext(u, SPEC.name))[0] for u in users]
+    keys = [keys_of(admission, u)[0] for u in users]
     assert len(set(keys)) == len(users)
     for key in keys:
         subject = key.removeprefix(f"{ns.prefix}:user:tb:")

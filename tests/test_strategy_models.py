@@ -25,21 +25,17 @@ import redis.asyncio as aioredis
 from helpers import Namespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import Expected, GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
+from limiter_harness import T0, admission_for, decide, keys_of
+from models import GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
 
-from taskhub.admission import Admission, Outcome
 from taskhub.builtin.fixed_window import FixedWindow
 from taskhub.builtin.gcra import Gcra
-from taskhub.builtin.handlers import LogCompletion
-from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.builtin.sliding_window import SlidingWindow
 from taskhub.builtin.token_bucket import TokenBucket
-from taskhub.components import Limiter, TaskSpec
+from taskhub.components import Limiter
 from taskhub.config import RedisSettings
 from taskhub.redis_client import connect
 
-SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
-T0 = 4_000_000_000_000  # simulated Redis clock, ms: far in the future, so nothing expires
 MAX_EXAMPLES = 100
 PROFILE = settings(
     max_examples=MAX_EXAMPLES,
@@ -144,9 +140,7 @@ async def play(client: aioredis.Redis, ns: Namespace, scenario: Scenario, tag: s
     """Replay ``scenario`` through the admission script and through fresh models."""
     strategy = STRATEGIES[scenario.name]
     config = strategy.limiter.Config(**scenario.options)
-    admission = Admission(
-        client, strategy.limiter(config), SaqQueue(SaqQueue.Config(name=ns.queue)), ns.prefix
-    )
+    admission = admission_for(client, ns, strategy.limiter(config))
     users = [f"{tag}-a", f"{tag}-b"]
     models = {user: strategy.model(config) for user in users}
     now = T0
@@ -155,14 +149,10 @@ async def play(client: aioredis.Redis, ns: Namespace, scenario: Scenario, tag: s
             now += gap
             user = users[index]
             expected = models[user].request(now, cost)
-            decision = await admission.admit(SPEC, user, None, cost=cost, now_ms=now)
-            rule = decision.rule
-            got = Expected(
-                decision.outcome is Outcome.ADMITTED, rule.remaining, rule.reset_ms, rule.retry_ms
-            )
+            got = await decide(admission, now, user, cost)
             assert got == expected, f"step {step}: user {index}, T0 + {now - T0} ms, cost {cost}"
     finally:
-        await forget(client, ns, [k for u in users for k in admission.limiter_keys(u)])
+        await forget(client, ns, [k for u in users for k in keys_of(admission, u)])
 
 
 async def forget(client: aioredis.Redis, ns: Namespace, limiter_keys: list[str]) -> None:
