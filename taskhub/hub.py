@@ -90,7 +90,6 @@ class Hub:
         build = _Builder(raw, registry, problems)
         self.rules = self._admission_rules(build, problems)
         self.execution_rules = self._rules(build, settings.limits.execution, "execution", problems)
-        self._check_limits(problems)
         self.queue = build(QueueBackend, settings.queue, ("queue",))
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
@@ -100,6 +99,7 @@ class Hub:
             self.tasks[name] = TaskSpec(
                 name, handler, section.retries, section.timeout, section.cost
             )
+        self._check_limits(problems)
         if settings.default_task not in settings.tasks:
             defined = ", ".join(sorted(settings.tasks))
             message = f"{settings.default_task!r} is not in tasks (defined: {defined})"
@@ -156,6 +156,14 @@ class Hub:
                 "and the queue, nothing can be queued while it is down, so every mode answers 503"
             )
             problems.append(self.raw.problem(("limits", "fail_mode"), message))
+        for name, spec in self.tasks.items():
+            for rule in self.rules:
+                if spec.cost > rule.policy.limit:
+                    message = (
+                        f"cost {spec.cost} is more than rule {rule.name!r} ever allows "
+                        f"({rule.policy.limit}), so this task could never be admitted"
+                    )
+                    problems.append(self.raw.problem(("tasks", name, "cost"), message))
         for index, rule in enumerate(self.execution_rules):
             loc: Loc = ("limits", "execution", index)
             if rule.source not in EXECUTION_SOURCES:

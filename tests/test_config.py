@@ -313,3 +313,85 @@ def test_embedded_redis_needs_run_not_serve(
     assert main(["serve", str(path)]) == 2
     assert "use `taskhub run`" in capsys.readouterr().err
     assert main(["worker", str(path)]) == 2
+
+
+def test_limits_problems_are_reported_together_with_their_paths(tmp_path: Path) -> None:
+    error = errors_of(
+        tmp_path,
+        textwrap.dedent(
+            """\
+            limiter: {type: token_bucket}
+            limits:
+              fail_mode: open
+              admission:
+                - {name: per_user, type: token_bucket, capacity: 5}
+                - {name: per_user, key: header:X-Api-Key, type: fixed_window}
+                - {key: cookie, type: gcra}
+              execution:
+                - {key: ip, type: token_bucket}
+              trusted_proxies: [10.0.0.0/8, proxy.local]
+              admin: {enabled: true}
+            tasks:
+              log_completion: {cost: 6}
+            """
+        ),
+    )
+    message = str(error)
+    for expected in (
+        "limits.admission[2].key: value error, unknown key 'cookie'; use one of: "
+        "user, ip, task, constant, header:<Name>",
+        "limits.trusted_proxies: value error, 'proxy.local' is not an IP address or network",
+        "limits.admin: value error, admin.enabled needs admin.token of at least 16 characters",
+    ):
+        assert expected in message, message
+    # the kernel's checks run once the file's shape is valid
+    error = errors_of(
+        tmp_path,
+        textwrap.dedent(
+            """\
+            limiter: {type: token_bucket}
+            limits:
+              fail_mode: open
+              admission:
+                - {name: per_user, type: token_bucket, capacity: 5}
+                - {name: per_user, key: header:X-Api-Key, type: fixed_window}
+              execution:
+                - {key: ip, type: token_bucket}
+            tasks:
+              log_completion: {cost: 6}
+            """
+        ),
+    )
+    message = str(error)
+    for expected in (
+        "line 1: limiter: give either limiter (one rule per user) or limits.admission, not both",
+        "line 3: limits.fail_mode: 'open' needs limits.redis_url",
+        "line 6: limits.admission[1].name: duplicate rule name 'per_user'",
+        "line 8: limits.execution[0].key: 'ip' is not known on a worker; "
+        "use one of: user, task, constant",
+        "line 10: tasks.log_completion.cost: cost 6 is more than rule 'per_user' ever allows (5)",
+    ):
+        assert expected in message, message
+
+
+def test_a_policy_with_named_rules_and_the_shorthand_names(tmp_path: Path) -> None:
+    hub = hub_from(
+        tmp_path,
+        textwrap.dedent(
+            """\
+            limits:
+              shadow: true
+              admission:
+                - {type: token_bucket}
+                - {key: ip, type: fixed_window, points: 300}
+                - {key: "header:X-Api-Key", type: gcra}
+                - {key: constant, type: sliding_window, limit: 5000, period: 1}
+            """
+        ),
+    )
+    assert [(r.name, r.key_spec, r.shadow) for r in hub.rules] == [
+        ("user", "user", True),
+        ("ip", "ip", True),
+        ("x-api-key", "header:X-Api-Key", True),
+        ("global", "constant", True),
+    ]
