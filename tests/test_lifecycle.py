@@ -1,8 +1,9 @@
-"""Job lifecycle over HTTP, retries with backoff, RetryLater: real processes."""
+"""Job lifecycle over HTTP, retries with backoff, RetryLater, dead letters: real processes."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from datetime import datetime
@@ -16,7 +17,9 @@ from helpers import (
     config_dict,
     delivery_plugins,
     get_job,
+    run_cli,
     wait_until,
+    write_config,
 )
 
 TASKS = {
@@ -181,3 +184,53 @@ def test_retry_later_reschedules_uses_an_attempt_and_logs_at_info(
     assert done["result"] - before >= 1.5
     line = next(line for line in process.output.splitlines() if "RetryLater" in line)
     assert " INFO " in line and "not ready yet" in line and "attempt 1/2" in line
+
+
+def test_dead_letters_are_listed_retried_and_purged(
+    tmp_path: Path, ns: Namespace, redis_url: str, spawn
+) -> None:
+    config = delivery_config(tmp_path, ns, redis_url)
+    path = write_config(tmp_path, config)
+    (tmp_path / "broken.flag").touch()
+    process = spawn(config)
+    job_ids = [submit(process.url, "broken") for _ in range(2)]
+    for job_id in job_ids:
+        failed = wait_for_status(process.url, job_id, "failed")
+        assert failed["attempts"] == 2 and "ValueError: boom" in failed["error"]
+        assert "Traceback (most recent call last)" in failed["error"]
+    assert "failed after 2 attempts, kept as a dead letter: ValueError: boom" in process.output
+
+    listing = run_cli(["jobs", "failed", str(path)], tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    header, *rows, total = listing.stdout.splitlines()
+    assert header.split() == ["ID", "TASK", "USER", "ATTEMPTS", "FAILED", "AT", "ERROR"]
+    assert total == "2 dead letter(s)"
+    for job_id in job_ids:
+        row = next(row for row in rows if row.startswith(job_id))
+        assert row.split()[1:4] == ["broken", "u1", "2/2"] and row.endswith("ValueError: boom")
+
+    as_json = run_cli(["jobs", "failed", str(path), "--json"], tmp_path)
+    letters = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert sorted(letter["job_id"] for letter in letters) == sorted(job_ids)
+
+    shown = run_cli(["jobs", "show", str(path), job_ids[0]], tmp_path)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "failed"
+
+    bad = run_cli(["jobs", "retry", str(path), job_ids[0], "nonexistent"], tmp_path)
+    assert bad.returncode == 2 and "not a dead letter: nonexistent" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert run_cli(["jobs", "show", str(path), "nonexistent"], tmp_path).returncode == 2
+
+    (tmp_path / "broken.flag").unlink()
+    retried = run_cli(["jobs", "retry", str(path), job_ids[0]], tmp_path)
+    assert retried.returncode == 0 and f"re-queued 1 job(s)\n  {job_ids[0]}" in retried.stdout
+    done = wait_for_status(process.url, job_ids[0], "complete")
+    assert done["attempts"] == 1 and done["result"] == "fixed"
+    assert f"job={job_ids[0]} attempt=1" in (tmp_path / "task.log").read_text()
+
+    listing = run_cli(["jobs", "failed", str(path), "--json"], tmp_path)
+    assert [json.loads(line)["job_id"] for line in listing.stdout.splitlines()] == [job_ids[1]]
+    purged = run_cli(["jobs", "purge", str(path)], tmp_path)
+    assert purged.returncode == 0 and purged.stdout == "purged 1 dead letter(s)\n"
+    assert run_cli(["jobs", "failed", str(path)], tmp_path).stdout == "no dead letters\n"
+    assert get_job(process.url, job_ids[1]) is None
