@@ -314,7 +314,8 @@ class HardenedRedisQueue(RedisQueue):
             move = Move.DEAD
         moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
         if moved:
-            logger.warning(
+            logger.log(
+                logging.ERROR if move is Move.DEAD else logging.WARNING,
                 "job %s (task %s, attempt %d): %s; %s",
                 job.key,
                 job.function,
