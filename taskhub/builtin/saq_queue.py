@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
     from taskhub.hub import Hub
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
