@@ -1,8 +1,9 @@
 """Example task handler plugin: ``count_words`` counts the words in ``payload.text``.
 
 Copy this file to start your own handler. Enable it by listing it under
-``tasks:`` in your config (options other than ``type``, ``retries`` and
-``timeout`` are the handler's own, validated by its ``Config``):
+``tasks:`` in your config (options other than ``type`` and the job options
+``retries``, ``timeout``, ``retry_delay``, ``retry_backoff`` and ``heartbeat``
+are the handler's own, validated by its ``Config``):
 
     tasks:
       log_completion: {}

@@ -21,14 +21,20 @@ from taskhub.components import (
     TaskSpec,
 )
 from taskhub.hookspecs import hookimpl
+from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, RetryLater
 
 __all__ = [
+    "AbortOutcome",
+    "AbortResult",
     "Completion",
+    "JobInfo",
+    "JobStatus",
     "Limiter",
     "Options",
     "PreparedJob",
     "QueueBackend",
     "RatePolicy",
+    "RetryLater",
     "Server",
     "Sink",
     "Task",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from taskhub.hub import Hub
+    from taskhub.jobs import AbortResult, JobInfo
 
 
 class Options(BaseModel):
@@ -135,6 +136,9 @@ class TaskSpec:
     handler: TaskHandler
     retries: int | None = None
     timeout: int | None = None
+    retry_delay: float | None = None
+    retry_backoff: float | None = None
+    heartbeat: float | None = None
     cost: int = 1
 
 
@@ -197,6 +201,29 @@ class QueueBackend(Component):
 
     async def work(self, hub: Hub, stop: asyncio.Event) -> None:
         """Run jobs until ``stop`` is set, then finish or hand back those in flight."""
+        raise NotImplementedError
+
+    # Job inspection, for servers and the CLI. Each raises BackendUnavailable when the
+    # store cannot be reached; an unknown or malformed id is "not found", not an error.
+
+    async def status(self, job_id: str) -> JobInfo | None:
+        """The job's current state, or None if there is no such job (or it expired)."""
+        raise NotImplementedError
+
+    async def abort(self, job_id: str) -> AbortResult:
+        """Abort a job that is waiting or running; a finished job is left as it is."""
+        raise NotImplementedError
+
+    async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
+        """Jobs that used every attempt, oldest failure first."""
+        raise NotImplementedError
+
+    async def retry_dead(self, job_ids: list[str] | None) -> list[str]:
+        """Queue dead letters again with fresh attempts (``None``: all); returns those moved."""
+        raise NotImplementedError
+
+    async def purge_dead(self) -> int:
+        """Delete every dead letter; returns how many there were."""
         raise NotImplementedError
 
     async def close(self) -> None:

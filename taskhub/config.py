@@ -91,12 +91,25 @@ class SinkSection(ComponentSection):
     type: str  # type: ignore[assignment]  # a sink entry must say which sink
 
 
+# Options of a task entry that the kernel keeps for the queue; handlers may not declare them.
+JOB_OPTIONS = ("retries", "timeout", "retry_delay", "retry_backoff", "heartbeat")
+
+
 class TaskSection(ComponentSection):
     """A task clients may submit: its handler (``type``, default the task's own name),
     job options, and the handler's own options."""
 
-    retries: int | None = Field(None, ge=1, le=100)
-    timeout: int | None = Field(None, ge=0, le=86_400)
+    retries: int | None = Field(None, ge=1, le=100, description="attempts in total")
+    timeout: int | None = Field(None, ge=0, le=86_400, description="seconds one attempt may run")
+    retry_delay: float | None = Field(
+        None, ge=0, le=86_400, description="seconds before the first retry"
+    )
+    retry_backoff: float | None = Field(
+        None, ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling"
+    )
+    heartbeat: float | None = Field(
+        None, ge=0.1, le=3_600, description="seconds without a beat before a job counts as lost"
+    )
     cost: int = Field(1, ge=1, le=1_000_000, description="what one submission weighs")
 
 

@@ -36,11 +36,13 @@ from taskhub.components import (
 )
 from taskhub.config import (
     DEFAULT_TYPES,
+    JOB_OPTIONS,
     ComponentSection,
     Loc,
     RawConfig,
     RuleSection,
     Settings,
+    TaskSection,
     load_file,
     mask_secrets,
     mask_url,
@@ -96,9 +98,7 @@ class Hub:
         self.tasks: dict[str, TaskSpec] = {}
         for name, section in settings.tasks.items():
             handler = build(TaskHandler, section, ("tasks", name), default_type=name)
-            self.tasks[name] = TaskSpec(
-                name, handler, section.retries, section.timeout, section.cost
-            )
+            self.tasks[name] = TaskSpec(name, handler, **job_options(section), cost=section.cost)
         self._check_limits(problems)
         if settings.default_task not in settings.tasks:
             defined = ", ".join(sorted(settings.tasks))
@@ -224,7 +224,7 @@ class Hub:
             "queue": section(self.queue),
             "sinks": [section(sink) for sink in self.sinks],
             "tasks": {
-                name: {**section(spec.handler), "retries": spec.retries, "timeout": spec.timeout}
+                name: {**section(spec.handler), **job_options(spec), "cost": spec.cost}
                 for name, spec in self.tasks.items()
             },
             "default_task": self.default_task,
@@ -375,6 +375,11 @@ class Hub:
             logger.info("queue: %s", _describe(self.queue))
             logger.info("sinks: %s", ", ".join(_describe(s) for s in self.sinks) or "none")
         logger.info("tasks: %s (default: %s)", ", ".join(self.tasks), self.default_task)
+
+
+def job_options(source: TaskSection | TaskSpec) -> dict[str, Any]:
+    """A task's job options (retries, timeout, ...), from its config entry or its spec."""
+    return {name: getattr(source, name) for name in JOB_OPTIONS}
 
 
 def _describe(component: Component) -> str:

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from taskhub import hookspecs
 from taskhub.components import KINDS, Component, Limiter, TaskHandler
+from taskhub.config import JOB_OPTIONS
 from taskhub.errors import PluginError, UnknownComponentError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ BUILTIN_MODULES = (
 LOCAL_PACKAGE = "taskhub_local_plugins"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 # Options of a task entry that the kernel keeps for itself (see config.TaskSection).
-RESERVED_TASK_OPTIONS = frozenset({"type", "retries", "timeout"})
+RESERVED_TASK_OPTIONS = frozenset({"type", "cost", *JOB_OPTIONS})
 
 
 @dataclass(frozen=True)

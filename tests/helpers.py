@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 import yaml
 
@@ -276,3 +277,83 @@ def _pings(client: redis.Redis) -> bool:
     with contextlib.suppress(redis.ConnectionError):
         return bool(client.ping())
     return False
+
+
+# Handlers for delivery tests. Each records what it needs in its worker's working
+# directory, so a test can steer one worker (a flag file) without touching another.
+DELIVERY_HANDLERS = """
+import asyncio
+import time
+from pathlib import Path
+
+from taskhub import RetryLater, Task, TaskHandler, hookimpl
+
+
+class Sleepy(TaskHandler):
+    '''Sleeps payload["seconds"]; not at all where fast.flag exists.'''
+
+    name = "sleepy"
+
+    async def run(self, task: Task) -> str:
+        if not Path("fast.flag").exists():
+            await asyncio.sleep((task.payload or {}).get("seconds", 0))
+        return "slept"
+
+
+class Flaky(TaskHandler):
+    '''Fails its first two attempts; notes when each attempt started.'''
+
+    name = "flaky"
+
+    async def run(self, task: Task) -> int:
+        with open(f"attempts-{task.job_id}", "a") as times:
+            times.write(f"{time.time()}\\n")
+        if task.attempt < 3:
+            raise ConnectionError(f"upstream down (attempt {task.attempt})")
+        return task.attempt
+
+
+class Later(TaskHandler):
+    '''Asks to run again in payload["delay"] seconds, once.'''
+
+    name = "later"
+
+    async def run(self, task: Task) -> float:
+        if task.attempt == 1:
+            raise RetryLater(delay=task.payload["delay"], reason="not ready yet")
+        return time.time()
+
+
+class Broken(TaskHandler):
+    '''Fails while broken.flag exists here.'''
+
+    name = "broken"
+
+    async def run(self, task: Task) -> str:
+        if Path("broken.flag").exists():
+            raise ValueError("boom")
+        return "fixed"
+
+
+@hookimpl
+def register_handlers(register):
+    for handler in (Sleepy, Flaky, Later, Broken):
+        register(handler)
+"""
+
+
+def delivery_plugins(directory: Path) -> str:
+    """A plugins_dir holding DELIVERY_HANDLERS; returns its path for the config."""
+    plugins = directory / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / "delivery_handlers.py").write_text(DELIVERY_HANDLERS)
+    return str(plugins)
+
+
+def get_job(url: str, job_id: str) -> dict[str, Any] | None:
+    """The job's state from ``GET /task/{id}``, or None on 404."""
+    response = httpx.get(f"{url}/task/{job_id}", timeout=10)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return response.json()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from taskhub import Completion
+from taskhub.jobs import iso
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
 
@@ -33,7 +34,7 @@ def completion_line(completion: Completion) -> str:
     from a genuine second task.
     """
     task = completion.task
-    stamp = completion.completed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = iso(completion.completed_at)
     return (
         f"Task completed for user {printable(task.user_id)} at {stamp} "
         f"(task={task.name} job={task.job_id} attempt={task.attempt})"

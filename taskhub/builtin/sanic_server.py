@@ -1,4 +1,4 @@
-"""``sanic``: the HTTP API, ``POST /task`` and ``GET /health``, on Sanic.
+"""``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``).
 
 The request path is: size check (Sanic, 413), content type (415), parse and
 validate (400/422), one admission round trip (200/429, or 503 when Redis is
@@ -34,6 +34,7 @@ from taskhub import Options, Server, hookimpl
 from taskhub.admission import Decision, Outcome
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
+from taskhub.jobs import AbortOutcome
 from taskhub.policy import RequestContext
 from taskhub.ratelimit_headers import rate_limit_headers, retry_after
 from taskhub.submission import SubmissionError, idempotent_job_id
@@ -145,6 +146,9 @@ class SanicServer(Server):
         submit = self._submit_handler(hub)
         app.add_route(submit, "/task", methods=["POST"], name="submit_task")
         app.add_route(_health, "/health", methods=["GET"], name="health")
+        status, abort = self._job_handlers(hub)
+        app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
+        app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
         return app
 
     def _submit_handler(self, hub: Hub) -> Callable[[Request], Any]:
@@ -197,6 +201,40 @@ class SanicServer(Server):
             return decision_response(decision, submission.spec.name, retry_headers)
 
         return submit
+
+    def _job_handlers(self, hub: Hub) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """``GET /task/{id}`` (its state) and ``DELETE /task/{id}`` (abort it)."""
+        queue = hub.queue
+        retry_after = {"Retry-After": str(self.config.unavailable_retry_after)}
+
+        def unavailable() -> HTTPResponse:
+            message = "the task store is unreachable; retry shortly"
+            return error_response(503, "unavailable", message, retry_after)
+
+        def not_found() -> HTTPResponse:
+            return error_response(404, "not_found", "no such job (or it has expired)")
+
+        async def status(request: Request, job_id: str) -> HTTPResponse:
+            try:
+                job = await queue.status(job_id)
+            except BackendUnavailable:
+                return unavailable()
+            return not_found() if job is None else json_response(200, job.to_json())
+
+        async def abort(request: Request, job_id: str) -> HTTPResponse:
+            try:
+                result = await queue.abort(job_id)
+            except BackendUnavailable:
+                return unavailable()
+            if result.job is None:
+                return not_found()
+            body = result.job.to_json()
+            if result.outcome is AbortOutcome.FINISHED:
+                message = f"the job has already finished ({body['status']})"
+                return json_response(409, {"error": "conflict", "message": message, "job": body})
+            return json_response(202 if result.outcome is AbortOutcome.ABORTING else 200, body)
+
+        return status, abort
 
     def bind(self) -> socket.socket:
         """Bind the listening socket ourselves: Sanic reads port 0 as "use 8000"."""

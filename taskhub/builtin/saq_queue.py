@@ -1,17 +1,16 @@
 """``saq``: jobs stored in SAQ's Redis layout and run by a SAQ worker.
 
-Admission writes jobs exactly as SAQ's own enqueue script does (so SAQ's worker
-and web UI see them), but from inside the admission script. The worker is SAQ's,
-with three changes: the hub owns the signals, idle shutdown does not wait out
-the upkeep timers, and an unreachable Redis makes it back off and log once
-instead of spinning.
+Admission writes jobs exactly as SAQ's own enqueue script does (so SAQ's tools
+see them), but from inside the admission script. The worker is SAQ's loop with
+taskhub's job lifecycle (:mod:`taskhub.builtin.saq_worker`); job state moves
+only through fenced Lua transitions (:mod:`taskhub.builtin.saq_redis`); the
+API and CLI read and steer jobs through :mod:`taskhub.builtin.saq_jobs`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,25 +18,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import Field
-from redis.exceptions import ResponseError
-from saq import Worker
-from saq.queue.redis import RedisQueue
 
 from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
-from taskhub.outage import OutageLog
+from taskhub.builtin import saq_jobs
+from taskhub.builtin.saq_jobs import job_info
+from taskhub.builtin.saq_redis import HardenedRedisQueue
+from taskhub.builtin.saq_worker import HubWorker, job_function
+from taskhub.errors import BackendUnavailable
+from taskhub.jobs import AbortResult, JobInfo
+from taskhub.redis_client import is_unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from taskhub.execution import TaskRunner
     from taskhub.hub import Hub
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
 DEQUEUE_TIMEOUT = 1.0
-OUTAGE_BACKOFF = 1.0
+# How often due retries are queued: a retry runs at most this late.
+SCHEDULE_INTERVAL = 0.2
+WEEK = 7 * 86_400
 
 ENQUEUE_LUA = """
 local Q = {}
@@ -57,81 +59,6 @@ return Q
 """
 
 
-class HardenedRedisQueue(RedisQueue):
-    """SAQ's RedisQueue that survives Redis outages and runs on fakeredis."""
-
-    def __init__(self, redis: Redis, name: str) -> None:
-        super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
-        self._outage = OutageLog(f"Redis (queue {name!r})", logger)
-
-    async def version(self) -> tuple[int, ...]:
-        if self._version is None:
-            try:
-                info = await self.redis.info("server")
-            except ResponseError:  # fakeredis has no INFO; BRPOPLPUSH works on both
-                self._version = (6, 0, 0)
-            else:
-                self._version = tuple(int(i) for i in str(info["redis_version"]).split("."))
-        return self._version
-
-    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Any:
-        try:
-            job = await super().dequeue(timeout, poll_interval)
-        except Exception as exc:
-            self._outage.absorb(exc)
-            await asyncio.sleep(OUTAGE_BACKOFF)
-            return None
-        self._outage.succeeded()
-        return job
-
-    async def schedule(self, lock: int = 1) -> list[str]:
-        return await self._guarded(super().schedule(lock)) or []
-
-    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
-        return await self._guarded(super().sweep(lock, abort)) or []
-
-    async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
-        await self._guarded(super().write_worker_info(worker_id, info, ttl))
-
-    async def _guarded(self, call: Awaitable[T]) -> T | None:
-        """Upkeep during an outage: note it once and skip this round."""
-        try:
-            return await call
-        except Exception as exc:
-            self._outage.absorb(exc)
-            return None
-
-
-class HubWorker(Worker):
-    """SAQ's worker, minus its signal handlers, with an upkeep that stops at once."""
-
-    SIGNALS = []  # noqa: RUF012  # the hub handles SIGINT/SIGTERM for every component
-
-    async def upkeep(self) -> list[asyncio.Task[None]]:
-        self._upkeep_tasks = await super().upkeep()
-        return self._upkeep_tasks
-
-    async def stop(self) -> None:
-        for task in getattr(self, "_upkeep_tasks", []):
-            task.cancel()  # they sleep for up to the sweep interval between runs
-        await super().stop()
-
-
-def job_function(runner: TaskRunner, spec: TaskSpec) -> Callable[..., Any]:
-    async def run(ctx: dict[str, Any], *, user_id: str, payload: Any = None) -> Any:
-        job = ctx["job"]
-        return await runner.run(
-            spec,
-            job_id=job.key,
-            user_id=user_id,
-            payload=payload,
-            attempt=job.attempts,
-            enqueued_ms=job.queued,
-        )
-
-    return run
-
-
 class SaqQueue(QueueBackend):
     name = "saq"
     enqueue_lua = ENQUEUE_LUA
@@ -139,14 +66,24 @@ class SaqQueue(QueueBackend):
     class Config(Options):
         name: str = Field("tasks", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="queue name")
         concurrency: int = Field(10, ge=1, le=10_000, description="jobs run at once per worker")
-        timeout: int = Field(
-            60, ge=1, le=86_400, description="seconds a job may run; also bounds crash recovery"
-        )
+        timeout: int = Field(60, ge=1, le=86_400, description="seconds one attempt may run")
         retries: int = Field(3, ge=1, le=100, description="attempts in total, SAQ's meaning")
+        retry_delay: float = Field(1, ge=0, le=86_400, description="seconds before the 1st retry")
+        retry_backoff: float = Field(
+            60, ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling"
+        )
+        heartbeat: float = Field(
+            10, ge=0.1, le=3_600, description="seconds without a beat before a job is re-run"
+        )
         ttl: int = Field(
             600, ge=-1, description="seconds a finished job is kept (0 forever, -1 not at all)"
         )
-        sweep_interval: int = Field(10, ge=1, le=3_600, description="seconds between sweeps")
+        dead_letter_ttl: int = Field(
+            WEEK, ge=0, description="seconds a job out of attempts is kept (0 forever)"
+        )
+        sweep_interval: int = Field(
+            5, ge=1, le=3_600, description="seconds between looks for jobs of dead workers"
+        )
         shutdown_grace: float = Field(
             10, ge=0, le=3_600, description="seconds to finish jobs in flight on shutdown"
         )
@@ -162,6 +99,7 @@ class SaqQueue(QueueBackend):
         self._incomplete = f"saq:{name}:incomplete"
         self._queued = f"saq:{name}:queued"
         self._job_prefix = f"saq:job:{name}:"
+        self._jobs: HardenedRedisQueue | None = None
 
     @property
     def max_depth(self) -> int:
@@ -175,29 +113,45 @@ class SaqQueue(QueueBackend):
         kwargs: dict[str, Any] = {"user_id": user_id}
         if payload is not None:
             kwargs["payload"] = payload
+
+        def option(value: float | None, default: float) -> float:
+            return default if value is None else value
+
         job = {
             "function": spec.name,
             "kwargs": kwargs,
             "queue": c.name,
             "key": key,
-            "timeout": c.timeout if spec.timeout is None else spec.timeout,
-            "retries": spec.retries or c.retries,
+            "timeout": option(spec.timeout, c.timeout),
+            "heartbeat": option(spec.heartbeat, c.heartbeat),
+            "retries": option(spec.retries, c.retries),
             "ttl": c.ttl,
+            "retry_delay": option(spec.retry_delay, c.retry_delay),
+            "retry_backoff": option(spec.retry_backoff, c.retry_backoff),
             "queued": int(time.time() * 1000),
             "status": "queued",
         }
         keys = [self._incomplete, self._job_prefix + key, self._queued, f"saq:abort:{key}"]
         return PreparedJob(job_id=key, keys=keys, args=[orjson.dumps(job), "0"])
 
+    def redis_queue(self, client: Redis) -> HardenedRedisQueue:
+        c = self.config
+        return HardenedRedisQueue(client, c.name, c.heartbeat, c.dead_letter_ttl)
+
+    def beat_interval(self, hub: Hub) -> float:
+        """A third of the shortest heartbeat any task has: two beats may be lost."""
+        beats = [spec.heartbeat for spec in hub.tasks.values() if spec.heartbeat is not None]
+        return min([self.config.heartbeat, *beats]) / 3
+
     async def work(self, hub: Hub, stop: asyncio.Event) -> None:
-        client = hub.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT)
-        queue = HardenedRedisQueue(client, self.config.name)
+        queue = self.redis_queue(hub.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT))
         await queue.connect()
         worker = HubWorker(
             queue,
+            beat_interval=self.beat_interval(hub),
             functions=[(name, job_function(hub.runner, spec)) for name, spec in hub.tasks.items()],
             concurrency=self.config.concurrency,
-            timers={"sweep": self.config.sweep_interval},
+            timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]
             dequeue_timeout=DEQUEUE_TIMEOUT,
             shutdown_grace_period_s=self.config.shutdown_grace,  # type: ignore[arg-type]
         )
@@ -211,6 +165,42 @@ class SaqQueue(QueueBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await running  # re-raises a worker that crashed
             await queue.disconnect()
+
+    # ------------------------------------------------------------------ inspection
+
+    async def open(self, hub: Hub) -> None:
+        assert hub.redis is not None
+        self._jobs = self.redis_queue(hub.redis)  # shares the hub's client; closed by the hub
+
+    async def status(self, job_id: str) -> JobInfo | None:
+        return await self._call(saq_jobs.status(self._queue(), job_id))
+
+    async def abort(self, job_id: str) -> AbortResult:
+        return await self._call(saq_jobs.abort(self._queue(), job_id))
+
+    async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
+        entries = await self._call(self._queue().dead_entries(limit))
+        return [job_info(job) for job, _ in entries]
+
+    async def retry_dead(self, job_ids: list[str] | None) -> list[str]:
+        return await self._call(saq_jobs.retry_dead(self._queue(), job_ids))
+
+    async def purge_dead(self) -> int:
+        return await self._call(self._queue().purge_dead())
+
+    def _queue(self) -> HardenedRedisQueue:
+        if self._jobs is None:
+            raise RuntimeError("the queue is not open")
+        return self._jobs
+
+    @staticmethod
+    async def _call(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise BackendUnavailable("Redis is unreachable") from exc
+            raise
 
 
 @hookimpl

@@ -1,0 +1,99 @@
+"""Inspect and steer SAQ jobs for the HTTP API and the CLI, in taskhub's terms.
+
+Every change goes through the queue's fenced transitions: read the job, decide,
+then write only if the stored job is still exactly what was read (otherwise
+read again), so an abort or a retry can never undo a worker's concurrent write.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from saq.job import Job, Status
+from saq.utils import now
+
+from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
+from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus
+
+# Ids taskhub hands out are uuid4 hex; anything outside this never names a job.
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Reads before a change gives up when every attempt lost a race (a job cannot change
+# state that often in a row unless something is badly wrong).
+CAS_ROUNDS = 10
+ABORT_REQUESTED = "aborted by request"
+
+
+def moment(ms: float) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms else None
+
+
+def job_info(job: Job) -> JobInfo:
+    status = JobStatus.QUEUED if job.status == Status.NEW else JobStatus(job.status.value)
+    retry_at = job.scheduled * 1000 if status is JobStatus.QUEUED and job.scheduled else 0
+    return JobInfo(
+        job_id=job.key,
+        task=job.function,
+        user_id=str((job.kwargs or {}).get("user_id", "")),
+        status=status,
+        attempts=job.attempts,
+        max_attempts=job.retries,
+        queued_at=moment(job.queued),
+        retry_at=moment(retry_at),
+        started_at=moment(job.started),
+        completed_at=moment(job.completed),
+        result=job.result,
+        error=job.error,
+    )
+
+
+async def read(queue: HardenedRedisQueue, job_id: str) -> tuple[Job, bytes] | None:
+    if not JOB_ID.fullmatch(job_id):
+        return None
+    raw = await queue.redis.get(queue.job_id(job_id))
+    if raw is None:
+        return None
+    job = queue.deserialize(raw)
+    return (job, raw) if job is not None else None
+
+
+async def status(queue: HardenedRedisQueue, job_id: str) -> JobInfo | None:
+    found = await read(queue, job_id)
+    return job_info(found[0]) if found else None
+
+
+async def abort(queue: HardenedRedisQueue, job_id: str) -> AbortResult:
+    """A waiting job is aborted at once; a running one is marked, and its worker stops it."""
+    for _ in range(CAS_ROUNDS):
+        found = await read(queue, job_id)
+        if found is None:
+            return AbortResult(AbortOutcome.UNKNOWN)
+        job, raw = found
+        if job.status in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
+            return AbortResult(AbortOutcome.FINISHED, job_info(job))
+        if job.status == Status.ABORTING:
+            return AbortResult(AbortOutcome.ABORTING, job_info(job))
+        job.error = ABORT_REQUESTED
+        if job.status == Status.ACTIVE:
+            job.status, outcome, move = Status.ABORTING, AbortOutcome.ABORTING, Move.MARK
+        else:
+            job.status, outcome, move = Status.ABORTED, AbortOutcome.ABORTED, Move.FINISH
+            job.completed = now()
+        if await queue.move(job, move, Fence.STORED, raw):
+            return AbortResult(outcome, job_info(job))
+    raise RuntimeError(f"job {job_id} kept changing while it was being aborted")
+
+
+async def retry_dead(queue: HardenedRedisQueue, job_ids: list[str] | None) -> list[str]:
+    """Move dead letters back to the queue's tail with fresh attempts."""
+    wanted = None if job_ids is None else set(job_ids)
+    moved = []
+    for job, raw in await queue.dead_entries():
+        if wanted is not None and job.key not in wanted:
+            continue
+        job.status, job.attempts, job.queued = Status.QUEUED, 0, now()
+        job.started = job.completed = job.scheduled = 0
+        job.result = job.error = job.worker_id = None
+        if await queue.move(job, Move.BACK, Fence.DEAD, raw):
+            moved.append(job.key)
+    return moved

@@ -1,0 +1,364 @@
+"""SAQ's Redis queue, hardened: every change of a job's state is one fenced Lua script.
+
+SAQ moves a job between its lists in several round trips and decides that a
+job is stuck from fields that a just-dequeued job has not written yet (SAQ
+issue 277: its sweep can abort and re-run a job a worker has just started).
+Here:
+
+- a worker *claims* a dequeued job (attempt + 1, status active, first
+  heartbeat) only while the job is still in the active list;
+- a running job's liveness is a per-job heartbeat, a score in the
+  ``saq:<queue>:heartbeats`` sorted set on the Redis clock, refreshed by its
+  worker for every job it runs;
+- the sweep takes a job away from its worker only when that heartbeat is older
+  than the job's ``heartbeat`` seconds, checked again inside the same script
+  that moves it; a job seen in the active list without any heartbeat (dequeued,
+  not yet claimed) gets one heartbeat period of grace first;
+- every transition is fenced: a worker's by its own (worker id, attempt), the
+  sweep's and the API's by the exact stored job they read, so whoever lost a
+  race changes nothing;
+- dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``.
+
+An unreachable Redis makes upkeep skip a round and log once, never spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from redis.exceptions import ResponseError
+from saq.job import Job, Status
+from saq.queue.redis import RedisQueue
+from saq.utils import now
+
+from taskhub.outage import OutageLog
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OUTAGE_BACKOFF = 1.0
+WORKER_LOST = "worker lost: no heartbeat for {:g} s"
+
+TRANSITION_LUA = """
+-- KEYS: job, active, queued, incomplete, heartbeats, dead
+-- ARGV: fence kind, fence, action, new json, ttl ms, score, stale ms, status
+local job, active, queued, incomplete, beats, dead = unpack(KEYS)
+local kind, fence, action, new = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, score, stale = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local current = redis.call('GET', job)
+if not current then return 0 end
+if kind == 'run' then
+  local j = cjson.decode(current)
+  if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
+elseif current ~= fence then
+  return 0
+end
+if kind == 'dead' and not redis.call('ZSCORE', dead, job) then return 0 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+if stale >= 0 then
+  local beat = redis.call('ZSCORE', beats, job)
+  if not beat or now_ms() - tonumber(beat) <= stale then return 0 end
+end
+if action == 'claim' then
+  if not redis.call('LPOS', active, job) then return 0 end
+  redis.call('ZADD', beats, now_ms(), job)
+  redis.call('SET', job, new)
+elseif action == 'mark' then
+  redis.call('SET', job, new)
+else
+  redis.call('LREM', active, 0, job)
+  redis.call('LREM', queued, 0, job)
+  redis.call('ZREM', beats, job)
+  redis.call('ZREM', dead, job)
+  if action == 'finish' or action == 'dead' then
+    redis.call('ZREM', incomplete, job)
+    if ttl < 0 then
+      redis.call('DEL', job)
+    elseif ttl == 0 then
+      redis.call('SET', job, new)
+    else
+      redis.call('SET', job, new, 'PX', ttl)
+    end
+    if action == 'dead' then redis.call('ZADD', dead, score, job) end
+  else
+    redis.call('SET', job, new)
+    if action == 'later' then
+      redis.call('ZADD', incomplete, score, job)
+    else
+      redis.call('ZADD', incomplete, 0, job)
+      if action == 'front' then
+        redis.call('LPUSH', queued, job)
+      else
+        redis.call('RPUSH', queued, job)
+      end
+    end
+  end
+end
+redis.call('PUBLISH', job, ARGV[8])
+return 1
+"""
+
+SWEEP_LUA = """
+-- KEYS: lock, active, heartbeats; ARGV: lock ms.
+-- Returns {job id, stored job, ms since its last heartbeat (-1: none until now)}
+-- for each job in the active list, once per lock period across all workers.
+if not redis.call('SET', KEYS[1], 1, 'NX', 'PX', ARGV[1]) then return {} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, seen = {}, {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if not seen[id] then
+    seen[id] = true
+    local beat = redis.call('ZSCORE', KEYS[3], id)
+    local age = -1
+    if beat then age = now - tonumber(beat) else redis.call('ZADD', KEYS[3], now, id) end
+    out[#out + 1] = {id, redis.call('GET', id) or false, age}
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if not seen[id] then redis.call('ZREM', KEYS[3], id) end
+end
+return out
+"""
+
+BEAT_LUA = """
+-- KEYS: heartbeats; ARGV: job ids. Refreshes only jobs still claimed (XX).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local args = {}
+for _, id in ipairs(ARGV) do args[#args + 1] = now; args[#args + 1] = id end
+if #args > 0 then return redis.call('ZADD', KEYS[1], 'XX', 'CH', unpack(args)) end
+return 0
+"""
+
+SCHEDULE_LUA = """
+-- KEYS: incomplete, queued. Queues jobs whose retry time (score, epoch s) has come.
+-- Idempotent, so unlike SAQ's it needs no lock and can run every fraction of a second.
+local t = redis.call('TIME')
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], 1, tonumber(t[1]) + tonumber(t[2]) / 1e6)
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 0, id)
+  redis.call('RPUSH', KEYS[2], id)
+end
+return due
+"""
+
+PURGE_LUA = """
+-- KEYS: dead. Deletes every dead letter and the index; returns how many existed.
+local removed = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  removed = removed + redis.call('DEL', id)
+end
+redis.call('DEL', KEYS[1])
+return removed
+"""
+
+
+class Fence(enum.StrEnum):
+    RUN = "run"  # the worker's own run: stored worker id and attempt must match
+    STORED = "bytes"  # the stored job must be exactly what the caller read
+    DEAD = "dead"  # as STORED, and the job must be in the dead-letter index
+
+
+class Move(enum.StrEnum):
+    CLAIM = "claim"  # dequeued -> active, first heartbeat
+    MARK = "mark"  # rewrite the job where it is
+    FINISH = "finish"  # out of every list, kept for its ttl
+    DEAD = "dead"  # out of every list, into the dead-letter index
+    FRONT = "front"  # back to the head of the queue
+    BACK = "back"  # to the tail of the queue
+    LATER = "later"  # scheduled: SAQ's schedule upkeep queues it when due
+
+
+class HardenedRedisQueue(RedisQueue):
+    """SAQ's RedisQueue with fenced transitions, a safe sweep and outage guards."""
+
+    def __init__(self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int) -> None:
+        super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
+        self.heartbeat = heartbeat
+        self.dead_letter_ttl = dead_letter_ttl
+        self.beats_key = self.namespace("heartbeats")
+        self.dead_key = self.namespace("dead")
+        self._outage = OutageLog(f"Redis (queue {name!r})", logger)
+        self._transition = redis.register_script(TRANSITION_LUA)
+        self._inspect = redis.register_script(SWEEP_LUA)
+        self._beat = redis.register_script(BEAT_LUA)
+        self._purge = redis.register_script(PURGE_LUA)
+        self._due = redis.register_script(SCHEDULE_LUA)
+
+    async def version(self) -> tuple[int, ...]:
+        if self._version is None:
+            try:
+                info = await self.redis.info("server")
+            except ResponseError:  # fakeredis has no INFO; BRPOPLPUSH works on both
+                self._version = (6, 0, 0)
+            else:
+                self._version = tuple(int(i) for i in str(info["redis_version"]).split("."))
+        return self._version
+
+    # ------------------------------------------------------------------ worker side
+
+    async def take(self, timeout: float) -> tuple[Job, bytes] | None:
+        """Move the next job to the active list; returns it with its stored bytes."""
+        try:
+            if await self.version() < (6, 2, 0):
+                job_id = await self.redis.brpoplpush(self._queued, self._active, timeout)  # type: ignore[arg-type]
+            else:
+                job_id = await self.redis.blmove(
+                    self._queued, self._active, timeout, "LEFT", "RIGHT"
+                )
+            raw = await self.redis.get(job_id) if job_id is not None else None
+        except Exception as exc:
+            self._outage.absorb(exc)
+            await asyncio.sleep(OUTAGE_BACKOFF)
+            return None
+        self._outage.succeeded()
+        if raw is None:
+            return None  # the job vanished while listed (the sweep tidies the list)
+        job = self.deserialize(raw)
+        assert job is not None
+        return job, raw
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        taken = await self.take(timeout)
+        return taken[0] if taken else None
+
+    async def claim(self, job: Job, raw: bytes, worker_id: str) -> bool:
+        """Start an attempt of a job this worker took; False if it is no longer ours."""
+        job.attempts += 1
+        job.started = job.touched = now()
+        job.worker_id = worker_id
+        job.scheduled = 0
+        job.status = Status.ACTIVE
+        return await self.move(job, Move.CLAIM, Fence.STORED, raw)
+
+    def run_fence(self, job: Job) -> str:
+        return f"{job.worker_id}:{job.attempts}"
+
+    async def beat(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if ids:
+            await self.guarded(self._beat(keys=[self.beats_key], args=ids))
+
+    async def move(
+        self,
+        job: Job,
+        move: Move,
+        fence: Fence,
+        expected: bytes | str,
+        *,
+        score: float = 0,
+        stale_ms: int = -1,
+    ) -> bool:
+        """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
+        ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
+        ttl_ms = ttl * 1000 if ttl > 0 else ttl
+        keys = [job.id, self._active, self._queued, self._incomplete, self.beats_key]
+        args = [fence.value, expected, move.value, self.serialize(job), ttl_ms, score, stale_ms]
+        reply = await self._transition(keys=[*keys, self.dead_key], args=[*args, job.status.value])
+        return bool(reply)
+
+    # ------------------------------------------------------------------ upkeep
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        """Give back jobs whose worker stopped beating; never touch a job that beats."""
+        # The lock lapses a little before the next round, so no worker's round is skipped
+        # for a lock that is about to expire: recovery stays within heartbeat + interval.
+        lock_ms = max(1, int(lock * 900))
+        rows = await self.guarded(
+            self._inspect(keys=[self._sweep, self._active, self.beats_key], args=[lock_ms])
+        )
+        swept = []
+        for job_id, raw, age in rows or []:
+            if raw is None:  # listed but gone (deleted): drop the stale entry
+                await self.guarded(self._forget(job_id))
+                continue
+            job = self.deserialize(raw)
+            assert job is not None
+            limit_ms = int((job.heartbeat or self.heartbeat) * 1000)
+            if age < 0 or age <= limit_ms:
+                continue
+            if await self.guarded(self._recover(job, raw, limit_ms)):
+                swept.append(job_id.decode())
+        return swept
+
+    async def _forget(self, job_id: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._active, 0, job_id).zrem(self._incomplete, job_id)
+            await pipe.zrem(self.beats_key, job_id).execute()
+
+    async def _recover(self, job: Job, raw: bytes, limit_ms: int) -> bool:
+        """Re-queue (or finish) a job whose worker is gone, if it is still stale."""
+        lost = WORKER_LOST.format(limit_ms / 1000)
+        if job.status == Status.ABORTING:
+            job.status, job.completed = Status.ABORTED, now()
+            move = Move.FINISH
+        elif job.status != Status.ACTIVE:
+            move = Move.FRONT  # dequeued, never claimed: no attempt was used
+        elif job.retryable:
+            job.status, job.error, job.started, job.worker_id = Status.QUEUED, lost, 0, None
+            move = Move.FRONT
+        else:
+            job.status, job.error, job.completed, job.worker_id = Status.FAILED, lost, now(), None
+            move = Move.DEAD
+        moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
+        if moved:
+            logger.log(
+                logging.ERROR if move is Move.DEAD else logging.WARNING,
+                "job %s (task %s, attempt %d): %s; %s",
+                job.key,
+                job.function,
+                job.attempts,
+                lost,
+                "now a dead letter" if move is Move.DEAD else job.status.value,
+            )
+        return moved
+
+    async def schedule(self, lock: int = 1) -> list[str]:
+        due = await self.guarded(self._due(keys=[self._incomplete, self._queued]))
+        return [job_id.decode() for job_id in due or []]
+
+    async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
+        await self.guarded(super().write_worker_info(worker_id, info, ttl))
+
+    async def jobs(self, job_keys: Iterable[str]) -> list[Job | None]:
+        """SAQ's abort upkeep reads running jobs through this: guarded like the rest."""
+        return await self.guarded(super().jobs(job_keys)) or []
+
+    async def guarded(self, call: Awaitable[T]) -> T | None:
+        """Upkeep during an outage: note it once and skip this round."""
+        try:
+            result = await call
+        except Exception as exc:
+            self._outage.absorb(exc)
+            return None
+        self._outage.succeeded()
+        return result
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_entries(self, limit: int | None = None) -> list[tuple[Job, bytes]]:
+        """Dead letters, oldest first; index entries whose job expired are dropped."""
+        stop = -1 if limit is None else limit - 1
+        ids = await self.redis.zrange(self.dead_key, 0, stop)
+        if not ids:
+            return []
+        raws = await self.redis.mget(ids)
+        expired = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if expired:
+            await self.redis.zrem(self.dead_key, *expired)
+        return [(self.deserialize(raw), raw) for raw in raws if raw is not None]  # type: ignore[misc]
+
+    async def purge_dead(self) -> int:
+        return int(await self._purge(keys=[self.dead_key]))

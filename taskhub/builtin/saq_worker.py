@@ -1,0 +1,275 @@
+"""The worker: SAQ's worker loop with taskhub's job lifecycle.
+
+SAQ's ``Worker.process`` is replaced because four of its outcomes break
+taskhub's promises: it marks a job active in a separate write after dequeuing
+it (the sweep race), retries a cancelled job at shutdown as a used attempt,
+logs a deliberate ``RetryLater`` as an error, and fails a job for good without
+keeping it anywhere. Here each outcome is one fenced transition
+(:mod:`taskhub.builtin.saq_redis`):
+
+- success: complete (after the sinks, so a crash re-runs it instead of losing it);
+- ``RetryLater(delay)``: queued again after ``delay``, an attempt used, logged at INFO;
+- an exception or a timeout: retried after an exponential, jittered delay while
+  attempts remain, then a dead letter with its traceback;
+- shutdown: what does not finish within the grace period goes back to the head
+  of the queue with its attempt given back;
+- an abort request: cancelled and finished as aborted.
+
+While it runs, the worker beats for every job it holds (``heartbeat / 3``), so a
+live job is never swept and a dead worker's jobs are found within ``heartbeat``
+plus one sweep interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from saq import Worker
+from saq.job import Job, Status
+from saq.utils import cancel_tasks, now
+
+from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
+from taskhub.jobs import RetryLater
+from taskhub.redis_client import is_unavailable
+
+if TYPE_CHECKING:
+    from taskhub.components import TaskSpec
+    from taskhub.execution import TaskRunner
+
+logger = logging.getLogger(__name__)
+
+# How long a cancelled handler gets to unwind before the job is handed back anyway.
+CANCEL_DEADLINE = 2.0
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next attempt: ``base`` doubling per attempt up to ``cap``
+    (``cap`` 0: no doubling), with "equal jitter" (a random point in the upper half),
+    so retries of many jobs spread out yet each delay stays at least half the nominal."""
+    nominal = base if cap <= 0 else min(cap, base * 2 ** max(attempts - 1, 0))
+    return nominal / 2 + random.random() * nominal / 2  # not cryptographic
+
+
+def job_function(runner: TaskRunner, spec: TaskSpec) -> Callable[..., Any]:
+    async def run(ctx: dict[str, Any], *, user_id: str, payload: Any = None) -> Any:
+        job = ctx["job"]
+        return await runner.run(
+            spec,
+            job_id=job.key,
+            user_id=user_id,
+            payload=payload,
+            attempt=job.attempts,
+            enqueued_ms=job.queued,
+        )
+
+    return run
+
+
+class HubWorker(Worker):
+    """SAQ's worker loop with taskhub's outcomes, heartbeats and hand-back on shutdown."""
+
+    SIGNALS = []  # noqa: RUF012  # the hub handles SIGINT/SIGTERM for every component
+    queue: HardenedRedisQueue
+
+    def __init__(self, queue: HardenedRedisQueue, *, beat_interval: float, **kwargs: Any) -> None:
+        super().__init__(queue, **kwargs)
+        self.beat_interval = beat_interval
+        self._upkeep_tasks: list[asyncio.Task[None]] = []
+        self._beater: asyncio.Task[None] | None = None
+        self._busy: dict[asyncio.Task[Any], Job] = {}  # process task -> the job it runs
+
+    async def upkeep(self) -> list[asyncio.Task[None]]:
+        self._upkeep_tasks = await super().upkeep()
+        self._beater = asyncio.create_task(self._beat_forever(), name="saq-heartbeat")
+        return self._upkeep_tasks
+
+    async def _beat_forever(self) -> None:
+        """Keep every job this worker holds alive; stops only once they are settled."""
+        while True:
+            try:
+                await self.queue.beat(job.id for job in self._busy.values())
+            except Exception:  # a bug, not an outage: keep beating regardless
+                logger.exception("heartbeat failed")
+            await asyncio.sleep(self.beat_interval)
+
+    async def abort(self, abort_threshold: float) -> None:
+        """Cancel running jobs whose abort was requested (status ``aborting``)."""
+        jobs = {job.key: task for task, job in self._busy.items()}
+        if not jobs:
+            return
+        for stored in await self.queue.jobs(list(jobs)):
+            if stored is not None and stored.status == Status.ABORTING:
+                context = self.job_task_contexts.get(stored)
+                if context is not None and context["aborted"] is None:
+                    logger.info("aborting job %s on request", stored.key)
+                    context["aborted"] = stored.error or "aborted"
+                    context["task"].cancel()
+
+    async def process(self) -> bool:
+        taken = await self.queue.take(self.dequeue_timeout)
+        if taken is None:
+            return False
+        job, raw = taken
+        if self.event.is_set():  # stopping: not ours to start
+            await self.queue.guarded(self.queue.move(job, Move.FRONT, Fence.STORED, raw))
+            return False
+        if not await self.queue.guarded(self.queue.claim(job, raw, self.id)):
+            return True  # aborted or swept meanwhile, or Redis is away (the sweep re-queues it)
+        me = asyncio.current_task()
+        assert me is not None
+        self._busy[me] = job
+        fence = self.queue.run_fence(job)
+        try:
+            await self._run(job, fence)
+        finally:
+            self._busy.pop(me, None)
+        return True
+
+    async def _run(self, job: Job, fence: str) -> None:
+        function = self.functions[job.function]
+        task = asyncio.create_task(function({**self.context, "job": job}, **(job.kwargs or {})))
+        context = self.job_task_contexts[job] = {"task": task, "aborted": None}
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), job.timeout or None)
+        except RetryLater as exc:
+            await self._again(job, fence, exc.delay, f"RetryLater: {exc}", level=logging.INFO)
+        except TimeoutError:
+            if task.done():  # the handler's own TimeoutError, not ours
+                await self._failed(job, fence, traceback.format_exc())
+            else:
+                await cancel_tasks([task], CANCEL_DEADLINE)
+                await self._failed(job, fence, f"TimeoutError: timed out after {job.timeout} s")
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                me.uncancel()  # handled here: the hand-back below must still reach Redis
+            await cancel_tasks([task], CANCEL_DEADLINE)
+            if context["aborted"] is not None:
+                job.status, job.error, job.completed = Status.ABORTED, context["aborted"], now()
+                await self._settle(job, fence, Move.FINISH)
+            else:
+                await self._hand_back(job, fence)
+        except Exception:
+            await self._failed(job, fence, traceback.format_exc())
+        else:
+            await self._complete(job, fence, result)
+        finally:
+            if self.job_task_contexts.get(job) is context:
+                del self.job_task_contexts[job]
+
+    async def _complete(self, job: Job, fence: str, result: Any) -> None:
+        try:
+            orjson.dumps(result)
+        except TypeError as exc:
+            error = f"TypeError: the handler's result cannot be stored as JSON: {exc}"
+            await self._failed(job, fence, error)
+            return
+        job.status, job.result, job.completed, job.progress = Status.COMPLETE, result, now(), 1.0
+        await self._settle(job, fence, Move.FINISH)
+
+    async def _failed(self, job: Job, fence: str, error: str) -> None:
+        delay = backoff_delay(job.attempts, job.retry_delay, float(job.retry_backoff))
+        summary = error.strip().splitlines()[-1]
+        await self._again(job, fence, delay, error, level=logging.WARNING, summary=summary)
+
+    async def _again(
+        self,
+        job: Job,
+        fence: str,
+        delay: float,
+        error: str,
+        *,
+        level: int,
+        summary: str | None = None,
+    ) -> None:
+        """Schedule another attempt after ``delay``, or make the job a dead letter."""
+        summary = summary or error
+        job.error = error
+        if job.retryable:
+            job.status, job.started, job.scheduled = Status.QUEUED, 0, int(now() / 1000 + delay)
+            if await self._settle(job, fence, Move.LATER, score=now() / 1000 + delay):
+                logger.log(
+                    level,
+                    "job %s (task %s) attempt %d/%d: %s; next attempt in %.1f s",
+                    job.key,
+                    job.function,
+                    job.attempts,
+                    job.retries,
+                    summary,
+                    delay,
+                )
+            return
+        job.status, job.completed = Status.FAILED, now()
+        if await self._settle(job, fence, Move.DEAD, score=now()):
+            logger.error(
+                "job %s (task %s) failed after %d attempts, kept as a dead letter: %s",
+                job.key,
+                job.function,
+                job.attempts,
+                summary,
+            )
+
+    async def _hand_back(self, job: Job, fence: str) -> None:
+        """Shutdown cut this attempt short: queue it first in line, attempt not used."""
+        job.attempts -= 1
+        job.status, job.started, job.worker_id = Status.QUEUED, 0, None
+        if await self._settle(job, fence, Move.FRONT):
+            logger.info("job %s (task %s) handed back to the queue", job.key, job.function)
+
+    async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
+        try:
+            moved = await self.queue.move(job, move, Fence.RUN, fence, score=score)
+        except Exception as exc:
+            # The job stays in the active list without beats, so the sweep re-runs it.
+            if is_unavailable(exc):
+                logger.warning("job %s: Redis is unreachable (%s); it will run again", job.key, exc)
+            else:
+                logger.exception("job %s: recording its outcome failed; it will run again", job.key)
+            return False
+        if not moved:
+            logger.warning(
+                "job %s was taken from this worker while it ran (missed heartbeats?); "
+                "its outcome here is dropped",
+                job.key,
+            )
+        return moved
+
+    async def stop(self) -> None:
+        """Stop taking jobs, give those in flight the grace period, hand back the rest."""
+        self.event.set()
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            try:
+                for task in self._upkeep_tasks:
+                    task.cancel()
+                processes = [t for t in self.tasks if t not in self._upkeep_tasks]
+                self.tasks.clear()
+                if processes:
+                    await self._drain(processes)
+            finally:
+                if self._beater is not None:
+                    self._beater.cancel()
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self._stopped = True
+
+    async def _drain(self, processes: list[asyncio.Task[Any]]) -> None:
+        grace = self._shutdown_grace_period_s or 0
+        _, pending = await asyncio.wait(processes, timeout=grace)
+        running = [task for task in pending if task in self._busy]
+        if running:
+            logger.warning(
+                "%d job(s) still running after the %g s grace period: handing them back",
+                len(running),
+                grace,
+            )
+            for task in running:
+                task.cancel()
+        if pending:  # idle ones return within one dequeue timeout
+            await asyncio.wait(pending, timeout=self.dequeue_timeout + CANCEL_DEADLINE + 1)

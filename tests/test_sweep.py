@@ -1,0 +1,165 @@
+"""The sweep never takes a live job (SAQ issue 277) and always takes a dead worker's.
+
+These drive the queue's own operations step by step on the real Redis, so each
+interleaving of worker and sweep happens deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from helpers import Namespace
+from redis.asyncio import Redis
+from saq.job import Job, Status
+from saq.queue.redis import RedisQueue
+
+from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
+
+HEARTBEAT = 0.5
+
+
+@pytest.fixture
+async def queue(ns: Namespace, redis_url: str) -> AsyncIterator[HardenedRedisQueue]:
+    queue = HardenedRedisQueue(Redis.from_url(redis_url), ns.queue, HEARTBEAT, 60)
+    await queue.connect()
+    yield queue
+    await queue.disconnect()
+
+
+async def enqueue(queue: HardenedRedisQueue, retries: int = 2) -> str:
+    """A job as admission stores it."""
+    key = uuid.uuid4().hex
+    job = {
+        "function": "log_completion",
+        "kwargs": {"user_id": "u"},
+        "queue": queue.name,
+        "key": key,
+        "heartbeat": HEARTBEAT,
+        "retries": retries,
+        "status": "queued",
+    }
+    job_id = queue.job_id(key)
+    await queue.redis.set(job_id, orjson.dumps(job))
+    await queue.redis.zadd(queue._incomplete, {job_id: 0})
+    await queue.redis.rpush(queue._queued, job_id)
+    return job_id
+
+
+async def sweep(queue: HardenedRedisQueue) -> list[str]:
+    await queue.redis.delete(queue._sweep)  # the lock: sweep now, not once per interval
+    return await queue.sweep(lock=60)
+
+
+async def stored(queue: HardenedRedisQueue, job_id: str) -> Job:
+    job = queue.deserialize(await queue.redis.get(job_id))
+    assert job is not None
+    return job
+
+
+async def lists(queue: HardenedRedisQueue) -> tuple[list[bytes], list[bytes]]:
+    redis = queue.redis
+    return await redis.lrange(queue._queued, 0, -1), await redis.lrange(queue._active, 0, -1)
+
+
+async def test_stock_saq_sweeps_a_just_dequeued_job(queue: HardenedRedisQueue) -> None:
+    """Issue 277, shown on SAQ's own sweep: the job a worker has just dequeued, whose
+    stored status still says "queued", is aborted and re-queued under the worker."""
+    job_id = await enqueue(queue)
+    assert await queue.take(1) is not None  # dequeued; the worker has not marked it yet
+    await queue.redis.delete(queue._sweep)
+    swept = await RedisQueue.sweep(queue, lock=60, abort=0.1)
+    assert swept == [job_id]
+    assert (await stored(queue, job_id)).status == Status.QUEUED
+    queued, active = await lists(queue)
+    assert queued == [job_id.encode()] and active == []  # another worker will run it too
+
+
+async def test_a_just_dequeued_job_is_never_swept(queue: HardenedRedisQueue) -> None:
+    job_id = await enqueue(queue)
+    taken = await queue.take(1)
+    assert taken is not None
+    job, raw = taken
+    assert await sweep(queue) == []  # first sight: no heartbeat yet, so a grace period
+    await asyncio.sleep(HEARTBEAT / 2)
+    assert await sweep(queue) == []
+    assert await queue.claim(job, raw, "worker-1")  # the worker gets there, a bit late
+    assert (await stored(queue, job_id)).status == Status.ACTIVE
+    assert await lists(queue) == ([], [job_id.encode()])
+
+
+async def test_a_live_job_that_beats_is_never_swept(queue: HardenedRedisQueue) -> None:
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    for _ in range(12):  # three heartbeat periods, sweeping all the time
+        await queue.beat([job_id])
+        assert await sweep(queue) == []
+        await asyncio.sleep(HEARTBEAT / 4)
+    job.status = Status.COMPLETE
+    assert await queue.move(job, Move.FINISH, Fence.RUN, queue.run_fence(job))
+    assert await lists(queue) == ([], [])
+
+
+async def test_a_dead_workers_job_is_requeued_after_one_heartbeat(
+    queue: HardenedRedisQueue,
+) -> None:
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    fence = queue.run_fence(job)
+    assert await sweep(queue) == []  # fresh
+    await asyncio.sleep(HEARTBEAT + 0.2)  # the worker died: no beats
+    assert await sweep(queue) == [job_id]
+    again = await stored(queue, job_id)
+    assert again.status == Status.QUEUED and again.attempts == 1 and again.worker_id is None
+    assert again.error == "worker lost: no heartbeat for 0.5 s"
+    assert await lists(queue) == ([job_id.encode()], [])  # first in line
+
+    # The "dead" worker was only slow: its outcome is refused, not written over the re-run.
+    job.status = Status.COMPLETE
+    assert not await queue.move(job, Move.FINISH, Fence.RUN, fence)
+    assert (await stored(queue, job_id)).status == Status.QUEUED
+
+
+async def test_a_job_dequeued_by_a_worker_that_died_is_requeued_without_using_an_attempt(
+    queue: HardenedRedisQueue,
+) -> None:
+    job_id = await enqueue(queue)
+    assert await queue.take(1) is not None  # ...and the worker died before claiming it
+    assert await sweep(queue) == []
+    await asyncio.sleep(HEARTBEAT + 0.2)
+    assert await sweep(queue) == [job_id]
+    again = await stored(queue, job_id)
+    assert again.status == Status.QUEUED and again.attempts == 0
+    assert await lists(queue) == ([job_id.encode()], [])
+
+
+async def test_a_dead_workers_last_attempt_becomes_a_dead_letter(
+    queue: HardenedRedisQueue,
+) -> None:
+    job_id = await enqueue(queue, retries=1)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)
+    assert await sweep(queue) == [job_id]
+    dead = await stored(queue, job_id)
+    assert dead.status == Status.FAILED and dead.error.startswith("worker lost")  # type: ignore[union-attr]
+    assert await queue.redis.zrange(queue.dead_key, 0, -1) == [job_id.encode()]
+    assert await lists(queue) == ([], [])
+
+
+async def test_a_claim_after_the_sweep_took_the_job_is_refused(
+    queue: HardenedRedisQueue,
+) -> None:
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)  # the worker stalled for longer than a heartbeat
+    assert await sweep(queue) == [job_id]
+    assert not await queue.claim(job, raw, "worker-1")  # it is someone else's now
+    assert await lists(queue) == ([job_id.encode()], [])
