@@ -15,11 +15,23 @@ from typing import Any
 from pydantic import BaseModel
 
 from taskhub.components import Completion, Sink, Task, TaskSpec
+from taskhub.execution_limits import ExecutionGate
 
 
 class TaskRunner:
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    def __init__(self, sinks: Sequence[Sink], gate: ExecutionGate | None = None) -> None:
         self.sinks = list(sinks)
+        self.gate = gate
+
+    async def wait_ms(self, spec: TaskSpec, *, job_id: str, user_id: str) -> int:
+        """How long a job must wait for its execution limits; 0 to run it now.
+
+        Queue plugins call this before starting an attempt and, when it is not 0,
+        reschedule the job for then without using an attempt.
+        """
+        if self.gate is None:
+            return 0
+        return await self.gate.wait_ms(spec.name, user_id, job_id, spec.cost)
 
     async def run(
         self,

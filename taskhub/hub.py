@@ -58,6 +58,7 @@ from taskhub.errors import (
     UsageError,
 )
 from taskhub.execution import TaskRunner
+from taskhub.execution_limits import ExecutionGate
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
@@ -157,7 +158,7 @@ class Hub:
             )
             problems.append(self.raw.problem(("limits", "fail_mode"), message))
         for name, spec in self.tasks.items():
-            for rule in self.rules:
+            for rule in (*self.rules, *self.execution_rules):
                 if spec.cost > rule.policy.limit:
                     message = (
                         f"cost {spec.cost} is more than rule {rule.name!r} ever allows "
@@ -285,6 +286,7 @@ class Hub:
         await self.queue.open(self)
         self._started.append("queue")
         if role & Role.WORKER:
+            self.runner.gate = self.build_execution_gate()
             for index, sink in enumerate(self.sinks):
                 try:
                     await sink.open()
@@ -305,11 +307,23 @@ class Hub:
             return None
         return connect(self.settings.redis.model_copy(update={"url": url}))
 
+    def build_execution_gate(self) -> ExecutionGate | None:
+        if not self.execution_rules:
+            return None
+        self.limiter_redis = self.limiter_redis or self.connect_limiter_redis()
+        limits = self.settings.limits
+        return ExecutionGate(
+            self.limiter_redis or self.redis,
+            self.execution_rules,
+            self.settings.redis.key_prefix,
+            limits.fail_mode,
+        )
+
     def build_admission(self) -> Admission:
         assert self.redis is not None
         limits = self.settings.limits
         cache = limits.deny_cache
-        self.limiter_redis = self.connect_limiter_redis()
+        self.limiter_redis = self.limiter_redis or self.connect_limiter_redis()
         return Admission(
             self.redis,
             self.rules,

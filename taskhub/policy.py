@@ -111,13 +111,20 @@ REFUSED, ADMITTED, DUPLICATE, FULL = 0, 1, 2, 3
 FIELDS_PER_RULE = 5
 
 
-def build_script(rules: Sequence[Rule], queue: QueueBackend | None, *, peek: bool = False) -> str:
+def build_script(
+    rules: Sequence[Rule],
+    queue: QueueBackend | None,
+    *,
+    peek: bool = False,
+    body: str | None = None,
+) -> str:
     """The Lua deciding ``rules`` and, if they all admit, pushing the job onto ``queue``.
 
     It checks every rule before writing anything, so either every rule is charged
     and the job stored, or nothing is charged (refused rules record only what
     their strategy's ``refuse`` defines, such as a block). ``queue=None`` decides
-    the rules alone; ``peek`` only reports the rules' state and writes nothing.
+    the rules alone; ``peek`` only reports the rules' state and writes nothing;
+    ``body`` replaces the decision itself (execution limits queue jobs in line).
 
     KEYS: each rule's keys in order, then the queue's. ARGV: clock override in ms
     ('' = Redis TIME), cost, maximum queue depth (0 = none), job id, then the
@@ -140,7 +147,7 @@ def build_script(rules: Sequence[Rule], queue: QueueBackend | None, *, peek: boo
             f"  {{m = S[{module}], ks = {{{keys}}}, p = {{{params}}}, shadow = {shadow}}},"
         )
     queue_lua = NO_QUEUE_LUA if queue is None else queue.enqueue_lua
-    body = PEEK_BODY if peek else DECIDE_BODY
+    body = body or (PEEK_BODY if peek else DECIDE_BODY)
     return f"""
 local S = {{}}
 {chr(10).join(chunks)}

@@ -149,6 +149,8 @@ class SaqQueue(QueueBackend):
         worker = HubWorker(
             queue,
             beat_interval=self.beat_interval(hub),
+            runner=hub.runner,
+            specs=hub.tasks,
             functions=[(name, job_function(hub.runner, spec)) for name, spec in hub.tasks.items()],
             concurrency=self.config.concurrency,
             timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]

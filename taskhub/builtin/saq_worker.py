@@ -77,8 +77,18 @@ class HubWorker(Worker):
     SIGNALS = []  # noqa: RUF012  # the hub handles SIGINT/SIGTERM for every component
     queue: HardenedRedisQueue
 
-    def __init__(self, queue: HardenedRedisQueue, *, beat_interval: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        queue: HardenedRedisQueue,
+        *,
+        beat_interval: float,
+        runner: TaskRunner,
+        specs: dict[str, TaskSpec],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(queue, **kwargs)
+        self.runner = runner
+        self.specs = specs
         self.beat_interval = beat_interval
         self._upkeep_tasks: list[asyncio.Task[None]] = []
         self._beater: asyncio.Task[None] | None = None
@@ -119,6 +129,8 @@ class HubWorker(Worker):
         if self.event.is_set():  # stopping: not ours to start
             await self.queue.guarded(self.queue.move(job, Move.FRONT, Fence.STORED, raw))
             return False
+        if await self._deferred(job, raw):
+            return True
         if not await self.queue.guarded(self.queue.claim(job, raw, self.id)):
             return True  # aborted or swept meanwhile, or Redis is away (the sweep re-queues it)
         me = asyncio.current_task()
@@ -129,6 +141,21 @@ class HubWorker(Worker):
             await self._run(job, fence)
         finally:
             self._busy.pop(me, None)
+        return True
+
+    async def _deferred(self, job: Job, raw: bytes) -> bool:
+        """Reschedule a job over its execution limit for when it may run; no attempt used."""
+        spec = self.specs.get(job.function)
+        user_id = (job.kwargs or {}).get("user_id", "")
+        if spec is None or self.runner.gate is None:
+            return False
+        wait_ms = await self.runner.wait_ms(spec, job_id=job.key, user_id=user_id)
+        if wait_ms <= 0:
+            return False
+        at = now() / 1000 + wait_ms / 1000
+        job.scheduled = int(at)
+        await self.queue.guarded(self.queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
+        logger.debug("job %s over its execution limit: runs in %d ms", job.key, wait_ms)
         return True
 
     async def _run(self, job: Job, fence: str) -> None:
