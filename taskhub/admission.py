@@ -140,7 +140,12 @@ class Admission:
             cached = self._cached_refusal(subjects, cost, sent_at)
             if cached is not None:
                 return cached
-        job = self.queue.prepare(spec, request.user_id, payload, job_id)
+        holds = [
+            rule.keys(self.key_prefix, subject)[0]
+            for rule, subject in zip(self.rules, subjects, strict=True)
+            if rule.limiter.holds_slot
+        ]
+        job = self.queue.prepare(spec, request.user_id, payload, job_id, holds)
         args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
         args.append(job.job_id)
         keys = self._keys(subjects)

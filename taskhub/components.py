@@ -9,6 +9,7 @@ hooks; the kernel instantiates the ones the config names.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -81,6 +82,9 @@ class Limiter(Component):
     deny_cacheable: ClassVar[bool] = True
     # Whether the strategy also makes sense on workers (execution limits).
     executable: ClassVar[bool] = True
+    # True when ``commit`` adds the job id to a sorted set (``keys()[0]``) that the
+    # queue must remove it from when the job finishes: a slot held while it runs.
+    holds_slot: ClassVar[bool] = False
 
     def params(self) -> list[float]:
         """Constants the Lua functions receive as ``p``."""
@@ -188,11 +192,18 @@ class QueueBackend(Component):
         return 0
 
     def prepare(
-        self, spec: TaskSpec, user_id: str, payload: Any, job_id: str | None = None
+        self,
+        spec: TaskSpec,
+        user_id: str,
+        payload: Any,
+        job_id: str | None = None,
+        holds: Sequence[str] = (),
     ) -> PreparedJob:
         """Build a job (its id, new unless ``job_id`` is given, keys and stored form).
 
-        Writes nothing.
+        ``holds`` are sorted sets in which the job id holds a slot (see
+        :attr:`Limiter.holds_slot`): the queue removes it from each of them in the
+        same step that finishes the job for good. Writes nothing.
         """
         raise NotImplementedError
 

@@ -157,6 +157,14 @@ class Hub:
                 "and the queue, nothing can be queued while it is down, so every mode answers 503"
             )
             problems.append(self.raw.problem(("limits", "fail_mode"), message))
+        if limits.redis_url:
+            for index, rule in enumerate(self.rules):
+                if rule.limiter.holds_slot:
+                    message = (
+                        f"{rule.limiter.name!r} keeps its slots beside the queue's jobs, so it "
+                        "needs the limiter on the queue's Redis: remove limits.redis_url"
+                    )
+                    problems.append(self.raw.problem(("limits", "admission", index), message))
         for name, spec in self.tasks.items():
             for rule in (*self.rules, *self.execution_rules):
                 if spec.cost > rule.policy.limit:

@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "taskhub.builtin.fixed_window",
     "taskhub.builtin.sliding_window",
     "taskhub.builtin.gcra",
+    "taskhub.builtin.concurrency",
     "taskhub.builtin.handlers",
     "taskhub.builtin.file_log",
     "taskhub.builtin.console",

@@ -135,7 +135,7 @@ def test_unknown_component_lists_the_choices(tmp_path: Path) -> None:
     error = errors_of(tmp_path, "limiter:\n  type: leaky\n")
     assert (
         "line 2: limiter.type: Unknown limiter 'leaky'. Choose one of: "
-        "daily_quota, fixed_window, gcra, sliding_window, token_bucket"
+        "concurrency, daily_quota, fixed_window, gcra, sliding_window, token_bucket"
     ) in str(error)
 
 

@@ -22,7 +22,13 @@ def write_plugin(directory: Path, filename: str, source: str) -> Path:
 
 def test_builtins_register_through_the_hooks() -> None:
     registry = load_plugins(None, (), entry_points=False)
-    assert registry.names("limiter") == ["fixed_window", "gcra", "sliding_window", "token_bucket"]
+    assert registry.names("limiter") == [
+        "concurrency",
+        "fixed_window",
+        "gcra",
+        "sliding_window",
+        "token_bucket",
+    ]
     assert registry.names("server") == ["sanic"]
     assert registry.names("queue") == ["saq"]
     assert registry.names("sink") == ["console", "file_log"]
@@ -90,7 +96,8 @@ def test_unknown_name_lists_the_choices() -> None:
     with pytest.raises(UnknownComponentError) as caught:
         registry.get("limiter", "leaky")
     assert str(caught.value) == (
-        "Unknown limiter 'leaky'. Choose one of: fixed_window, gcra, sliding_window, token_bucket"
+        "Unknown limiter 'leaky'. Choose one of: "
+        "concurrency, fixed_window, gcra, sliding_window, token_bucket"
     )
 
 

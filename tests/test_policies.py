@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from helpers import Namespace
 
 from taskhub.admission import Admission, Outcome
+from taskhub.builtin.concurrency import Concurrency
 from taskhub.builtin.fixed_window import FixedWindow
 from taskhub.builtin.handlers import LogCompletion
 from taskhub.builtin.saq_queue import SaqQueue
@@ -229,3 +230,13 @@ async def test_fixed_window_and_token_bucket_rules_mix_in_one_policy(client, ns)
     assert outcomes == [Outcome.ADMITTED, Outcome.ADMITTED, Outcome.REFUSED]
     state = await client.hgetall(gate.rule_keys(ctx())[1])
     assert float(state[b"tokens"]) == 3  # the bucket paid for the two admitted only
+
+
+async def test_a_concurrency_slot_lost_without_finishing_frees_after_its_lease(client, ns) -> None:
+    slots = Concurrency(Concurrency.Config(limit=1, lease=10))
+    gate = admission(client, ns, Rule("running", slots))
+    assert (await gate.admit(SPEC, ctx(), None, now_ms=T0)).outcome is Outcome.ADMITTED
+    refused = await gate.admit(SPEC, ctx(), None, now_ms=T0 + 9_999)
+    assert refused.outcome is Outcome.REFUSED and refused.rules[0].retry_ms == 1_000
+    assert (await gate.admit(SPEC, ctx(), None, now_ms=T0 + 10_000)).outcome is Outcome.ADMITTED
+    assert await client.zcard(gate.rule_keys(ctx())[0]) == 1  # the lapsed slot was dropped

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -22,7 +22,7 @@ from pydantic import Field
 from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
 from taskhub.builtin import saq_jobs
 from taskhub.builtin.saq_jobs import job_info
-from taskhub.builtin.saq_redis import HardenedRedisQueue
+from taskhub.builtin.saq_redis import HOLDS, HardenedRedisQueue
 from taskhub.builtin.saq_worker import HubWorker, job_function
 from taskhub.errors import BackendUnavailable
 from taskhub.jobs import AbortResult, JobInfo
@@ -106,7 +106,12 @@ class SaqQueue(QueueBackend):
         return self.config.max_depth
 
     def prepare(
-        self, spec: TaskSpec, user_id: str, payload: Any, job_id: str | None = None
+        self,
+        spec: TaskSpec,
+        user_id: str,
+        payload: Any,
+        job_id: str | None = None,
+        holds: Sequence[str] = (),
     ) -> PreparedJob:
         c = self.config
         key = job_id or uuid.uuid4().hex
@@ -131,6 +136,8 @@ class SaqQueue(QueueBackend):
             "queued": int(time.time() * 1000),
             "status": "queued",
         }
+        if holds:
+            job["meta"] = {HOLDS: list(holds)}
         keys = [self._incomplete, self._job_prefix + key, self._queued, f"saq:abort:{key}"]
         return PreparedJob(job_id=key, keys=keys, args=[orjson.dumps(job), "0"])
 

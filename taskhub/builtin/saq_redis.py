@@ -45,9 +45,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTAGE_BACKOFF = 1.0
+# The job's ``meta`` entry listing the sorted sets it holds a slot in (concurrency limits).
+HOLDS = "holds"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 
-TRANSITION_LUA = """
+TRANSITION_LUA = f"""
 -- KEYS: job, active, queued, incomplete, heartbeats, dead
 -- ARGV: fence kind, fence, action, new json, ttl ms, score, stale ms, status
 local job, active, queued, incomplete, beats, dead = unpack(KEYS)
@@ -83,6 +85,10 @@ else
   redis.call('ZREM', dead, job)
   if action == 'finish' or action == 'dead' then
     redis.call('ZREM', incomplete, job)
+    local j = cjson.decode(new)
+    if type(j.meta) == 'table' and type(j.meta.{HOLDS}) == 'table' then
+      for _, slots in ipairs(j.meta.{HOLDS}) do redis.call('ZREM', slots, j.key) end
+    end
     if ttl < 0 then
       redis.call('DEL', job)
     elseif ttl == 0 then
