@@ -315,28 +315,29 @@ def test_embedded_redis_needs_run_not_serve(
     assert main(["worker", str(path)]) == 2
 
 
-def test_limits_problems_are_reported_together_with_their_paths(tmp_path: Path) -> None:
-    error = errors_of(
-        tmp_path,
-        textwrap.dedent(
-            """\
-            limiter: {type: token_bucket}
-            limits:
-              fail_mode: open
-              admission:
-                - {name: per_user, type: token_bucket, capacity: 5}
-                - {name: per_user, key: header:X-Api-Key, type: fixed_window}
-                - {key: cookie, type: gcra}
-              execution:
-                - {key: ip, type: token_bucket}
-              trusted_proxies: [10.0.0.0/8, proxy.local]
-              admin: {enabled: true}
-            tasks:
-              log_completion: {cost: 6}
-            """
-        ),
+POLICY_PROBLEMS = """\
+limiter: {type: token_bucket}
+limits:
+  fail_mode: open
+  admission:
+    - {name: per_user, type: token_bucket, capacity: 5}
+    - {name: per_user, key: header:X-Api-Key, type: fixed_window}
+  execution:
+    - {key: ip, type: token_bucket}
+tasks:
+  log_completion: {cost: 6}
+"""
+
+
+def test_limits_shape_problems_name_the_key_and_what_is_allowed(tmp_path: Path) -> None:
+    text = POLICY_PROBLEMS.replace(
+        "  execution:",
+        "    - {key: cookie, type: gcra}\n"
+        "  trusted_proxies: [10.0.0.0/8, proxy.local]\n"
+        "  admin: {enabled: true}\n"
+        "  execution:",
     )
-    message = str(error)
+    message = str(errors_of(tmp_path, text))
     for expected in (
         "limits.admission[2].key: value error, unknown key 'cookie'; use one of: "
         "user, ip, task, constant, header:<Name>",
@@ -344,25 +345,11 @@ def test_limits_problems_are_reported_together_with_their_paths(tmp_path: Path) 
         "limits.admin: value error, admin.enabled needs admin.token of at least 16 characters",
     ):
         assert expected in message, message
-    # the kernel's checks run once the file's shape is valid
-    error = errors_of(
-        tmp_path,
-        textwrap.dedent(
-            """\
-            limiter: {type: token_bucket}
-            limits:
-              fail_mode: open
-              admission:
-                - {name: per_user, type: token_bucket, capacity: 5}
-                - {name: per_user, key: header:X-Api-Key, type: fixed_window}
-              execution:
-                - {key: ip, type: token_bucket}
-            tasks:
-              log_completion: {cost: 6}
-            """
-        ),
-    )
-    message = str(error)
+
+
+def test_policy_problems_are_reported_together_with_their_lines(tmp_path: Path) -> None:
+    # the kernel's checks, once the file's shape is valid
+    message = str(errors_of(tmp_path, POLICY_PROBLEMS))
     for expected in (
         "line 1: limiter: give either limiter (one rule per user) or limits.admission, not both",
         "line 3: limits.fail_mode: 'open' needs limits.redis_url",
