@@ -1,0 +1,106 @@
+"""A stopping server refuses new connections but finishes the requests already in flight.
+
+A request is held "in flight" by sending its headers and only part of its body; the
+test stops the server, checks that new connections are refused, then sends the rest
+and expects a normal 200 with the job stored. A request that is still incomplete when
+``graceful_shutdown`` runs out is cut off and stores nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from urllib.parse import urlsplit
+
+import orjson
+import redis
+from helpers import Namespace, config_dict, wait_until
+
+BODY = orjson.dumps({"user_id": "in-flight"})
+
+
+def open_request(url: str) -> socket.socket:
+    """A connection holding a POST /task whose body lacks its last byte."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    head = (
+        f"POST /task HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + BODY[:-1])
+    return sock
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, object]]:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < content_length(data):
+        chunk = sock.recv(65_536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), orjson.loads(body)
+
+
+def content_length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def closed_without_response(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:  # an abort may reset rather than close
+        return True
+
+
+def refuses_connections(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_a_stopping_server_finishes_requests_in_flight_and_takes_no_new_ones(
+    ns: Namespace, redis_url: str, spawn, sync_redis: redis.Redis
+) -> None:
+    config = config_dict(ns, redis_url)
+    config["server"]["graceful_shutdown"] = 5
+    server = spawn(config, "serve")
+    pending = open_request(server.url)
+    time.sleep(0.2)  # the server has read the headers and waits for the body
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: refuses_connections(server.url), 5), server.output
+    pending.sendall(BODY[-1:])
+    status, body = read_response(pending)
+    pending.close()
+
+    assert status == 200, body
+    assert sync_redis.exists(f"saq:job:{ns.queue}:{body['job_id']}")
+    assert server.wait(10) == 0, server.output
+    assert "Traceback" not in server.output
+
+
+def test_a_request_unfinished_after_the_grace_is_cut_off_and_stores_nothing(
+    ns: Namespace, redis_url: str, spawn, sync_redis: redis.Redis
+) -> None:
+    config = config_dict(ns, redis_url)
+    config["server"]["graceful_shutdown"] = 0.5
+    server = spawn(config, "serve")
+    pending = open_request(server.url)
+    time.sleep(0.2)
+
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0, server.output
+    assert time.monotonic() - started < 5
+    assert closed_without_response(pending)
+    pending.close()
+    assert ns.queued(sync_redis) == 0
+    assert not sync_redis.exists(f"saq:{ns.queue}:incomplete")
