@@ -105,7 +105,7 @@ async def test_a_live_job_that_beats_is_never_swept(queue: HardenedRedisQueue) -
 
 
 async def test_a_dead_workers_job_is_requeued_after_one_heartbeat(
-    queue: HardenedRedisQueue,
+    queue: HardenedRedisQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = await enqueue(queue)
     job, raw = await queue.take(1)  # type: ignore[misc]
@@ -118,6 +118,7 @@ async def test_a_dead_workers_job_is_requeued_after_one_heartbeat(
     assert again.status == Status.QUEUED and again.attempts == 1 and again.worker_id is None
     assert again.error == "worker lost: no heartbeat for 0.5 s"
     assert await lists(queue) == ([job_id.encode()], [])  # first in line
+    assert "attempt 1 of 2 lost: queued again" in caplog.text
 
     # The "dead" worker was only slow: its outcome is refused, not written over the re-run.
     job.status = Status.COMPLETE
@@ -126,7 +127,7 @@ async def test_a_dead_workers_job_is_requeued_after_one_heartbeat(
 
 
 async def test_a_job_dequeued_by_a_worker_that_died_is_requeued_without_using_an_attempt(
-    queue: HardenedRedisQueue,
+    queue: HardenedRedisQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = await enqueue(queue)
     assert await queue.take(1) is not None  # ...and the worker died before claiming it
@@ -136,10 +137,11 @@ async def test_a_job_dequeued_by_a_worker_that_died_is_requeued_without_using_an
     again = await stored(queue, job_id)
     assert again.status == Status.QUEUED and again.attempts == 0
     assert await lists(queue) == ([job_id.encode()], [])
+    assert "dequeued but never started: queued again, no attempt used" in caplog.text
 
 
 async def test_a_dead_workers_last_attempt_becomes_a_dead_letter(
-    queue: HardenedRedisQueue,
+    queue: HardenedRedisQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
     job_id = await enqueue(queue, retries=1)
     job, raw = await queue.take(1)  # type: ignore[misc]
@@ -151,6 +153,7 @@ async def test_a_dead_workers_last_attempt_becomes_a_dead_letter(
     assert dead.status == Status.FAILED and dead.error.startswith("worker lost")  # type: ignore[union-attr]
     assert await queue.redis.zrange(queue.dead_key, 0, -1) == [job_id.encode()]
     assert await lists(queue) == ([], [])
+    assert "attempt 1 of 1 was its last: now a dead letter" in caplog.text
 
 
 async def test_a_claim_after_the_sweep_took_the_job_is_refused(

@@ -49,6 +49,7 @@ OUTAGE_BACKOFF = 1.0
 HOLDS = "holds"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 
+
 TRANSITION_LUA = f"""
 -- KEYS: job, active, queued, incomplete, heartbeats, dead
 -- ARGV: fence kind, fence, action, new json, ttl ms, score, stale ms, status
@@ -307,28 +308,22 @@ class HardenedRedisQueue(RedisQueue):
     async def _recover(self, job: Job, raw: bytes, limit_ms: int) -> bool:
         """Re-queue (or finish) a job whose worker is gone, if it is still stale."""
         lost = WORKER_LOST.format(limit_ms / 1000)
+        attempt = f"attempt {job.attempts} of {job.retries}"
         if job.status == Status.ABORTING:
             job.status, job.completed = Status.ABORTED, now()
-            move = Move.FINISH
+            move, outcome = Move.FINISH, "it was being aborted: now aborted"
         elif job.status != Status.ACTIVE:
-            move = Move.FRONT  # dequeued, never claimed: no attempt was used
+            move, outcome = Move.FRONT, "dequeued but never started: queued again, no attempt used"
         elif job.retryable:
             job.status, job.error, job.started, job.worker_id = Status.QUEUED, lost, 0, None
-            move = Move.FRONT
+            move, outcome = Move.FRONT, f"{attempt} lost: queued again"
         else:
             job.status, job.error, job.completed, job.worker_id = Status.FAILED, lost, now(), None
-            move = Move.DEAD
+            move, outcome = Move.DEAD, f"{attempt} was its last: now a dead letter"
         moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
         if moved:
-            logger.log(
-                logging.ERROR if move is Move.DEAD else logging.WARNING,
-                "job %s (task %s, attempt %d): %s; %s",
-                job.key,
-                job.function,
-                job.attempts,
-                lost,
-                "now a dead letter" if move is Move.DEAD else job.status.value,
-            )
+            level = logging.ERROR if move is Move.DEAD else logging.WARNING
+            logger.log(level, "job %s (task %s): %s; %s", job.key, job.function, lost, outcome)
         return moved
 
     async def schedule(self, lock: int = 1) -> list[str]:
