@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis
-from helpers import Namespace, config_dict, wait_until
+from helpers import Namespace, TaskhubProcess, config_dict, wait_until
 
 BODY = orjson.dumps({"user_id": "in-flight"})
 
@@ -67,15 +67,21 @@ def refuses_connections(url: str) -> bool:
     return False
 
 
-def test_a_stopping_server_finishes_requests_in_flight_and_takes_no_new_ones(
-    ns: Namespace, redis_url: str, spawn, sync_redis: redis.Redis
-) -> None:
+def serve_with_a_request_in_flight(
+    ns: Namespace, redis_url: str, spawn, grace: float
+) -> tuple[TaskhubProcess, socket.socket]:
     config = config_dict(ns, redis_url)
-    config["server"]["graceful_shutdown"] = 5
+    config["server"]["graceful_shutdown"] = grace
     server = spawn(config, "serve")
     pending = open_request(server.url)
     time.sleep(0.2)  # the server has read the headers and waits for the body
+    return server, pending
 
+
+def test_a_stopping_server_finishes_requests_in_flight_and_takes_no_new_ones(
+    ns: Namespace, redis_url: str, spawn, sync_redis: redis.Redis
+) -> None:
+    server, pending = serve_with_a_request_in_flight(ns, redis_url, spawn, grace=5)
     server.proc.send_signal(signal.SIGTERM)
     assert wait_until(lambda: refuses_connections(server.url), 5), server.output
     pending.sendall(BODY[-1:])
@@ -91,12 +97,7 @@ def test_a_stopping_server_finishes_requests_in_flight_and_takes_no_new_ones(
 def test_a_request_unfinished_after_the_grace_is_cut_off_and_stores_nothing(
     ns: Namespace, redis_url: str, spawn, sync_redis: redis.Redis
 ) -> None:
-    config = config_dict(ns, redis_url)
-    config["server"]["graceful_shutdown"] = 0.5
-    server = spawn(config, "serve")
-    pending = open_request(server.url)
-    time.sleep(0.2)
-
+    server, pending = serve_with_a_request_in_flight(ns, redis_url, spawn, grace=0.5)
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0, server.output
     assert time.monotonic() - started < 5
