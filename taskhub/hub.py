@@ -16,7 +16,7 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,7 +92,9 @@ class Hub:
         problems: list[Problem] = []
         build = _Builder(raw, registry, problems)
         self.rules = self._admission_rules(build, problems)
-        self.execution_rules = self._rules(build, settings.limits.execution, "execution", problems)
+        self.execution_rules = self._rules(
+            build, settings.limits.execution, "execution", problems, taken=self.rules
+        )
         self.queue = build(QueueBackend, settings.queue, ("queue",))
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
@@ -135,13 +137,22 @@ class Hub:
         sections: list[RuleSection],
         where: str,
         problems: list[Problem],
+        taken: Sequence[Rule] = (),
     ) -> list[Rule]:
+        """Build one stage's rules. Names are unique across both stages: a rule's Redis
+        keys and ``taskhub limits --rule`` address it by name alone."""
         rules: list[Rule] = []
         for index, section in enumerate(sections):
             loc: Loc = ("limits", where, index)
             name = section.rule_name
             if any(rule.name == name for rule in rules):
                 problems.append(self.raw.problem((*loc, "name"), f"duplicate rule name {name!r}"))
+            elif any(rule.name == name for rule in taken):
+                message = (
+                    f"rule name {name!r} is also an admission rule's: rules keep their Redis "
+                    "state under their name, so each needs its own (set name:)"
+                )
+                problems.append(self.raw.problem((*loc, "name"), message))
             strategy = build(Limiter, section, loc)
             if strategy is None:
                 continue

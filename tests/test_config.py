@@ -361,6 +361,36 @@ def test_policy_problems_are_reported_together_with_their_lines(tmp_path: Path) 
         assert expected in message, message
 
 
+def test_admission_and_execution_rules_may_not_share_a_name(tmp_path: Path) -> None:
+    # Same name, same strategy: both stages would count in one Redis key.
+    message = str(
+        errors_of(
+            tmp_path,
+            """\
+            limits:
+              admission:
+                - {name: per_user, type: token_bucket}
+              execution:
+                - {name: per_user, type: token_bucket, block: 0}
+                - {type: gcra}
+            """,
+        )
+    )
+    assert "line 5: limits.execution[0].name: rule name 'per_user' is also an admission" in message
+    assert "execution[1]" not in message  # 'user', derived from the key, is free
+    # the shorthand's rule is named after its strategy
+    message = str(
+        errors_of(
+            tmp_path,
+            """\
+            limits:
+              execution: [{name: token_bucket, type: gcra}]
+            """,
+        )
+    )
+    assert "rule name 'token_bucket' is also an admission rule's" in message
+
+
 def test_a_policy_with_named_rules_and_the_shorthand_names(tmp_path: Path) -> None:
     hub = hub_from(
         tmp_path,
