@@ -240,3 +240,12 @@ async def test_a_concurrency_slot_lost_without_finishing_frees_after_its_lease(c
     assert refused.outcome is Outcome.REFUSED and refused.rules[0].retry_ms == 1_000
     assert (await gate.admit(SPEC, ctx(), None, now_ms=T0 + 10_000)).outcome is Outcome.ADMITTED
     assert await client.zcard(gate.rule_keys(ctx())[0]) == 1  # the lapsed slot was dropped
+
+
+async def test_a_replay_under_a_concurrency_rule_reports_the_slots_as_they_are(client, ns) -> None:
+    gate = admission(client, ns, Rule("running", Concurrency(Concurrency.Config(limit=2))))
+    first = await gate.admit(SPEC, ctx(), None, job_id="job-1", now_ms=T0)
+    again = await gate.admit(SPEC, ctx(), None, job_id="job-1", now_ms=T0)
+    assert again.outcome is Outcome.DUPLICATE
+    assert first.rules[0].remaining == again.rules[0].remaining == 1  # no second slot counted
+    assert again.rules[0].allowed
