@@ -7,7 +7,6 @@ clock where the maths matters.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from ipaddress import ip_network
 
 import pytest
@@ -30,13 +29,6 @@ from taskhub.redis_client import connect
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 T0 = 4_000_000_000_000
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    conn = connect(RedisSettings(url=redis_url))
-    yield conn
-    await conn.aclose()
 
 
 def bucket(capacity: int, block: float = 0, refill: float = 1, period: float = 60) -> TokenBucket:
