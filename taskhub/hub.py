@@ -59,6 +59,7 @@ from taskhub.errors import (
 )
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
+from taskhub.limits_admin import LimitsAdmin
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
@@ -336,6 +337,19 @@ class Hub:
             self.execution_rules,
             self.settings.redis.key_prefix,
             limits.fail_mode,
+        )
+
+    def build_limits_admin(self) -> LimitsAdmin:
+        """Show and reset rule state, on the Redis the rules keep it on."""
+        self.limiter_redis = self.limiter_redis or self.connect_limiter_redis()
+        if self.limiter_redis is None:
+            self.redis = self.redis or self.connect_redis()
+        return LimitsAdmin(
+            self.limiter_redis or self.redis,
+            self.rules,
+            self.execution_rules,
+            self.settings.redis.key_prefix,
+            deny_cache=self.admission.deny_cache if self.admission else None,
         )
 
     def build_admission(self) -> Admission:
