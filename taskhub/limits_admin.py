@@ -205,7 +205,8 @@ class LimitsAdmin:
                 staged,
                 staged.rule.policy.limit,
                 now.remaining,
-                now.reset_ms,
+                # a strategy may count a window from now even for no key; nothing is spent
+                now.reset_ms if any(ttls[k] != ABSENT for k in own) else 0,
                 0 if next_request.allowed else next_request.retry_ms,
                 tuple(KeyState(k, ttls[k]) for k in [*own, *extra]),
             )
@@ -249,3 +250,16 @@ class LimitsAdmin:
             source = build_script([r.rule for r in chosen], None, body=SHOW_BODY)
             script = self._scripts[names] = self.redis.register_script(source)
         return script
+
+
+def show_body(key: str, states: Sequence[RuleState]) -> dict[str, Any]:
+    """``show`` as JSON, for ``--json`` and the admin endpoint alike."""
+    return {"key": key, "rules": [state.to_json() for state in states]}
+
+
+def reset_body(key: str, resets: Sequence[RuleReset]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "deleted": sum(r.deleted for r in resets),
+        "rules": [r.to_json() for r in resets],
+    }

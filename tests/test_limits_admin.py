@@ -6,9 +6,11 @@ that a test's few seconds change nothing.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis.asyncio as aioredis
-from helpers import Namespace
+from helpers import Namespace, config_dict, free_port, run_cli, write_config
 from test_policies import SPEC, bucket, ctx
 
 from taskhub.admission import Admission, Outcome
@@ -17,6 +19,7 @@ from taskhub.builtin.fixed_window import FixedWindow
 from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.deny_cache import DenyCache
 from taskhub.execution_limits import ExecutionGate
+from taskhub.hub import Hub
 from taskhub.limits_admin import LimitsAdmin, UnknownRule
 from taskhub.policy import Rule
 
@@ -114,16 +117,12 @@ async def test_show_reports_each_rule_and_changes_nothing(setup, ns, sync_redis)
 
 async def test_a_key_without_state_shows_full(setup) -> None:
     state = by_rule(await setup.admin.show("nobody"))
-    for name in ("per_user", "per_ip", "running", "runs"):
+    for name in ("per_user", "per_ip", "overall", "running", "runs"):
         rule = state[name]
-        assert (rule["remaining"], rule["retry_after_ms"], rule["used"]) == (
-            rule["limit"],
-            0,
-            False,
-        )
-        assert all(
-            k == {"key": k["key"], "exists": False, "ttl_ms": None} for k in rule["redis_keys"]
-        )
+        assert rule["remaining"] == rule["limit"], name
+        assert (rule["reset_ms"], rule["retry_after_ms"], rule["used"]) == (0, 0, False), name
+        for key in rule["redis_keys"]:
+            assert (key["exists"], key["ttl_ms"]) == (False, None)
 
 
 async def test_show_reports_when_a_refused_key_may_pass(client, ns) -> None:
@@ -207,3 +206,93 @@ async def test_reset_forgets_the_key_in_the_deny_cache(client, ns) -> None:
     await setup.admin.reset("dave")
     decision = await setup.gate.admit(SPEC, ctx("dave"), None)
     assert decision.outcome is Outcome.ADMITTED and not decision.cached
+
+
+# --------------------------------------------------------------------------- the CLI
+
+CLI_LIMITS = {
+    "admission": [
+        {"name": "per_user", "type": "token_bucket", "capacity": 5, **SLOW, "block": 0},
+        {"name": "overall", "key": "constant", "type": "fixed_window", "points": 100},
+    ],
+    "execution": [{"name": "runs", "type": "gcra", "max_burst": 1, "rate": 1, "period": 60}],
+}
+
+
+def cli_config(tmp_path, ns, redis_url, limits=CLI_LIMITS, name="config.yaml") -> tuple[str, Hub]:
+    config = config_dict(ns, redis_url, limits=limits)
+    del config["limiter"]
+    path = write_config(tmp_path, config, name)
+    return str(path), Hub.from_file(path)
+
+
+async def test_cli_shows_and_resets_a_key(tmp_path, ns, redis_url, client) -> None:
+    path, hub = cli_config(tmp_path, ns, redis_url)
+    gate = Admission(client, hub.rules, hub.queue, ns.prefix)
+    for user in ("alice", "alice", "alice", "bob"):
+        await gate.admit(SPEC, ctx(user), None)
+
+    shown = run_cli(["limits", "show", path, "alice"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == [
+        "RULE", "STAGE", "TYPE", "BY", "LIMIT", "REMAINING", "RESET", "NEXT", "REQUEST"
+    ]  # fmt: skip
+    assert lines[1].split()[:6] == ["per_user", "admission", "token_bucket", "user", "5", "2"]
+    assert lines[1].endswith("admitted")
+    assert lines[2].split()[:6] == ["overall", "admission", "fixed_window", "constant", "100", "96"]
+    assert lines[3].split()[:6] == ["runs", "execution", "gcra", "user", "2", "2"]
+    assert lines[5].split() == ["REDIS", "KEY", "TTL"]
+    assert lines[6].startswith(f"{ns.prefix}:per_user:tb:alice ")
+    assert f"{ns.prefix}:runs:gcra:alice:line  absent" in shown.stdout
+
+    as_json = run_cli(["limits", "show", path, "alice", "--json", "--rule", "per_user"], tmp_path)
+    body = json.loads(as_json.stdout)
+    assert body["key"] == "alice" and [r["remaining"] for r in body["rules"]] == [2]
+
+    reset = run_cli(["limits", "reset", path, "alice"], tmp_path)
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.splitlines() == [
+        "per_user  admission  deleted 1 key(s)",
+        "overall   admission  kept: shared by every key; "
+        "name the rule to reset it (--rule overall)",
+        "runs      execution  deleted 0 key(s)",
+        "deleted 1 key(s) for 'alice'",
+    ]
+    after = json.loads(run_cli(["limits", "show", path, "alice", "--json"], tmp_path).stdout)
+    assert [r["remaining"] for r in after["rules"]] == [5, 96, 2]
+    bob = json.loads(run_cli(["limits", "show", path, "bob", "--json"], tmp_path).stdout)
+    assert bob["rules"][0]["remaining"] == 4
+
+    reset = run_cli(["limits", "reset", path, "anyone", "--rule", "overall"], tmp_path)
+    assert reset.stdout.splitlines()[-1] == "deleted 1 key(s) for 'anyone'"
+
+
+async def test_cli_errors_are_one_line_with_the_right_exit_code(tmp_path, ns, redis_url) -> None:
+    path, _ = cli_config(tmp_path, ns, redis_url)
+    unknown = run_cli(["limits", "reset", path, "alice", "--rule", "per_usr"], tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1] == (
+        "taskhub: error: no rule named 'per_usr'; the rules are: per_user, overall, runs"
+    )
+
+    down_path, _ = cli_config(tmp_path, ns, f"redis://127.0.0.1:{free_port()}/0", name="down.yaml")
+    unreachable = run_cli(["limits", "show", down_path, "alice"], tmp_path)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("taskhub: error: Redis is unreachable: ")
+    assert len(unreachable.stderr.splitlines()) == 1
+    debug = run_cli(["limits", "show", down_path, "alice", "--debug"], tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+    memory = str(write_config(tmp_path, {"redis": {"url": "memory://"}}, "memory.yaml"))
+    embedded = run_cli(["limits", "show", memory, "alice"], tmp_path)
+    assert embedded.returncode == 2
+    assert "redis.url is memory://, whose rate-limit counters live only inside" in embedded.stderr
+    assert "Traceback" not in embedded.stderr
+
+    bare, _ = cli_config(tmp_path, ns, redis_url, limits={"admission": []}, name="bare.yaml")
+    nothing = run_cli(["limits", "show", bare, "alice"], tmp_path)
+    assert nothing.returncode == 0
+    assert nothing.stdout == f"{bare} has no rate limits: " + (
+        "limits.admission and limits.execution are empty\n"
+    )
