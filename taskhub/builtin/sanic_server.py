@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from pydantic import Field
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
@@ -32,6 +31,7 @@ from sanic.server import AsyncioServer
 
 from taskhub import Options, Server, hookimpl
 from taskhub.admission import Decision, Outcome
+from taskhub.builtin.http_json import JSON, error_response, json_response
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
@@ -44,20 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 _app_numbers = itertools.count(1)
-
-
-def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> HTTPResponse:
-    return HTTPResponse(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> HTTPResponse:
-    return json_response(status, {"error": code, "message": message}, headers)
 
 
 def is_json_media_type(content_type: str) -> bool:
