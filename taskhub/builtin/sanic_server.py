@@ -1,4 +1,5 @@
-"""``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``).
+"""``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
+and, when enabled, ``/admin/limits/{key}``).
 
 The request path is: size check (Sanic, 413), content type (415), parse and
 validate (400/422), one admission round trip (200/429, or 503 when Redis is
@@ -32,6 +33,7 @@ from sanic.server import AsyncioServer
 from taskhub import Options, Server, hookimpl
 from taskhub.admission import Decision, Outcome
 from taskhub.builtin.http_json import JSON, error_response, json_response
+from taskhub.builtin.sanic_admin import add_admin_routes
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
@@ -136,6 +138,7 @@ class SanicServer(Server):
         status, abort = self._job_handlers(hub)
         app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
+        add_admin_routes(app, hub, c.unavailable_retry_after)
         return app
 
     def _submit_handler(self, hub: Hub) -> Callable[[Request], Any]:
