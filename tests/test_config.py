@@ -347,6 +347,17 @@ def test_limits_shape_problems_name_the_key_and_what_is_allowed(tmp_path: Path) 
         assert expected in message, message
 
 
+def test_a_rejected_mapping_is_echoed_with_its_secrets_masked(tmp_path: Path) -> None:
+    for token, env in (
+        ("short-secret", {}),
+        ("${TASKHUB_ADMIN_TOKEN}", {"TASKHUB_ADMIN_TOKEN": "tiny"}),
+    ):
+        text = f'limits:\n  admin: {{enabled: true, token: "{token}"}}\n'
+        message = str(errors_of(tmp_path, text, env))
+        assert "(got {'enabled': True, 'token': '***'})" in message, message
+        assert "short-secret" not in message and "tiny" not in message
+
+
 def test_policy_problems_are_reported_together_with_their_lines(tmp_path: Path) -> None:
     # the kernel's checks, once the file's shape is valid
     message = str(errors_of(tmp_path, POLICY_PROBLEMS))
