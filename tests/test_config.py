@@ -46,6 +46,8 @@ def test_example_config_is_valid_and_matches_the_documented_shape(tmp_path: Path
         "period": 60.0,
         "block": 1.0,
     }
+    assert resolved["limits"]["admin"] == {"enabled": False, "token": ""}
+    assert "# token: ${TASKHUB_ADMIN_TOKEN}" in (ROOT / "config.example.yaml").read_text()
     assert resolved["queue"]["name"] == "tasks" and resolved["queue"]["concurrency"] == 10
     assert [s["type"] for s in resolved["sinks"]] == ["file_log", "console"]
     assert resolved["sinks"][0]["path"] == "task.log"
