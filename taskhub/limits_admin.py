@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from taskhub.deny_cache import DenyCache
 from taskhub.errors import UsageError
@@ -174,7 +175,7 @@ class LimitsAdmin:
             [StagedRule("admission", r) for r in admission]
             + [StagedRule("execution", r) for r in execution]
         )
-        self._scripts: dict[tuple[str, ...], Any] = {}
+        self._scripts: dict[tuple[str, ...], AsyncScript] = {}
 
     def select(self, name: str | None) -> tuple[StagedRule, ...]:
         """Every rule, or the one named; an unknown name lists the known ones."""
@@ -243,7 +244,7 @@ class LimitsAdmin:
                 pipe.delete(*keys)
             return await pipe.execute()
 
-    def _script(self, chosen: tuple[StagedRule, ...]) -> Any:
+    def _script(self, chosen: tuple[StagedRule, ...]) -> AsyncScript:
         names = tuple(r.name for r in chosen)
         script = self._scripts.get(names)
         if script is None:

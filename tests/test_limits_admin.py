@@ -296,3 +296,14 @@ async def test_cli_errors_are_one_line_with_the_right_exit_code(tmp_path, ns, re
     assert nothing.stdout == f"{bare} has no rate limits: " + (
         "limits.admission and limits.execution are empty\n"
     )
+
+
+def test_the_cli_and_the_server_look_where_the_rules_keep_their_state(tmp_path, ns) -> None:
+    limits = {**CLI_LIMITS, "redis_url": "redis://127.0.0.1:1/0"}
+    _, hub = cli_config(tmp_path, ns, "redis://127.0.0.1:2/0", limits=limits)
+    admin = hub.build_limits_admin()  # connects lazily: nothing is reached here
+    assert admin.redis is hub.limiter_redis and hub.redis is None
+    memory = {**limits, "redis_url": "memory://"}
+    path, _ = cli_config(tmp_path, ns, "redis://127.0.0.1:2/0", limits=memory, name="m.yaml")
+    embedded = run_cli(["limits", "show", path, "alice"], tmp_path)
+    assert embedded.returncode == 2 and "limits.redis_url is memory://" in embedded.stderr
