@@ -398,7 +398,8 @@ def problems_from(
             message = "required, but missing"
         else:
             message = _lower_first(str(error["msg"]))
-            message += f" (got {show_value(error.get('input'), raw.is_secret(loc))})"
+            given = mask_secrets(error.get("input"), loc, raw)  # a mapping may hold secrets
+            message += f" (got {show_value(given, raw.is_secret(loc))})"
         problems.append(raw.problem(loc, message))
     return problems
 

@@ -63,10 +63,9 @@ class DenyCache:
         while len(self._entries) > self.max_keys:
             self._entries.popitem(last=False)
 
-    def forget(self, subject: str) -> None:
-        """Drop every rule's entry for ``subject`` (after an admin reset)."""
-        for key in [k for k in self._entries if k[1] == subject]:
-            del self._entries[key]
+    def forget(self, rule: str, subject: str) -> None:
+        """Drop the entry for ``subject`` under ``rule``: an admin reset emptied its state."""
+        self._entries.pop((rule, subject), None)
 
     @staticmethod
     def clock() -> float:

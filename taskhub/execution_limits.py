@@ -55,6 +55,11 @@ return reply({REFUSED}, ds)
 """
 
 
+def waiting_line(rule_keys: list[str]) -> str:
+    """The key of a rule's waiting line for one subject, beside the rule's own keys."""
+    return f"{rule_keys[0]}:line"
+
+
 class ExecutionGate:
     """Decides whether a job may run now, or in how many milliseconds."""
 
@@ -74,7 +79,7 @@ class ExecutionGate:
         for rule in self.rules:
             rule_keys = rule.keys(self.key_prefix, rule.subject(request))
             keys.extend(rule_keys)
-            lines.append(f"{rule_keys[0]}:line")
+            lines.append(waiting_line(rule_keys))
             policy = rule.policy
             steps.append(str(max(1, round(policy.window * 1000 / policy.limit * cost))))
         args = ["", str(cost), "0", job_id, *steps]

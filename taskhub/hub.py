@@ -16,7 +16,7 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +59,7 @@ from taskhub.errors import (
 )
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
+from taskhub.limits_admin import LimitsAdmin
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
@@ -92,7 +93,9 @@ class Hub:
         problems: list[Problem] = []
         build = _Builder(raw, registry, problems)
         self.rules = self._admission_rules(build, problems)
-        self.execution_rules = self._rules(build, settings.limits.execution, "execution", problems)
+        self.execution_rules = self._rules(
+            build, settings.limits.execution, "execution", problems, taken=self.rules
+        )
         self.queue = build(QueueBackend, settings.queue, ("queue",))
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
@@ -135,13 +138,22 @@ class Hub:
         sections: list[RuleSection],
         where: str,
         problems: list[Problem],
+        taken: Sequence[Rule] = (),
     ) -> list[Rule]:
+        """Build one stage's rules. Names are unique across both stages: a rule's Redis
+        keys and ``taskhub limits --rule`` address it by name alone."""
         rules: list[Rule] = []
         for index, section in enumerate(sections):
             loc: Loc = ("limits", where, index)
             name = section.rule_name
             if any(rule.name == name for rule in rules):
                 problems.append(self.raw.problem((*loc, "name"), f"duplicate rule name {name!r}"))
+            elif any(rule.name == name for rule in taken):
+                message = (
+                    f"rule name {name!r} is also an admission rule's: rules keep their Redis "
+                    "state under their name, so each needs its own (set name:)"
+                )
+                problems.append(self.raw.problem((*loc, "name"), message))
             strategy = build(Limiter, section, loc)
             if strategy is None:
                 continue
@@ -325,6 +337,19 @@ class Hub:
             self.execution_rules,
             self.settings.redis.key_prefix,
             limits.fail_mode,
+        )
+
+    def build_limits_admin(self) -> LimitsAdmin:
+        """Show and reset rule state, on the Redis the rules keep it on."""
+        self.limiter_redis = self.limiter_redis or self.connect_limiter_redis()
+        if self.limiter_redis is None:
+            self.redis = self.redis or self.connect_redis()
+        return LimitsAdmin(
+            self.limiter_redis or self.redis,
+            self.rules,
+            self.execution_rules,
+            self.settings.redis.key_prefix,
+            deny_cache=self.admission.deny_cache if self.admission else None,
         )
 
     def build_admission(self) -> Admission:

@@ -8,16 +8,16 @@ through the queue's own interface, so they work for any queue plugin.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 
+from taskhub.cli_group import CommandGroup, columns, refuse_embedded
 from taskhub.components import QueueBackend
-from taskhub.errors import BackendUnavailable, StartupError, UsageError
+from taskhub.errors import UsageError
 from taskhub.hub import Hub
 from taskhub.jobs import JobInfo, iso
 
@@ -26,45 +26,25 @@ ERROR_WIDTH = 60
 
 def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``jobs`` and its actions to the top-level subparsers."""
-    jobs = commands.add_parser(
-        "jobs", help="list, re-queue or purge failed jobs (dead letters)", parents=[common]
+    jobs = CommandGroup(
+        commands, common, "jobs", "list, re-queue or purge failed jobs (dead letters)", opened_queue
     )
-    actions = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    def action(name: str, help_text: str, run: Callable[..., Coroutine[Any, Any, int]]) -> Any:
-        sub = actions.add_parser(name, help=help_text, description=help_text, parents=[common])
-        sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-        sub.set_defaults(handler=lambda args: asyncio.run(with_queue(args, run)))
-        return sub
-
-    sub = action("failed", "list dead letters, oldest first", failed)
+    sub = jobs.action("failed", "list dead letters, oldest first", failed)
     sub.add_argument("--json", action="store_true", help="one JSON object per line")
     sub.add_argument("--limit", type=int, default=None, help="show at most this many")
-    sub = action("retry", "queue dead letters again, with fresh attempts", retry)
+    sub = jobs.action("retry", "queue dead letters again, with fresh attempts", retry)
     which = sub.add_mutually_exclusive_group(required=True)
     which.add_argument("ids", metavar="ID", nargs="*", default=[], help="job ids to retry")
     which.add_argument("--all", action="store_true", help="retry every dead letter")
-    action("purge", "delete every dead letter", purge)
-    sub = action("show", "print one job's state as JSON", show)
+    jobs.action("purge", "delete every dead letter", purge)
+    sub = jobs.action("show", "print one job's state as JSON", show)
     sub.add_argument("id", metavar="ID", help="job id")
-
-
-async def with_queue(args: argparse.Namespace, run: Callable[..., Coroutine[Any, Any, int]]) -> int:
-    async with opened_queue(args.config) as queue:
-        try:
-            return await run(queue, args)
-        except BackendUnavailable as exc:
-            raise StartupError(f"Redis is unreachable: {exc.__cause__ or exc}") from exc
 
 
 @asynccontextmanager
 async def opened_queue(path: str) -> AsyncIterator[QueueBackend]:
     hub = Hub.from_file(path)
-    if hub.embedded:
-        raise UsageError(
-            f"{path}: redis.url is memory://, whose jobs live only inside a running "
-            "`taskhub run`: point redis.url at the Redis server the workers use"
-        )
+    refuse_embedded(path, "redis.url", hub.settings.redis.url, "jobs")
     hub.redis = hub.connect_redis()
     try:
         await hub.queue.open(hub)
@@ -99,10 +79,7 @@ def table(letters: list[JobInfo]) -> str:
         )
         for job in letters
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
-    lines = [f"{line}  {row[-1]}".rstrip() for line, row in zip(lines, rows, strict=True)]
-    return "\n".join(lines) + f"\n{len(letters)} dead letter(s)\n"
+    return "\n".join(columns(rows)) + f"\n{len(letters)} dead letter(s)\n"
 
 
 def shorten(text: str) -> str:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from taskhub.config import RedisSettings
+from taskhub.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Embedded servers live as long as the process, one per memory:// URL, so that the
 # HTTP server and the worker of `taskhub run` share the same data.
@@ -37,6 +41,16 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE_TYPES):
         return True
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    """Await ``call``; Redis being unreachable becomes BackendUnavailable, bugs stay bugs."""
+    try:
+        return await call
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise BackendUnavailable("Redis is unreachable") from exc
+        raise
 
 
 def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from helpers import (
     REDIS_URL,
     START_REDIS_HINT,
@@ -16,6 +17,9 @@ from helpers import (
     TaskhubProcess,
     write_config,
 )
+
+from taskhub.config import RedisSettings
+from taskhub.redis_client import connect
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +39,14 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client on the shared Redis (test_limiters has its own, on two backends)."""
+    conn = connect(RedisSettings(url=redis_url))
+    yield conn
+    await conn.aclose()
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ def test_example_config_is_valid_and_matches_the_documented_shape(tmp_path: Path
         "period": 60.0,
         "block": 1.0,
     }
+    assert resolved["limits"]["admin"] == {"enabled": False, "token": ""}
+    assert "# token: ${TASKHUB_ADMIN_TOKEN}" in (ROOT / "config.example.yaml").read_text()
     assert resolved["queue"]["name"] == "tasks" and resolved["queue"]["concurrency"] == 10
     assert [s["type"] for s in resolved["sinks"]] == ["file_log", "console"]
     assert resolved["sinks"][0]["path"] == "task.log"
@@ -347,6 +349,17 @@ def test_limits_shape_problems_name_the_key_and_what_is_allowed(tmp_path: Path) 
         assert expected in message, message
 
 
+def test_a_rejected_mapping_is_echoed_with_its_secrets_masked(tmp_path: Path) -> None:
+    for token, env in (
+        ("short-secret", {}),
+        ("${TASKHUB_ADMIN_TOKEN}", {"TASKHUB_ADMIN_TOKEN": "tiny"}),
+    ):
+        text = f'limits:\n  admin: {{enabled: true, token: "{token}"}}\n'
+        message = str(errors_of(tmp_path, text, env))
+        assert "(got {'enabled': True, 'token': '***'})" in message, message
+        assert "short-secret" not in message and "tiny" not in message
+
+
 def test_policy_problems_are_reported_together_with_their_lines(tmp_path: Path) -> None:
     # the kernel's checks, once the file's shape is valid
     message = str(errors_of(tmp_path, POLICY_PROBLEMS))
@@ -359,6 +372,36 @@ def test_policy_problems_are_reported_together_with_their_lines(tmp_path: Path) 
         "line 10: tasks.log_completion.cost: cost 6 is more than rule 'per_user' ever allows (5)",
     ):
         assert expected in message, message
+
+
+def test_admission_and_execution_rules_may_not_share_a_name(tmp_path: Path) -> None:
+    # Same name, same strategy: both stages would count in one Redis key.
+    message = str(
+        errors_of(
+            tmp_path,
+            """\
+            limits:
+              admission:
+                - {name: per_user, type: token_bucket}
+              execution:
+                - {name: per_user, type: token_bucket, block: 0}
+                - {type: gcra}
+            """,
+        )
+    )
+    assert "line 5: limits.execution[0].name: rule name 'per_user' is also an admission" in message
+    assert "execution[1]" not in message  # 'user', derived from the key, is free
+    # the shorthand's rule is named after its strategy
+    message = str(
+        errors_of(
+            tmp_path,
+            """\
+            limits:
+              execution: [{name: token_bucket, type: gcra}]
+            """,
+        )
+    )
+    assert "rule name 'token_bucket' is also an admission rule's" in message
 
 
 def test_a_policy_with_named_rules_and_the_shorthand_names(tmp_path: Path) -> None:

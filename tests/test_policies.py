@@ -7,7 +7,6 @@ clock where the maths matters.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from ipaddress import ip_network
 
 import pytest
@@ -30,13 +29,6 @@ from taskhub.redis_client import connect
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 T0 = 4_000_000_000_000
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    conn = connect(RedisSettings(url=redis_url))
-    yield conn
-    await conn.aclose()
 
 
 def bucket(capacity: int, block: float = 0, refill: float = 1, period: float = 60) -> TokenBucket:
@@ -240,3 +232,12 @@ async def test_a_concurrency_slot_lost_without_finishing_frees_after_its_lease(c
     assert refused.outcome is Outcome.REFUSED and refused.rules[0].retry_ms == 1_000
     assert (await gate.admit(SPEC, ctx(), None, now_ms=T0 + 10_000)).outcome is Outcome.ADMITTED
     assert await client.zcard(gate.rule_keys(ctx())[0]) == 1  # the lapsed slot was dropped
+
+
+async def test_a_replay_under_a_concurrency_rule_reports_the_slots_as_they_are(client, ns) -> None:
+    gate = admission(client, ns, Rule("running", Concurrency(Concurrency.Config(limit=2))))
+    first = await gate.admit(SPEC, ctx(), None, job_id="job-1", now_ms=T0)
+    again = await gate.admit(SPEC, ctx(), None, job_id="job-1", now_ms=T0)
+    assert again.outcome is Outcome.DUPLICATE
+    assert first.rules[0].remaining == again.rules[0].remaining == 1  # no second slot counted
+    assert again.rules[0].allowed

@@ -5,7 +5,8 @@ lease deadline. The queue frees the slot in the same script that finishes the
 job (complete, dead letter, aborted, or swept for good), so a slot is never
 freed while the job can still run. ``lease`` is only a safety net: a slot whose
 job was lost without finishing (its record deleted by hand, say) frees itself
-after that long. A job holds one slot whatever its cost.
+after that long. A job holds one slot whatever its cost; a check at cost 0 (an
+idempotent replay, ``taskhub limits show``) takes none and reports the slots free.
 
 A refusal cannot say when a slot frees (that depends on running jobs), so
 Retry-After is ``retry_after`` seconds, and the deny cache never answers for it.
@@ -28,9 +29,10 @@ local M = {}
 function M.check(ks, now, cost, p)
   local limit, lease = p[1], p[2]
   local held = redis.call('ZCOUNT', ks[1], '(' .. now, '+inf')
+  local want = cost > 0 and 1 or 0  -- one slot whatever the cost; cost 0 only looks
   local d = {limit = limit, retry = 0, reset = 0}
-  d.allowed = held + 1 <= limit
-  d.remaining = math.max(limit - held - (d.allowed and 1 or 0), 0)
+  d.allowed = held + want <= limit
+  d.remaining = math.max(limit - held - (d.allowed and want or 0), 0)
   if held > 0 then
     local last = redis.call('ZRANGE', ks[1], -1, -1, 'WITHSCORES')
     d.reset = math.max(0, tonumber(last[2]) - now)

@@ -1,4 +1,5 @@
-"""``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``).
+"""``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
+and, when enabled, ``/admin/limits/{key}``).
 
 The request path is: size check (Sanic, 413), content type (415), parse and
 validate (400/422), one admission round trip (200/429, or 503 when Redis is
@@ -19,7 +20,6 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from pydantic import Field
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
@@ -32,6 +32,8 @@ from sanic.server import AsyncioServer
 
 from taskhub import Options, Server, hookimpl
 from taskhub.admission import Decision, Outcome
+from taskhub.builtin.http_json import JSON, error_response, json_response
+from taskhub.builtin.sanic_admin import add_admin_routes
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
@@ -44,20 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 _app_numbers = itertools.count(1)
-
-
-def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> HTTPResponse:
-    return HTTPResponse(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> HTTPResponse:
-    return json_response(status, {"error": code, "message": message}, headers)
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -149,6 +138,7 @@ class SanicServer(Server):
         status, abort = self._job_handlers(hub)
         app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
+        add_admin_routes(app, hub, c.unavailable_retry_after)
         return app
 
     def _submit_handler(self, hub: Hub) -> Callable[[Request], Any]:

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import Field
@@ -24,16 +24,14 @@ from taskhub.builtin import saq_jobs
 from taskhub.builtin.saq_jobs import job_info
 from taskhub.builtin.saq_redis import HOLDS, HardenedRedisQueue
 from taskhub.builtin.saq_worker import HubWorker, job_function
-from taskhub.errors import BackendUnavailable
 from taskhub.jobs import AbortResult, JobInfo
-from taskhub.redis_client import is_unavailable
+from taskhub.redis_client import guarded
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from taskhub.hub import Hub
 
-T = TypeVar("T")
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
 DEQUEUE_TIMEOUT = 1.0
@@ -182,34 +180,25 @@ class SaqQueue(QueueBackend):
         self._jobs = self.redis_queue(hub.redis)  # shares the hub's client; closed by the hub
 
     async def status(self, job_id: str) -> JobInfo | None:
-        return await self._call(saq_jobs.status(self._queue(), job_id))
+        return await guarded(saq_jobs.status(self._queue(), job_id))
 
     async def abort(self, job_id: str) -> AbortResult:
-        return await self._call(saq_jobs.abort(self._queue(), job_id))
+        return await guarded(saq_jobs.abort(self._queue(), job_id))
 
     async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
-        entries = await self._call(self._queue().dead_entries(limit))
+        entries = await guarded(self._queue().dead_entries(limit))
         return [job_info(job) for job, _ in entries]
 
     async def retry_dead(self, job_ids: list[str] | None) -> list[str]:
-        return await self._call(saq_jobs.retry_dead(self._queue(), job_ids))
+        return await guarded(saq_jobs.retry_dead(self._queue(), job_ids))
 
     async def purge_dead(self) -> int:
-        return await self._call(self._queue().purge_dead())
+        return await guarded(self._queue().purge_dead())
 
     def _queue(self) -> HardenedRedisQueue:
         if self._jobs is None:
             raise RuntimeError("the queue is not open")
         return self._jobs
-
-    @staticmethod
-    async def _call(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise BackendUnavailable("Redis is unreachable") from exc
-            raise
 
 
 @hookimpl

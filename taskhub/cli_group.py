@@ -1,0 +1,73 @@
+"""A ``taskhub GROUP ACTION CONFIG ...`` command group, as ``jobs`` and ``limits`` are.
+
+Each action opens what it works on from the config (the queue, the limiter's
+Redis), runs, and closes it again. Redis being unreachable is a one-line error
+and exit code 1, like any component that cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, TypeVar
+
+from taskhub.errors import BackendUnavailable, StartupError, UsageError
+from taskhub.redis_client import is_embedded
+
+T = TypeVar("T")
+Action = Callable[[T, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+class CommandGroup(Generic[T]):
+    """``taskhub NAME`` and its actions; ``opener(config_path)`` gives what they act on."""
+
+    def __init__(
+        self,
+        commands: Any,
+        common: argparse.ArgumentParser,
+        name: str,
+        help_text: str,
+        opener: Callable[[str], AbstractAsyncContextManager[T]],
+    ) -> None:
+        self.common = common
+        self.opener = opener
+        group = commands.add_parser(name, help=help_text, parents=[common])
+        self.actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(self, name: str, help_text: str, run: Action[T]) -> argparse.ArgumentParser:
+        """Add an action taking CONFIG; add its own arguments to the parser returned."""
+        sub = self.actions.add_parser(
+            name, help=help_text, description=help_text, parents=[self.common]
+        )
+        sub.add_argument("config", metavar="CONFIG", help="YAML config file")
+        sub.set_defaults(handler=lambda args: asyncio.run(self._run(args, run)))
+        return sub
+
+    async def _run(self, args: argparse.Namespace, run: Action[T]) -> int:
+        async with self.opener(args.config) as opened:
+            try:
+                return await run(opened, args)
+            except BackendUnavailable as exc:
+                raise StartupError(f"Redis is unreachable: {exc.__cause__ or exc}") from exc
+
+
+def refuse_embedded(path: str, setting: str, url: str, what: str) -> None:
+    """A memory:// Redis lives inside one ``taskhub run``: no other process can reach it."""
+    if is_embedded(url):
+        raise UsageError(
+            f"{path}: {setting} is memory://, whose {what} live only inside a running "
+            f"`taskhub run`: point {setting} at the Redis server the workers use"
+        )
+
+
+def columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as aligned text columns; the last column is not padded (it may be long)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join(
+            [*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]
+        ).rstrip()
+        for row in rows
+    ]
