@@ -115,7 +115,6 @@ def build_script(
     rules: Sequence[Rule],
     queue: QueueBackend | None,
     *,
-    peek: bool = False,
     body: str | None = None,
 ) -> str:
     """The Lua deciding ``rules`` and, if they all admit, pushing the job onto ``queue``.
@@ -123,8 +122,8 @@ def build_script(
     It checks every rule before writing anything, so either every rule is charged
     and the job stored, or nothing is charged (refused rules record only what
     their strategy's ``refuse`` defines, such as a block). ``queue=None`` decides
-    the rules alone; ``peek`` only reports the rules' state and writes nothing;
-    ``body`` replaces the decision itself (execution limits queue jobs in line).
+    the rules alone; ``body`` replaces the decision itself (execution limits
+    queue jobs in line; ``taskhub limits show`` only reads).
 
     KEYS: each rule's keys in order, then the queue's. ARGV: clock override in ms
     ('' = Redis TIME), cost, maximum queue depth (0 = none), job id, then the
@@ -147,7 +146,7 @@ def build_script(
             f"  {{m = S[{module}], ks = {{{keys}}}, p = {{{params}}}, shadow = {shadow}}},"
         )
     queue_lua = NO_QUEUE_LUA if queue is None else queue.enqueue_lua
-    body = body or (PEEK_BODY if peek else DECIDE_BODY)
+    body = body or DECIDE_BODY
     return f"""
 local S = {{}}
 {chr(10).join(chunks)}
@@ -192,11 +191,6 @@ end
 {body}
 """
 
-
-PEEK_BODY = f"""
-local ds = check_all(tonumber(ARGV[2]))
-return reply({ADMITTED}, ds)
-"""
 
 DECIDE_BODY = f"""
 if Q.exists(qk, qa) then
