@@ -65,6 +65,16 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server that keeps every acknowledged write across stop/kill/start."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = PrivateRedis(directory, aof=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
     """Start ``taskhub COMMAND config`` in a directory; kill whatever still runs afterwards."""
     started: list[TaskhubProcess] = []

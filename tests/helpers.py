@@ -225,14 +225,20 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.Compl
 
 
 class PrivateRedis:
-    """A redis-server of the test's own, on a free port, that the test may stop and restart."""
+    """A redis-server of the test's own, on a free port, that the test may stop and restart.
 
-    def __init__(self, directory: Path) -> None:
+    ``aof=True`` turns on the append-only file with ``appendfsync always``: Redis
+    fsyncs every write before it replies, so even a SIGKILL loses nothing it
+    acknowledged, and a restart (same port, same directory) loads it all back.
+    """
+
+    def __init__(self, directory: Path, *, aof: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(f"redis-server is not installed: {START_REDIS_HINT}")
         self.binary = binary
         self.directory = directory
+        self.aof = aof
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -241,6 +247,8 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
+        """Start, or start again after stop() or kill(), on the same port and directory."""
+        persistence = ["yes", "--appendfsync", "always"] if self.aof else ["no"]
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -251,7 +259,7 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                *persistence,
                 "--dir",
                 str(self.directory),
             ],
@@ -264,8 +272,16 @@ class PrivateRedis:
         return self
 
     def stop(self) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: Redis gets no chance to write anything more."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             self.proc.wait(10)
         self.proc = None
 
