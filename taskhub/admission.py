@@ -130,13 +130,15 @@ class Admission:
 
         ``job_id`` makes the call idempotent; ``cost`` overrides the task's; ``now_ms``
         overrides the Redis clock (only tests of the limiter maths use it, and it
-        bypasses the deny cache).
+        bypasses the deny cache). A call with a ``job_id`` is never answered from the
+        deny cache: it may retry a job already admitted, which must replay as admitted
+        however far over the limit its user is now, and only Redis knows.
         """
         cost = spec.cost if cost is None else cost
         subjects = [rule.subject(request) for rule in self.rules]
         use_cache = self.deny_cache is not None and now_ms is None
         sent_at = DenyCache.clock()
-        if use_cache:
+        if use_cache and job_id is None:
             cached = self._cached_refusal(subjects, cost, sent_at)
             if cached is not None:
                 return cached

@@ -190,6 +190,23 @@ async def test_deny_cache_answers_a_blocked_key_without_redis(private_redis, ns)
         await client.aclose()
 
 
+async def test_a_request_with_a_job_id_is_never_answered_from_the_deny_cache(client, ns) -> None:
+    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
+    rule = Rule("per_user", bucket(2))
+    gate = Admission(client, [rule], queue, ns.prefix, deny_cache=DenyCache(100))
+    assert (await gate.admit(SPEC, ctx(), None, job_id="job-1")).outcome is Outcome.ADMITTED
+    assert (await gate.admit(SPEC, ctx(), None)).outcome is Outcome.ADMITTED  # the last token
+    assert not (await gate.admit(SPEC, ctx(), None)).cached  # Redis refuses; now it is cached
+    assert (await gate.admit(SPEC, ctx(), None)).cached
+    # a retry of an admitted job replays it, however far over the limit its user is
+    replay = await gate.admit(SPEC, ctx(), None, job_id="job-1")
+    assert (replay.outcome, replay.job_id, replay.cached) == (Outcome.DUPLICATE, "job-1", False)
+    # a new job id is refused too, but by Redis
+    fresh = await gate.admit(SPEC, ctx(), None, job_id="job-2")
+    assert (fresh.outcome, fresh.cached) == (Outcome.REFUSED, False)
+    assert await client.llen(f"saq:{ns.queue}:queued") == 2
+
+
 # --------------------------------------------------------------------------- client IP
 
 
