@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -30,6 +31,9 @@ _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     OSError,
 )
 _UNAVAILABLE_REPLIES = ("OOM ", "LOADING ", "MASTERDOWN ", "BUSY ", "CLUSTERDOWN ", "TRYAGAIN ")
+# uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
+# closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
+_CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")
 
 
 def is_embedded(url: str) -> bool:
@@ -40,6 +44,8 @@ def is_unavailable(exc: BaseException) -> bool:
     """True for errors that mean "Redis cannot serve us right now", as opposed to bugs."""
     if isinstance(exc, _UNAVAILABLE_TYPES):
         return True
+    if isinstance(exc, RuntimeError):
+        return _CLOSED_TRANSPORT.fullmatch(str(exc)) is not None
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
 
 
