@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import uvloop
 from redis import exceptions as rx
 
+from taskhub.outage import OutageLog
 from taskhub.redis_client import is_unavailable
 
 
@@ -50,3 +52,79 @@ def test_only_errors_of_an_unreachable_redis_are_unavailable(
     error: Exception, unavailable: bool
 ) -> None:
     assert is_unavailable(error) is unavailable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+DROPPED = rx.ConnectionError("Connection closed by server.")
+
+
+@pytest.fixture
+def outage(caplog: pytest.LogCaptureFixture) -> tuple[OutageLog, Clock]:
+    caplog.set_level(logging.WARNING, logger="test.outage")
+    clock = Clock()
+    return OutageLog("Redis (test)", logging.getLogger("test.outage"), clock=clock), clock
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records]
+
+
+def test_an_outage_is_logged_when_it_starts_and_ends_not_per_request(outage, caplog) -> None:
+    log, clock = outage
+    for _ in range(50):
+        log.absorb(DROPPED)
+        clock.now += 0.1
+    log.succeeded()
+    log.succeeded()
+    assert lines(caplog) == [
+        "Redis (test) is unreachable: Connection closed by server.",
+        "Redis (test) is reachable again after 5.0 s",
+    ]
+
+
+def test_connections_dropped_over_and_over_are_counted_not_logged_each(outage, caplog) -> None:
+    log, clock = outage
+    for _ in range(101):  # one failed request each, 50 ms apart, for 5 s
+        log.absorb(DROPPED)
+        log.succeeded()
+        clock.now += 0.05
+    assert len(lines(caplog)) == 2  # the first, logged at once
+    clock.now += 5
+    log.absorb(DROPPED)  # 10 s after the last line: logged at once again, with the count
+    assert lines(caplog)[2] == (
+        "Redis (test) is unreachable: Connection closed by server. "
+        "(100 brief outage(s) in the 10 s before were not logged one by one)"
+    )
+
+
+def test_an_outage_soon_after_another_is_logged_once_it_lasts(outage, caplog) -> None:
+    log, clock = outage
+    log.absorb(DROPPED)
+    log.succeeded()
+    clock.now += 2
+    log.absorb(DROPPED)
+    clock.now += 0.4
+    log.absorb(DROPPED)
+    assert len(lines(caplog)) == 2  # too soon and too short to tell from a dropped connection
+    clock.now += 0.1
+    log.absorb(DROPPED)
+    clock.now += 1
+    log.succeeded()
+    assert lines(caplog)[2:] == [
+        "Redis (test) is unreachable: Connection closed by server.",
+        "Redis (test) is reachable again after 1.5 s",
+    ]
+
+
+def test_an_error_that_is_not_an_outage_is_raised_not_logged(outage, caplog) -> None:
+    log, _ = outage
+    with pytest.raises(rx.ResponseError):
+        log.absorb(rx.ResponseError("ERR Error running script"))
+    assert log.down_since is None and not caplog.records
