@@ -24,7 +24,7 @@ from pydantic import Field
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
 from sanic.config import Config as SanicConfig
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.http.constants import HTTP
 from sanic.response import HTTPResponse
@@ -58,6 +58,9 @@ class JsonErrorHandler(ErrorHandler):
     """Sanic's own errors (404, 405, 413, ...) and unexpected ones, as JSON without traces."""
 
     def default(self, request: Request, exception: BaseException) -> HTTPResponse:
+        if isinstance(exception, RequestCancelled):  # the client hung up: nobody to answer
+            logger.info("client hung up before the answer to %s %s", request.method, request.path)
+            return error_response(499, "client_closed_request", "the client closed the connection")
         if isinstance(exception, SanicException):
             status = exception.status_code
             code = _ERROR_CODES.get(status, "http_error")
