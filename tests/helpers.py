@@ -134,6 +134,19 @@ def config_dict(ns: Namespace, redis_url: str, **sections: Any) -> dict[str, Any
     return config
 
 
+def crash_queue(ns: Namespace) -> dict[str, Any]:
+    """A queue section for crash tests: a job whose worker (or Redis) went away runs
+    again within about 2 s (1 s heartbeats and sweeps), with attempts to spare."""
+    return {
+        "type": "saq",
+        "name": ns.queue,
+        "concurrency": 20,
+        "retries": 10,
+        "heartbeat": 1,
+        "sweep_interval": 1,
+    }
+
+
 def write_config(directory: Path, config: dict[str, Any], name: str = "config.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import httpx
 import redis
-from helpers import Namespace, TaskhubProcess, config_dict, delivery_plugins, wait_until
+from helpers import (
+    Namespace,
+    TaskhubProcess,
+    config_dict,
+    crash_queue,
+    delivery_plugins,
+    wait_until,
+)
 
 NORMAL_USERS, NORMAL_REQUESTS = 90, 20  # within the limit: all admitted
 HEAVY_USERS, HEAVY_REQUESTS = 5, 40  # over it: 25 admitted each, then 429s
@@ -77,14 +84,7 @@ def test_every_admitted_job_completes_while_workers_are_killed(
         tasks={"log_completion": {}, "sleepy": {}},
         limiter={"type": "token_bucket", "capacity": CAPACITY, "refill": 1, "period": 600},
         # Each crash costs the jobs it interrupts an attempt; 10 leave room for 5 kills.
-        queue={
-            "type": "saq",
-            "name": ns.queue,
-            "concurrency": 20,
-            "retries": 10,
-            "heartbeat": 1,
-            "sweep_interval": 1,
-        },
+        queue=crash_queue(ns),
     )
     server = spawn(config, "serve", cwd=tmp_path / "server")
     worker = spawn(config, "worker", cwd=tmp_path / "worker", wait_for="started (worker)")
