@@ -29,6 +29,7 @@ from taskhub.deny_cache import DenyCache
 from taskhub.errors import BackendUnavailable
 from taskhub.limiter_backend import FailMode, GuardedScript
 from taskhub.outage import OutageLog
+from taskhub.pipeline import RedisPipeline, ScriptRunner
 from taskhub.policy import (
     ADMITTED,
     DUPLICATE,
@@ -90,6 +91,7 @@ class Admission:
         limiter_redis: Redis | None = None,
         fail_mode: FailMode = "closed",
         deny_cache: DenyCache | None = None,
+        pipeline: RedisPipeline | None = None,
     ) -> None:
         self.rules = tuple(rules)
         self.queue = queue
@@ -99,12 +101,11 @@ class Admission:
         self._shadow = ShadowLog(logger)
         self._outage = OutageLog("Redis (admission)", logger)
         self.split = limiter_redis is not None
-        if limiter_redis is None:
-            self.source = build_script(self.rules, queue)
-            self._script = redis.register_script(self.source)
-        else:
-            self.source = build_script((), queue)
-            self._script = redis.register_script(self.source)
+        self.source = build_script((), queue) if self.split else build_script(self.rules, queue)
+        self._script: ScriptRunner = (
+            redis.register_script(self.source) if pipeline is None else pipeline.script(self.source)
+        )
+        if limiter_redis is not None:
             self._limit = GuardedScript(
                 limiter_redis, build_script(self.rules, None), fail_mode, "limiter"
             )

@@ -60,6 +60,7 @@ from taskhub.errors import (
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
 from taskhub.limits_admin import LimitsAdmin
+from taskhub.pipeline import RedisPipeline
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
@@ -115,6 +116,7 @@ class Hub:
         self.runner = TaskRunner(self.sinks)
         self.redis: Redis | None = None
         self.limiter_redis: Redis | None = None
+        self.pipeline: RedisPipeline | None = None  # the admission script's fast path
         self.admission: Admission | None = None
         self._started: list[str] = []
 
@@ -314,6 +316,7 @@ class Hub:
                     raise StartupError(f"sinks[{index}] ({sink.name}): {exc}") from exc
                 self._started.append(f"sink:{index}")
         if role & Role.SERVER:
+            self.pipeline = RedisPipeline.for_settings(self.settings.redis)
             self.admission = self.build_admission()
             await self.server.start(self)
             self._started.append("server")
@@ -365,6 +368,7 @@ class Hub:
             limiter_redis=self.limiter_redis,
             fail_mode=limits.fail_mode,
             deny_cache=DenyCache(cache.max_keys) if cache.enabled else None,
+            pipeline=self.pipeline,
         )
 
     async def stop(self, worker: asyncio.Task[None] | None = None) -> None:
@@ -387,6 +391,9 @@ class Hub:
         for client in (self.redis, self.limiter_redis):
             if client is not None:
                 await client.aclose()
+        if self.pipeline is not None:
+            await self.pipeline.close()
+            self.pipeline = None
         self.redis = self.limiter_redis = None
         if self._started:
             logger.info("taskhub stopped")

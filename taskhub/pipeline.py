@@ -1,0 +1,248 @@
+"""A pipelined Redis connection for the admission script: the request path's one round trip.
+
+Script calls made in the same event-loop turn leave in one write, and their
+replies are read off one stream in order (Redis answers in the order it was
+asked), so under load N admissions cost one send and one receive instead of N
+of each, with no connection-pool checkout, task or timeout object per request.
+redis-py still serves everything else; this covers only ``EVALSHA``.
+
+A call that fails on the connection (reset, timeout) fails every call in
+flight on it with redis-py's ConnectionError or TimeoutError, which the callers
+already read as "Redis is unavailable"; the next call reconnects. Like any
+request whose reply was lost, such a call may or may not have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+import hiredis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import AuthenticationError, InvalidResponse, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from taskhub.config import RedisSettings
+from taskhub.redis_client import is_embedded
+
+logger = logging.getLogger(__name__)
+
+Arg = str | bytes | int
+
+
+class ScriptRunner(Protocol):
+    """What runs a Lua script: redis-py's registered Script or a PipelinedScript."""
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+
+def encode_command(args: Sequence[Arg]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class _ReplyStream(asyncio.Protocol):
+    """Hands each reply to the oldest waiting call; fails them all when the connection goes."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        # Commands of this turn, written together; kept per connection so that a call
+        # made before a reconnect can never be written to the new connection.
+        self.outgoing: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except InvalidResponse as exc:
+                self.fail(RedisConnectionError(f"protocol error from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            future = self.waiting.popleft()
+            if future.done():  # its caller was cancelled; the reply is nobody's
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        reason = f": {exc}" if exc else ""
+        self._fail_waiting(RedisConnectionError(f"connection to Redis lost{reason}"))
+
+    def fail(self, error: Exception) -> None:
+        """Drop the connection, failing every call waiting on it with ``error``."""
+        self.lost = True
+        self._fail_waiting(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail_waiting(self, error: Exception) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
+class RedisPipeline:
+    """One connection that batches the calls of each event-loop turn into one write."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self._params = parse_url(settings.url)
+        self._stream: _ReplyStream | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._scripts: dict[str, str] = {}  # loaded on every new connection
+
+    @classmethod
+    def for_settings(cls, settings: RedisSettings) -> RedisPipeline | None:
+        """A pipeline for a real Redis; None for the embedded one (fakeredis has no socket)."""
+        return None if is_embedded(settings.url) else cls(settings)
+
+    def script(self, source: str) -> PipelinedScript:
+        script = PipelinedScript(self, source)
+        self._scripts[script.sha] = source
+        return script
+
+    async def call(self, *args: Arg) -> Any:
+        """Send one command with the others of this turn; its reply (an error reply raises)."""
+        stream = self._stream
+        if stream is None or stream.lost:
+            stream = await self._connect()
+            if stream.lost:  # killed between its handshake and now
+                raise RedisConnectionError("connection to Redis lost")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        stream.waiting.append(future)
+        if not stream.outgoing:
+            loop.call_soon(self._flush, stream)
+        stream.outgoing.append(encode_command(args))
+        return await future
+
+    def _flush(self, stream: _ReplyStream) -> None:
+        outgoing, stream.outgoing = stream.outgoing, []
+        if stream.lost or stream.transport is None:
+            stream.fail(RedisConnectionError("connection to Redis lost"))
+            return
+        stream.transport.write(b"".join(outgoing))
+        if stream.waiting:
+            last = stream.waiting[-1]
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.settings.socket_timeout, self._expire, stream, last)
+
+    def _expire(self, stream: _ReplyStream, future: asyncio.Future[Any]) -> None:
+        if not future.done() and not stream.lost:
+            timeout = self.settings.socket_timeout
+            stream.fail(RedisTimeoutError(f"Redis did not answer within {timeout:g} s"))
+
+    async def _connect(self) -> _ReplyStream:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._stream is not None and not self._stream.lost:
+                return self._stream
+            try:
+                stream = await asyncio.wait_for(self._open(), self.settings.connect_timeout)
+            except TimeoutError:
+                raise RedisTimeoutError("timed out connecting to Redis") from None
+            except OSError as exc:
+                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            self._stream = stream
+            return stream
+
+    async def _open(self) -> _ReplyStream:
+        params = self._params
+        loop = asyncio.get_running_loop()
+        kind = params.get("connection_class")
+        transport: asyncio.BaseTransport
+        if kind is UnixDomainSocketConnection:
+            transport, stream = await loop.create_unix_connection(_ReplyStream, params["path"])
+        else:
+            tls = ssl.create_default_context() if kind is SSLConnection else None
+            host, port = params.get("host", "localhost"), params.get("port", 6379)
+            transport, stream = await loop.create_connection(_ReplyStream, host, port, ssl=tls)
+        stream.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        try:
+            await self._handshake(stream)
+        except BaseException:
+            transport.abort()
+            raise
+        return stream
+
+    async def _handshake(self, stream: _ReplyStream) -> None:
+        """AUTH and SELECT, as redis-py does for the URL, and SCRIPT LOAD, before any call.
+
+        Loading the scripts here means a restarted Redis costs no NOSCRIPT round trip.
+        """
+        params = self._params
+        commands: list[tuple[Arg, ...]] = []
+        if params.get("password") is not None:
+            user = params.get("username")
+            auth = ("AUTH", user, params["password"]) if user else ("AUTH", params["password"])
+            commands.append(auth)
+        if params.get("db"):
+            commands.append(("SELECT", params["db"]))
+        commands += [("SCRIPT", "LOAD", source) for source in self._scripts.values()]
+        assert stream.transport is not None
+        loop = asyncio.get_running_loop()
+        for command in commands:
+            if stream.lost:
+                raise RedisConnectionError("connection to Redis lost while connecting")
+            future: asyncio.Future[Any] = loop.create_future()
+            stream.waiting.append(future)
+            stream.transport.write(encode_command(command))
+            try:
+                await future
+            except ResponseError as exc:  # as redis-py: a refused login means "unavailable"
+                if command[0] != "AUTH":
+                    raise
+                raise AuthenticationError(f"Redis refused AUTH: {exc}") from None
+
+    async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None and stream.transport is not None:
+            stream.transport.close()
+            with contextlib.suppress(Exception):
+                await asyncio.sleep(0)
+
+
+class PipelinedScript:
+    """A Lua script run with EVALSHA on a pipeline, loaded again when Redis has lost it."""
+
+    def __init__(self, pipeline: RedisPipeline, source: str) -> None:
+        self.pipeline = pipeline
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await self.pipeline.call(*command)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        # NOSCRIPT: the call did not run. Someone flushed Redis's script cache (a restart
+        # is covered by the load on connect).
+        logger.debug("Redis had no copy of script %s: loading it", self.sha)
+        await self.pipeline.call("SCRIPT", "LOAD", self.source)
+        return await self.pipeline.call(*command)
