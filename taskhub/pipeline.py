@@ -1,9 +1,11 @@
 """A pipelined Redis connection for the admission script: the request path's one round trip.
 
-Script calls made in the same event-loop turn leave in one write, and their
-replies are read off one stream in order (Redis answers in the order it was
-asked), so under load N admissions cost one send and one receive instead of N
-of each, with no connection-pool checkout, task or timeout object per request.
+Script calls leave in batches, one write each, and their replies are read off
+one stream in order (Redis answers in the order it was asked). A batch leaves
+at the end of the event-loop turn that made it, or, while the previous batch
+is still in flight, as soon as that batch's replies are in: under load, N
+admissions cost one send and one receive instead of N of each, with no
+connection-pool checkout, task or timeout object per request.
 redis-py still serves everything else; this covers only ``EVALSHA``.
 
 A call that fails on the connection (reset, timeout) fails every call in
@@ -53,19 +55,51 @@ def encode_command(args: Sequence[Arg]) -> bytes:
 
 
 class _ReplyStream(asyncio.Protocol):
-    """Hands each reply to the oldest waiting call; fails them all when the connection goes."""
+    """One connection: writes batches of commands, hands each reply to its call in order.
 
-    def __init__(self) -> None:
+    While a batch is in flight, new commands wait and leave together as the next
+    batch once its replies are in: the busier the server, the larger the batches,
+    and one write and one read serve them all.
+    """
+
+    def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.timeout = timeout
+        self.waiting: deque[asyncio.Future[Any]] = deque()  # sent, in order
+        # Not sent yet; kept per connection so that a call made before a reconnect
+        # can never be written to the new connection.
+        self.unsent: list[bytes] = []
+        self.unsent_futures: list[asyncio.Future[Any]] = []
+        self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        # Commands of this turn, written together; kept per connection so that a call
-        # made before a reconnect can never be written to the new connection.
-        self.outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        self.unsent.append(command)
+        self.unsent_futures.append(future)
+        if not self.waiting and not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if not self.unsent:
+            return
+        if self.lost or self.transport is None:
+            self.fail(RedisConnectionError("connection to Redis lost"))
+            return
+        self.transport.write(b"".join(self.unsent))
+        self.waiting.extend(self.unsent_futures)
+        last = self.unsent_futures[-1]
+        self.unsent, self.unsent_futures = [], []
+        asyncio.get_running_loop().call_later(self.timeout, self._expire, last)
+
+    def _expire(self, future: asyncio.Future[Any]) -> None:
+        if not future.done() and not self.lost:
+            self.fail(RedisTimeoutError(f"Redis did not answer within {self.timeout:g} s"))
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -76,7 +110,7 @@ class _ReplyStream(asyncio.Protocol):
                 self.fail(RedisConnectionError(f"protocol error from Redis: {exc}"))
                 return
             if reply is False:
-                return
+                break
             future = self.waiting.popleft()
             if future.done():  # its caller was cancelled; the reply is nobody's
                 continue
@@ -84,6 +118,8 @@ class _ReplyStream(asyncio.Protocol):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+        if not self.waiting and self.unsent and not self.flush_scheduled:
+            self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -98,6 +134,8 @@ class _ReplyStream(asyncio.Protocol):
             self.transport.abort()
 
     def _fail_waiting(self, error: Exception) -> None:
+        self.waiting.extend(self.unsent_futures)
+        self.unsent, self.unsent_futures = [], []
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -125,35 +163,15 @@ class RedisPipeline:
         return script
 
     async def call(self, *args: Arg) -> Any:
-        """Send one command with the others of this turn; its reply (an error reply raises)."""
+        """Send one command with the others of its batch; its reply (an error reply raises)."""
         stream = self._stream
         if stream is None or stream.lost:
             stream = await self._connect()
             if stream.lost:  # killed between its handshake and now
                 raise RedisConnectionError("connection to Redis lost")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        stream.waiting.append(future)
-        if not stream.outgoing:
-            loop.call_soon(self._flush, stream)
-        stream.outgoing.append(encode_command(args))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stream.send(encode_command(args), future)
         return await future
-
-    def _flush(self, stream: _ReplyStream) -> None:
-        outgoing, stream.outgoing = stream.outgoing, []
-        if stream.lost or stream.transport is None:
-            stream.fail(RedisConnectionError("connection to Redis lost"))
-            return
-        stream.transport.write(b"".join(outgoing))
-        if stream.waiting:
-            last = stream.waiting[-1]
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.settings.socket_timeout, self._expire, stream, last)
-
-    def _expire(self, stream: _ReplyStream, future: asyncio.Future[Any]) -> None:
-        if not future.done() and not stream.lost:
-            timeout = self.settings.socket_timeout
-            stream.fail(RedisTimeoutError(f"Redis did not answer within {timeout:g} s"))
 
     async def _connect(self) -> _ReplyStream:
         if self._connecting is None:
@@ -175,12 +193,16 @@ class RedisPipeline:
         loop = asyncio.get_running_loop()
         kind = params.get("connection_class")
         transport: asyncio.BaseTransport
+
+        def new_stream() -> _ReplyStream:
+            return _ReplyStream(self.settings.socket_timeout)
+
         if kind is UnixDomainSocketConnection:
-            transport, stream = await loop.create_unix_connection(_ReplyStream, params["path"])
+            transport, stream = await loop.create_unix_connection(new_stream, params["path"])
         else:
             tls = ssl.create_default_context() if kind is SSLConnection else None
             host, port = params.get("host", "localhost"), params.get("port", 6379)
-            transport, stream = await loop.create_connection(_ReplyStream, host, port, ssl=tls)
+            transport, stream = await loop.create_connection(new_stream, host, port, ssl=tls)
         stream.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         try:
             await self._handshake(stream)
@@ -209,8 +231,7 @@ class RedisPipeline:
             if stream.lost:
                 raise RedisConnectionError("connection to Redis lost while connecting")
             future: asyncio.Future[Any] = loop.create_future()
-            stream.waiting.append(future)
-            stream.transport.write(encode_command(command))
+            stream.send(encode_command(command), future)
             try:
                 await future
             except ResponseError as exc:  # as redis-py: a refused login means "unavailable"
