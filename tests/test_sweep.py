@@ -166,3 +166,20 @@ async def test_a_claim_after_the_sweep_took_the_job_is_refused(
     assert await sweep(queue) == [job_id]
     assert not await queue.claim(job, raw, "worker-1")  # it is someone else's now
     assert await lists(queue) == ([job_id.encode()], [])
+
+
+async def test_a_stale_queue_entry_of_a_finished_job_never_runs_it_again(
+    queue: HardenedRedisQueue,
+) -> None:
+    """A worker's own moves do not scan the queue for the job (O(queue length) per job),
+    so the claim refuses any job that is not waiting, and drops the stale entry."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    job.status = Status.COMPLETE
+    assert await queue.move(job, Move.FINISH, Fence.RUN, queue.run_fence(job))
+    await queue.redis.rpush(queue._queued, job_id)  # a stray entry, however it came
+    again, raw = await queue.take(1)  # type: ignore[misc]
+    assert not await queue.claim(again, raw, "worker-2")
+    assert await lists(queue) == ([], [])
+    assert (await stored(queue, job_id)).status == Status.COMPLETE

@@ -74,6 +74,12 @@ if stale >= 0 then
   if not beat or now_ms() - tonumber(beat) <= stale then return 0 end
 end
 if action == 'claim' then
+  local status = cjson.decode(current).status
+  if status ~= 'queued' and status ~= 'new' then
+    -- a stale entry (the job runs elsewhere or is done): drop it, never run it again
+    redis.call('LREM', active, -1, job)
+    return 0
+  end
   if not redis.call('LPOS', active, job) then return 0 end
   redis.call('ZADD', beats, now_ms(), job)
   redis.call('SET', job, new)
@@ -81,7 +87,9 @@ elseif action == 'mark' then
   redis.call('SET', job, new)
 else
   redis.call('LREM', active, 0, job)
-  redis.call('LREM', queued, 0, job)
+  -- A run is never also queued (claims take only queued jobs), so a worker's own
+  -- move skips scanning the queue, which costs O(queue length) per job.
+  if kind ~= 'run' then redis.call('LREM', queued, 0, job) end
   redis.call('ZREM', beats, job)
   redis.call('ZREM', dead, job)
   if action == 'finish' or action == 'dead' then
