@@ -14,6 +14,7 @@ import orjson
 import pytest
 from helpers import Namespace
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
@@ -166,3 +167,71 @@ async def test_a_claim_after_the_sweep_took_the_job_is_refused(
     assert await sweep(queue) == [job_id]
     assert not await queue.claim(job, raw, "worker-1")  # it is someone else's now
     assert await lists(queue) == ([job_id.encode()], [])
+
+
+async def test_a_stale_queue_entry_of_a_finished_job_never_runs_it_again(
+    queue: HardenedRedisQueue,
+) -> None:
+    """A worker's own moves do not scan the queue for the job (O(queue length) per job),
+    so the claim refuses any job that is not waiting, and drops the stale entry."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    job.status = Status.COMPLETE
+    assert await queue.move(job, Move.FINISH, Fence.RUN, queue.run_fence(job))
+    await queue.redis.rpush(queue._queued, job_id)  # a stray entry, however it came
+    again, raw = await queue.take(1)  # type: ignore[misc]
+    assert not await queue.claim(again, raw, "worker-2")
+    assert await lists(queue) == ([], [])
+    assert (await stored(queue, job_id)).status == Status.COMPLETE
+
+
+async def test_a_take_gives_the_job_its_first_heartbeat_in_the_same_step(
+    queue: HardenedRedisQueue,
+) -> None:
+    job_id = await enqueue(queue)
+    assert await queue.take(1) is not None
+    assert await queue.redis.zscore(queue.beats_key, job_id) is not None
+    assert await lists(queue) == ([], [job_id.encode()])
+
+
+async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
+    queue: HardenedRedisQueue,
+) -> None:
+    """Takes, claims and settlements asked for at once go out together, yet each is
+    fenced on its own: a move whose fence is lost fails alone, and a move that errors
+    (a job that is not JSON) fails alone."""
+    ids = [await enqueue(queue) for _ in range(20)]
+    calls = 0
+    send = queue._send
+
+    async def counted(*args: object) -> None:
+        nonlocal calls
+        calls += 1
+        await send(*args)  # type: ignore[arg-type]
+
+    queue._send = counted  # type: ignore[method-assign]
+    taken = await asyncio.gather(*(queue.take(1) for _ in ids))
+    assert calls == 1 and all(taken)
+    jobs = [job for job, _ in taken]  # type: ignore[misc]
+    claimed = await asyncio.gather(
+        *(queue.claim(job, raw, "worker-1") for job, raw in taken)  # type: ignore[misc]
+    )
+    assert calls == 2 and all(claimed)
+    fences = [queue.run_fence(job) for job in jobs]
+    fences[3] = "worker-2:1"  # not this worker's run
+    await queue.redis.set(ids[5], b"not json")  # a corrupt job
+    for job in jobs:
+        job.status = Status.COMPLETE
+    settled = await asyncio.gather(
+        *(
+            queue.move(job, Move.FINISH, Fence.RUN, fence)
+            for job, fence in zip(jobs, fences, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    assert calls == 3
+    assert settled[3] is False and isinstance(settled[5], ResponseError)
+    assert all(ok is True for i, ok in enumerate(settled) if i not in (3, 5))
+    assert await lists(queue) == ([], [ids[3].encode(), ids[5].encode()])
+    assert (await stored(queue, ids[3])).status == Status.ACTIVE

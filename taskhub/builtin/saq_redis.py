@@ -50,70 +50,113 @@ HOLDS = "holds"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 
 
-TRANSITION_LUA = f"""
--- KEYS: job, active, queued, incomplete, heartbeats, dead
--- ARGV: fence kind, fence, action, new json, ttl ms, score, stale ms, status
-local job, active, queued, incomplete, beats, dead = unpack(KEYS)
-local kind, fence, action, new = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, score, stale = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
-local current = redis.call('GET', job)
-if not current then return 0 end
-if kind == 'run' then
-  local j = cjson.decode(current)
-  if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
-elseif current ~= fence then
-  return 0
-end
-if kind == 'dead' and not redis.call('ZSCORE', dead, job) then return 0 end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-if stale >= 0 then
-  local beat = redis.call('ZSCORE', beats, job)
-  if not beat or now_ms() - tonumber(beat) <= stale then return 0 end
-end
-if action == 'claim' then
-  if not redis.call('LPOS', active, job) then return 0 end
-  redis.call('ZADD', beats, now_ms(), job)
-  redis.call('SET', job, new)
-elseif action == 'mark' then
-  redis.call('SET', job, new)
-else
-  redis.call('LREM', active, 0, job)
-  redis.call('LREM', queued, 0, job)
-  redis.call('ZREM', beats, job)
-  redis.call('ZREM', dead, job)
-  if action == 'finish' or action == 'dead' then
-    redis.call('ZREM', incomplete, job)
-    local j = cjson.decode(new)
-    if type(j.meta) == 'table' and type(j.meta.{HOLDS}) == 'table' then
-      for _, slots in ipairs(j.meta.{HOLDS}) do redis.call('ZREM', slots, j.key) end
+STEP_LUA = f"""
+-- Many jobs in one round trip: the fenced transitions that callers asked for since
+-- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
+-- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition:
+--   fence kind, fence, action, new json, ttl ms, score, stale ms, status
+-- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
+local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function transition(job, kind, fence, action, new, ttl, score, stale, status)
+  local current = redis.call('GET', job)
+  if not current then return 0 end
+  if kind == 'run' then
+    local j = cjson.decode(current)
+    if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
+  elseif current ~= fence then
+    return 0
+  end
+  if kind == 'dead' and not redis.call('ZSCORE', dead, job) then return 0 end
+  if stale >= 0 then
+    local beat = redis.call('ZSCORE', beats, job)
+    if not beat or now - tonumber(beat) <= stale then return 0 end
+  end
+  if action == 'claim' then
+    local was = cjson.decode(current).status
+    if was ~= 'queued' and was ~= 'new' then
+      -- a stale entry (the job runs elsewhere or is done): drop it, never run it again
+      redis.call('LREM', active, -1, job)
+      return 0
     end
-    if ttl < 0 then
-      redis.call('DEL', job)
-    elseif ttl == 0 then
-      redis.call('SET', job, new)
-    else
-      redis.call('SET', job, new, 'PX', ttl)
-    end
-    if action == 'dead' then redis.call('ZADD', dead, score, job) end
-  else
+    if not redis.call('LPOS', active, job) then return 0 end
+    redis.call('ZADD', beats, now, job)
     redis.call('SET', job, new)
-    if action == 'later' then
-      redis.call('ZADD', incomplete, score, job)
-    else
-      redis.call('ZADD', incomplete, 0, job)
-      if action == 'front' then
-        redis.call('LPUSH', queued, job)
+  elseif action == 'mark' then
+    redis.call('SET', job, new)
+  else
+    redis.call('LREM', active, 0, job)
+    -- A run is never also queued (claims take only queued jobs), so a worker's own
+    -- move skips scanning the queue, which costs O(queue length) per job.
+    if kind ~= 'run' then redis.call('LREM', queued, 0, job) end
+    redis.call('ZREM', beats, job)
+    redis.call('ZREM', dead, job)
+    if action == 'finish' or action == 'dead' then
+      redis.call('ZREM', incomplete, job)
+      local j = cjson.decode(new)
+      if type(j.meta) == 'table' and type(j.meta.{HOLDS}) == 'table' then
+        for _, slots in ipairs(j.meta.{HOLDS}) do redis.call('ZREM', slots, j.key) end
+      end
+      if ttl < 0 then
+        redis.call('DEL', job)
+      elseif ttl == 0 then
+        redis.call('SET', job, new)
       else
-        redis.call('RPUSH', queued, job)
+        redis.call('SET', job, new, 'PX', ttl)
+      end
+      if action == 'dead' then redis.call('ZADD', dead, score, job) end
+    else
+      redis.call('SET', job, new)
+      if action == 'later' then
+        redis.call('ZADD', incomplete, score, job)
+      else
+        redis.call('ZADD', incomplete, 0, job)
+        if action == 'front' then
+          redis.call('LPUSH', queued, job)
+        else
+          redis.call('RPUSH', queued, job)
+        end
       end
     end
   end
+  redis.call('PUBLISH', job, status)
+  return 1
 end
-redis.call('PUBLISH', job, ARGV[8])
-return 1
+
+local done = {{}}
+for i = 6, #KEYS do
+  local a = (i - 6) * 8 + 2
+  local ok, result = pcall(transition, KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], tonumber(ARGV[a + 5]), ARGV[a + 6], tonumber(ARGV[a + 7]), ARGV[a + 8])
+  if ok then done[#done + 1] = result else done[#done + 1] = tostring(result) end
+end
+
+-- Taking a job gives it its first heartbeat at once, so the sweep never has to
+-- guess whether a listed job without one has just been taken.
+local taken = {{}}
+for _ = 1, tonumber(ARGV[1]) do
+  local id
+  if ARGV[2] == 'LMOVE' then
+    id = redis.call('LMOVE', queued, active, 'LEFT', 'RIGHT')
+  else
+    id = redis.call('RPOPLPUSH', queued, active)
+  end
+  if not id then break end
+  local raw = redis.call('GET', id)
+  if raw then
+    redis.call('ZADD', beats, now, id)
+    taken[#taken + 1] = id
+    taken[#taken + 1] = raw
+  else  -- listed but gone (deleted): drop the stale entry
+    redis.call('LREM', active, 0, id)
+    redis.call('ZREM', incomplete, id)
+    redis.call('ZREM', beats, id)
+  end
+end
+return {{done, taken}}
 """
 
 SWEEP_LUA = """
@@ -198,7 +241,10 @@ class HardenedRedisQueue(RedisQueue):
         self.beats_key = self.namespace("heartbeats")
         self.dead_key = self.namespace("dead")
         self._outage = OutageLog(f"Redis (queue {name!r})", logger)
-        self._transition = redis.register_script(TRANSITION_LUA)
+        self._step = redis.register_script(STEP_LUA)
+        self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
+        self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._inspect = redis.register_script(SWEEP_LUA)
         self._beat = redis.register_script(BEAT_LUA)
         self._purge = redis.register_script(PURGE_LUA)
@@ -217,25 +263,35 @@ class HardenedRedisQueue(RedisQueue):
     # ------------------------------------------------------------------ worker side
 
     async def take(self, timeout: float) -> tuple[Job, bytes] | None:
-        """Move the next job to the active list; returns it with its stored bytes."""
+        """Move the next job to the active list; returns it with its stored bytes.
+
+        Takes ride along with other requests in one script call; only an empty
+        queue falls back to blocking (BLMOVE) for up to ``timeout``.
+        """
         try:
-            if await self.version() < (6, 2, 0):
-                job_id = await self.redis.brpoplpush(self._queued, self._active, timeout)  # type: ignore[arg-type]
-            else:
-                job_id = await self.redis.blmove(
-                    self._queued, self._active, timeout, "LEFT", "RIGHT"
-                )
-            raw = await self.redis.get(job_id) if job_id is not None else None
+            taken = await self._submit_take()
+            if taken is None:
+                taken = await self._take_blocking(timeout)
         except Exception as exc:
             self._outage.absorb(exc)
             await asyncio.sleep(OUTAGE_BACKOFF)
             return None
         self._outage.succeeded()
-        if raw is None:
-            return None  # the job vanished while listed (the sweep tidies the list)
-        job = self.deserialize(raw)
+        if taken is None:
+            return None
+        job = self.deserialize(taken[1])
         assert job is not None
-        return job, raw
+        return job, taken[1]
+
+    async def _take_blocking(self, timeout: float) -> tuple[bytes, bytes] | None:
+        if await self.version() < (6, 2, 0):
+            job_id = await self.redis.brpoplpush(self._queued, self._active, timeout)  # type: ignore[arg-type]
+        else:
+            job_id = await self.redis.blmove(self._queued, self._active, timeout, "LEFT", "RIGHT")
+        if job_id is None:
+            return None
+        raw = await self.redis.get(job_id)
+        return None if raw is None else (job_id, raw)  # gone: the sweep tidies the list
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         taken = await self.take(timeout)
@@ -271,10 +327,74 @@ class HardenedRedisQueue(RedisQueue):
         """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
         ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
         ttl_ms = ttl * 1000 if ttl > 0 else ttl
-        keys = [job.id, self._active, self._queued, self._incomplete, self.beats_key]
-        args = [fence.value, expected, move.value, self.serialize(job), ttl_ms, score, stale_ms]
-        reply = await self._transition(keys=[*keys, self.dead_key], args=[*args, job.status.value])
-        return bool(reply)
+        serialized = self.serialize(job)
+        args = [fence.value, expected, move.value, serialized, ttl_ms, score, stale_ms]
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._moves.append((job.id, [*args, job.status.value], done))
+        self._start_flush()
+        return await done
+
+    # ------------------------------------------------------------------ batching
+
+    def _submit_take(self) -> asyncio.Future[tuple[bytes, bytes] | None]:
+        taken: asyncio.Future[tuple[bytes, bytes] | None]
+        taken = asyncio.get_running_loop().create_future()
+        self._takers.append(taken)
+        self._start_flush()
+        return taken
+
+    def _start_flush(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"saq-{self.name}-step")
+
+    async def _flush(self) -> None:
+        """Send what was asked meanwhile as one script call, until nothing is left.
+
+        Under load, requests from every job in flight pile up while one call is
+        on the wire, so each round trip settles, claims and takes many jobs.
+        """
+        try:
+            while self._moves or self._takers:
+                moves, self._moves = self._moves, []
+                takers, self._takers = self._takers, []
+                await self._send(moves, takers)
+        finally:
+            self._flusher = None
+
+    async def _send(
+        self,
+        moves: list[tuple[str, list[Any], asyncio.Future[bool]]],
+        takers: list[asyncio.Future[tuple[bytes, bytes] | None]],
+    ) -> None:
+        keys = [self._active, self._queued, self._incomplete, self.beats_key, self.dead_key]
+        try:
+            pop = "LMOVE" if await self.version() >= (6, 2, 0) else "RPOPLPUSH"
+            args: list[Any] = [len(takers), pop]
+            for job_id, job_args, _ in moves:
+                keys.append(job_id)
+                args.extend(job_args)
+            results, taken = await self._step(keys=keys, args=args)
+        except BaseException as exc:  # every caller sees the failure, as if alone
+            for future in (*(done for _, _, done in moves), *takers):
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, done), result in zip(moves, results, strict=True):
+            if done.done():
+                continue
+            if isinstance(result, bytes):
+                done.set_exception(ResponseError(result.decode(errors="replace")))
+            else:
+                done.set_result(bool(result))
+        pairs = list(zip(taken[::2], taken[1::2], strict=True))
+        for index, future in enumerate(takers):
+            job = pairs[index] if index < len(pairs) else None
+            if not future.done():
+                future.set_result(job)
+            # A caller that gave up on its take leaves the job to the sweep: taken,
+            # never claimed, so it goes back without using an attempt.
 
     # ------------------------------------------------------------------ upkeep
 
