@@ -68,27 +68,23 @@ def chart(path: Path, metrics: list[Metric], title: str) -> bool:
     ]
     if not drawn:
         return False
-    labels = [f"{m.row}\n{m.name}" for m in drawn]
+    labels = [f"{m.row}\n{m.figure}" for m in drawn]
     values = [m.value or 0.0 for m in drawn]
     colours = [VERDICT_COLOURS.get(m.verdict, "#9e9e9e") for m in drawn]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(drawn)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(drawn)), 4.5))
     xs = list(range(len(drawn)))
     ax.bar(xs, values, color=colours, width=0.6)
     for x, m in zip(xs, drawn, strict=True):
         ax.annotate(f"{m.value:.2f}x", (x, m.value or 0.0), ha="center", va="bottom", fontsize=8)
         if m.target is not None and m.op != "info":
             ax.hlines(m.target, x - 0.4, x + 0.4, colors="black", linestyles="dashed")
-            ax.annotate(
-                f"target {m.op} {m.target:g}",
-                (x + 0.42, m.target),
-                fontsize=7,
-                va="center",
-                rotation=90,
-            )
+            target = f"target {'≥' if m.op == '>=' else '≤'} {m.target:g}x"
+            ax.annotate(target, (x, m.target), ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="#bdbdbd", linewidth=0.8)
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("taskhub / baseline (median of pairs)")
+    ax.set_ylim(0, max([*values, *(m.target or 0 for m in drawn)]) * 1.15)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
