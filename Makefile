@@ -20,6 +20,17 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The benchmark harness (bench/, README "Performance"): the bench extras besides test,
+# and the machine-wide benchmark lock around the whole run. BENCH_ARGS passes flags,
+# e.g. make bench BENCH_ARGS="--only accepted --pairs 1 --duration 3".
+BENCH_LOCK ?= /tmp/taskhub-bench.lock
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	TASKHUB_BENCH_LOCKED=1 flock $(BENCH_LOCK) $(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,1 @@
+"""What a Python user would pick instead of taskhub: Starlette + limits + arq."""

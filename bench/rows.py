@@ -1,0 +1,669 @@
+"""The rows of the table: each measures two systems side by side (A = taskhub, B = the
+baseline), alternating which goes first, on the private Redis, emptied before every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import configs, wrk
+from bench.enqueue import enqueue_jobs
+from bench.measure import Metric, WrkResult, pair_order, summarize
+from bench.procs import BenchError, PrivateRedis, Proc, free_port, rss_kib
+from bench.watch import LogWatcher, RssSampler
+
+Figures = dict[str, Any]
+Runner = Callable[[], Figures]
+
+TASKHUB = "taskhub"
+SEED = "seed"
+# How long the end-to-end row waits, after the load, for the log to stop growing.
+QUIET = 2.0
+DRAIN_RE = re.compile(r"drained (\d+) jobs in ([\d.]+) s: (\d+) jobs/s")
+
+
+@dataclass
+class Bench:
+    root: Path
+    work: Path
+    redis: PrivateRedis
+    seed: list[str] | None  # the seed's start.sh command, None when not found
+    seed_missing: str  # why, when it is None
+    duration: float = 8.0
+    pairs: int = 3
+    warmup: float = 2.0
+    e2e_duration: float = 30.0
+    drain_jobs: int = 10_000
+    memory_users: int = 1_000_000
+    python: Path = field(default_factory=lambda: Path(sys.executable))
+    _runs: int = 0
+
+    @property
+    def taskhub(self) -> Path:
+        return self.python.parent / "taskhub"
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def scratch(self, name: str) -> Path:
+        """A fresh directory for one run's config, logs and task.log."""
+        self._runs += 1
+        path = self.work / f"{self._runs:03d}-{name}"
+        path.mkdir()
+        return path
+
+    # ----------------------------------------------------------------- processes
+
+    def taskhub_proc(
+        self, command: str, directory: Path, *, capacity: int = 20, ready: bool = True
+    ) -> tuple[Proc, str]:
+        """``taskhub serve|run|worker CONFIG`` in ``directory`` (task.log goes there)."""
+        port = free_port()
+        settings = configs.config(self.redis.url, port, directory / "task.log", capacity=capacity)
+        config = configs.write(directory / "config.yaml", settings, self.taskhub)
+        proc = Proc(
+            f"taskhub {command}",
+            [str(self.taskhub), command, str(config)],
+            directory / f"taskhub-{command}.log",
+            cwd=directory,
+        )
+        url = f"http://127.0.0.1:{port}"
+        if ready:
+            proc.wait_ready(f"{url}/health")
+        return proc, url
+
+    def seed_env(self, port: int, task_log: Path, *, worker: bool) -> dict[str, str]:
+        # The seed runs its worker unless PROCESS=0 (the harness unsets PROCESS at start).
+        env = {"PORT": str(port), "REDIS_URL": self.redis.url, "TASK_LOG": str(task_log)}
+        if not worker:
+            env["PROCESS"] = "0"
+        return env
+
+    def seed_proc(self, directory: Path, *, worker: bool) -> tuple[Proc, str]:
+        """The seed (Express + bull + rate-limiter-flexible), with its in-process worker
+        or without (``PROCESS=0``)."""
+        assert self.seed is not None
+        port = free_port()
+        env = self.seed_env(port, directory / "task.log", worker=worker)
+        proc = Proc("seed", self.seed, directory / "seed.log", cwd=directory, env=env)
+        proc.wait_ready(port, timeout=120)  # start.sh may run npm install the first time
+        return proc, f"http://127.0.0.1:{port}"
+
+    def python_proc(
+        self, name: str, args: list[str], directory: Path, env: dict[str, str] | None = None
+    ) -> tuple[Proc, str]:
+        port = free_port()
+        proc = Proc(
+            name,
+            [str(self.python), *[a.replace("{port}", str(port)) for a in args]],
+            directory / f"{name}.log",
+            cwd=self.root,
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_ready(f"{url}/health")
+        return proc, url
+
+    # ----------------------------------------------------------------- load
+
+    def load(self, url: str, script: Path, duration: float) -> tuple[WrkResult, Figures]:
+        result, _ = wrk.run(f"{url}/task", script, duration)
+        figures = result.as_dict()
+        figures["ok_per_s"] = result.ok / result.seconds if result.seconds else 0.0
+        return result, figures
+
+    def pairs_of(self, row: str, runners: dict[str, Runner | None]) -> list[dict[str, Any]]:
+        """Run A and B ``pairs`` times, A first in even pairs and B first in odd ones."""
+        pairs: list[dict[str, Any]] = []
+        for index in range(self.pairs):
+            order = pair_order(index)
+            pair: dict[str, Any] = {"pair": index + 1, "order": list(order)}
+            for side in order:
+                runner = runners.get(side)
+                pair[side] = runner() if runner is not None else None
+            pairs.append(pair)
+            self.say(f"  [{row}] pair {index + 1}/{self.pairs}: {brief(pair)}")
+        return pairs
+
+
+def brief(pair: dict[str, Any]) -> str:
+    parts = []
+    for side in ("A", "B"):
+        figures = pair.get(side)
+        if not figures:
+            parts.append(f"{side} -")
+            continue
+        shown = [
+            f"{key}={figures[key]:.5g}"
+            for key in ("ok_per_s", "requests_per_s", "p99_ms", "jobs_per_s", "completed_per_s")
+            if isinstance(figures.get(key), int | float)
+        ]
+        parts.append(f"{side} " + " ".join(shown))
+    return " | ".join(parts)
+
+
+@contextlib.contextmanager
+def running(*procs: Proc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+# --------------------------------------------------------------------- HTTP rows
+
+
+def http_row(
+    bench: Bench,
+    row: str,
+    start_a: Callable[[], tuple[Proc, str]],
+    start_b: Callable[[], tuple[Proc, str]] | None,
+    script: Path,
+) -> list[dict[str, Any]]:
+    """Start A and B once (one server process each), warm each up, then measure pairs
+    of wrk runs with the private Redis emptied before every run."""
+    procs: list[Proc] = []
+    try:
+        urls: dict[str, str] = {}
+        for side, start in (("A", start_a), ("B", start_b)):
+            if start is None:
+                continue
+            proc, url = start()
+            procs.append(proc)
+            urls[side] = url
+            bench.redis.flush()
+            bench.load(url, script, bench.warmup)
+
+        def measure(side: str) -> Runner:
+            def run() -> Figures:
+                bench.redis.flush()
+                return bench.load(urls[side], script, bench.duration)[1]
+
+            return run
+
+        return bench.pairs_of(row, {side: measure(side) for side in urls})
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def accepted(bench: Bench) -> list[Metric]:
+    """``wrk -t1 -c32`` POST /task for users drawn among 1M: taskhub serve vs the seed
+    with PROCESS=0 (no worker in either; both queues grow). The figure is 2xx answers
+    per second (``ok_per_s``; all are 200 unless wrk counts non-2xx), and wrk's p99."""
+    directory = bench.scratch("accepted")
+    script = wrk.random_users_script(directory)
+    start_b = None
+    if bench.seed is not None:
+
+        def start_b() -> tuple[Proc, str]:
+            return bench.seed_proc(directory, worker=False)
+
+    pairs = http_row(
+        bench,
+        "accepted",
+        lambda: bench.taskhub_proc("serve", directory),
+        start_b,
+        script,
+    )
+    a, b = "taskhub serve", "seed (PROCESS=0)"
+    rate = Metric("accepted", "requests/s (200s)", ">=", 3.0, "x", a, b, figure="200s/s")
+    p99 = Metric("accepted", "p99 latency", "<=", 0.5, "x", a, b, figure="p99 ms")
+    metrics = [
+        summarize(rate, pairs, "ok_per_s", "ok_per_s"),
+        summarize(p99, pairs, "p99_ms", "p99_ms"),
+    ]
+    return note_missing_seed(bench, note_non_2xx(metrics, pairs))
+
+
+def alternative(bench: Bench) -> list[Metric]:
+    """The same load as ``accepted`` against Starlette + limits + arq under uvicorn
+    (one worker): taskhub's ratio against what a Python user would pick instead."""
+    directory = bench.scratch("alternative")
+    script = wrk.random_users_script(directory)
+    args = [
+        "-m",
+        "uvicorn",
+        "bench.alternative.app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+    ]
+    pairs = http_row(
+        bench,
+        "alternative",
+        lambda: bench.taskhub_proc("serve", directory),
+        lambda: bench.python_proc("alternative", args, directory, {"REDIS_URL": bench.redis.url}),
+        script,
+    )
+    a, b = "taskhub serve", "starlette+limits+arq"
+    rate = Metric("alternative", "requests/s (200s)", "info", None, "x", a, b, figure="200s/s")
+    p99 = Metric("alternative", "p99 latency", "info", None, "x", a, b, figure="p99 ms")
+    metrics = [
+        summarize(rate, pairs, "ok_per_s", "ok_per_s"),
+        summarize(p99, pairs, "p99_ms", "p99_ms"),
+    ]
+    return note_non_2xx(metrics, pairs)
+
+
+def refused(bench: Bench) -> list[Metric]:
+    """Every request for one user (after its first 20, refused: taskhub's deny cache
+    answers them without Redis) vs a bare Sanic endpoint that answers 429, one process
+    each. The figure is all responses per second."""
+    directory = bench.scratch("refused")
+    script = wrk.one_user_script(directory)
+    pairs = http_row(
+        bench,
+        "refused",
+        lambda: bench.taskhub_proc("serve", directory),
+        lambda: bench.python_proc("bare_429", ["-m", "bench.bare_429", "{port}"], directory),
+        script,
+    )
+    metric = Metric(
+        "refused",
+        "requests/s (429s)",
+        ">=",
+        0.8,
+        "x",
+        "taskhub serve",
+        "bare Sanic 429",
+        figure="req/s",
+    )
+    summarize(metric, pairs, "requests_per_s", "requests_per_s")
+    refusals = [p["A"]["non_2xx"] / max(p["A"]["requests"], 1) for p in pairs if p.get("A")]
+    if refusals:
+        metric.note = f"taskhub's answers were 429 (non-2xx) in {min(refusals):.2%} or more"
+    return [metric]
+
+
+def note_non_2xx(metrics: list[Metric], pairs: list[dict[str, Any]]) -> list[Metric]:
+    for side in ("A", "B"):
+        bad = sum(p[side]["non_2xx"] + p[side]["socket_errors"] for p in pairs if p.get(side))
+        if bad:
+            for metric in metrics:
+                metric.note += f"{side}: {bad} non-2xx/socket errors over the pairs. "
+    return metrics
+
+
+def note_missing_seed(bench: Bench, metrics: list[Metric]) -> list[Metric]:
+    if bench.seed is None:
+        for metric in metrics:
+            metric.status = "MISSING"
+            metric.note = f"baseline missing: {bench.seed_missing}. " + metric.note
+    return metrics
+
+
+# --------------------------------------------------------------------- job drain
+
+
+def drain(bench: Bench) -> list[Metric]:
+    """10,000 jobs queued with no worker, then one worker process at concurrency 50
+    with the file_log sink: jobs/s from the worker's start (process spawn, nothing
+    subtracted) to the 10,000th line in task.log. The seed: ``drain.js`` (N, CONC=50),
+    which enqueues with bull's addBulk, then times its worker from after the enqueue."""
+    jobs = bench.drain_jobs
+
+    def taskhub_drain() -> Figures:
+        directory = bench.scratch("drain-taskhub")
+        bench.redis.flush()
+        settings = configs.config(bench.redis.url, free_port(), directory / "task.log")
+        config = configs.write(directory / "config.yaml", settings, bench.taskhub)
+        started = time.monotonic()
+        admitted = enqueue_jobs(config, jobs)
+        enqueue_s = time.monotonic() - started
+        if admitted != jobs:
+            raise BenchError(f"only {admitted} of {jobs} jobs were admitted")
+        watcher = LogWatcher(directory / "task.log")
+        worker = Proc(
+            "taskhub worker",
+            [str(bench.taskhub), "worker", str(config)],
+            directory / "taskhub-worker.log",
+            cwd=directory,
+        )
+        try:
+            done_at = watcher.wait_lines(jobs, timeout=max(120, jobs / 50), alive=worker.alive)
+        finally:
+            worker.stop()
+            watcher.stop()
+        if done_at is None:
+            raise BenchError(
+                f"taskhub worker completed {watcher.lines} of {jobs}:\n{worker.tail()}"
+            )
+        elapsed = done_at - worker.started_at
+        first = (watcher.first_at or done_at) - worker.started_at
+        return {
+            "jobs": jobs,
+            "seconds": elapsed,
+            "jobs_per_s": jobs / elapsed,
+            "first_completion_s": first,  # worker start-up, up to its first completion
+            "jobs_per_s_after_first": (jobs - 1) / max(elapsed - first, 1e-9),
+            "enqueue_s": enqueue_s,
+            "lines": watcher.lines,
+        }
+
+    def seed_drain() -> Figures:
+        assert bench.seed is not None
+        directory = bench.scratch("drain-seed")
+        bench.redis.flush()
+        env = {
+            **os.environ,
+            **bench.seed_env(0, directory / "task.log", worker=True),
+            "N": str(jobs),
+            "CONC": str(configs.CONCURRENCY),
+        }
+        done = subprocess.run(
+            [*bench.seed, "drain.js"],
+            cwd=directory,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        match = DRAIN_RE.search(done.stdout)
+        if done.returncode != 0 or match is None:
+            raise BenchError(f"drain.js failed ({done.returncode}): {done.stdout}{done.stderr}")
+        seconds = float(match.group(2))
+        return {
+            "jobs": int(match.group(1)),
+            "seconds": seconds,
+            "jobs_per_s": int(match.group(1)) / seconds,
+            "printed": match.group(0),
+        }
+
+    runners: dict[str, Runner | None] = {
+        "A": taskhub_drain,
+        "B": seed_drain if bench.seed else None,
+    }
+    pairs = bench.pairs_of("drain", runners)
+    metric = Metric(
+        "drain",
+        f"jobs/s ({jobs} jobs, conc {configs.CONCURRENCY})",
+        ">=",
+        1.0,
+        "x",
+        "taskhub worker",
+        "bull drain.js",
+        figure="jobs/s",
+    )
+    summarize(metric, pairs, "jobs_per_s", "jobs_per_s")
+    firsts = [p["A"]["first_completion_s"] for p in pairs if p.get("A")]
+    if firsts:
+        metric.note = f"taskhub worker start-up (to 1st completion) {max(firsts):.2f} s at most"
+    return note_missing_seed(bench, [metric])
+
+
+# --------------------------------------------------------------------- end to end
+
+
+def end_to_end(bench: Bench) -> list[Metric]:
+    """``taskhub run`` (server and worker in one process, concurrency 50) vs the seed
+    with its in-process worker, under ``e2e_duration`` s of the accepted row's load.
+
+    completed tasks/s = C / T, where C is the number of the load's tasks in task.log
+    (lines for users "u…"; the warm-up's users are "w…" and its jobs are left to finish
+    first, up to 30 s), counted once the log has not grown for 2 s after the load ended,
+    waiting at most ``e2e_duration`` + 2 s more; T is the time from the start of the
+    load to the last growth of the log, but at least the load's duration. Work still
+    queued when the wait ends is not counted (``backlog_left`` in the raw figures);
+    ``completed_during_load_per_s`` counts only what completed while the load ran.
+    """
+    load_s = bench.e2e_duration
+
+    def run(start: Callable[[Path], tuple[Proc, str]], name: str) -> Figures:
+        directory = bench.scratch(f"e2e-{name}")
+        bench.redis.flush()
+        warm = wrk.random_users_script(directory, seed=2, prefix="w")
+        script = wrk.random_users_script(directory, seed=1, prefix="u")
+        proc, url = start(directory)
+        watcher = LogWatcher(directory / "task.log", match=b" for user u")
+        warm_watcher = LogWatcher(directory / "task.log", match=b" for user w")
+        try:
+            warm_result, _ = bench.load(url, warm, bench.warmup)
+            # Let the warm-up's jobs finish first (they are not counted either way).
+            warm_watcher.wait_lines(warm_result.ok, timeout=30, alive=proc.alive)
+            warm_watcher.stop()
+            before = watcher.lines
+            load_started = time.monotonic()
+            result, figures = bench.load(url, script, load_s)
+            load_ended = time.monotonic()
+            at_load_end = watcher.lines - before
+            quiet = watcher.wait_quiet(QUIET, timeout=load_s + QUIET)
+            completed = watcher.lines - before
+            last = watcher.last_growth_at or load_ended
+        finally:
+            proc.stop()
+            watcher.stop()
+            warm_watcher.stop()
+        elapsed = max(load_ended - load_started, last - load_started)
+        figures.update(
+            completed=completed,
+            completed_per_s=completed / elapsed,
+            completed_during_load_per_s=at_load_end / (load_ended - load_started),
+            seconds_to_last_completion=last - load_started,
+            drained=quiet,
+            backlog_left=max(0, result.ok - completed),
+        )
+        return figures
+
+    runners: dict[str, Runner | None] = {
+        "A": lambda: run(lambda d: bench.taskhub_proc("run", d), TASKHUB),
+        "B": (lambda: run(lambda d: bench.seed_proc(d, worker=True), SEED)) if bench.seed else None,
+    }
+    pairs = bench.pairs_of("e2e", runners)
+    metric = Metric(
+        "e2e",
+        f"completed tasks/s ({load_s:g} s load)",
+        ">=",
+        2.0,
+        "x",
+        "taskhub run",
+        "seed + worker",
+        figure="tasks/s",
+    )
+    summarize(metric, pairs, "completed_per_s", "completed_per_s")
+    left = {side: sum(p[side]["backlog_left"] for p in pairs if p.get(side)) for side in ("A", "B")}
+    if any(left.values()):
+        metric.note = f"queued but not completed when the wait ended: A {left['A']}, B {left['B']}"
+    return note_missing_seed(bench, [metric])
+
+
+# --------------------------------------------------------------------- memory
+
+# Pops queued jobs and deletes them: the memory row has no worker, and without this
+# the queue's million jobs would dwarf the limiter's keys in Redis.
+JANITOR_LUA = """
+local ids = redis.call('LPOP', KEYS[1], ARGV[1])
+if not ids then return 0 end
+for i = 1, #ids, 500 do
+  local chunk = {}
+  for j = i, math.min(i + 499, #ids) do chunk[#chunk + 1] = ids[j] end
+  redis.call('DEL', unpack(chunk))
+  redis.call('ZREM', KEYS[2], unpack(chunk))
+end
+return #ids
+"""
+
+
+class Janitor:
+    def __init__(self, redis: PrivateRedis, interval: float = 0.25) -> None:
+        self.script = redis.client.register_script(JANITOR_LUA)
+        self.keys = [f"saq:{configs.QUEUE}:queued", f"saq:{configs.QUEUE}:incomplete"]
+        self.interval = interval
+        self.deleted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sweep(self) -> None:
+        while True:
+            count = int(self.script(keys=self.keys, args=[5000]))
+            self.deleted += count
+            if count < 5000:
+                return
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sweep()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sweep()
+
+
+def limiter_keys(redis: PrivateRedis) -> list[bytes]:
+    return list(redis.client.scan_iter(match=f"{configs.KEY_PREFIX}:*", count=10_000))
+
+
+def ttl_check(redis: PrivateRedis, keys: list[bytes]) -> tuple[int, int]:
+    """(keys checked, keys without an expiry). A key gone meanwhile counts as neither."""
+    checked = without = 0
+    for start in range(0, len(keys), 2000):
+        pipe = redis.client.pipeline(transaction=False)
+        for key in keys[start : start + 2000]:
+            pipe.pttl(key)
+        for ttl in pipe.execute():
+            if ttl == -2:
+                continue
+            checked += 1
+            without += ttl == -1
+    return checked, without
+
+
+def memory_usage(redis: PrivateRedis, keys: list[bytes], sample: int = 1000) -> float | None:
+    pipe = redis.client.pipeline(transaction=False)
+    for key in keys[:sample]:
+        pipe.memory_usage(key, samples=0)
+    sizes = [size for size in pipe.execute() if size]
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def memory(bench: Bench) -> list[Metric]:
+    """``memory_users`` distinct users (a new user id per request, "m1", "m2", ...)
+    through ``taskhub serve`` with the default limiter (a token bucket of 20/60 s: each
+    user's first request is admitted, and its key expires 3 s later, once its bucket is
+    full again). Server RSS (VmRSS) after a warm-up vs after the last user; every
+    limiter key alive is checked for an expiry (PTTL) every 5 s during the load and all
+    of them at the end. Redis bytes per active user = growth of ``used_memory`` over
+    the run / limiter keys alive at the end. A janitor deletes queued jobs 4 times a
+    second (no worker runs here), so the queue does not dominate Redis's memory."""
+    directory = bench.scratch("memory")
+    users = bench.memory_users
+    proc, url = bench.taskhub_proc("serve", directory)
+    marker = directory / "users.done"
+    try:
+        bench.load(url, wrk.random_users_script(directory, seed=3), bench.warmup)
+        bench.redis.flush()
+        time.sleep(0.5)
+        rss_before = rss_kib(proc.pid)
+        used_before = bench.redis.used_memory()
+        janitor = Janitor(bench.redis)
+        sampler = RssSampler(proc.pid)
+        during = [0, 0]
+        stop_checks = threading.Event()
+
+        def check_during() -> None:
+            while not stop_checks.wait(5):
+                checked, without = ttl_check(bench.redis, limiter_keys(bench.redis)[:5000])
+                during[0] += checked
+                during[1] += without
+
+        checker = threading.Thread(target=check_during, daemon=True)
+        checker.start()
+        script = wrk.distinct_users_script(directory, users, marker)
+        try:
+            result, _, elapsed = wrk.run_until_marker(
+                f"{url}/task", script, marker, max_duration=max(900, users / 500)
+            )
+        finally:
+            stop_checks.set()
+            checker.join(10)
+            janitor.stop()
+            rss_peak = sampler.stop()
+        rss_after = rss_kib(proc.pid)
+        keys = limiter_keys(bench.redis)
+        used_after = bench.redis.used_memory()
+        checked, without = ttl_check(bench.redis, keys)
+        average = memory_usage(bench.redis, keys)
+        queue_left = bench.redis.client.zcard(f"saq:{configs.QUEUE}:incomplete")
+    finally:
+        proc.stop()
+    growth_mb = (rss_after - rss_before) / 1024
+    figures: Figures = {
+        "users": users,
+        "requests": result.requests,
+        "ok": result.ok,
+        "non_2xx": result.non_2xx,
+        "seconds": elapsed,
+        "requests_per_s": result.requests / elapsed,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "rss_peak_kib": rss_peak,
+        "rss_growth_mb": growth_mb,
+        "used_memory_before": used_before,
+        "used_memory_after": used_after,
+        "limiter_keys_alive": len(keys),
+        "ttl_checked_during": during[0],
+        "ttl_missing_during": during[1],
+        "ttl_checked_end": checked,
+        "ttl_missing_end": without,
+        "memory_usage_avg_bytes": average,
+        "jobs_deleted_by_janitor": janitor.deleted,
+        "jobs_left_in_queue": queue_left,
+    }
+    per_user = (used_after - used_before) / len(keys) if keys else None
+    figures["redis_bytes_per_active_user"] = per_user
+    pairs = [{"pair": 1, "order": ["A"], "A": figures, "B": None}]
+    name = "taskhub serve"
+    rss = Metric("memory", f"server RSS growth, {users:,} users", "<=", 50, " MB", name)
+    rss.value = rss.a_value = growth_mb
+    rss.figure = "MB"
+    rss.pairs = pairs
+    rss.note = (
+        f"RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MB (peak {rss_peak / 1024:.0f}); "
+        f"{result.ok} of {result.requests} requests 200"
+    )
+    ttl = Metric("memory", "limiter keys without TTL", "<=", 0, "", name)
+    ttl.value = ttl.a_value = float(during[1] + without)
+    ttl.figure = "keys"
+    ttl.note = f"{during[0] + checked} key checks ({checked} keys alive at the end)"
+    size = Metric("memory", "Redis bytes per active user", "info", None, " B", name)
+    size.value = size.a_value = per_user
+    size.figure = "bytes"
+    size.note = (
+        f"used_memory +{(used_after - used_before) / 1024:.0f} KiB / {len(keys)} live keys; "
+        f"MEMORY USAGE avg {average or 0:.0f} B; {janitor.deleted} queued jobs deleted"
+    )
+    return [rss, ttl, size]
+
+
+ROWS: dict[str, Callable[[Bench], list[Metric]]] = {
+    "accepted": accepted,
+    "refused": refused,
+    "alternative": alternative,
+    "drain": drain,
+    "e2e": end_to_end,
+    "memory": memory,
+}

@@ -1,0 +1,103 @@
+"""The benchmark harness's pure parts: wrk's output, medians, ratios, verdicts."""
+
+import math
+
+import pytest
+
+from bench.measure import (
+    Metric,
+    WrkParseError,
+    median,
+    pair_order,
+    parse_wrk,
+    ratio,
+    summarize,
+    verdict,
+)
+
+WRK_OUTPUT = """\
+Running 8s test @ http://127.0.0.1:3000/task
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.12ms    1.03ms  20.11ms   90.00%
+    Req/Sec     6.27k   300.00     6.80k    80.00%
+  Latency Distribution
+     50%  850.00us
+     75%    5.40ms
+     90%    6.01ms
+     99%    1.20s
+  50123 requests in 8.00s, 7.55MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 123
+Requests/sec:   6263.77
+Transfer/sec:    966.40KB
+"""
+
+
+def test_parse_wrk_reads_totals_latency_units_and_errors():
+    result = parse_wrk(WRK_OUTPUT)
+    assert result.requests == 50123
+    assert result.seconds == pytest.approx(8.0)
+    assert result.requests_per_s == pytest.approx(6263.77)
+    assert result.p50_ms == pytest.approx(0.85)
+    assert result.p99_ms == pytest.approx(1200.0)
+    assert result.non_2xx == 123
+    assert result.socket_errors == 5
+    assert result.ok == 50000
+    assert result.as_dict()["ok"] == 50000
+
+
+def test_parse_wrk_without_errors_counts_none():
+    lines = [
+        line
+        for line in WRK_OUTPUT.splitlines()
+        if "Non-2xx" not in line and "Socket errors" not in line
+    ]
+    result = parse_wrk("\n".join(lines))
+    assert (result.non_2xx, result.socket_errors, result.ok) == (0, 0, 50123)
+
+
+def test_parse_wrk_rejects_other_output():
+    with pytest.raises(WrkParseError):
+        parse_wrk("unable to connect to 127.0.0.1:3000 Connection refused\n")
+
+
+def test_median_ratio_and_pair_order():
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([1.0, 2.0, 3.0, 10.0]) == 2.5
+    assert ratio(6.0, 2.0) == 3.0
+    assert math.isinf(ratio(1.0, 0.0))
+    assert math.isnan(ratio(0.0, 0.0))
+    assert [pair_order(i) for i in range(3)] == [("A", "B"), ("B", "A"), ("A", "B")]
+
+
+def test_verdicts():
+    assert verdict(3.0, ">=", 3.0) == "PASS"
+    assert verdict(2.9, ">=", 3.0) == "SHORT"
+    assert verdict(0.5, "<=", 0.5) == "PASS"
+    assert verdict(0.6, "<=", 0.5) == "SHORT"
+    assert verdict(None, ">=", 1.0) == "MISSING"
+    assert verdict(float("nan"), ">=", 1.0) == "MISSING"
+    assert verdict(1.0, "info", None) == "INFO"
+
+
+def test_summarize_takes_the_median_of_per_pair_ratios():
+    pairs = [
+        {"A": {"rps": 300.0}, "B": {"rps": 100.0}},  # 3.0
+        {"A": {"rps": 100.0}, "B": {"rps": 100.0}},  # 1.0
+        {"A": {"rps": 500.0}, "B": {"rps": 250.0}},  # 2.0
+    ]
+    metric = summarize(Metric("r", "rps", ">=", 3.0, "x", "A"), pairs, "rps", "rps")
+    assert metric.value == 2.0
+    assert metric.a_value == 300.0
+    assert metric.b_value == 100.0
+    assert metric.verdict == "SHORT"
+    assert metric.as_dict()["verdict"] == "SHORT"
+
+
+def test_summarize_without_a_baseline_is_missing_but_keeps_a():
+    pairs = [{"A": {"rps": 10.0}, "B": None}, {"A": {"rps": 30.0}, "B": None}]
+    metric = summarize(Metric("r", "rps", ">=", 3.0, "x", "A"), pairs, "rps", "rps")
+    assert metric.verdict == "MISSING"
+    assert metric.value is None
+    assert metric.a_value == 20.0
