@@ -19,7 +19,7 @@ import enum
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -61,21 +61,24 @@ class Decision:
     rules: tuple[RuleResult, ...]
     cached: bool = False  # answered by this process's deny cache, without Redis
     degraded: bool = False  # decided by the fail mode: the limiter's Redis was unreachable
+    # Worked out once here: a response reads them several times.
+    refusing: tuple[RuleResult, ...] = field(init=False)
+    deciding: RuleResult | None = field(init=False)
 
-    @property
-    def refusing(self) -> tuple[RuleResult, ...]:
-        return tuple(r for r in self.rules if r.refuses)
+    def __post_init__(self) -> None:
+        refusing = tuple(r for r in self.rules if r.refuses)
+        object.__setattr__(self, "refusing", refusing)
+        object.__setattr__(self, "deciding", _deciding(self.rules, refusing))
 
-    @property
-    def deciding(self) -> RuleResult | None:
-        """The rule a client most needs to hear about: the refusal to wait out longest,
-        or else the rule closest to its limit."""
-        refusing = self.refusing
-        if refusing:
-            return max(refusing, key=lambda r: r.retry_ms)
-        if not self.rules:
-            return None
-        return min(self.rules, key=lambda r: r.remaining / max(r.policy.limit, 1))
+
+def _deciding(rules: tuple[RuleResult, ...], refusing: tuple[RuleResult, ...]) -> RuleResult | None:
+    """The rule a client most needs to hear about: the refusal to wait out longest,
+    or else the rule closest to its limit."""
+    if refusing:
+        return refusing[0] if len(refusing) == 1 else max(refusing, key=lambda r: r.retry_ms)
+    if len(rules) <= 1:
+        return rules[0] if rules else None
+    return min(rules, key=lambda r: r.remaining / max(r.policy.limit, 1))
 
 
 class Admission:
@@ -204,7 +207,8 @@ class Admission:
                 elapsed_ms = int((now - entry.sent_at) * 1000)
                 left_ms = max(1, entry.result.retry_ms - elapsed_ms)
                 reset_ms = max(left_ms, entry.result.reset_ms - elapsed_ms)
-                result = replace(entry.result, remaining=0, reset_ms=reset_ms, retry_ms=left_ms)
+                r = entry.result
+                result = RuleResult(r.name, r.policy, r.allowed, r.shadow, 0, reset_ms, left_ms)
                 wall_ms = int(time.time() * 1000)
                 return Decision(Outcome.REFUSED, "", wall_ms, (result,), cached=True)
         return None

@@ -10,6 +10,7 @@ time in seconds (as GitHub sends it) on the Redis clock. ``Retry-After``
 
 from __future__ import annotations
 
+import functools
 import math
 
 from taskhub.admission import Decision
@@ -24,8 +25,10 @@ def _window(window: float) -> str:
     return str(int(window)) if float(window).is_integer() else f"{window:g}"
 
 
-def _policy_item(rule: RuleResult) -> str:
-    return f'"{rule.name}";q={rule.policy.limit};w={_window(rule.policy.window)}'
+@functools.lru_cache(maxsize=1024)
+def _policy_item(name: str, limit: int, window: float) -> str:
+    """Constant per rule, so made once: every response carries it."""
+    return f'"{name}";q={limit};w={_window(window)}'
 
 
 def _state_item(rule: RuleResult) -> str:
@@ -46,7 +49,9 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
         "X-RateLimit-Limit": str(rule.policy.limit),
         "X-RateLimit-Remaining": str(rule.remaining),
         "X-RateLimit-Reset": str(math.ceil((decision.now_ms + rule.reset_ms) / 1000)),
-        "RateLimit-Policy": ", ".join(_policy_item(r) for r in decision.rules),
+        "RateLimit-Policy": ", ".join(
+            _policy_item(r.name, r.policy.limit, r.policy.window) for r in decision.rules
+        ),
         "RateLimit": ", ".join(_state_item(r) for r in decision.rules),
     }
     if decision.refusing:
