@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--publish", action="store_true", help=f"copy the chart to {PUBLISHED.relative_to(ROOT)}"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each HTTP row, profile taskhub under the same load with py-spy "
+        "(writes profile-<row>.txt beside the results)",
+    )
     return parser
 
 
@@ -161,6 +167,7 @@ def run(
             e2e_duration=args.e2e_duration,
             drain_jobs=args.drain_jobs,
             memory_users=args.users,
+            profile_to=args.out if args.profile else None,
         )
         print(f"private redis-server on port {redis.port}; scratch {work}", flush=True)
         for row in rows:

@@ -18,10 +18,11 @@ from typing import Any
 
 import redis
 
-from bench import configs, wrk
+from bench import configs, profile, wrk
 from bench.enqueue import enqueue_jobs
 from bench.measure import Metric, WrkResult, pair_order, summarize
 from bench.procs import BenchError, PrivateRedis, Proc, free_port, rss_kib
+from bench.profile import CpuShares
 from bench.watch import LogWatcher, RssSampler
 
 Figures = dict[str, Any]
@@ -47,6 +48,7 @@ class Bench:
     e2e_duration: float = 30.0
     drain_jobs: int = 10_000
     memory_users: int = 1_000_000
+    profile_to: Path | None = None  # where py-spy profiles of the HTTP rows go, if anywhere
     python: Path = field(default_factory=lambda: Path(sys.executable))
     _runs: int = 0
 
@@ -175,14 +177,14 @@ def http_row(
 ) -> list[dict[str, Any]]:
     """Start A and B once (one server process each), warm each up, then measure pairs
     of wrk runs with the private Redis emptied before every run."""
-    procs: list[Proc] = []
+    procs: dict[str, Proc] = {}
     try:
         urls: dict[str, str] = {}
         for side, start in (("A", start_a), ("B", start_b)):
             if start is None:
                 continue
             proc, url = start()
-            procs.append(proc)
+            procs[side] = proc
             urls[side] = url
             bench.redis.flush()
             bench.load(url, script, bench.warmup)
@@ -190,14 +192,38 @@ def http_row(
         def measure(side: str) -> Runner:
             def run() -> Figures:
                 bench.redis.flush()
-                return bench.load(urls[side], script, bench.duration)[1]
+                shares = CpuShares({"server": procs[side].pid, "redis": bench.redis.proc.pid})
+                result, figures = bench.load(urls[side], script, bench.duration)
+                figures["cpu_pct"] = shares.done(result.seconds or bench.duration)
+                return figures
 
             return run
 
-        return bench.pairs_of(row, {side: measure(side) for side in urls})
+        pairs = bench.pairs_of(row, {side: measure(side) for side in urls})
+        if bench.profile_to is not None and "A" in urls:
+            profile_server(bench, row, procs["A"], urls["A"], script)
+        return pairs
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.stop()
+
+
+def profile_server(bench: Bench, row: str, proc: Proc, url: str, script: Path) -> None:
+    """One more run of A's load with py-spy sampling the server; its summary is saved
+    beside the results as ``profile-<row>.txt``."""
+    assert bench.profile_to is not None
+    if profile.py_spy() is None:
+        bench.say(f"  [{row}] no profile: py-spy is not installed (pip install py-spy)")
+        return
+    raw = bench.scratch(f"profile-{row}") / "stacks.txt"
+    bench.redis.flush()
+    sampler = profile.record(proc.pid, bench.duration - 1, raw)
+    bench.load(url, script, bench.duration)
+    sampler.wait(30)
+    bench.profile_to.mkdir(parents=True, exist_ok=True)
+    summary = bench.profile_to / f"profile-{row}.txt"
+    summary.write_text(profile.summarize(raw) + "\n")
+    bench.say(f"  [{row}] profile of taskhub: {summary}")
 
 
 def accepted(bench: Bench) -> list[Metric]:

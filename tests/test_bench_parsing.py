@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from bench import profile
 from bench.measure import (
     Metric,
     WrkParseError,
@@ -101,3 +102,18 @@ def test_summarize_without_a_baseline_is_missing_but_keeps_a():
     assert metric.verdict == "MISSING"
     assert metric.value is None
     assert metric.a_value == 20.0
+
+
+def test_profile_summary_groups_own_samples_by_package(tmp_path):
+    raw = tmp_path / "stacks.txt"
+    raw.write_text(
+        "connection_task (connection_task:15);submit (taskhub/builtin/sanic_server.py:184) 6\n"
+        "Http.http1 (sanic/http/http1.py:123);send (send:13) 3\n"
+        "<module> (taskhub:6);Runner.run (asyncio/runners.py:118) 1\n"
+    )
+    assert profile.package("send (send:13)") == "sanic (generated)"
+    assert profile.package("x (pydantic/main.py:1)") == "pydantic"
+    summary = profile.summarize(raw)
+    assert "10 samples" in summary
+    assert " 60.0%  taskhub" in summary and " 30.0%  sanic (generated)" in summary
+    assert summary.index("taskhub/builtin/sanic_server.py:184") < summary.index("send:13")
