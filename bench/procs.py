@@ -115,6 +115,25 @@ class Proc:
         return self.proc.returncode
 
 
+def server_options(port: int, directory: Path, *, aof: bool = False) -> list[str]:
+    """redis-server's options for a private server on loopback, keeping nothing on disk
+    unless ``aof`` (then every write is fsynced before Redis replies). The tests'
+    private servers use it too."""
+    persistence = ["yes", "--appendfsync", "always"] if aof else ["no"]
+    return [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        *persistence,
+        "--dir",
+        str(directory),
+    ]
+
+
 class PrivateRedis:
     """``redis-server --port P --save '' --appendonly no`` of our own, on a free port."""
 
@@ -128,21 +147,7 @@ class PrivateRedis:
         if port_open(self.port):
             raise BenchError(f"port {self.port} is taken")
         self.proc = Proc(
-            "redis-server",
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
-            workdir / "redis.log",
+            "redis-server", [binary, *server_options(self.port, workdir)], workdir / "redis.log"
         )
         self.proc.wait_ready(self.port, timeout=10)
         self.client = redis.Redis(port=self.port)

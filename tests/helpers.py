@@ -22,6 +22,8 @@ import httpx
 import redis
 import yaml
 
+from bench.procs import server_options
+
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("TASKHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_REDIS_HINT = (
@@ -261,21 +263,8 @@ class PrivateRedis:
 
     def start(self) -> PrivateRedis:
         """Start, or start again after stop() or kill(), on the same port and directory."""
-        persistence = ["yes", "--appendfsync", "always"] if self.aof else ["no"]
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                *persistence,
-                "--dir",
-                str(self.directory),
-            ],
+            [self.binary, *server_options(self.port, self.directory, aof=self.aof)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
