@@ -198,7 +198,8 @@ async def test_a_take_gives_the_job_its_first_heartbeat_in_the_same_step(
 async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
     queue: HardenedRedisQueue,
 ) -> None:
-    """Takes, claims and settlements asked for at once go out together, yet each is
+    """Takes, claims and settlements asked for at once go out together (in two calls,
+    so that Redis runs one half while the worker handles the other), yet each is
     fenced on its own: a move whose fence is lost fails alone, and a move that errors
     (a job that is not JSON) fails alone."""
     ids = [await enqueue(queue) for _ in range(20)]
@@ -212,12 +213,12 @@ async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
 
     queue._send = counted  # type: ignore[method-assign]
     taken = await asyncio.gather(*(queue.take(1) for _ in ids))
-    assert calls == 1 and all(taken)
+    assert calls == 2 and all(taken)
     jobs = [job for job, _ in taken]  # type: ignore[misc]
     claimed = await asyncio.gather(
         *(queue.claim(job, raw, "worker-1") for job, raw in taken)  # type: ignore[misc]
     )
-    assert calls == 2 and all(claimed)
+    assert calls == 4 and all(claimed)
     fences = [queue.run_fence(job) for job in jobs]
     fences[3] = "worker-2:1"  # not this worker's run
     await queue.redis.set(ids[5], b"not json")  # a corrupt job
@@ -230,7 +231,7 @@ async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
         ),
         return_exceptions=True,
     )
-    assert calls == 3
+    assert calls == 6
     assert settled[3] is False and isinstance(settled[5], ResponseError)
     assert all(ok is True for i, ok in enumerate(settled) if i not in (3, 5))
     assert await lists(queue) == ([], [ids[3].encode(), ids[5].encode()])

@@ -48,6 +48,8 @@ OUTAGE_BACKOFF = 1.0
 # The job's ``meta`` entry listing the sorted sets it holds a slot in (concurrency limits).
 HOLDS = "holds"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
+# Script calls a worker keeps on the wire at once (see HardenedRedisQueue._flush).
+STEPS_IN_FLIGHT = 2
 
 
 STEP_LUA = f"""
@@ -244,7 +246,9 @@ class HardenedRedisQueue(RedisQueue):
         self._step = redis.register_script(STEP_LUA)
         self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
         self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._in_flight = 0  # script calls on the wire
+        self._flush_due = False
+        self._steps: set[asyncio.Task[None]] = set()
         self._inspect = redis.register_script(SWEEP_LUA)
         self._beat = redis.register_script(BEAT_LUA)
         self._purge = redis.register_script(PURGE_LUA)
@@ -344,22 +348,38 @@ class HardenedRedisQueue(RedisQueue):
         return taken
 
     def _start_flush(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name=f"saq-{self.name}-step")
+        if not self._flush_due and self._in_flight < STEPS_IN_FLIGHT:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _flush(self) -> None:
-        """Send what was asked meanwhile as one script call, until nothing is left.
+    def _flush(self) -> None:
+        """Send what was asked meanwhile as script calls, at most two on the wire.
 
-        Under load, requests from every job in flight pile up while one call is
-        on the wire, so each round trip settles, claims and takes many jobs.
+        Requests from every job in flight pile up while a call is on the wire, so
+        each round trip settles, claims and takes many jobs. Jobs then tend to move
+        as one herd: all wait for Redis, then Redis waits for all. A herd that
+        finds nothing on the wire is split in two calls, so that Redis runs one
+        half while the worker handles the other: the two halves stay out of step.
         """
-        try:
-            while self._moves or self._takers:
-                moves, self._moves = self._moves, []
-                takers, self._takers = self._takers, []
-                await self._send(moves, takers)
-        finally:
-            self._flusher = None
+        self._flush_due = False
+        while self._in_flight < STEPS_IN_FLIGHT and (self._moves or self._takers):
+            moves, takers = self._moves, self._takers
+            if self._in_flight == 0 and len(moves) + len(takers) > 1:  # both halves non-empty
+                m, t = (len(moves) + 1) // 2, len(takers) // 2
+                self._moves, self._takers = moves[m:], takers[t:]
+                moves, takers = moves[:m], takers[:t]
+            else:
+                self._moves, self._takers = [], []
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(moves, takers), name=f"saq-{self.name}-step")
+            self._steps.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._steps.discard(task)
+        self._in_flight -= 1
+        if not task.cancelled():  # cancelled: the loop is closing, its callers too
+            self._flush()
 
     async def _send(
         self,
