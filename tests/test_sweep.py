@@ -7,13 +7,9 @@ interleaving of worker and sweep happens deterministically.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
-import orjson
 import pytest
-from helpers import Namespace
-from redis.asyncio import Redis
+from helpers import store_queued
 from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
@@ -23,31 +19,15 @@ from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
 HEARTBEAT = 0.5
 
 
-@pytest.fixture
-async def queue(ns: Namespace, redis_url: str) -> AsyncIterator[HardenedRedisQueue]:
-    queue = HardenedRedisQueue(Redis.from_url(redis_url), ns.queue, HEARTBEAT, 60)
-    await queue.connect()
-    yield queue
-    await queue.disconnect()
-
-
 async def enqueue(queue: HardenedRedisQueue, retries: int = 2) -> str:
     """A job as admission stores it."""
-    key = uuid.uuid4().hex
-    job = {
-        "function": "log_completion",
-        "kwargs": {"user_id": "u"},
-        "queue": queue.name,
-        "key": key,
-        "heartbeat": HEARTBEAT,
-        "retries": retries,
-        "status": "queued",
-    }
-    job_id = queue.job_id(key)
-    await queue.redis.set(job_id, orjson.dumps(job))
-    await queue.redis.zadd(queue._incomplete, {job_id: 0})
-    await queue.redis.rpush(queue._queued, job_id)
-    return job_id
+    return await store_queued(
+        queue,
+        function="log_completion",
+        kwargs={"user_id": "u"},
+        heartbeat=HEARTBEAT,
+        retries=retries,
+    )
 
 
 async def sweep(queue: HardenedRedisQueue) -> list[str]:
