@@ -56,8 +56,9 @@ STEP_LUA = f"""
 -- Many jobs in one round trip: the fenced transitions that callers asked for since
 -- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
 -- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
--- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition:
---   fence kind, fence, action, new json, ttl ms, score, stale ms, status
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition three:
+--   'fence-kind action ttl-ms score stale-ms status' (one string: fewer arguments to
+--   pack for the client, a cost per argument), the fence, the new json
 -- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
@@ -130,9 +131,11 @@ end
 
 local done = {{}}
 for i = 6, #KEYS do
-  local a = (i - 6) * 8 + 2
-  local ok, result = pcall(transition, KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], tonumber(ARGV[a + 5]), ARGV[a + 6], tonumber(ARGV[a + 7]), ARGV[a + 8])
+  local a = (i - 6) * 3 + 2
+  local kind, action, ttl, score, stale, status =
+    string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
+    ARGV[a + 3], tonumber(ttl), score, tonumber(stale), status)
   if ok then done[#done + 1] = result else done[#done + 1] = tostring(result) end
 end
 
@@ -331,10 +334,9 @@ class HardenedRedisQueue(RedisQueue):
         """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
         ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
         ttl_ms = ttl * 1000 if ttl > 0 else ttl
-        serialized = self.serialize(job)
-        args = [fence.value, expected, move.value, serialized, ttl_ms, score, stale_ms]
+        head = f"{fence.value} {move.value} {ttl_ms} {score!r} {stale_ms} {job.status.value}"
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._moves.append((job.id, [*args, job.status.value], done))
+        self._moves.append((job.id, [head, expected, self.serialize(job)], done))
         self._start_flush()
         return await done
 
