@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from helpers import store_queued
 from redis.exceptions import ResponseError
@@ -216,3 +217,32 @@ async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
     assert all(ok is True for i, ok in enumerate(settled) if i not in (3, 5))
     assert await lists(queue) == ([], [ids[3].encode(), ids[5].encode()])
     assert (await stored(queue, ids[3])).status == Status.ACTIVE
+
+
+def test_serialize_writes_the_bytes_saq_writes(queue: HardenedRedisQueue) -> None:
+    """The queue's own serializer (twice per job) must store exactly what SAQ's would."""
+    jobs = [
+        Job("f", kwargs={"user_id": "u"}, queue=queue, key="k"),
+        Job(
+            "f",
+            kwargs={"user_id": "u", "payload": [1, 2.5, {"a": None}]},
+            queue=queue,
+            key="k",
+            timeout=5,
+            heartbeat=10,
+            retries=3,
+            ttl=0,
+            retry_delay=1.0,
+            retry_backoff=60,
+            attempts=2,
+            queued=123,
+            started=5,
+            status=Status.ACTIVE,
+            worker_id="w",
+            meta={"holds": ["a"]},
+        ),
+        Job("f", queue=queue, key="k", retry_backoff=0, progress=0, result={"x": 1}, error="e"),
+        Job("f", queue=queue, key="k", retry_backoff=True, progress=1.0, meta={}, result=0),
+    ]
+    for job in jobs:
+        assert queue.serialize(job) == orjson.dumps(job.to_dict())
