@@ -83,6 +83,12 @@ def stage(client: redis.Redis, config: Path, n: int) -> None:
     pipe.execute()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def commandstats(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     calls = {k: v["calls"] for k, v in stats.items()}
@@ -117,11 +123,13 @@ def run_taskhub(
             )
             time.sleep(0.3)
         before = commandstats(client)
+        cpu = cpu_seconds(worker.pid)
         t0 = time.perf_counter()
         client.rename(f"saq:{QUEUE}:staging", f"saq:{QUEUE}:queued")
         while client.zcard(f"saq:{QUEUE}:incomplete"):
             time.sleep(0.005)
         elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(worker.pid) - cpu
         after = commandstats(client)
         if monitor is not None:
             time.sleep(0.2)
@@ -147,7 +155,8 @@ def run_taskhub(
     usec = calls.pop("usec")
     shown = ", ".join(f"{k[8:]}={v:.2f}" for k, v in sorted(calls.items()) if v >= 0.01)
     print(
-        f"  taskhub: {n / elapsed:7.0f} jobs/s; Redis {usec:.0f} us/job in scripts; "
+        f"  taskhub: {n / elapsed:7.0f} jobs/s; worker CPU {cpu / n * 1e6:.0f} us/job; "
+        f"Redis {usec:.0f} us/job in scripts; "
         f"commands/job {sum(calls.values()):.2f}: {shown}"
     )
     return n / elapsed

@@ -18,6 +18,7 @@ from helpers import (
     write_config,
 )
 
+from taskhub.builtin.saq_redis import HardenedRedisQueue
 from taskhub.config import RedisSettings
 from taskhub.redis_client import connect
 
@@ -47,6 +48,19 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     conn = connect(RedisSettings(url=redis_url))
     yield conn
     await conn.aclose()
+
+
+@pytest.fixture
+async def queue(
+    ns: Namespace, redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[HardenedRedisQueue]:
+    """The worker's queue on the shared Redis, with the test module's ``HEARTBEAT``."""
+    queue = HardenedRedisQueue(
+        aioredis.Redis.from_url(redis_url), ns.queue, request.module.HEARTBEAT, 60
+    )
+    await queue.connect()
+    yield queue
+    await queue.disconnect()
 
 
 @pytest.fixture

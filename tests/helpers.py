@@ -16,13 +16,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import redis
 import yaml
 
 from bench.procs import server_options
+
+if TYPE_CHECKING:
+    from taskhub.builtin.saq_redis import HardenedRedisQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("TASKHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -375,3 +379,14 @@ def get_job(url: str, job_id: str) -> dict[str, Any] | None:
         return None
     response.raise_for_status()
     return response.json()
+
+
+async def store_queued(queue: HardenedRedisQueue, **fields: Any) -> str:
+    """Store a job as admission does (last in line) and return its id."""
+    key = uuid.uuid4().hex
+    job = {"queue": queue.name, "key": key, "status": "queued", **fields}
+    job_id = queue.job_id(key)
+    await queue.redis.set(job_id, orjson.dumps(job))
+    await queue.redis.zadd(queue._incomplete, {job_id: 0})
+    await queue.redis.rpush(queue._queued, job_id)
+    return job_id

@@ -7,13 +7,10 @@ interleaving of worker and sweep happens deterministically.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from helpers import Namespace
-from redis.asyncio import Redis
+from helpers import store_queued
 from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
@@ -23,31 +20,15 @@ from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
 HEARTBEAT = 0.5
 
 
-@pytest.fixture
-async def queue(ns: Namespace, redis_url: str) -> AsyncIterator[HardenedRedisQueue]:
-    queue = HardenedRedisQueue(Redis.from_url(redis_url), ns.queue, HEARTBEAT, 60)
-    await queue.connect()
-    yield queue
-    await queue.disconnect()
-
-
 async def enqueue(queue: HardenedRedisQueue, retries: int = 2) -> str:
     """A job as admission stores it."""
-    key = uuid.uuid4().hex
-    job = {
-        "function": "log_completion",
-        "kwargs": {"user_id": "u"},
-        "queue": queue.name,
-        "key": key,
-        "heartbeat": HEARTBEAT,
-        "retries": retries,
-        "status": "queued",
-    }
-    job_id = queue.job_id(key)
-    await queue.redis.set(job_id, orjson.dumps(job))
-    await queue.redis.zadd(queue._incomplete, {job_id: 0})
-    await queue.redis.rpush(queue._queued, job_id)
-    return job_id
+    return await store_queued(
+        queue,
+        function="log_completion",
+        kwargs={"user_id": "u"},
+        heartbeat=HEARTBEAT,
+        retries=retries,
+    )
 
 
 async def sweep(queue: HardenedRedisQueue) -> list[str]:
@@ -198,7 +179,8 @@ async def test_a_take_gives_the_job_its_first_heartbeat_in_the_same_step(
 async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
     queue: HardenedRedisQueue,
 ) -> None:
-    """Takes, claims and settlements asked for at once go out together, yet each is
+    """Takes, claims and settlements asked for at once go out together (in two calls,
+    so that Redis runs one half while the worker handles the other), yet each is
     fenced on its own: a move whose fence is lost fails alone, and a move that errors
     (a job that is not JSON) fails alone."""
     ids = [await enqueue(queue) for _ in range(20)]
@@ -212,12 +194,12 @@ async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
 
     queue._send = counted  # type: ignore[method-assign]
     taken = await asyncio.gather(*(queue.take(1) for _ in ids))
-    assert calls == 1 and all(taken)
+    assert calls == 2 and all(taken)
     jobs = [job for job, _ in taken]  # type: ignore[misc]
     claimed = await asyncio.gather(
         *(queue.claim(job, raw, "worker-1") for job, raw in taken)  # type: ignore[misc]
     )
-    assert calls == 2 and all(claimed)
+    assert calls == 4 and all(claimed)
     fences = [queue.run_fence(job) for job in jobs]
     fences[3] = "worker-2:1"  # not this worker's run
     await queue.redis.set(ids[5], b"not json")  # a corrupt job
@@ -230,8 +212,37 @@ async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
         ),
         return_exceptions=True,
     )
-    assert calls == 3
+    assert calls == 6
     assert settled[3] is False and isinstance(settled[5], ResponseError)
     assert all(ok is True for i, ok in enumerate(settled) if i not in (3, 5))
     assert await lists(queue) == ([], [ids[3].encode(), ids[5].encode()])
     assert (await stored(queue, ids[3])).status == Status.ACTIVE
+
+
+def test_serialize_writes_the_bytes_saq_writes(queue: HardenedRedisQueue) -> None:
+    """The queue's own serializer (twice per job) must store exactly what SAQ's would."""
+    jobs = [
+        Job("f", kwargs={"user_id": "u"}, queue=queue, key="k"),
+        Job(
+            "f",
+            kwargs={"user_id": "u", "payload": [1, 2.5, {"a": None}]},
+            queue=queue,
+            key="k",
+            timeout=5,
+            heartbeat=10,
+            retries=3,
+            ttl=0,
+            retry_delay=1.0,
+            retry_backoff=60,
+            attempts=2,
+            queued=123,
+            started=5,
+            status=Status.ACTIVE,
+            worker_id="w",
+            meta={"holds": ["a"]},
+        ),
+        Job("f", queue=queue, key="k", retry_backoff=0, progress=0, result={"x": 1}, error="e"),
+        Job("f", queue=queue, key="k", retry_backoff=True, progress=1.0, meta={}, result=0),
+    ]
+    for job in jobs:
+        assert queue.serialize(job) == orjson.dumps(job.to_dict())

@@ -23,7 +23,7 @@ from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
 from taskhub.builtin import saq_jobs
 from taskhub.builtin.saq_jobs import job_info
 from taskhub.builtin.saq_redis import HOLDS, HardenedRedisQueue
-from taskhub.builtin.saq_worker import HubWorker, job_function
+from taskhub.builtin.saq_worker import HubWorker
 from taskhub.jobs import AbortResult, JobInfo
 from taskhub.redis_client import guarded
 
@@ -156,7 +156,7 @@ class SaqQueue(QueueBackend):
             beat_interval=self.beat_interval(hub),
             runner=hub.runner,
             specs=hub.tasks,
-            functions=[(name, job_function(hub.runner, spec)) for name, spec in hub.tasks.items()],
+            functions=[],  # jobs run through ``specs``
             concurrency=self.config.concurrency,
             timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]
             dequeue_timeout=DEQUEUE_TIMEOUT,

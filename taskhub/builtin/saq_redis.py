@@ -25,8 +25,10 @@ An unreachable Redis makes upkeep skip a round and log once, never spin.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
+import operator
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,14 +50,20 @@ OUTAGE_BACKOFF = 1.0
 # The job's ``meta`` entry listing the sorted sets it holds a slot in (concurrency limits).
 HOLDS = "holds"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
+# Job's fields with their defaults, and all their values at once (see serialize).
+JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
+JOB_VALUES = operator.attrgetter(*(name for name, _ in JOB_FIELDS))
+# Script calls a worker keeps on the wire at once (see HardenedRedisQueue._flush).
+STEPS_IN_FLIGHT = 2
 
 
 STEP_LUA = f"""
 -- Many jobs in one round trip: the fenced transitions that callers asked for since
 -- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
 -- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
--- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition:
---   fence kind, fence, action, new json, ttl ms, score, stale ms, status
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition three:
+--   'fence-kind action ttl-ms score stale-ms status' (one string: fewer arguments to
+--   pack for the client, a cost per argument), the fence, the new json
 -- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
@@ -128,9 +136,11 @@ end
 
 local done = {{}}
 for i = 6, #KEYS do
-  local a = (i - 6) * 8 + 2
-  local ok, result = pcall(transition, KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], tonumber(ARGV[a + 5]), ARGV[a + 6], tonumber(ARGV[a + 7]), ARGV[a + 8])
+  local a = (i - 6) * 3 + 2
+  local kind, action, ttl, score, stale, status =
+    string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
+    ARGV[a + 3], tonumber(ttl), score, tonumber(stale), status)
   if ok then done[#done + 1] = result else done[#done + 1] = tostring(result) end
 end
 
@@ -244,11 +254,33 @@ class HardenedRedisQueue(RedisQueue):
         self._step = redis.register_script(STEP_LUA)
         self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
         self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._in_flight = 0  # script calls on the wire
+        self._flush_due = False
+        self._steps: set[asyncio.Task[None]] = set()
         self._inspect = redis.register_script(SWEEP_LUA)
         self._beat = redis.register_script(BEAT_LUA)
         self._purge = redis.register_script(PURGE_LUA)
         self._due = redis.register_script(SCHEDULE_LUA)
+
+    def serialize(self, job: Job) -> bytes | str:
+        """The bytes of SAQ's ``serialize`` (fields left at their default are left out),
+        without its reflection over the dataclass on every call: twice per job."""
+        data: dict[str, Any] = {}
+        for (name, default), value in zip(JOB_FIELDS, JOB_VALUES(job), strict=True):
+            if value is default:
+                continue
+            try:
+                if value == default:
+                    continue
+            except ValueError:  # as SAQ: a value that cannot be compared is kept
+                pass
+            data[name] = value
+        if not data.get("meta"):
+            data.pop("meta", None)
+        queue = data.get("queue")
+        if queue:
+            data["queue"] = queue.name
+        return self._dump(data)
 
     async def version(self) -> tuple[int, ...]:
         if self._version is None:
@@ -327,10 +359,9 @@ class HardenedRedisQueue(RedisQueue):
         """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
         ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
         ttl_ms = ttl * 1000 if ttl > 0 else ttl
-        serialized = self.serialize(job)
-        args = [fence.value, expected, move.value, serialized, ttl_ms, score, stale_ms]
+        head = f"{fence.value} {move.value} {ttl_ms} {score!r} {stale_ms} {job.status.value}"
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._moves.append((job.id, [*args, job.status.value], done))
+        self._moves.append((job.id, [head, expected, self.serialize(job)], done))
         self._start_flush()
         return await done
 
@@ -344,22 +375,38 @@ class HardenedRedisQueue(RedisQueue):
         return taken
 
     def _start_flush(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush(), name=f"saq-{self.name}-step")
+        if not self._flush_due and self._in_flight < STEPS_IN_FLIGHT:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _flush(self) -> None:
-        """Send what was asked meanwhile as one script call, until nothing is left.
+    def _flush(self) -> None:
+        """Send what was asked meanwhile as script calls, at most two on the wire.
 
-        Under load, requests from every job in flight pile up while one call is
-        on the wire, so each round trip settles, claims and takes many jobs.
+        Requests from every job in flight pile up while a call is on the wire, so
+        each round trip settles, claims and takes many jobs. Jobs then tend to move
+        as one herd: all wait for Redis, then Redis waits for all. A herd that
+        finds nothing on the wire is split in two calls, so that Redis runs one
+        half while the worker handles the other: the two halves stay out of step.
         """
-        try:
-            while self._moves or self._takers:
-                moves, self._moves = self._moves, []
-                takers, self._takers = self._takers, []
-                await self._send(moves, takers)
-        finally:
-            self._flusher = None
+        self._flush_due = False
+        while self._in_flight < STEPS_IN_FLIGHT and (self._moves or self._takers):
+            moves, takers = self._moves, self._takers
+            if self._in_flight == 0 and len(moves) + len(takers) > 1:  # both halves non-empty
+                m, t = (len(moves) + 1) // 2, len(takers) // 2
+                self._moves, self._takers = moves[m:], takers[t:]
+                moves, takers = moves[:m], takers[:t]
+            else:
+                self._moves, self._takers = [], []
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(moves, takers), name=f"saq-{self.name}-step")
+            self._steps.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._steps.discard(task)
+        self._in_flight -= 1
+        if not task.cancelled():  # cancelled: the loop is closing, its callers too
+            self._flush()
 
     async def _send(
         self,

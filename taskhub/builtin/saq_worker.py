@@ -26,7 +26,6 @@ import asyncio
 import logging
 import random
 import traceback
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # How long a cancelled handler gets to unwind before the job is handed back anyway.
 CANCEL_DEADLINE = 2.0
+# A slot whose ``process`` raised (a bug) waits this long before it takes again.
+SLOT_BACKOFF = 1.0
 
 
 def backoff_delay(attempts: int, base: float, cap: float) -> float:
@@ -56,19 +57,30 @@ def backoff_delay(attempts: int, base: float, cap: float) -> float:
     return nominal / 2 + random.random() * nominal / 2  # not cryptographic
 
 
-def job_function(runner: TaskRunner, spec: TaskSpec) -> Callable[..., Any]:
-    async def run(ctx: dict[str, Any], *, user_id: str, payload: Any = None) -> Any:
-        job = ctx["job"]
-        return await runner.run(
-            spec,
-            job_id=job.key,
-            user_id=user_id,
-            payload=payload,
-            attempt=job.attempts,
-            enqueued_ms=job.queued,
-        )
+async def outcome(task: asyncio.Task[Any], timeout: float | None) -> Any:
+    """The handler's result; TimeoutError once ``timeout`` passes with it still running.
 
-    return run
+    As ``wait_for(shield(task), timeout)``, but with one future and one timer:
+    cancelling the caller leaves the handler running, for the caller to cancel
+    within a deadline (a handler may ignore cancellation).
+    """
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = asyncio.get_running_loop().call_later(timeout, wake) if timeout else None
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        task.remove_done_callback(wake)
+    if not task.done():
+        raise TimeoutError
+    return task.result()
 
 
 class HubWorker(Worker):
@@ -121,6 +133,19 @@ class HubWorker(Worker):
                     context["aborted"] = stored.error or "aborted"
                     context["task"].cancel()
 
+    def _process(self, previous_task: asyncio.Task[Any] | None = None) -> None:
+        """Start one slot: a task that runs job after job (SAQ starts a task per job)."""
+        if not self.event.is_set():
+            self.tasks.add(asyncio.create_task(self._slot(), name="process"))
+
+    async def _slot(self) -> None:
+        while not self.event.is_set():
+            try:
+                await self.process()
+            except Exception:
+                logger.exception("the worker failed to process a job")
+                await asyncio.sleep(SLOT_BACKOFF)
+
     async def process(self) -> bool:
         taken = await self.queue.take(self.dequeue_timeout)
         if taken is None:
@@ -159,11 +184,21 @@ class HubWorker(Worker):
         return True
 
     async def _run(self, job: Job, fence: str) -> None:
-        function = self.functions[job.function]
-        task = asyncio.create_task(function({**self.context, "job": job}, **(job.kwargs or {})))
+        spec = self.specs[job.function]
+        kwargs = job.kwargs or {}
+        task = asyncio.create_task(
+            self.runner.run(
+                spec,
+                job_id=job.key,
+                user_id=kwargs.get("user_id", ""),
+                payload=kwargs.get("payload"),
+                attempt=job.attempts,
+                enqueued_ms=job.queued,
+            )
+        )
         context = self.job_task_contexts[job] = {"task": task, "aborted": None}
         try:
-            result = await asyncio.wait_for(asyncio.shield(task), job.timeout or None)
+            result = await outcome(task, job.timeout)
         except RetryLater as exc:
             await self._again(job, fence, exc.delay, f"RetryLater: {exc}", level=logging.INFO)
         except TimeoutError:
