@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -252,7 +253,7 @@ def accepted(bench: Bench) -> list[Metric]:
         summarize(rate, pairs, "ok_per_s", "ok_per_s"),
         summarize(p99, pairs, "p99_ms", "p99_ms"),
     ]
-    return note_missing_seed(bench, note_non_2xx(metrics, pairs))
+    return note_missing_seed(bench, note_cpu(note_non_2xx(metrics, pairs), pairs))
 
 
 def alternative(bench: Bench) -> list[Metric]:
@@ -292,7 +293,7 @@ def alternative(bench: Bench) -> list[Metric]:
         summarize(rate, pairs, "ok_per_s", "ok_per_s"),
         summarize(p99, pairs, "p99_ms", "p99_ms"),
     ]
-    return note_non_2xx(metrics, pairs)
+    return note_cpu(note_non_2xx(metrics, pairs), pairs)
 
 
 def refused(bench: Bench) -> list[Metric]:
@@ -321,8 +322,8 @@ def refused(bench: Bench) -> list[Metric]:
     summarize(metric, pairs, "requests_per_s", "requests_per_s")
     refusals = [p["A"]["non_2xx"] / max(p["A"]["requests"], 1) for p in pairs if p.get("A")]
     if refusals:
-        metric.note = f"taskhub's answers were 429 (non-2xx) in {min(refusals):.2%} or more"
-    return [metric]
+        metric.note = f"taskhub's answers were 429 (non-2xx) in {min(refusals):.2%} or more. "
+    return note_cpu([metric], pairs)
 
 
 def note_non_2xx(metrics: list[Metric], pairs: list[dict[str, Any]]) -> list[Metric]:
@@ -331,6 +332,22 @@ def note_non_2xx(metrics: list[Metric], pairs: list[dict[str, Any]]) -> list[Met
         if bad:
             for metric in metrics:
                 metric.note += f"{side}: {bad} non-2xx/socket errors over the pairs. "
+    return metrics
+
+
+def note_cpu(metrics: list[Metric], pairs: list[dict[str, Any]]) -> list[Metric]:
+    """Say how busy each process was (median over the pairs; 100 = one core): on two
+    cores, a server near 100 is the limit, and wrk and Redis take the rest."""
+    parts = []
+    for side in ("A", "B"):
+        shares = [p[side]["cpu_pct"] for p in pairs if p.get(side) and "cpu_pct" in p[side]]
+        if shares:
+            shown = ", ".join(
+                f"{name} {statistics.median(s[name] for s in shares):.0f}" for name in shares[0]
+            )
+            parts.append(f"{side} {shown}")
+    if parts and metrics:
+        metrics[0].note += f"CPU % (100 = one core): {'; '.join(parts)}. "
     return metrics
 
 

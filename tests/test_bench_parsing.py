@@ -15,6 +15,7 @@ from bench.measure import (
     summarize,
     verdict,
 )
+from bench.rows import note_cpu
 
 WRK_OUTPUT = """\
 Running 8s test @ http://127.0.0.1:3000/task
@@ -117,3 +118,15 @@ def test_profile_summary_groups_own_samples_by_package(tmp_path):
     assert "10 samples" in summary
     assert " 60.0%  taskhub" in summary and " 30.0%  sanic (generated)" in summary
     assert summary.index("taskhub/builtin/sanic_server.py:184") < summary.index("send:13")
+
+
+def test_http_rows_note_the_median_cpu_share_of_each_process():
+    def pair(server: float) -> dict:
+        return {
+            "A": {"cpu_pct": {"server": server, "redis": 30.0, "wrk": 20.0}},
+            "B": {"cpu_pct": {"server": 100.0, "redis": 0.0, "wrk": 35.0}},
+        }
+
+    metric = Metric("accepted", "requests/s", ">=", 3.0, "x", "a", "b")
+    note_cpu([metric], [pair(80.0), pair(90.0), pair(99.0)])
+    assert "A server 90, redis 30, wrk 20; B server 100, redis 0, wrk 35" in metric.note
