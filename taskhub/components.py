@@ -225,6 +225,14 @@ class QueueBackend(Component):
         """Abort a job that is waiting or running; a finished job is left as it is."""
         raise NotImplementedError
 
+    async def check(self) -> None:
+        """A cheap read proving the store answers, for ``GET /ready``.
+
+        Raises BackendUnavailable when it cannot. The default looks up a job id that
+        never exists, so a queue plugin gets a readiness probe without writing one.
+        """
+        await self.status("readiness-probe")
+
     async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
         """Jobs that used every attempt, oldest failure first."""
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
-and, when enabled, ``/admin/limits/{key}``).
+``GET /ready`` and, when enabled, ``/admin/limits/{key}``).
 
 The request path is: size check (Sanic, 413), content type (415), parse and
 validate (400/422), one admission round trip (200/429, or 503 when Redis is
@@ -39,6 +39,7 @@ from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
 from taskhub.policy import RequestContext
 from taskhub.ratelimit_headers import rate_limit_headers, retry_after
+from taskhub.readiness import OK, readiness
 from taskhub.submission import SubmissionError, idempotent_job_id
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class SanicServer(Server):
         unavailable_retry_after: int = Field(
             1, ge=1, le=3_600, description="Retry-After on 503, seconds"
         )
+        ready_timeout: float = Field(
+            1, gt=0, le=60, description="seconds each GET /ready check may take"
+        )
 
     config: Config
 
@@ -138,6 +142,7 @@ class SanicServer(Server):
         submit = self._submit_handler(hub)
         app.add_route(submit, "/task", methods=["POST"], name="submit_task")
         app.add_route(_health, "/health", methods=["GET"], name="health")
+        app.add_route(self._ready_handler(hub), "/ready", methods=["GET"], name="ready")
         status, abort = self._job_handlers(hub)
         app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
@@ -194,6 +199,22 @@ class SanicServer(Server):
             return decision_response(decision, submission.spec.name, retry_headers)
 
         return submit
+
+    def _ready_handler(self, hub: Hub) -> Callable[[Request], Any]:
+        """``GET /ready``: 200 while Redis and the queue answer, else 503 with the reason."""
+        timeout = self.config.ready_timeout
+        retry_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
+
+        async def ready(request: Request) -> HTTPResponse:
+            checks = await readiness(hub, timeout)
+            failed = {name: outcome for name, outcome in checks.items() if outcome != OK}
+            if not failed:
+                return json_response(200, {"status": "ready", "checks": checks})
+            reason = "; ".join(f"{name}: {outcome}" for name, outcome in failed.items())
+            body = {"status": "not_ready", "reason": reason, "checks": checks}
+            return json_response(503, body, retry_headers)
+
+        return ready
 
     def _job_handlers(self, hub: Hub) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """``GET /task/{id}`` (its state) and ``DELETE /task/{id}`` (abort it)."""

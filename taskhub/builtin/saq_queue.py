@@ -185,6 +185,9 @@ class SaqQueue(QueueBackend):
     async def abort(self, job_id: str) -> AbortResult:
         return await guarded(saq_jobs.abort(self._queue(), job_id))
 
+    async def check(self) -> None:
+        await guarded(self._queue().redis.exists(self._incomplete))
+
     async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
         entries = await guarded(self._queue().dead_entries(limit))
         return [job_info(job) for job, _ in entries]
