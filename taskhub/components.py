@@ -203,7 +203,8 @@ class QueueBackend(Component):
 
         ``holds`` are sorted sets in which the job id holds a slot (see
         :attr:`Limiter.holds_slot`): the queue removes it from each of them in the
-        same step that finishes the job for good. Writes nothing.
+        same step that finishes the job for good. Writes nothing. A payload it cannot
+        store raises ``taskhub.submission.unstorable_payload(reason)`` (a 422).
         """
         raise NotImplementedError
 

@@ -18,7 +18,10 @@ from taskhub.components import TaskSpec
 
 MAX_USER_ID = 256
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# The same rule for the OpenAPI document, so generated clients and fuzzers know it.
+NO_CONTROL = f"^[^{_CONTROL_CHARS}]*$"
 
 
 class TaskRequest(BaseModel):
@@ -26,7 +29,10 @@ class TaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
+    user_id: Annotated[
+        str,
+        Field(min_length=1, max_length=MAX_USER_ID, json_schema_extra={"pattern": NO_CONTROL}),
+    ]
     task: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     payload: dict[str, Any] | None = None
 
@@ -105,6 +111,15 @@ def _request_error(exc: ValidationError) -> SubmissionError:
     if not first["loc"]:
         return SubmissionError(400, "invalid_body", "body must be a JSON object")
     return _invalid(_field_problems(exc))
+
+
+def unstorable_payload(reason: str) -> SubmissionError:
+    """A 422 for a payload that is valid JSON but that the queue cannot store.
+
+    Queues raise it from ``prepare``, so the check costs nothing on the usual path.
+    """
+    message = reason[:1].lower() + reason[1:]
+    return _invalid([FieldProblem("payload", f"cannot be stored: {message}")])
 
 
 def _invalid(problems: list[FieldProblem]) -> SubmissionError:

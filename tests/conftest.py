@@ -15,6 +15,7 @@ from helpers import (
     Namespace,
     PrivateRedis,
     TaskhubProcess,
+    config_dict,
     write_config,
 )
 
@@ -69,6 +70,24 @@ def ns(sync_redis: redis.Redis) -> Iterator[Namespace]:
     namespace = Namespace.new()
     yield namespace
     namespace.cleanup(sync_redis)
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Namespace]]:
+    """One ``taskhub serve`` on the shared Redis for a whole module, in its own namespace."""
+    ns = Namespace.new()
+    directory = tmp_path_factory.mktemp("serve")
+    config = write_config(directory, config_dict(ns, redis_url))
+    process = TaskhubProcess(["serve", str(config)], cwd=directory).start()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield process.url, ns
+    finally:
+        process.kill()
+        ns.cleanup(client)
+        client.close()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
-``GET /ready`` and, when enabled, ``/admin/limits/{key}``).
+``GET /ready``, ``GET /openapi.json``, ``GET /docs`` and, when enabled, ``/admin/limits/{key}``).
 
 The request path is: size check (Sanic, 413), content type (415), parse and
 validate (400/422), one admission round trip (200/429, or 503 when Redis is
@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from pydantic import Field
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
@@ -27,7 +28,7 @@ from sanic.config import Config as SanicConfig
 from sanic.exceptions import RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
 from sanic.http.constants import HTTP
-from sanic.response import HTTPResponse
+from sanic.response import HTTPResponse, html
 from sanic.server import AsyncioServer
 
 from taskhub import Options, Server, hookimpl
@@ -37,6 +38,7 @@ from taskhub.builtin.sanic_admin import add_admin_routes
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
+from taskhub.openapi import DOCS_HTML, build_spec
 from taskhub.policy import RequestContext
 from taskhub.ratelimit_headers import rate_limit_headers, retry_after
 from taskhub.readiness import OK, readiness
@@ -143,6 +145,8 @@ class SanicServer(Server):
         app.add_route(submit, "/task", methods=["POST"], name="submit_task")
         app.add_route(_health, "/health", methods=["GET"], name="health")
         app.add_route(self._ready_handler(hub), "/ready", methods=["GET"], name="ready")
+        app.add_route(_openapi_handler(), "/openapi.json", methods=["GET"], name="openapi")
+        app.add_route(_docs, "/docs", methods=["GET"], name="docs")
         status, abort = self._job_handlers(hub)
         app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
@@ -189,6 +193,8 @@ class SanicServer(Server):
                 decision = await admission.admit(
                     submission.spec, context, submission.payload, job_id=job_id
                 )
+            except SubmissionError as exc:  # the queue cannot store the payload
+                return json_response(exc.status, exc.body())
             except BackendUnavailable:
                 return error_response(
                     503,
@@ -331,6 +337,20 @@ def decision_response(decision: Decision, task: str, full_headers: dict[str, str
 
 async def _health(request: Request) -> HTTPResponse:
     return json_response(200, {"status": "ok"})
+
+
+def _openapi_handler() -> Callable[[Request], Any]:
+    """The document is the same for every request, so it is encoded once."""
+    document = orjson.dumps(build_spec())
+
+    async def openapi(request: Request) -> HTTPResponse:
+        return HTTPResponse(document, content_type=JSON)
+
+    return openapi
+
+
+async def _docs(request: Request) -> HTTPResponse:
+    return html(DOCS_HTML)
 
 
 @hookimpl

@@ -26,6 +26,7 @@ from taskhub.builtin.saq_redis import HOLDS, HardenedRedisQueue
 from taskhub.builtin.saq_worker import HubWorker
 from taskhub.jobs import AbortResult, JobInfo
 from taskhub.redis_client import guarded
+from taskhub.submission import unstorable_payload
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -137,7 +138,11 @@ class SaqQueue(QueueBackend):
         if holds:
             job["meta"] = {HOLDS: list(holds)}
         keys = [self._incomplete, self._job_prefix + key, self._queued, f"saq:abort:{key}"]
-        return PreparedJob(job_id=key, keys=keys, args=[orjson.dumps(job), "0"])
+        try:
+            stored = orjson.dumps(job)
+        except orjson.JSONEncodeError as exc:  # JSON the parser took, e.g. an int over 64 bits
+            raise unstorable_payload(str(exc)) from None
+        return PreparedJob(job_id=key, keys=keys, args=[stored, "0"])
 
     def redis_queue(self, client: Redis) -> HardenedRedisQueue:
         c = self.config

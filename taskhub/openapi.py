@@ -1,0 +1,298 @@
+"""The HTTP API as an OpenAPI 3.1 document, built from the pydantic models that define it.
+
+The request schema is ``TaskRequest``'s own, the model that validates every
+``POST /task`` body, so the document cannot drift from what the server accepts.
+The response models below describe bodies the server writes as plain dicts
+(building them through pydantic would cost the hot path); the schemathesis test
+checks live responses against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from taskhub import __version__
+from taskhub.jobs import JobStatus
+from taskhub.submission import IDEMPOTENCY_KEY, TaskRequest
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Queued(_Body):
+    """200 from ``POST /task``: the job is stored."""
+
+    status: Literal["queued"]
+    job_id: str
+    task: str
+    replayed: Literal[True] = Field(
+        True, description="present only when an Idempotency-Key named an existing job"
+    )
+
+
+class FieldProblem(_Body):
+    field: str = Field(description='dotted path of the field, e.g. "payload.count"')
+    message: str
+
+
+class Error(_Body):
+    """Every error: a code for programs, a sentence for people."""
+
+    error: str = Field(description="a stable code, e.g. invalid_json, queue_full, not_found")
+    message: str
+    problems: list[FieldProblem] = Field(
+        default_factory=list, description="422 only: one entry per invalid field"
+    )
+
+
+class RateLimited(_Body):
+    """429: a rate-limit rule refused."""
+
+    error: Literal["rate_limited"]
+    message: str
+    policy: str = Field(description="the refusing rule with the longest wait")
+    refused_by: list[str] = Field(description="every refusing rule")
+    retry_after: int = Field(ge=1, description="seconds, as in Retry-After")
+
+
+class Job(_Body):
+    """A job's state (``GET /task/{job_id}``). Times are ISO-8601 UTC with milliseconds."""
+
+    job_id: str
+    task: str
+    user_id: str
+    status: JobStatus
+    attempts: int = Field(ge=0)
+    max_attempts: int = Field(ge=0)
+    queued_at: str | None
+    retry_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    result: Any = Field(description="what the handler returned")
+    error: str | None = Field(description="the last failure's traceback")
+
+
+class Conflict(_Body):
+    """409 from ``DELETE /task/{job_id}``: the job had already finished."""
+
+    error: Literal["conflict"]
+    message: str
+    job: Job
+
+
+class Health(_Body):
+    status: Literal["ok"]
+
+
+Check = Literal["ok", "unavailable", "timeout"]
+
+
+class Ready(_Body):
+    status: Literal["ready"]
+    checks: dict[str, Check] = Field(description="each dependency checked: redis, queue, ...")
+
+
+class NotReady(_Body):
+    status: Literal["not_ready"]
+    reason: str = Field(description='the failed checks, e.g. "redis: unavailable"')
+    checks: dict[str, Check]
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Queued,
+    Error,
+    RateLimited,
+    Job,
+    Conflict,
+    Health,
+    Ready,
+    NotReady,
+)
+
+
+def _integer(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer"}}
+
+
+def _string(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-RateLimit-Limit": _integer("the deciding rule's quota"),
+    "X-RateLimit-Remaining": _integer("what the deciding rule has left after this request"),
+    "X-RateLimit-Reset": _integer("Unix time (s, Redis clock) when the quota is whole again"),
+    "RateLimit-Policy": _string('IETF draft, every rule: "token_bucket";q=20;w=60'),
+    "RateLimit": _string('IETF draft, every rule: "token_bucket";r=0;t=60'),
+    "Retry-After": {
+        "description": "whole seconds to wait before retrying",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    "Idempotent-Replayed": {
+        "description": "the Idempotency-Key named an existing job: nothing new was queued",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+RATE_HEADERS += ("RateLimit-Policy", "RateLimit")
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _response(description: str, *models: type[BaseModel], headers: tuple[str, ...] = ()) -> Any:
+    refs = [{"$ref": REF.format(model=m.__name__)} for m in models]
+    schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
+    response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
+    if headers:
+        response["headers"] = _headers(*headers)
+    return response
+
+
+def _unavailable(description: str) -> Any:
+    return _response(description, Error, headers=("Retry-After",))
+
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "the id POST /task answered with",
+    "schema": {"type": "string", "minLength": 1},
+}
+NOT_FOUND = _response("no such job, or it has expired", Error)
+STORE_DOWN = _unavailable("Redis is unreachable")
+
+
+def _paths() -> dict[str, Any]:
+    submit = {
+        "summary": "Submit a task",
+        "description": "Spends the user's rate limit and stores the job, in one step.",
+        "operationId": "submitTask",
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "the same key from the same user always names the same job",
+                "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": REF.format(model="TaskRequest")}}},
+        },
+        "responses": {
+            "200": _response(
+                "the job is stored (or, replayed, was already)",
+                Queued,
+                headers=(*RATE_HEADERS, "Idempotent-Replayed"),
+            ),
+            "400": _response(
+                "the body is not JSON or not an object; or a malformed Idempotency-Key", Error
+            ),
+            "413": _response("the body is over server.body_limit", Error),
+            "415": _response("a Content-Type that is not JSON", Error),
+            "422": _response("a field is missing or wrong; unknown task; bad payload", Error),
+            "429": _response(
+                "a rate-limit rule refused", RateLimited, headers=(*RATE_HEADERS, "Retry-After")
+            ),
+            "503": _response(
+                "Redis is unreachable (unavailable) or the queue is full (queue_full)",
+                Error,
+                headers=(*RATE_HEADERS, "Retry-After"),
+            ),
+        },
+    }
+    job_state = _response("the job's state", Job)
+    status = {
+        "summary": "A job's state",
+        "operationId": "getTask",
+        "responses": {"200": job_state, "404": NOT_FOUND, "503": STORE_DOWN},
+    }
+    abort = {
+        "summary": "Abort a job",
+        "operationId": "abortTask",
+        "responses": {
+            "200": _response("it was waiting: aborted", Job),
+            "202": _response("it is running: its worker cancels it within about a second", Job),
+            "404": NOT_FOUND,
+            "409": _response("it had already finished; left as it was", Conflict),
+            "503": STORE_DOWN,
+        },
+    }
+    health = {
+        "summary": "Liveness",
+        "operationId": "health",
+        "responses": {"200": _response("the process serves", Health)},
+    }
+    ready = {
+        "summary": "Readiness: Redis and the queue answer",
+        "operationId": "ready",
+        "responses": {
+            "200": _response("ready to admit tasks", Ready),
+            "503": _response("a dependency is unreachable", NotReady, headers=("Retry-After",)),
+        },
+    }
+    spec = {
+        "summary": "This document",
+        "operationId": "openapi",
+        "responses": {"200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {}}}}},
+    }
+    docs = {
+        "summary": "This document, rendered",
+        "operationId": "docs",
+        "responses": {
+            "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
+        },
+    }
+    return {
+        "/task": {"post": submit},
+        "/task/{job_id}": {"parameters": [JOB_ID], "get": status, "delete": abort},
+        "/health": {"get": health},
+        "/ready": {"get": ready},
+        "/openapi.json": {"get": spec},
+        "/docs": {"get": docs},
+    }
+
+
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API (admin routes, off by default, aside)."""
+    _, schemas = models_json_schema(
+        [(TaskRequest, "validation"), *((m, "serialization") for m in RESPONSE_MODELS)],
+        ref_template=REF,
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "taskhub",
+            "version": __version__,
+            "description": "Admit tasks over HTTP, rate-limited per user; run them on workers.",
+        },
+        "paths": _paths(),
+        "components": {"schemas": schemas.get("$defs", {}), "headers": HEADERS},
+    }
+
+
+DOCS_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>taskhub API</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css">
+</head>
+<body>
+<div id="ui"></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"});</script>
+</body>
+</html>
+"""
