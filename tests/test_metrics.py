@@ -10,12 +10,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import config_dict, delivery_plugins, wait_until
+from helpers import (
+    TaskhubProcess,
+    config_dict,
+    delivery_plugins,
+    store_queued,
+    wait_until,
+    write_config,
+)
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from taskhub.builtin.saq_redis import HardenedRedisQueue
+from taskhub.builtin.saq_worker import HubWorker
 from taskhub.errors import ConfigError
+from taskhub.execution import TaskRunner
 from taskhub.hub import Hub
+from taskhub.metrics import JobMetrics
 from taskhub.metrics_export import QueueDepth, render
+
+HEARTBEAT = 0.5  # the ``queue`` fixture's
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -128,6 +142,26 @@ def test_worker_alone_serves_job_outcomes_on_its_port(spawn, ns, redis_url, tmp_
     assert value(samples, "taskhub_requests_total", outcome="admitted") == 0
 
 
+def test_multiprocess_mode_merges_the_processes_files(ns, redis_url, tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR the values go through files there, and a scrape reads
+    them back: what a future ``serve --workers N`` needs."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    config = write_config(tmp_path, config_dict(ns, redis_url))
+    server = TaskhubProcess(
+        ["serve", str(config)], cwd=tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    )
+    try:
+        server.start()
+        assert [post(server.url, b'{"user_id": "mp"}') for _ in range(3)] == [200] * 3
+        samples = scrape(f"{server.url}/metrics")
+    finally:
+        server.kill()
+    assert value(samples, "taskhub_requests_total", outcome="admitted") == 3
+    assert value(samples, "taskhub_admission_seconds_count") == 3
+    assert any(directory.glob("*.db"))
+
+
 def test_metrics_disabled_means_no_endpoint(spawn, ns, redis_url) -> None:
     taskhub = spawn(config_dict(ns, redis_url, metrics={"enabled": False}), "serve")
     assert httpx.get(f"{taskhub.url}/metrics", timeout=10).status_code == 404
@@ -166,3 +200,31 @@ def test_a_bad_metrics_option_is_a_config_error(tmp_path: Path) -> None:
         "line 2: metrics.worker_port: input should be less than or equal to 65535 (got 70000)"
     )
     assert "unknown option 'enable'" in config_error(tmp_path, "metrics:\n  enable: true\n")
+
+
+async def test_the_sweep_counts_what_it_recovers(queue: HardenedRedisQueue) -> None:
+    """A dead worker's job: ``swept`` when queued again, ``swept`` and ``dead`` when it
+    was the last attempt."""
+    task = f"sweep-{queue.name}"  # a label of this test's own: the registry is per process
+    metrics = JobMetrics([task])
+    HubWorker(
+        queue, beat_interval=1, runner=TaskRunner([]), specs={}, metrics=metrics, functions=[]
+    )
+
+    def count(outcome: str) -> float | None:
+        return REGISTRY.get_sample_value("taskhub_jobs_total", {"task": task, "outcome": outcome})
+
+    for retries in (2, 1):
+        await store_queued(
+            queue, function=task, kwargs={"user_id": "u"}, heartbeat=HEARTBEAT, retries=retries
+        )
+        job, raw = await queue.take(1)  # type: ignore[misc]
+        assert await queue.claim(job, raw, "worker-1")
+        await queue.redis.delete(queue._sweep)
+        await queue.sweep(lock=60)  # first sight of the job
+        await asyncio.sleep(HEARTBEAT + 0.2)  # its worker died: no beats
+        await queue.redis.delete(queue._sweep)
+        assert len(await queue.sweep(lock=60)) == 1
+        if retries == 2:  # queued again first in line: take it out of the way
+            await queue.redis.delete(queue._queued)
+    assert (count("swept"), count("dead")) == (2, 1)
