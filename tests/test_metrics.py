@@ -14,6 +14,7 @@ from helpers import (
     TaskhubProcess,
     config_dict,
     delivery_plugins,
+    free_port,
     store_queued,
     wait_until,
     write_config,
@@ -103,6 +104,29 @@ def test_server_counts_requests_decisions_and_jobs(spawn, ns, redis_url, tmp_pat
         assert ("taskhub_queue_jobs", frozenset({("state", state)})) in samples, state
 
 
+def test_shadow_refusals_and_idempotent_replays(spawn, ns, redis_url) -> None:
+    limiter = {"type": "token_bucket", "capacity": 2, "refill": 2, "period": 60}
+    config = config_dict(ns, redis_url, limiter=limiter, limits={"shadow": True})
+    url = spawn(config, "serve").url
+    assert [post(url, b'{"user_id": "s"}') for _ in range(3)] == [200] * 3  # the 3rd: shadow
+    for _ in range(2):
+        response = httpx.post(
+            f"{url}/task", json={"user_id": "i"}, headers={"Idempotency-Key": "k1"}, timeout=10
+        )
+        assert response.status_code == 200
+    samples = scrape(f"{url}/metrics")
+    requests = {
+        o: value(samples, "taskhub_requests_total", outcome=o)
+        for o in ("admitted", "duplicate", "refused")
+    }
+    assert requests == {"admitted": 4, "duplicate": 1, "refused": 0}
+    name = "taskhub_limiter_decisions_total"
+    # user s: 1 left (allowed), 0 left (near_limit), then over (shadow_refused).
+    assert value(samples, name, rule="token_bucket", result="shadow_refused") == 1
+    assert value(samples, name, rule="token_bucket", result="refused") == 0
+    assert value(samples, "taskhub_refusals_total", rule="token_bucket") == 0
+
+
 def test_worker_alone_serves_job_outcomes_on_its_port(spawn, ns, redis_url, tmp_path) -> None:
     plugins = delivery_plugins(tmp_path)
     fast = {"retry_delay": 0.05, "retry_backoff": 0}
@@ -160,6 +184,19 @@ def test_multiprocess_mode_merges_the_processes_files(ns, redis_url, tmp_path: P
     assert value(samples, "taskhub_requests_total", outcome="admitted") == 3
     assert value(samples, "taskhub_admission_seconds_count") == 3
     assert any(directory.glob("*.db"))
+
+
+def test_metrics_port_on_the_command_line(ns, redis_url, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, config_dict(ns, redis_url))
+    worker = TaskhubProcess(["worker", str(config), "--metrics-port", str(port)], cwd=tmp_path)
+    try:
+        worker.start(f"metrics on http://127.0.0.1:{port}/metrics")
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert worker.stop() == 0  # the metrics thread does not hold up a clean exit
+    finally:
+        worker.kill()
+    assert ("taskhub_admission_seconds_count", frozenset()) in samples
 
 
 def test_metrics_disabled_means_no_endpoint(spawn, ns, redis_url) -> None:
