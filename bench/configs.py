@@ -34,6 +34,7 @@ def config(
         "limiter": {"type": "token_bucket", "capacity": capacity, "refill": capacity},
         "queue": {"type": "saq", "name": QUEUE, "concurrency": CONCURRENCY, **(queue or {})},
         "sinks": [{"type": "file_log", "path": str(task_log)}],
+        "metrics": {"worker_port": 0},  # on (the default), on a port nothing else holds
         "logging": {"level": "WARNING"},
     }
 

@@ -35,6 +35,7 @@ redis: {{url: "redis://127.0.0.1:{port}/0"}}
 plugins_dir: null
 queue: {{type: saq, name: {queue}, concurrency: {concurrency}}}
 sinks: [{{type: file_log, path: "{log}"}}]
+metrics: {{worker_port: 0}}
 logging: {{level: WARNING}}
 """
 

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=port_number, help="listen port (overrides server.port)")
     sub = command("worker", "run a worker alone", lambda args: run_hub(args, Role.WORKER))
     sub.add_argument("config", metavar="CONFIG", help="YAML config file")
+    sub.add_argument(
+        "--metrics-port",
+        type=port_number,
+        help="port of the worker's /metrics (overrides metrics.worker_port)",
+    )
     sub = command("check", "validate a config and print it resolved, secrets masked", check)
     sub.add_argument("config", metavar="CONFIG", help="YAML config file")
     sub = command("plugins", "list plugins and the components each registers", list_plugins)
@@ -121,6 +126,9 @@ def run_hub(args: argparse.Namespace, role: Role) -> int:
         if value is not None
     }
     hub = Hub.from_file(args.config, server_overrides=overrides)
+    metrics_port = getattr(args, "metrics_port", None)
+    if metrics_port is not None:
+        hub.settings.metrics.worker_port = metrics_port
     configure_logging(hub.settings.logging.level, args.debug)
     hub.check_role(role)
     run_async(hub.run(role))

@@ -246,6 +246,11 @@ class QueueBackend(Component):
         """Delete every dead letter; returns how many there were."""
         raise NotImplementedError
 
+    async def depth(self) -> dict[str, int]:
+        """Jobs by state (e.g. ``queued``, ``active``) for the queue-depth gauge; ``{}``
+        leaves the gauge out. Raises when the store cannot be reached."""
+        return {}
+
     async def close(self) -> None:
         """Release connections."""
 

@@ -193,6 +193,18 @@ class LimitsSettings(StrictModel):
         return networks
 
 
+class MetricsSettings(StrictModel):
+    """Prometheus metrics: ``/metrics`` on the HTTP server, and a port of its own for a
+    worker started alone (``taskhub worker``), which has no HTTP server."""
+
+    enabled: bool = True
+    worker_host: str = Field("127.0.0.1", min_length=1)
+    worker_port: int = Field(9109, ge=0, le=65_535, description="0 picks a free port")
+    depth_timeout: float = Field(
+        0.25, gt=0, le=10, description="seconds a scrape waits for the queue depth"
+    )
+
+
 class LoggingSettings(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -218,6 +230,7 @@ class Settings(StrictModel):
     sinks: list[SinkSection] = Field(default_factory=_default_sinks)
     tasks: dict[str, TaskSection] = Field(default_factory=_default_tasks, min_length=1)
     default_task: str = "log_completion"
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("tasks")

@@ -60,6 +60,8 @@ from taskhub.errors import (
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
 from taskhub.limits_admin import LimitsAdmin
+from taskhub.metrics import JobMetrics, RequestMetrics
+from taskhub.metrics_export import QueueDepth, WorkerExporter
 from taskhub.pipeline import RedisPipeline
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
@@ -118,6 +120,11 @@ class Hub:
         self.limiter_redis: Redis | None = None
         self.pipeline: RedisPipeline | None = None  # the admission script's fast path
         self.admission: Admission | None = None
+        # None while metrics are off (or the role has none): components then count nothing.
+        self.request_metrics: RequestMetrics | None = None
+        self.queue_depth: QueueDepth | None = None
+        self.job_metrics: JobMetrics | None = None
+        self._exporter: WorkerExporter | None = None
         self._started: list[str] = []
 
     def _admission_rules(self, build: _Builder, problems: list[Problem]) -> list[Rule]:
@@ -251,6 +258,7 @@ class Hub:
                 for name, spec in self.tasks.items()
             },
             "default_task": self.default_task,
+            "metrics": settings.metrics.model_dump(mode="json"),
             "logging": settings.logging.model_dump(mode="json"),
         }
         return mask_secrets(resolved, (), self.raw)
@@ -307,6 +315,7 @@ class Hub:
         self.redis = self.connect_redis()
         await self.queue.open(self)
         self._started.append("queue")
+        self._start_metrics(role)
         if role & Role.WORKER:
             self.runner.gate = self.build_execution_gate()
             for index, sink in enumerate(self.sinks):
@@ -322,6 +331,21 @@ class Hub:
             self._started.append("server")
         await self._lifecycle("startup")
         self._log_banner(role)
+
+    def _start_metrics(self, role: Role) -> None:
+        """Bind the counters this role updates; a worker alone also gets its own port."""
+        metrics = self.settings.metrics
+        if not metrics.enabled:
+            return
+        if role & Role.SERVER:
+            self.request_metrics = RequestMetrics(self.rules)
+            self.queue_depth = QueueDepth(self.queue, metrics.depth_timeout)
+        if role & Role.WORKER:
+            self.job_metrics = JobMetrics(self.tasks)
+        if role is Role.WORKER:
+            self._exporter = WorkerExporter(metrics.worker_host, metrics.worker_port)
+            self._exporter.start()
+            self._started.append("metrics")
 
     def connect_limiter_redis(self) -> Redis | None:
         """A client on ``limits.redis_url``; None when the limiter shares the queue's Redis."""
@@ -386,6 +410,9 @@ class Hub:
                     await sink.close()
                 except Exception:
                     logger.exception("sinks[%d] (%s) failed to close", index, sink.name)
+        if "metrics" in self._started and self._exporter is not None:
+            await asyncio.to_thread(self._exporter.stop)
+            self._exporter = None
         if "queue" in self._started:
             await self.queue.close()
         for client in (self.redis, self.limiter_redis):
@@ -428,6 +455,8 @@ class Hub:
         if role & Role.WORKER:
             logger.info("queue: %s", _describe(self.queue))
             logger.info("sinks: %s", ", ".join(_describe(s) for s in self.sinks) or "none")
+        if self._exporter is not None:
+            logger.info("metrics on %s", self._exporter.address)
         logger.info("tasks: %s (default: %s)", ", ".join(self.tasks), self.default_task)
 
 

@@ -135,6 +135,8 @@ def config_dict(ns: Namespace, redis_url: str, **sections: Any) -> dict[str, Any
         "limiter": {"type": "token_bucket", "capacity": 20, "refill": 20, "period": 60, "block": 1},
         "queue": {"type": "saq", "name": ns.queue, "concurrency": 10, "shutdown_grace": 2},
         "sinks": [{"type": "file_log", "path": "task.log"}],
+        # Workers of parallel tests (and sessions) share the host: never a fixed port.
+        "metrics": {"worker_port": 0},
     }
     config.update(sections)
     return config

@@ -38,6 +38,8 @@ from taskhub.builtin.sanic_admin import add_admin_routes
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
+from taskhub.metrics import RequestMetrics
+from taskhub.metrics_export import CONTENT_TYPE, render
 from taskhub.openapi import DOCS_HTML, build_spec
 from taskhub.policy import RequestContext
 from taskhub.ratelimit_headers import rate_limit_headers, retry_after
@@ -60,15 +62,29 @@ def is_json_media_type(content_type: str) -> bool:
 class JsonErrorHandler(ErrorHandler):
     """Sanic's own errors (404, 405, 413, ...) and unexpected ones, as JSON without traces."""
 
+    def __init__(self, metrics: RequestMetrics | None = None) -> None:
+        super().__init__()
+        self.metrics = metrics
+
     def default(self, request: Request, exception: BaseException) -> HTTPResponse:
         if isinstance(exception, RequestCancelled):  # the client hung up: nobody to answer
             logger.info("client hung up before the answer to %s %s", request.method, request.path)
             return error_response(499, "client_closed_request", "the client closed the connection")
+        submission = self.metrics is not None and request.path == "/task"
         if isinstance(exception, SanicException):
             status = exception.status_code
             code = _ERROR_CODES.get(status, "http_error")
+            if submission and request.method == "POST":
+                assert self.metrics is not None
+                if status >= 500:
+                    self.metrics.error.inc()
+                else:
+                    self.metrics.bad_request(code)
             message = str(exception) or code.replace("_", " ")
             return error_response(status, code, message, dict(exception.headers or {}))
+        if submission and request.method == "POST":
+            assert self.metrics is not None
+            self.metrics.error.inc()
         error_id = uuid.uuid4().hex[:12]
         logger.error(
             "unhandled error %s on %s %s",
@@ -135,7 +151,7 @@ class SanicServer(Server):
         app = Sanic(
             "taskhub" if number == 1 else f"taskhub_{number}",
             config=sanic_config,
-            error_handler=JsonErrorHandler(),
+            error_handler=JsonErrorHandler(hub.request_metrics),
             configure_logging=False,
         )
         # Tell Sanic's start-up code rewriter that only HTTP/1.1 is served, so it drops
@@ -151,11 +167,15 @@ class SanicServer(Server):
         app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
         add_admin_routes(app, hub, c.unavailable_retry_after)
+        if hub.settings.metrics.enabled:
+            app.add_route(_metrics_handler(hub), "/metrics", methods=["GET"], name="metrics")
         return app
 
     def _submit_handler(self, hub: Hub) -> Callable[[Request], Any]:
         admission = hub.admission
         parser = hub.submissions
+        metrics = hub.request_metrics
+        clock = time.perf_counter
         assert admission is not None
         retry_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
         header_names = sorted({r.header for r in admission.rules if r.source == "header"})
@@ -168,6 +188,8 @@ class SanicServer(Server):
         async def submit(request: Request) -> HTTPResponse:
             content_type = request.headers.get("content-type")
             if content_type is not None and not is_json_media_type(content_type):
+                if metrics is not None:
+                    metrics.bad_request("unsupported_media_type")
                 return error_response(
                     415, "unsupported_media_type", "send the body as application/json"
                 )
@@ -177,6 +199,8 @@ class SanicServer(Server):
                     submission.user_id, request.headers.get("idempotency-key")
                 )
             except SubmissionError as exc:
+                if metrics is not None:
+                    metrics.bad_request(exc.code)
                 return json_response(exc.status, exc.body())
             headers = request.headers
             context = RequestContext(
@@ -189,6 +213,7 @@ class SanicServer(Server):
                 ),
                 headers={name: headers.get(name, "") for name in header_names},
             )
+            started = clock()
             try:
                 decision = await admission.admit(
                     submission.spec, context, submission.payload, job_id=job_id
@@ -196,12 +221,18 @@ class SanicServer(Server):
             except SubmissionError as exc:  # the queue cannot store the payload
                 return json_response(exc.status, exc.body())
             except BackendUnavailable:
+                if metrics is not None:
+                    metrics.admission_time(clock() - started)
+                    metrics.unavailable.inc()
                 return error_response(
                     503,
                     "unavailable",
                     "the task store is unreachable; retry shortly",
                     retry_headers,
                 )
+            if metrics is not None:
+                metrics.admission_time(clock() - started)
+                metrics.decided(decision)
             return decision_response(decision, submission.spec.name, retry_headers)
 
         return submit
@@ -333,6 +364,16 @@ def decision_response(decision: Decision, task: str, full_headers: dict[str, str
         body["replayed"] = True
         headers["Idempotent-Replayed"] = "true"
     return json_response(200, body, headers)
+
+
+def _metrics_handler(hub: Hub) -> Callable[[Request], Any]:
+    """``GET /metrics``: the server's, and with ``taskhub run`` the worker's, metrics."""
+    depth = hub.queue_depth
+
+    async def metrics(request: Request) -> HTTPResponse:
+        return HTTPResponse(await render(depth), content_type=CONTENT_TYPE)
+
+    return metrics
 
 
 async def _health(request: Request) -> HTTPResponse:

@@ -161,6 +161,7 @@ class SaqQueue(QueueBackend):
             beat_interval=self.beat_interval(hub),
             runner=hub.runner,
             specs=hub.tasks,
+            metrics=hub.job_metrics,
             functions=[],  # jobs run through ``specs``
             concurrency=self.config.concurrency,
             timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]
@@ -202,6 +203,9 @@ class SaqQueue(QueueBackend):
 
     async def purge_dead(self) -> int:
         return await guarded(self._queue().purge_dead())
+
+    async def depth(self) -> dict[str, int]:
+        return await self._queue().depth()
 
     def _queue(self) -> HardenedRedisQueue:
         if self._jobs is None:

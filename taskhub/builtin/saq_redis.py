@@ -29,7 +29,7 @@ import dataclasses
 import enum
 import logging
 import operator
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -261,6 +261,8 @@ class HardenedRedisQueue(RedisQueue):
         self._beat = redis.register_script(BEAT_LUA)
         self._purge = redis.register_script(PURGE_LUA)
         self._due = redis.register_script(SCHEDULE_LUA)
+        # Told of each job the sweep recovered: (task, how it was moved). Set by metrics.
+        self.on_recovered: Callable[[str, Move], None] | None = None
 
     def serialize(self, job: Job) -> bytes | str:
         """The bytes of SAQ's ``serialize`` (fields left at their default are left out),
@@ -489,6 +491,8 @@ class HardenedRedisQueue(RedisQueue):
             move, outcome = Move.DEAD, f"{attempt} was its last: now a dead letter"
         moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
         if moved:
+            if self.on_recovered is not None:
+                self.on_recovered(job.function, move)
             level = logging.ERROR if move is Move.DEAD else logging.WARNING
             logger.log(level, "job %s (task %s): %s; %s", job.key, job.function, lost, outcome)
         return moved
@@ -513,6 +517,14 @@ class HardenedRedisQueue(RedisQueue):
             return None
         self._outage.succeeded()
         return result
+
+    async def depth(self) -> dict[str, int]:
+        """Jobs by state, in one round trip: waiting in line, running, not yet finished
+        (waiting, scheduled for a retry, or running) and dead letters."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self._queued).llen(self._active)
+            counts = await pipe.zcard(self._incomplete).zcard(self.dead_key).execute()
+        return dict(zip(("queued", "active", "incomplete", "dead"), map(int, counts), strict=True))
 
     # ------------------------------------------------------------------ dead letters
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from taskhub.redis_client import is_unavailable
 if TYPE_CHECKING:
     from taskhub.components import TaskSpec
     from taskhub.execution import TaskRunner
+    from taskhub.metrics import JobMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +98,14 @@ class HubWorker(Worker):
         beat_interval: float,
         runner: TaskRunner,
         specs: dict[str, TaskSpec],
+        metrics: JobMetrics | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(queue, **kwargs)
         self.runner = runner
+        self.metrics = metrics
+        if metrics is not None:
+            queue.on_recovered = self._recovered
         self.specs = specs
         self.beat_interval = beat_interval
         self._upkeep_tasks: list[asyncio.Task[None]] = []
@@ -197,11 +203,14 @@ class HubWorker(Worker):
             )
         )
         context = self.job_task_contexts[job] = {"task": task, "aborted": None}
+        started = time.perf_counter()
         try:
             result = await outcome(task, job.timeout)
         except RetryLater as exc:
+            self._ran(job, started)
             await self._again(job, fence, exc.delay, f"RetryLater: {exc}", level=logging.INFO)
         except TimeoutError:
+            self._ran(job, started)
             if task.done():  # the handler's own TimeoutError, not ours
                 await self._failed(job, fence, traceback.format_exc())
             else:
@@ -214,12 +223,15 @@ class HubWorker(Worker):
             await cancel_tasks([task], CANCEL_DEADLINE)
             if context["aborted"] is not None:
                 job.status, job.error, job.completed = Status.ABORTED, context["aborted"], now()
-                await self._settle(job, fence, Move.FINISH)
+                if await self._settle(job, fence, Move.FINISH):
+                    self._count(job, "aborted")
             else:
                 await self._hand_back(job, fence)
         except Exception:
+            self._ran(job, started)
             await self._failed(job, fence, traceback.format_exc())
         else:
+            self._ran(job, started)
             await self._complete(job, fence, result)
         finally:
             if self.job_task_contexts.get(job) is context:
@@ -233,11 +245,13 @@ class HubWorker(Worker):
             await self._failed(job, fence, error)
             return
         job.status, job.result, job.completed, job.progress = Status.COMPLETE, result, now(), 1.0
-        await self._settle(job, fence, Move.FINISH)
+        if await self._settle(job, fence, Move.FINISH):
+            self._count(job, "completed")
 
     async def _failed(self, job: Job, fence: str, error: str) -> None:
         delay = backoff_delay(job.attempts, job.retry_delay, float(job.retry_backoff))
         summary = error.strip().splitlines()[-1]
+        self._count(job, "failed")
         await self._again(job, fence, delay, error, level=logging.WARNING, summary=summary)
 
     async def _again(
@@ -256,6 +270,7 @@ class HubWorker(Worker):
         if job.retryable:
             job.status, job.started, job.scheduled = Status.QUEUED, 0, int(now() / 1000 + delay)
             if await self._settle(job, fence, Move.LATER, score=now() / 1000 + delay):
+                self._count(job, "retried")
                 logger.log(
                     level,
                     "job %s (task %s) attempt %d/%d: %s; next attempt in %.1f s",
@@ -269,6 +284,7 @@ class HubWorker(Worker):
             return
         job.status, job.completed = Status.FAILED, now()
         if await self._settle(job, fence, Move.DEAD, score=now()):
+            self._count(job, "dead")
             logger.error(
                 "job %s (task %s) failed after %d attempts, kept as a dead letter: %s",
                 job.key,
@@ -282,7 +298,23 @@ class HubWorker(Worker):
         job.attempts -= 1
         job.status, job.started, job.worker_id = Status.QUEUED, 0, None
         if await self._settle(job, fence, Move.FRONT):
+            self._count(job, "handed_back")
             logger.info("job %s (task %s) handed back to the queue", job.key, job.function)
+
+    def _count(self, job: Job, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(job.function, outcome)
+
+    def _ran(self, job: Job, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.ran(job.function, time.perf_counter() - started)
+
+    def _recovered(self, task: str, move: Move) -> None:
+        """The sweep gave back (or, out of attempts, buried) a job whose worker is gone."""
+        assert self.metrics is not None
+        self.metrics.count(task, "swept")
+        if move is Move.DEAD:
+            self.metrics.count(task, "dead")
 
     async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
         try:
