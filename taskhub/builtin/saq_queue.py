@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from taskhub.hub import Hub
+    from taskhub.status import QueueSnapshot
 
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
@@ -202,6 +203,9 @@ class SaqQueue(QueueBackend):
 
     async def purge_dead(self) -> int:
         return await guarded(self._queue().purge_dead())
+
+    async def snapshot(self, failures: int = 5) -> QueueSnapshot:
+        return await guarded(saq_jobs.snapshot(self._queue(), failures))
 
     def _queue(self) -> HardenedRedisQueue:
         if self._jobs is None:
