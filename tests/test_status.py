@@ -106,6 +106,16 @@ def test_status_shows_depth_workers_and_failures(
     assert watch.returncode == 0, err
     assert "Traceback" not in err
 
+    def reported() -> dict | None:  # the worker's next stats report (every 10 s) counts it
+        look = json.loads(run_cli(["status", str(path), "--json"], tmp_path).stdout)
+        return look if look["workers"][0]["failed"] == 1 else None
+
+    look = wait_until(reported, timeout=15, interval=1)
+    assert look, "the worker never reported its dead letter in its stats"
+    worker = look["workers"][0]  # one slot, held by the sleeper: nothing has completed
+    assert (worker["complete"], worker["retried"], worker["aborted"]) == (0, 0, 0)
+    assert look["rates"]["failed_per_s"] > 0 and look["rates"]["completed_per_s"] == 0
+
 
 def test_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path, ns: Namespace) -> None:
     path = write_config(tmp_path, config_dict(ns, "redis://127.0.0.1:1"))
