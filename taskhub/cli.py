@@ -1,4 +1,4 @@
-"""``taskhub run | serve | worker | check | plugins | jobs | limits``.
+"""``taskhub run | serve | worker | check | plugins | jobs | limits | status``.
 
 Exit codes: 0 after a clean run or shutdown (SIGINT and SIGTERM included); 2
 for anything the user must fix in the command line, the config or a plugin; 1
@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - a dependency everywhere but Windows
     uvloop = None  # type: ignore[assignment]
 
-from taskhub import __version__, jobs_cli, limits_cli
+from taskhub import __version__, jobs_cli, limits_cli, status_cli
 from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
 from taskhub.hub import Hub, Role
 from taskhub.plugins import PluginRegistry, load_plugins
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("config", metavar="CONFIG", nargs="?", help="also load this config's plugins")
     jobs_cli.add_commands(commands, common)
     limits_cli.add_commands(commands, common)
+    status_cli.add_command(commands, common)
     return parser
 
 

@@ -42,15 +42,24 @@ class CommandGroup(Generic[T]):
             name, help=help_text, description=help_text, parents=[self.common]
         )
         sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-        sub.set_defaults(handler=lambda args: asyncio.run(self._run(args, run)))
+        sub.set_defaults(handler=lambda args: asyncio.run(opened_run(self.opener, args, run)))
         return sub
 
-    async def _run(self, args: argparse.Namespace, run: Action[T]) -> int:
-        async with self.opener(args.config) as opened:
-            try:
-                return await run(opened, args)
-            except BackendUnavailable as exc:
-                raise StartupError(f"Redis is unreachable: {exc.__cause__ or exc}") from exc
+
+async def opened_run(
+    opener: Callable[[str], AbstractAsyncContextManager[T]],
+    args: argparse.Namespace,
+    run: Action[T],
+) -> int:
+    """Run one action on what ``opener`` opens from ``args.config``, closing it after.
+
+    Also for a lone command (``taskhub status``), so that it fails as the groups do.
+    """
+    async with opener(args.config) as opened:
+        try:
+            return await run(opened, args)
+        except BackendUnavailable as exc:
+            raise StartupError(f"Redis is unreachable: {exc.__cause__ or exc}") from exc
 
 
 def refuse_embedded(path: str, setting: str, url: str, what: str) -> None:

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from taskhub.errors import UsageError
+
 if TYPE_CHECKING:
     from taskhub.hub import Hub
     from taskhub.jobs import AbortResult, JobInfo
+    from taskhub.status import QueueSnapshot
 
 
 class Options(BaseModel):
@@ -250,6 +253,13 @@ class QueueBackend(Component):
         """Jobs by state (e.g. ``queued``, ``active``) for the queue-depth gauge; ``{}``
         leaves the gauge out. Raises when the store cannot be reached."""
         return {}
+
+    async def snapshot(self, failures: int = 5) -> QueueSnapshot:
+        """Depth, workers and the ``failures`` newest dead letters, for ``taskhub status``.
+
+        Optional: a plugin without it makes ``taskhub status`` say so instead of failing.
+        """
+        raise UsageError(f"queue plugin {self.name!r} does not support `taskhub status`")
 
     async def close(self) -> None:
         """Release connections."""

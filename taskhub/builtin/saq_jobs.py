@@ -8,13 +8,17 @@ read again), so an abort or a retry can never undo a worker's concurrent write.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from saq.job import Job, Status
 from saq.utils import now
 
-from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq_redis import SEEN_MS, Fence, HardenedRedisQueue, Move
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus
+from taskhub.status import QueueSnapshot, WorkerStatus
 
 # Ids taskhub hands out are uuid4 hex; anything outside this never names a job.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -97,3 +101,60 @@ async def retry_dead(queue: HardenedRedisQueue, job_ids: list[str] | None) -> li
         if await queue.move(job, Move.BACK, Fence.DEAD, raw):
             moved.append(job.key)
     return moved
+
+
+async def snapshot(queue: HardenedRedisQueue, failures: int) -> QueueSnapshot:
+    """Depth, live workers (from the stats SAQ workers write) and the newest dead letters.
+
+    "Running" per worker is read from the jobs in the active list, not from the
+    worker's own report, which is up to one report interval old.
+    """
+    async with queue.redis.pipeline(transaction=True) as pipe:
+        pipe.llen(queue._queued).lrange(queue._active, 0, -1).zcard(queue._incomplete)
+        pipe.zcard(queue.dead_key).zrevrange(queue.dead_key, 0, max(failures, 1) - 1)
+        pipe.zrangebyscore(queue._stats, now(), "+inf", withscores=True)
+        queued, active_ids, incomplete, dead, dead_ids, reports = await pipe.execute()
+    taken_at = datetime.now(UTC)
+    active_raws = await queue.redis.mget(active_ids) if active_ids else []
+    running = Counter(
+        str(job.worker_id)
+        for job in (queue.deserialize(raw) for raw in active_raws if raw is not None)
+        if job is not None and job.worker_id and job.status in (Status.ACTIVE, Status.ABORTING)
+    )
+    infos = await queue.redis.mget([key for key, _ in reports]) if reports else []
+    workers: dict[str, WorkerStatus] = {}
+    for (key, _), raw in zip(reports, infos, strict=True):
+        if raw is None:
+            continue  # expired between the two reads
+        worker_id = key.decode().rsplit("worker_info:", 1)[-1]
+        workers[worker_id] = worker_status(worker_id, orjson.loads(raw), running[worker_id])
+    for worker_id, count in running.items():  # a worker holding jobs but no longer reporting
+        workers.setdefault(worker_id, WorkerStatus(worker_id, count))
+    letters = await queue.redis.mget(dead_ids[:failures]) if failures > 0 and dead_ids else []
+    recent = [queue.deserialize(raw) for raw in letters if raw is not None]
+    return QueueSnapshot(
+        queue=queue.name,
+        taken_at=taken_at,
+        queued=queued,
+        active=len(active_ids),
+        scheduled=max(0, incomplete - queued - len(active_ids)),
+        dead=dead,
+        workers=sorted(workers.values(), key=lambda w: w.worker_id),
+        recent_failures=[job_info(job) for job in recent if job is not None],
+    )
+
+
+def worker_status(worker_id: str, info: dict[str, Any], running: int) -> WorkerStatus:
+    stats = info.get("stats") or {}
+    seen = (info.get("metadata") or {}).get(SEEN_MS)
+    uptime = stats.get("uptime")
+    return WorkerStatus(
+        worker_id=worker_id,
+        running=running,
+        last_seen=moment(seen) if isinstance(seen, int | float) else None,
+        complete=stats.get("complete"),
+        failed=stats.get("failed"),
+        retried=stats.get("retried"),
+        aborted=stats.get("aborted"),
+        uptime=uptime / 1000 if isinstance(uptime, int | float) else None,
+    )

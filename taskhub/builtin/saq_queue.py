@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from taskhub.hub import Hub
+    from taskhub.status import QueueSnapshot
 
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
@@ -206,6 +207,9 @@ class SaqQueue(QueueBackend):
 
     async def depth(self) -> dict[str, int]:
         return await self._queue().depth()
+
+    async def snapshot(self, failures: int = 5) -> QueueSnapshot:
+        return await guarded(saq_jobs.snapshot(self._queue(), failures))
 
     def _queue(self) -> HardenedRedisQueue:
         if self._jobs is None:

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from saq import Worker
 from saq.job import Job, Status
+from saq.types import WorkerInfo
 from saq.utils import cancel_tasks, now
 
-from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq_redis import SEEN_MS, Fence, HardenedRedisQueue, Move
 from taskhub.jobs import RetryLater
 from taskhub.redis_client import is_unavailable
 
@@ -125,6 +126,11 @@ class HubWorker(Worker):
             except Exception:  # a bug, not an outage: keep beating regardless
                 logger.exception("heartbeat failed")
             await asyncio.sleep(self.beat_interval)
+
+    async def worker_info(self, ttl: int = 60) -> WorkerInfo:
+        """SAQ's stats report, stamped with when it was written, for ``taskhub status``."""
+        self._metadata = {**(self._metadata or {}), SEEN_MS: now(), "running": len(self._busy)}
+        return await super().worker_info(ttl)
 
     async def abort(self, abort_threshold: float) -> None:
         """Cancel running jobs whose abort was requested (status ``aborting``)."""
@@ -332,7 +338,21 @@ class HubWorker(Worker):
                 "its outcome here is dropped",
                 job.key,
             )
+        else:
+            self.count(job, move)
         return moved
+
+    def count(self, job: Job, move: Move) -> None:
+        """SAQ's per-worker counters, which its own finish would bump: they feed the
+        stats the worker reports, from which ``taskhub status`` derives rates."""
+        if move is Move.DEAD:
+            self.queue.failed += 1
+        elif move is Move.LATER:  # a failed attempt (or RetryLater) with attempts left
+            self.queue.retried += 1
+        elif job.status == Status.COMPLETE:
+            self.queue.complete += 1
+        elif job.status == Status.ABORTED:
+            self.queue.aborted += 1
 
     async def stop(self) -> None:
         """Stop taking jobs, give those in flight the grace period, hand back the rest."""
