@@ -49,6 +49,8 @@ T = TypeVar("T")
 OUTAGE_BACKOFF = 1.0
 # The job's ``meta`` entry listing the sorted sets it holds a slot in (concurrency limits).
 HOLDS = "holds"
+# The job's ``meta`` entry with the id of the request that submitted it.
+REQUEST_ID = "request_id"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 # Job's fields with their defaults, and all their values at once (see serialize).
 JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
