@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,14 @@ try:
 except ImportError:  # pragma: no cover - a dependency everywhere but Windows
     uvloop = None  # type: ignore[assignment]
 
-from taskhub import __version__, jobs_cli, limits_cli, status_cli
+from taskhub import __version__, jobs_cli, limits_cli, log_format, status_cli
+from taskhub.config import secret_values
 from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
 from taskhub.hub import Hub, Role
 from taskhub.plugins import PluginRegistry, load_plugins
 
 logger = logging.getLogger("taskhub")
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Libraries that log every job or request at INFO; quiet unless --debug.
 CHATTY_LOGGERS = ("saq", "sanic.root", "sanic.access", "sanic.server")
 
@@ -101,17 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(exc: TaskhubError, debug: bool, code: int) -> int:
     if debug:
-        traceback.print_exception(exc, file=sys.stderr)
-    sys.stderr.write(f"taskhub: error: {exc}\n")
+        sys.stderr.write(log_format.masked("".join(traceback.format_exception(exc))))
+    sys.stderr.write(log_format.masked(f"taskhub: error: {exc}\n"))
     return code
 
 
-def configure_logging(level: str, debug: bool) -> None:
+def configure_logging(
+    level: str,
+    debug: bool,
+    kind: log_format.LogFormat = "text",
+    secrets: Iterable[str] = (),
+) -> None:
+    log_format.install(kind, secrets)
     root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else level)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -130,7 +132,8 @@ def run_hub(args: argparse.Namespace, role: Role) -> int:
     metrics_port = getattr(args, "metrics_port", None)
     if metrics_port is not None:
         hub.settings.metrics.worker_port = metrics_port
-    configure_logging(hub.settings.logging.level, args.debug)
+    logs = hub.settings.logging
+    configure_logging(logs.level, args.debug, logs.format, secret_values(hub.raw))
     hub.check_role(role)
     run_async(hub.run(role))
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -207,6 +207,7 @@ class MetricsSettings(StrictModel):
 
 class LoggingSettings(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
 
 
 def _default_sinks() -> list[SinkSection]:
@@ -489,3 +490,33 @@ def mask_secrets(value: Any, loc: Loc, raw: RawConfig) -> Any:
     if raw.is_secret(loc) and value not in (None, ""):
         return "***"
     return value
+
+
+def secret_values(raw: RawConfig) -> set[str]:
+    """Every secret in the config, as the log formatters must hide it.
+
+    The same rules as :func:`mask_secrets`: URL passwords (as written and
+    decoded) and every value at a secret path.
+    """
+    found: set[str] = set()
+
+    def walk(value: Any, loc: Loc) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*loc, key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, (*loc, index))
+        elif isinstance(value, str) and value:
+            if "://" in value:
+                try:
+                    password = urlsplit(value).password
+                except ValueError:
+                    password = None
+                if password:
+                    found.update((password, unquote(password)))
+            if raw.is_secret(loc):
+                found.add(value)
+
+    walk(raw.data, ())
+    return found

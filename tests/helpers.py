@@ -185,7 +185,7 @@ class TaskhubProcess:
         if wait_for:
             line = self.wait_for(wait_for, timeout)
             assert line, f"taskhub did not start:\n{self.output}"
-            match = re.search(r"listening on (http://\S+)", line)
+            match = re.search(r"listening on (http://[^\s\"]+)", line)  # text or JSON logs
             if match:
                 self.url = match.group(1)
         return self
@@ -253,28 +253,33 @@ class PrivateRedis:
     acknowledged, and a restart (same port, same directory) loads it all back.
     """
 
-    def __init__(self, directory: Path, *, aof: bool = False) -> None:
+    def __init__(self, directory: Path, *, aof: bool = False, password: str = "") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(f"redis-server is not installed: {START_REDIS_HINT}")
         self.binary = binary
         self.directory = directory
         self.aof = aof
+        self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
         """Start, or start again after stop() or kill(), on the same port and directory."""
+        options = server_options(self.port, self.directory, aof=self.aof)
+        if self.password:
+            options += ["--requirepass", self.password]
         self.proc = subprocess.Popen(
-            [self.binary, *server_options(self.port, self.directory, aof=self.aof)],
+            [self.binary, *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = self.client()
         assert wait_until(lambda: _pings(client), 10), "private redis-server did not start"
         client.close()
         return self
@@ -294,7 +299,7 @@ class PrivateRedis:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password or None)
 
 
 def _pings(client: redis.Redis) -> bool:

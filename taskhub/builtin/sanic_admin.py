@@ -22,6 +22,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
 from taskhub.builtin.http_json import error_response, json_response
+from taskhub.builtin.sanic_request_id import tracked
 from taskhub.errors import BackendUnavailable
 from taskhub.limits_admin import UnknownRule, reset_body, show_body
 
@@ -80,5 +81,5 @@ def add_admin_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
             message = "the limiter's Redis is unreachable; retry shortly"
             return error_response(503, "unavailable", message, unavailable)
 
-    app.add_route(limits, ROUTE, methods=["GET", "DELETE"], name="admin_limits")
+    app.add_route(tracked(limits), ROUTE, methods=["GET", "DELETE"], name="admin_limits")
     logger.info("admin endpoint on: GET and DELETE /admin/limits/{key}")

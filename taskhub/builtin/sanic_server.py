@@ -31,10 +31,11 @@ from sanic.http.constants import HTTP
 from sanic.response import HTTPResponse, html
 from sanic.server import AsyncioServer
 
-from taskhub import Options, Server, hookimpl
+from taskhub import Options, Server, hookimpl, request_id
 from taskhub.admission import Decision, Outcome
 from taskhub.builtin.http_json import JSON, error_response, json_response
 from taskhub.builtin.sanic_admin import add_admin_routes
+from taskhub.builtin.sanic_request_id import TaskhubRequest, request_id_of, tracked
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
 from taskhub.jobs import AbortOutcome
@@ -44,6 +45,7 @@ from taskhub.openapi import DOCS_HTML, build_spec
 from taskhub.policy import RequestContext
 from taskhub.ratelimit_headers import rate_limit_headers, retry_after
 from taskhub.readiness import OK, readiness
+from taskhub.request_id import HEADER
 from taskhub.submission import SubmissionError, idempotent_job_id
 
 if TYPE_CHECKING:
@@ -65,6 +67,13 @@ class JsonErrorHandler(ErrorHandler):
     def __init__(self, metrics: RequestMetrics | None = None) -> None:
         super().__init__()
         self.metrics = metrics
+
+    def response(self, request: Request, exception: BaseException) -> HTTPResponse:
+        rid = request_id_of(request)
+        request_id.current.set(rid)  # the error's log lines carry it too
+        response = super().response(request, exception)
+        response.headers[HEADER] = rid
+        return response
 
     def default(self, request: Request, exception: BaseException) -> HTTPResponse:
         if isinstance(exception, RequestCancelled):  # the client hung up: nobody to answer
@@ -152,23 +161,26 @@ class SanicServer(Server):
             "taskhub" if number == 1 else f"taskhub_{number}",
             config=sanic_config,
             error_handler=JsonErrorHandler(hub.request_metrics),
+            request_class=TaskhubRequest,
             configure_logging=False,
         )
         # Tell Sanic's start-up code rewriter that only HTTP/1.1 is served, so it drops
         # the empty alt-svc header it otherwise adds to every response.
         app.state.server_info.append(ApplicationServerInfo(settings={"version": HTTP.VERSION_1}))
         submit = self._submit_handler(hub)
-        app.add_route(submit, "/task", methods=["POST"], name="submit_task")
-        app.add_route(_health, "/health", methods=["GET"], name="health")
-        app.add_route(self._ready_handler(hub), "/ready", methods=["GET"], name="ready")
-        app.add_route(_openapi_handler(), "/openapi.json", methods=["GET"], name="openapi")
-        app.add_route(_docs, "/docs", methods=["GET"], name="docs")
+        app.add_route(tracked(submit), "/task", methods=["POST"], name="submit_task")
+        app.add_route(tracked(_health), "/health", methods=["GET"], name="health")
+        app.add_route(tracked(self._ready_handler(hub)), "/ready", methods=["GET"], name="ready")
+        openapi = tracked(_openapi_handler())
+        app.add_route(openapi, "/openapi.json", methods=["GET"], name="openapi")
+        app.add_route(tracked(_docs), "/docs", methods=["GET"], name="docs")
         status, abort = self._job_handlers(hub)
-        app.add_route(status, "/task/<job_id:str>", methods=["GET"], name="task_status")
-        app.add_route(abort, "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
+        app.add_route(tracked(status), "/task/<job_id:str>", methods=["GET"], name="task_status")
+        app.add_route(tracked(abort), "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
         add_admin_routes(app, hub, c.unavailable_retry_after)
         if hub.settings.metrics.enabled:
-            app.add_route(_metrics_handler(hub), "/metrics", methods=["GET"], name="metrics")
+            metrics = tracked(_metrics_handler(hub))
+            app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
         return app
 
     def _submit_handler(self, hub: Hub) -> Callable[[Request], Any]:

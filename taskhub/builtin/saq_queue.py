@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import Field
 
-from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
+from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl, request_id
 from taskhub.builtin import saq_jobs
 from taskhub.builtin.saq_jobs import job_info
-from taskhub.builtin.saq_redis import HOLDS, HardenedRedisQueue
+from taskhub.builtin.saq_redis import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq_worker import HubWorker
 from taskhub.jobs import AbortResult, JobInfo
 from taskhub.redis_client import guarded
@@ -136,8 +136,14 @@ class SaqQueue(QueueBackend):
             "queued": int(time.time() * 1000),
             "status": "queued",
         }
+        meta: dict[str, Any] = {}
         if holds:
-            job["meta"] = {HOLDS: list(holds)}
+            meta[HOLDS] = list(holds)
+        submitted_by = request_id.current.get()
+        if submitted_by is not None:  # the worker logs its lines under the same id
+            meta[REQUEST_ID] = submitted_by
+        if meta:
+            job["meta"] = meta
         keys = [self._incomplete, self._job_prefix + key, self._queued, f"saq:abort:{key}"]
         try:
             stored = orjson.dumps(job)

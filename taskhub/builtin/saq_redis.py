@@ -51,6 +51,8 @@ OUTAGE_BACKOFF = 1.0
 HOLDS = "holds"
 # The worker-info metadata entry saying when the worker wrote it (epoch ms), for status.
 SEEN_MS = "seen_ms"
+# The job's ``meta`` entry with the id of the request that submitted it.
+REQUEST_ID = "request_id"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 # Job's fields with their defaults, and all their values at once (see serialize).
 JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(Job))

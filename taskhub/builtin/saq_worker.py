@@ -35,8 +35,9 @@ from saq.job import Job, Status
 from saq.types import WorkerInfo
 from saq.utils import cancel_tasks, now
 
-from taskhub.builtin.saq_redis import SEEN_MS, Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq_redis import REQUEST_ID, SEEN_MS, Fence, HardenedRedisQueue, Move
 from taskhub.jobs import RetryLater
+from taskhub.log_context import job_scope
 from taskhub.redis_client import is_unavailable
 
 if TYPE_CHECKING:
@@ -196,8 +197,15 @@ class HubWorker(Worker):
         return True
 
     async def _run(self, job: Job, fence: str) -> None:
-        spec = self.specs[job.function]
+        """Run one attempt with the job's fields and request id on every log line it makes."""
         kwargs = job.kwargs or {}
+        submitted_by = (job.meta or {}).get(REQUEST_ID)
+        user_id = kwargs.get("user_id", "")
+        with job_scope(job.key, user_id, job.function, submitted_by):
+            await self._attempt(job, fence, kwargs)
+
+    async def _attempt(self, job: Job, fence: str, kwargs: dict[str, Any]) -> None:
+        spec = self.specs[job.function]
         task = asyncio.create_task(
             self.runner.run(
                 spec,
