@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - a dependency everywhere but Windows
     uvloop = None  # type: ignore[assignment]
 
 from taskhub import __version__, jobs_cli, limits_cli, log_format, status_cli
+from taskhub.cli_group import number_in
 from taskhub.config import secret_values
 from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
 from taskhub.hub import Hub, Role
@@ -36,14 +37,13 @@ logger = logging.getLogger("taskhub")
 CHATTY_LOGGERS = ("saq", "sanic.root", "sanic.access", "sanic.server")
 
 
-def port_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 65_535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535; 0 picks a free one)")
-    return value
+port_number = number_in(
+    int,
+    0,
+    65_535,
+    noun="a number",
+    out_of_range="{value} is not a port (0-65535; 0 picks a free one)",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,3 +80,24 @@ def columns(rows: Sequence[Sequence[str]]) -> list[str]:
         ).rstrip()
         for row in rows
     ]
+
+
+N = TypeVar("N", int, float)
+
+
+def number_in(
+    kind: Callable[[str], N], low: N, high: N, *, noun: str, out_of_range: str
+) -> Callable[[str], N]:
+    """An argparse ``type`` for a number within ``[low, high]``, with messages that say
+    what was wrong: "'x' is not <noun>", or ``out_of_range`` formatted with ``value``."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(out_of_range.format(value=value))
+        return value
+
+    return parse

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from taskhub.cli_group import columns, opened_run
+from taskhub.cli_group import columns, number_in, opened_run
 from taskhub.components import QueueBackend
 from taskhub.jobs import iso
 from taskhub.jobs_cli import opened_queue, shorten
@@ -26,14 +26,13 @@ DEFAULT_WATCH = 2.0
 CLEAR = "\x1b[H\x1b[2J"
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value:g} is out of range (0.1 to 3600 seconds)")
-    return value
+seconds = number_in(
+    float,
+    0.1,
+    3600.0,
+    noun="a number of seconds",
+    out_of_range="{value:g} is out of range (0.1 to 3600 seconds)",
+)
 
 
 def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
