@@ -17,7 +17,6 @@ request whose reply was lost, such a call may or may not have run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import ssl
@@ -240,11 +239,11 @@ class RedisPipeline:
                 raise AuthenticationError(f"Redis refused AUTH: {exc}") from None
 
     async def close(self) -> None:
+        """Close the connection; calls still waiting on it fail as "connection lost"."""
         stream, self._stream = self._stream, None
         if stream is not None and stream.transport is not None:
             stream.transport.close()
-            with contextlib.suppress(Exception):
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # let the transport call connection_lost
 
 
 class PipelinedScript:

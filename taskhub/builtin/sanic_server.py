@@ -197,6 +197,11 @@ class SanicServer(Server):
             else None
         )
 
+        def rejected(exc: SubmissionError) -> HTTPResponse:
+            if metrics is not None:
+                metrics.bad_request(exc.code)
+            return json_response(exc.status, exc.body())
+
         async def submit(request: Request) -> HTTPResponse:
             content_type = request.headers.get("content-type")
             if content_type is not None and not is_json_media_type(content_type):
@@ -211,9 +216,7 @@ class SanicServer(Server):
                     submission.user_id, request.headers.get("idempotency-key")
                 )
             except SubmissionError as exc:
-                if metrics is not None:
-                    metrics.bad_request(exc.code)
-                return json_response(exc.status, exc.body())
+                return rejected(exc)
             headers = request.headers
             context = RequestContext(
                 user_id=submission.user_id,
@@ -231,7 +234,7 @@ class SanicServer(Server):
                     submission.spec, context, submission.payload, job_id=job_id
                 )
             except SubmissionError as exc:  # the queue cannot store the payload
-                return json_response(exc.status, exc.body())
+                return rejected(exc)
             except BackendUnavailable:
                 if metrics is not None:
                     metrics.admission_time(clock() - started)
