@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
@@ -44,6 +44,7 @@ RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP token
 KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
 DEFAULT_TYPES = {"server": "sanic", "limiter": "token_bucket", "queue": "saq"}
+MIN_TOKEN_LENGTH = 16  # bearer tokens of guarded endpoints
 
 
 # --------------------------------------------------------------------------- models
@@ -144,20 +145,41 @@ class DenyCacheSettings(StrictModel):
     max_keys: int = Field(10_000, ge=1, le=10_000_000)
 
 
-class AdminSettings(StrictModel):
-    """The ``/admin/limits`` endpoint: off unless enabled, and then only with the token."""
+class GuardedEndpoint(StrictModel):
+    """Endpoints off unless enabled, and then only with a bearer token of their own.
+
+    Subclasses name their section and the environment variable the error suggests.
+    """
+
+    section: ClassVar[str]
+    token_variable: ClassVar[str]
 
     enabled: bool = False
     token: str = ""
 
     @model_validator(mode="after")
-    def _token_when_enabled(self) -> AdminSettings:
-        if self.enabled and len(self.token) < 16:
+    def _token_when_enabled(self) -> GuardedEndpoint:
+        if self.enabled and len(self.token) < MIN_TOKEN_LENGTH:
+            name = self.section
             raise ValueError(
-                "admin.enabled needs admin.token of at least 16 characters; "
-                "read it from the environment: token: ${TASKHUB_ADMIN_TOKEN}"
+                f"{name}.enabled needs {name}.token of at least {MIN_TOKEN_LENGTH} characters; "
+                f"read it from the environment: token: ${{{self.token_variable}}}"
             )
         return self
+
+
+class AdminSettings(GuardedEndpoint):
+    """The ``/admin/limits`` endpoint."""
+
+    section = "admin"
+    token_variable = "TASKHUB_ADMIN_TOKEN"
+
+
+class DashboardSettings(GuardedEndpoint):
+    """``GET /dashboard`` and its data endpoints (README, "Dashboard")."""
+
+    section = "dashboard"
+    token_variable = "TASKHUB_DASHBOARD_TOKEN"
 
 
 class LimitsSettings(StrictModel):
@@ -233,6 +255,7 @@ class Settings(StrictModel):
     default_task: str = "log_completion"
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @field_validator("tasks")
     @classmethod

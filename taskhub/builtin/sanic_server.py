@@ -1,5 +1,6 @@
 """``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
-``GET /ready``, ``GET /openapi.json``, ``GET /docs`` and, when enabled, ``/admin/limits/{key}``).
+``GET /ready``, ``GET /openapi.json``, ``GET /docs`` and, when enabled, ``/admin/limits/{key}``
+and ``/dashboard``).
 
 The request path is: size check (Sanic, 413), content type (415), parse and
 validate (400/422), one admission round trip (200/429, or 503 when Redis is
@@ -35,6 +36,7 @@ from taskhub import Options, Server, hookimpl, request_id
 from taskhub.admission import Decision, Outcome
 from taskhub.builtin.http_json import JSON, error_response, json_response
 from taskhub.builtin.sanic_admin import add_admin_routes
+from taskhub.builtin.sanic_dashboard import add_dashboard_routes
 from taskhub.builtin.sanic_request_id import TaskhubRequest, request_id_of, tracked
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
@@ -178,6 +180,7 @@ class SanicServer(Server):
         app.add_route(tracked(status), "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(tracked(abort), "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
         add_admin_routes(app, hub, c.unavailable_retry_after)
+        add_dashboard_routes(app, hub, c.unavailable_retry_after)
         if hub.settings.metrics.enabled:
             metrics = tracked(_metrics_handler(hub))
             app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
@@ -187,6 +190,7 @@ class SanicServer(Server):
         admission = hub.admission
         parser = hub.submissions
         metrics = hub.request_metrics
+        traffic = hub.traffic  # None unless the dashboard is on
         clock = time.perf_counter
         assert admission is not None
         retry_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
@@ -248,6 +252,8 @@ class SanicServer(Server):
             if metrics is not None:
                 metrics.admission_time(clock() - started)
                 metrics.decided(decision)
+            if traffic is not None:
+                traffic.decided(decision, context)
             return decision_response(decision, submission.spec.name, retry_headers)
 
         return submit
