@@ -4,11 +4,18 @@ the page itself)."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from dashboard_helpers import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
 from helpers import config_dict, get_job, run_cli, wait_until, write_config
+
+from taskhub.components import QueueBackend
+from taskhub.dashboard import Dashboard
+from taskhub.status import QueueSnapshot
+from taskhub.traffic import TrafficRecorder
 
 ROUTES = (
     ("GET", "/dashboard"),
@@ -49,13 +56,18 @@ def test_the_page_holds_no_data_and_the_data_needs_the_token(
     assert "default-src 'none'" in policy and "script-src 'sha256-" in policy
     assert "connect-src 'self'" in policy and "unsafe-inline" not in policy
     assert TOKEN not in page.text and ns.queue not in page.text
-    for headers in ({}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
+    wrong = ("Bearer", f"Basic {TOKEN}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", TOKEN)
+    for headers in [{}] + [{"Authorization": value} for value in wrong]:
         for method, path in ROUTES[1:]:
             denied = httpx.request(method, f"{server.url}{path}", headers=headers)
             assert denied.status_code == 401, (headers, path)
             assert denied.json()["error"] == "unauthorized"
             assert denied.headers["WWW-Authenticate"].startswith("Bearer")
     assert summary(server.url)["queue"]["queue"] == ns.queue
+    lower = httpx.get(
+        f"{server.url}/dashboard/api/summary", headers={"Authorization": f"bearer {TOKEN}"}
+    )
+    assert lower.status_code == 200 and lower.headers["Cache-Control"] == "no-store"
     assert TOKEN not in server.output
 
 
@@ -112,3 +124,30 @@ def test_a_dead_letter_retried_from_the_dashboard_runs_again(
     assert again.status_code == 404 and again.json()["error"] == "not_found"
     too_long = httpx.post(f"{server.url}/dashboard/api/failed/{'x' * 300}/retry", headers=AUTH)
     assert too_long.status_code == 400 and "at most 256" in too_long.json()["message"]
+
+
+class CountingQueue(QueueBackend):
+    """Answers snapshots slowly, counting them."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.snapshots = 0
+
+    async def snapshot(self, failures: int = 5) -> QueueSnapshot:
+        self.snapshots += 1
+        await asyncio.sleep(0.05)  # long enough for every viewer below to arrive meanwhile
+        return QueueSnapshot("q", datetime.now(UTC), 0, 0, 0, 0)
+
+
+async def test_one_read_serves_every_viewer_for_a_second(client, ns) -> None:
+    clock = [0.0]
+    queue = CountingQueue()
+    traffic = TrafficRecorder(client, ns.prefix, [])
+    dashboard = Dashboard(traffic, queue, clock=lambda: clock[0])
+    first = await asyncio.gather(*(dashboard.summary() for _ in range(20)))
+    assert queue.snapshots == 1 and all(s is first[0] for s in first)
+    clock[0] = 0.9
+    assert await dashboard.summary() is first[0] and queue.snapshots == 1
+    clock[0] = 1.0
+    assert await dashboard.summary() is not first[0] and queue.snapshots == 2
