@@ -27,7 +27,7 @@ from taskhub.bearer import bearer_token_ok
 from taskhub.builtin.http_json import error_response, json_response
 from taskhub.builtin.sanic_request_id import tracked
 from taskhub.dashboard import Dashboard
-from taskhub.errors import BackendUnavailable
+from taskhub.errors import BackendUnavailable, UsageError
 
 if TYPE_CHECKING:
     from taskhub.hub import Hub
@@ -93,6 +93,8 @@ def add_dashboard_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
             return json_response(200, await dashboard.summary(), NO_STORE)
         except BackendUnavailable:
             return unavailable()
+        except UsageError as exc:  # a queue plugin without snapshot()
+            return error_response(501, "not_implemented", str(exc), NO_STORE)
 
     async def retry(request: Request, job_id: str) -> HTTPResponse:
         denied = refusal(request)
