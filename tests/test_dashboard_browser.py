@@ -108,5 +108,9 @@ def test_the_dashboard_shows_live_numbers_and_retries_a_dead_letter(
     job = wait_until(lambda: (get_job(server.url, job_id) or {}).get("status") == "complete", 15)
     assert job, get_job(server.url, job_id)
     page.wait_for_function("() => document.getElementById('dead').textContent === '0'")
+    polls: list[str] = []  # one poll a second still: the retry's extra poll made no second loop
+    page.on("request", lambda r: polls.append(r.url) if "/api/summary" in r.url else None)
+    page.wait_for_timeout(4_000)
+    assert 2 <= len(polls) <= 6, polls
     page.screenshot(path=str(ARTIFACTS / "dashboard-after-retry.png"))
     assert problems == []
