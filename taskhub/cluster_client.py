@@ -10,6 +10,8 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   is read-only (status snapshots) or repeats harmlessly (removing a vanished
   job from its lists, resetting a rule's keys, a worker's stats), so here it
   runs as a plain pipeline, without MULTI/EXEC.
+- ``connection_pool``: SAQ disconnects it after closing the client; a cluster
+  client has one pool per node, all closed with the client.
 - ``info``: sent to every node by default (a dict of replies); taskhub wants
   one server's, e.g. its version.
 """
@@ -42,6 +44,10 @@ class ClusterClient(RedisCluster):
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         return super().pipeline(shard_hint=shard_hint)
 
+    @property
+    def connection_pool(self) -> _ClosedWithClient:
+        return _ClosedWithClient()
+
     async def info(self, section: str | None = None, *args: str, **kwargs: Any) -> Any:
         kwargs.setdefault("target_nodes", RedisCluster.RANDOM)
         return await super().info(section, *args, **kwargs)
@@ -57,4 +63,9 @@ class _NoPubSub:
         return None
 
     async def aclose(self) -> None:
+        return None
+
+
+class _ClosedWithClient:
+    async def disconnect(self) -> None:
         return None

@@ -96,8 +96,8 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """A seed URL (any node will do: clients learn the rest from it)."""
-        return self.nodes[0].url
+        """A seed URL (any live node will do: clients learn the rest from it)."""
+        return self.urls[0]
 
     @property
     def urls(self) -> list[str]:

@@ -53,6 +53,15 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis
     await conn.aclose()
 
 
+def config_on(kind: str, ns: Namespace, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``config_dict`` on the ``single`` shared Redis or on the ``cluster``."""
+    if kind == "cluster":
+        config = config_dict(ns, request.getfixturevalue("cluster").url)
+        config["redis"]["cluster"] = True
+        return config
+    return config_dict(ns, request.getfixturevalue("redis_url"))
+
+
 def client_on(kind: str, request: pytest.FixtureRequest) -> aioredis.Redis:
     """A client on the ``single`` shared Redis, the ``cluster``, or ``memory``."""
     if kind == "cluster":
