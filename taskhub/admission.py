@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from taskhub.cluster_pipeline import ClusterPipeline
 from taskhub.components import QueueBackend, TaskSpec
 from taskhub.deny_cache import DenyCache
 from taskhub.errors import BackendUnavailable
@@ -94,7 +95,7 @@ class Admission:
         limiter_redis: Redis | None = None,
         fail_mode: FailMode = "closed",
         deny_cache: DenyCache | None = None,
-        pipeline: RedisPipeline | None = None,
+        pipeline: RedisPipeline | ClusterPipeline | None = None,
     ) -> None:
         self.rules = tuple(rules)
         self.queue = queue

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from taskhub import __version__
 from taskhub.admission import Admission
+from taskhub.cluster_pipeline import ClusterPipeline, admission_pipeline
 from taskhub.components import (
     Component,
     Limiter,
@@ -59,6 +60,7 @@ from taskhub.errors import (
 )
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
+from taskhub.keys import key_tag
 from taskhub.limits_admin import LimitsAdmin
 from taskhub.metrics import JobMetrics, RequestMetrics
 from taskhub.metrics_export import QueueDepth, WorkerExporter
@@ -119,7 +121,7 @@ class Hub:
         self.runner = TaskRunner(self.sinks)
         self.redis: Redis | None = None
         self.limiter_redis: Redis | None = None
-        self.pipeline: RedisPipeline | None = None  # the admission script's fast path
+        self.pipeline: RedisPipeline | ClusterPipeline | None = None  # admission's fast path
         self.admission: Admission | None = None
         # None while metrics are off (or the role has none): components then count nothing.
         self.request_metrics: RequestMetrics | None = None
@@ -225,6 +227,11 @@ class Hub:
     # ----------------------------------------------------------------- inspection
 
     @property
+    def key_prefix(self) -> str:
+        """What rules' keys start with: ``redis.key_prefix``, as a hash tag on a cluster."""
+        return key_tag(self.settings.redis) or self.settings.redis.key_prefix
+
+    @property
     def embedded(self) -> bool:
         return is_embedded(self.settings.redis.url)
 
@@ -328,7 +335,7 @@ class Hub:
                     raise StartupError(f"sinks[{index}] ({sink.name}): {exc}") from exc
                 self._started.append(f"sink:{index}")
         if role & Role.SERVER:
-            self.pipeline = RedisPipeline.for_settings(self.settings.redis)
+            self.pipeline = admission_pipeline(self.settings.redis)
             self.admission = self.build_admission()
             self._start_traffic()
             await self.server.start(self)
@@ -365,7 +372,9 @@ class Hub:
         url = self.settings.limits.redis_url
         if not url:
             return None
-        return connect(self.settings.redis.model_copy(update={"url": url}))
+        # Always one Redis: on a cluster the limiter's place is beside its jobs.
+        single = {"url": url, "cluster": False, "nodes": []}
+        return connect(self.settings.redis.model_copy(update=single))
 
     def build_execution_gate(self) -> ExecutionGate | None:
         if not self.execution_rules:
@@ -375,7 +384,7 @@ class Hub:
         return ExecutionGate(
             self.limiter_redis or self.redis,
             self.execution_rules,
-            self.settings.redis.key_prefix,
+            self.key_prefix,
             limits.fail_mode,
         )
 
@@ -388,7 +397,7 @@ class Hub:
             self.limiter_redis or self.redis,
             self.rules,
             self.execution_rules,
-            self.settings.redis.key_prefix,
+            self.key_prefix,
             deny_cache=self.admission.deny_cache if self.admission else None,
         )
 
@@ -401,7 +410,7 @@ class Hub:
             self.redis,
             self.rules,
             self.queue,
-            self.settings.redis.key_prefix,
+            self.key_prefix,
             limiter_redis=self.limiter_redis,
             fail_mode=limits.fail_mode,
             deny_cache=DenyCache(cache.max_keys) if cache.enabled else None,

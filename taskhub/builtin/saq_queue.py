@@ -25,6 +25,7 @@ from taskhub.builtin.saq_jobs import job_info
 from taskhub.builtin.saq_redis import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq_worker import HubWorker
 from taskhub.jobs import AbortResult, JobInfo
+from taskhub.keys import key_tag
 from taskhub.redis_client import guarded
 from taskhub.submission import unstorable_payload
 
@@ -95,11 +96,16 @@ class SaqQueue(QueueBackend):
 
     def __init__(self, config: Options) -> None:
         super().__init__(config)
-        name = self.config.name
+        self._tag_keys("")
+        self._jobs: HardenedRedisQueue | None = None
+
+    def _tag_keys(self, tag: str) -> None:
+        """Name the queue's Redis keys; ``tag`` (see keys.key_tag) keeps them in one slot."""
+        self._tag = tag
+        self.redis_name = name = tag + self.config.name
         self._incomplete = f"saq:{name}:incomplete"
         self._queued = f"saq:{name}:queued"
         self._job_prefix = f"saq:job:{name}:"
-        self._jobs: HardenedRedisQueue | None = None
 
     @property
     def max_depth(self) -> int:
@@ -125,7 +131,7 @@ class SaqQueue(QueueBackend):
         job = {
             "function": spec.name,
             "kwargs": kwargs,
-            "queue": c.name,
+            "queue": self.redis_name,
             "key": key,
             "timeout": option(spec.timeout, c.timeout),
             "heartbeat": option(spec.heartbeat, c.heartbeat),
@@ -144,7 +150,8 @@ class SaqQueue(QueueBackend):
             meta[REQUEST_ID] = submitted_by
         if meta:
             job["meta"] = meta
-        keys = [self._incomplete, self._job_prefix + key, self._queued, f"saq:abort:{key}"]
+        abort = f"saq:abort:{self._tag}{key}"
+        keys = [self._incomplete, self._job_prefix + key, self._queued, abort]
         try:
             stored = orjson.dumps(job)
         except orjson.JSONEncodeError as exc:  # JSON the parser took, e.g. an int over 64 bits
@@ -153,7 +160,7 @@ class SaqQueue(QueueBackend):
 
     def redis_queue(self, client: Redis) -> HardenedRedisQueue:
         c = self.config
-        return HardenedRedisQueue(client, c.name, c.heartbeat, c.dead_letter_ttl)
+        return HardenedRedisQueue(client, self.redis_name, c.heartbeat, c.dead_letter_ttl)
 
     def beat_interval(self, hub: Hub) -> float:
         """A third of the shortest heartbeat any task has: two beats may be lost."""
@@ -190,6 +197,7 @@ class SaqQueue(QueueBackend):
 
     async def open(self, hub: Hub) -> None:
         assert hub.redis is not None
+        self._tag_keys(key_tag(hub.settings.redis))
         self._jobs = self.redis_queue(hub.redis)  # shares the hub's client; closed by the hub
 
     async def status(self, job_id: str) -> JobInfo | None:
