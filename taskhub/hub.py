@@ -363,7 +363,7 @@ class Hub:
         if not self.settings.dashboard.enabled:
             return
         assert self.redis is not None
-        self.traffic = TrafficRecorder(self.redis, self.settings.redis.key_prefix, self.rules)
+        self.traffic = TrafficRecorder(self.redis, self.key_prefix, self.rules)
         self.traffic.start()
         self._started.append("traffic")
 

@@ -1,9 +1,13 @@
-"""The dashboard's traffic recorder on the real Redis: what is flushed, with which TTLs, how
-several processes add up, and what reading gives back."""
+"""The dashboard's traffic recorder on the real Redis (and on the test cluster and fakeredis):
+what is flushed, with which TTLs, how several processes add up, and what reading gives back."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
 import redis.asyncio as aioredis
+from conftest import client_on
 from helpers import Namespace, free_port
 
 from taskhub.admission import Decision, Outcome
@@ -15,6 +19,25 @@ NOW = 1_800_000_030.5  # half past second ...030, in minute 30_000_000
 BUCKET = TokenBucket(TokenBucket.Config())
 PER_USER = Rule.keyed("per_user", BUCKET, "user")
 PER_IP = Rule.keyed("per_ip", BUCKET, "ip")
+
+
+@pytest.fixture(params=["single", "memory", "cluster"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    conn = client_on(request.param, request)
+    yield conn
+    await conn.aclose()
+
+
+@pytest.fixture
+async def prefix(client: aioredis.Redis, ns: Namespace, request) -> AsyncIterator[str]:
+    """The key prefix as the hub gives it: a hash tag on the cluster (every key in one slot).
+    Afterwards the test's keys go (``ns`` cleans only the shared Redis)."""
+    cluster = request.node.callspec.params["client"] == "cluster"
+    tagged = f"{{{ns.prefix}}}" if cluster else ns.prefix
+    yield tagged
+    keys = [key async for key in client.scan_iter(match=f"{tagged}:traffic:*")]
+    if keys:
+        await client.delete(*keys)
 
 
 class Clock:
@@ -38,15 +61,13 @@ def request(user: str, ip: str = "10.0.0.1") -> RequestContext:
     return RequestContext(user_id=user, task="log_completion", client_ip=ip)
 
 
-def recorder(
-    client: aioredis.Redis, ns: Namespace, clock: Clock, **options: int
-) -> TrafficRecorder:
-    return TrafficRecorder(client, ns.prefix, [PER_USER, PER_IP], clock=clock, **options)
+def recorder(client: aioredis.Redis, prefix: str, clock: Clock, **options: int) -> TrafficRecorder:
+    return TrafficRecorder(client, prefix, [PER_USER, PER_IP], clock=clock, **options)
 
 
-async def test_flush_writes_counts_and_refused_keys_with_ttls(client, ns) -> None:
+async def test_flush_writes_counts_and_refused_keys_with_ttls(client, prefix) -> None:
     clock = Clock()
-    traffic = recorder(client, ns, clock)
+    traffic = recorder(client, prefix, clock)
     for _ in range(3):
         traffic.decided(decision(Outcome.ADMITTED), request("alice"))
     traffic.decided(decision(Outcome.DUPLICATE), request("alice"))  # a replay: neither
@@ -55,8 +76,8 @@ async def test_flush_writes_counts_and_refused_keys_with_ttls(client, ns) -> Non
     traffic.decided(decision(Outcome.REFUSED, PER_IP), request("carol", ip="2001:db8::1"))
     await traffic.flush()
 
-    second = f"{ns.prefix}:traffic:s:1800000030"
-    minute = f"{ns.prefix}:traffic:refused:30000000"
+    second = f"{prefix}:traffic:s:1800000030"
+    minute = f"{prefix}:traffic:refused:30000000"
     assert await client.hgetall(second) == {b"admitted": b"3", b"refused": b"3"}
     assert await client.zrange(minute, 0, -1, withscores=True) == [
         (b"per_ip:2001:db8::1", 1.0),
@@ -70,9 +91,9 @@ async def test_flush_writes_counts_and_refused_keys_with_ttls(client, ns) -> Non
     assert await client.hgetall(second) == {b"admitted": b"3", b"refused": b"3"}
 
 
-async def test_processes_add_up_and_read_gives_rates_series_and_top_keys(client, ns) -> None:
+async def test_processes_add_up_and_read_gives_rates_series_and_top_keys(client, prefix) -> None:
     clock = Clock()
-    one, two = recorder(client, ns, clock), recorder(client, ns, clock)
+    one, two = recorder(client, prefix, clock), recorder(client, prefix, clock)
     for second in range(10):  # seconds ...020 to ...029: one admits 2/s, two admits 1/s
         clock.now = NOW - 10 + second
         for _ in range(2):
@@ -98,9 +119,9 @@ async def test_processes_add_up_and_read_gives_rates_series_and_top_keys(client,
     assert view.to_json()["top_refused"][0] == {"rule": "per_user", "key": "bob", "refusals": 10}
 
 
-async def test_top_keys_merge_this_minute_and_the_last(client, ns) -> None:
+async def test_top_keys_merge_this_minute_and_the_last(client, prefix) -> None:
     clock = Clock(NOW - 60)  # the minute before
-    traffic = recorder(client, ns, clock)
+    traffic = recorder(client, prefix, clock)
     for user in ("bob", "bob", "eve"):
         traffic.decided(decision(Outcome.REFUSED, PER_USER), request(user))
     await traffic.flush()
@@ -115,17 +136,17 @@ async def test_top_keys_merge_this_minute_and_the_last(client, ns) -> None:
     assert [(k.key, k.refusals) for k in view.top_refused] == [("eve", 2)]
 
 
-async def test_refused_keys_are_bounded_between_flushes(client, ns) -> None:
-    traffic = recorder(client, ns, Clock(), max_keys=2)
+async def test_refused_keys_are_bounded_between_flushes(client, prefix) -> None:
+    traffic = recorder(client, prefix, Clock(), max_keys=2)
     for user in ("a", "b", "c", "a"):
         traffic.decided(decision(Outcome.REFUSED, PER_USER), request(user))
     assert traffic.keys == {"per_user:a": 2, "per_user:b": 1}
     assert traffic.refused == 4  # the total still counts the one left out
 
 
-async def test_counts_survive_an_unreachable_redis(client, ns) -> None:
+async def test_counts_survive_an_unreachable_redis(client, prefix) -> None:
     down = aioredis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    traffic = recorder(down, ns, Clock())
+    traffic = recorder(down, prefix, Clock())
     traffic.decided(decision(Outcome.ADMITTED), request("alice"))
     traffic.decided(decision(Outcome.REFUSED, PER_USER), request("bob"))
     await traffic.flush()  # logged as an outage, not raised
@@ -134,15 +155,15 @@ async def test_counts_survive_an_unreachable_redis(client, ns) -> None:
     traffic.redis = client  # Redis is back
     await traffic.flush()
     await down.aclose()
-    assert await client.hgetall(f"{ns.prefix}:traffic:s:1800000030") == {
+    assert await client.hgetall(f"{prefix}:traffic:s:1800000030") == {
         b"admitted": b"2",
         b"refused": b"1",
     }
 
 
-async def test_stop_flushes_what_is_still_counted(client, ns) -> None:
-    traffic = recorder(client, ns, Clock())
+async def test_stop_flushes_what_is_still_counted(client, prefix) -> None:
+    traffic = recorder(client, prefix, Clock())
     traffic.start()
     traffic.decided(decision(Outcome.ADMITTED), request("alice"))
     await traffic.stop()
-    assert await client.hget(f"{ns.prefix}:traffic:s:1800000030", "admitted") == b"1"
+    assert await client.hget(f"{prefix}:traffic:s:1800000030", "admitted") == b"1"
