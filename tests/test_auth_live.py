@@ -120,6 +120,9 @@ def test_the_operational_endpoints_stay_open(ns, redis_url, spawn, key_env) -> N
     url = spawn(auth_config(ns, redis_url), "serve").url
     for path in ("/health", "/ready", "/metrics", "/openapi.json", "/docs"):
         assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+    spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert "401" in spec["paths"]["/task/{job_id}"]["get"]["responses"]
 
 
 def test_an_authenticator_from_a_plugin(ns, redis_url, sync_redis, spawn, tmp_path) -> None:

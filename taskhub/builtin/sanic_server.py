@@ -172,7 +172,7 @@ class SanicServer(Server):
         app.add_route(tracked(submit), "/task", methods=["POST"], name="submit_task")
         app.add_route(tracked(_health), "/health", methods=["GET"], name="health")
         app.add_route(tracked(self._ready_handler(hub)), "/ready", methods=["GET"], name="ready")
-        openapi = tracked(_openapi_handler())
+        openapi = tracked(_openapi_handler(hub))
         app.add_route(openapi, "/openapi.json", methods=["GET"], name="openapi")
         app.add_route(tracked(_docs), "/docs", methods=["GET"], name="docs")
         status, abort = self._job_handlers(hub)
@@ -425,9 +425,11 @@ async def _health(request: Request) -> HTTPResponse:
     return json_response(200, {"status": "ok"})
 
 
-def _openapi_handler() -> Callable[[Request], Any]:
+def _openapi_handler(hub: Hub) -> Callable[[Request], Any]:
     """The document is the same for every request, so it is encoded once."""
-    document = orjson.dumps(build_spec())
+    document = orjson.dumps(
+        build_spec(hub.authenticator.security_scheme(), metrics=hub.settings.metrics.enabled)
+    )
 
     async def openapi(request: Request) -> HTTPResponse:
         return HTTPResponse(document, content_type=JSON)
