@@ -40,12 +40,19 @@ VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
 SECRET_NAME = re.compile(
     r"(^|_)(password|passwd|pass|secret|token|api_?key|credentials?|private_?key)(_|$)", re.I
 )
+# Secret by position though not by name: the api_key authenticator's keys.
+SECRET_FIELDS = frozenset({("auth", "keys", "key")})
 REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP token
 KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
-DEFAULT_TYPES = {"server": "sanic", "limiter": "token_bucket", "queue": "saq"}
+DEFAULT_TYPES = {
+    "server": "sanic",
+    "limiter": "token_bucket",
+    "queue": "saq",
+    "authenticator": "none",
+}
 MIN_TOKEN_LENGTH = 16  # bearer tokens of guarded endpoints
 
 
@@ -281,6 +288,7 @@ class Settings(StrictModel):
     plugins_dir: str | None = "plugins"
     plugins: list[str] = Field(default_factory=list)
     server: ComponentSection = Field(default_factory=ComponentSection)
+    auth: ComponentSection = Field(default_factory=ComponentSection)
     limiter: ComponentSection | None = None
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     queue: ComponentSection = Field(default_factory=ComponentSection)
@@ -324,6 +332,9 @@ class RawConfig:
 
     def is_secret(self, loc: Loc) -> bool:
         if any(isinstance(part, str) and SECRET_NAME.search(part) for part in loc):
+            return True
+        names = tuple(part for part in loc if isinstance(part, str))
+        if any(names[: len(field)] == field for field in SECRET_FIELDS):
             return True
         return any(loc[: len(s)] == s for s in self.secret_paths)
 

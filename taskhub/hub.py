@@ -27,6 +27,7 @@ from taskhub import __version__
 from taskhub.admission import Admission
 from taskhub.cluster_pipeline import ClusterPipeline, admission_pipeline
 from taskhub.components import (
+    Authenticator,
     Component,
     Limiter,
     QueueBackend,
@@ -104,6 +105,7 @@ class Hub:
         )
         self.queue = build(QueueBackend, settings.queue, ("queue",))
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
+        self.authenticator = build(Authenticator, settings.auth, ("auth",))
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
         self.tasks: dict[str, TaskSpec] = {}
         for name, section in settings.tasks.items():
@@ -255,6 +257,7 @@ class Hub:
             "plugins_dir": settings.plugins_dir,
             "plugins": list(settings.plugins),
             "server": section(self.server),
+            "auth": section(self.authenticator),
             "limits": {
                 **settings.limits.model_dump(mode="json", exclude={"admission", "execution"}),
                 "admission": [describe_rule(rule) for rule in self.rules],
@@ -476,6 +479,7 @@ class Hub:
                     shadow,
                     _describe(rule.limiter),
                 )
+            logger.info("auth: %s", self.authenticator.summary())
             logger.info("listening on %s", self.server.address)
         if role & Role.WORKER:
             logger.info("queue: %s", _describe(self.queue))
