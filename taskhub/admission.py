@@ -29,6 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from taskhub.cluster_pipeline import ClusterPipeline
 from taskhub.components import QueueBackend, TaskSpec
 from taskhub.deny_cache import DenyCache
 from taskhub.errors import BackendUnavailable
@@ -100,7 +101,7 @@ class Admission:
         limiter_redis: Redis | None = None,
         fail_mode: FailMode = "closed",
         deny_cache: DenyCache | None = None,
-        pipeline: RedisPipeline | None = None,
+        pipeline: RedisPipeline | ClusterPipeline | None = None,
         shards: Shards = UNSHARDED,
     ) -> None:
         self.rules = tuple(rules)
@@ -125,9 +126,9 @@ class Admission:
 
     def rule_keys(self, request: RequestContext) -> list[str]:
         subjects = [rule.subject(request) for rule in self.rules]
-        return self._keys(subjects, self._prefix(request.user_id))
+        return self._keys(subjects, self.key_prefix_for(request.user_id))
 
-    def _prefix(self, user_id: str) -> str:
+    def key_prefix_for(self, user_id: str) -> str:
         """Where the user's decisions keep their limiter keys: his home shard, if sharded."""
         if self._prefixes is None:
             return self.key_prefix
@@ -163,7 +164,7 @@ class Admission:
             cached = self._cached_refusal(subjects, cost, sent_at)
             if cached is not None:
                 return cached
-        prefix = self._prefix(request.user_id)
+        prefix = self.key_prefix_for(request.user_id)
         holds = [
             rule.keys(prefix, subject)[0]
             for rule, subject in zip(self.rules, subjects, strict=True)

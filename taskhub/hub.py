@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from taskhub import __version__
 from taskhub.admission import Admission
+from taskhub.cluster_pipeline import ClusterPipeline, admission_pipeline
 from taskhub.components import (
     Component,
     Limiter,
@@ -101,8 +102,8 @@ class Hub:
             build, settings.limits.execution, "execution", problems, taken=self.rules
         )
         self.queue = build(QueueBackend, settings.queue, ("queue",))
-        # redis.cluster comes with cluster support; until then no layout is tagged for it.
-        cluster = bool(getattr(settings.redis, "cluster", False))
+        # On a cluster every key is tagged, even with one shard (taskhub.sharding).
+        cluster = settings.redis.cluster
         self.shards = self.queue.layout(cluster=cluster) if self.queue else UNSHARDED
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
@@ -122,7 +123,7 @@ class Hub:
         self.runner = TaskRunner(self.sinks)
         self.redis: Redis | None = None
         self.limiter_redis: Redis | None = None
-        self.pipeline: RedisPipeline | None = None  # the admission script's fast path
+        self.pipeline: RedisPipeline | ClusterPipeline | None = None  # admission's fast path
         self.admission: Admission | None = None
         # None while metrics are off (or the role has none): components then count nothing.
         self.request_metrics: RequestMetrics | None = None
@@ -347,7 +348,7 @@ class Hub:
                     raise StartupError(f"sinks[{index}] ({sink.name}): {exc}") from exc
                 self._started.append(f"sink:{index}")
         if role & Role.SERVER:
-            self.pipeline = RedisPipeline.for_settings(self.settings.redis)
+            self.pipeline = admission_pipeline(self.settings.redis)
             self.admission = self.build_admission()
             await self.server.start(self)
             self._started.append("server")
@@ -374,7 +375,9 @@ class Hub:
         url = self.settings.limits.redis_url
         if not url:
             return None
-        return connect(self.settings.redis.model_copy(update={"url": url}))
+        # Always one Redis: on a cluster the limiter's place is beside its jobs.
+        single = {"url": url, "cluster": False, "nodes": []}
+        return connect(self.settings.redis.model_copy(update=single))
 
     def build_execution_gate(self) -> ExecutionGate | None:
         if not self.execution_rules:

@@ -165,12 +165,30 @@ class RedisPipeline:
         """Send one command with the others of its batch; its reply (an error reply raises)."""
         stream = self._stream
         if stream is None or stream.lost:
-            stream = await self._connect()
-            if stream.lost:  # killed between its handshake and now
-                raise RedisConnectionError("connection to Redis lost")
+            stream = await self._connected()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         stream.send(encode_command(args), future)
         return await future
+
+    async def call_asking(self, *args: Arg) -> Any:
+        """``ASKING`` then the command, back to back on the connection (a Redis Cluster
+        node serves a slot it is importing only to the command right after ASKING)."""
+        stream = await self._connected()
+        loop = asyncio.get_running_loop()
+        asking: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
+        stream.send(encode_command(("ASKING",)), asking)
+        stream.send(encode_command(args), future)
+        await asking
+        return await future
+
+    async def _connected(self) -> _ReplyStream:
+        stream = self._stream
+        if stream is None or stream.lost:
+            stream = await self._connect()
+            if stream.lost:  # killed between its handshake and now
+                raise RedisConnectionError("connection to Redis lost")
+        return stream
 
     async def _connect(self) -> _ReplyStream:
         if self._connecting is None:

@@ -19,8 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from conftest import config_on
 from fakeredis import FakeAsyncRedis, FakeServer
 from helpers import Namespace, config_dict, wait_until, write_config
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from taskhub import Task, TaskHandler
@@ -29,6 +31,7 @@ from taskhub.builtin.handlers import LogCompletion
 from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.builtin.token_bucket import TokenBucket
 from taskhub.components import Limiter, TaskSpec
+from taskhub.config import RedisSettings
 from taskhub.errors import ConfigError
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
@@ -37,7 +40,8 @@ from taskhub.jobs import AbortOutcome, JobStatus
 from taskhub.limits_admin import LimitsAdmin
 from taskhub.plugins import load_plugins
 from taskhub.policy import RequestContext, Rule
-from taskhub.sharding import Shards
+from taskhub.redis_client import connect
+from taskhub.sharding import SHARD_BY, Shards
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 USERS = [f"user-{n}" for n in range(200)] + ["{tag}", "a:b", "ü", "x" * 256, ""]
@@ -177,8 +181,26 @@ def bucket(capacity: int) -> TokenBucket:
     return TokenBucket(TokenBucket.Config(capacity=capacity, refill=1, period=3600, block=0))
 
 
-def sharded(ns: Namespace, by: str = "user", **options: Any) -> SaqQueue:
-    return SaqQueue(SaqQueue.Config(name=ns.queue, shards=3, shard_by=by, **options))
+@pytest.fixture(params=["single", "cluster"])
+def settings(request: pytest.FixtureRequest) -> RedisSettings:
+    """The shared single Redis, or the test cluster."""
+    if request.param == "cluster":
+        return RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
+    return RedisSettings(url=request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def client(settings: RedisSettings) -> AsyncIterator[aioredis.Redis]:
+    conn = connect(settings)
+    yield conn
+    await conn.aclose()
+
+
+def sharded(ns: Namespace, client: aioredis.Redis, by: str = "user", **options: Any) -> SaqQueue:
+    """Three shards, laid out as the hub lays them out for ``client``'s kind of Redis."""
+    queue = SaqQueue(SaqQueue.Config(name=ns.queue, shards=3, shard_by=by, **options))
+    queue.layout(cluster=isinstance(client, RedisCluster))
+    return queue
 
 
 async def opened(queue: SaqQueue, client: aioredis.Redis) -> SaqQueue:
@@ -196,7 +218,7 @@ async def queued(client: aioredis.Redis, queue: SaqQueue) -> list[list[str]]:
 
 
 async def test_users_keep_to_their_shard_in_order_with_exact_limits(client, ns) -> None:
-    queue = await opened(sharded(ns), client)
+    queue = await opened(sharded(ns, client), client)
     gate = Admission(
         client, [Rule("per_user", bucket(20))], queue, ns.prefix, shards=queue.layout()
     )
@@ -218,7 +240,7 @@ async def test_users_keep_to_their_shard_in_order_with_exact_limits(client, ns) 
 
 
 async def test_in_turn_spreads_one_user_and_keeps_his_limit_exact(client, ns) -> None:
-    queue = sharded(ns, "round_robin")
+    queue = sharded(ns, client, "round_robin")
     gate = Admission(
         client, [Rule("per_user", bucket(20))], queue, ns.prefix, shards=queue.layout()
     )
@@ -226,7 +248,8 @@ async def test_in_turn_spreads_one_user_and_keeps_his_limit_exact(client, ns) ->
     assert outcomes == [Outcome.ADMITTED] * 20 + [Outcome.REFUSED]
     assert [len(line) for line in await queued(client, queue)] == [7, 7, 6]
     home = queue.shards.tag(queue.shards.shard_for("alice"))
-    assert await client.keys(f"{ns.prefix}:*") == [f"{ns.prefix}:{home}:per_user:tb:alice".encode()]
+    homes = [f"{ns.prefix}:{queue.shards.tag(i)}:per_user:tb:alice" for i in range(3)]
+    assert [await client.exists(key) for key in homes] == [int(key.count(home)) for key in homes]
     replay = await gate.admit(SPEC, ctx("bob"), None, job_id="same")
     again = await gate.admit(SPEC, ctx("bob"), None, job_id="same")
     assert (replay.outcome, again.outcome) == (Outcome.ADMITTED, Outcome.DUPLICATE)
@@ -234,7 +257,7 @@ async def test_in_turn_spreads_one_user_and_keeps_his_limit_exact(client, ns) ->
 
 
 async def test_limits_show_and_reset_read_a_users_home_shard(client, ns) -> None:
-    queue = sharded(ns)
+    queue = sharded(ns, client)
     rules = [Rule("per_user", bucket(20))]
     gate = Admission(client, rules, queue, ns.prefix, shards=queue.layout())
     for _ in range(3):
@@ -249,7 +272,7 @@ async def test_limits_show_and_reset_read_a_users_home_shard(client, ns) -> None
 
 
 async def test_status_and_abort_find_a_job_in_any_shard(client, ns) -> None:
-    queue = await opened(sharded(ns), client)
+    queue = await opened(sharded(ns, client), client)
     gate = Admission(
         client, [Rule("per_user", bucket(20))], queue, ns.prefix, shards=queue.layout()
     )
@@ -285,10 +308,10 @@ class Handler(TaskHandler):
 
 
 @contextlib.asynccontextmanager
-async def working(queue: SaqQueue, spec: TaskSpec, redis_url: str) -> AsyncIterator[None]:
+async def working(queue: SaqQueue, spec: TaskSpec, settings: RedisSettings) -> AsyncIterator[None]:
     """``queue.work`` in this process for as long as the block lasts."""
     hub = SimpleNamespace(
-        connect_redis=lambda blocking_timeout: aioredis.Redis.from_url(redis_url),
+        connect_redis=lambda blocking_timeout: connect(settings, blocking_timeout=blocking_timeout),
         runner=TaskRunner([]),
         tasks={spec.name: spec},
         job_metrics=None,
@@ -309,11 +332,9 @@ async def eventually(check: Any, timeout: float = 20) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_worker_drains_every_shard_and_dead_letters_come_back(
-    client, ns, redis_url
-) -> None:
+async def test_a_worker_drains_every_shard_and_dead_letters_come_back(client, ns, settings) -> None:
     # Fewer slots than shards: each slot must also look beyond its own shard.
-    queue = await opened(sharded(ns, concurrency=2), client)
+    queue = await opened(sharded(ns, client, concurrency=2), client)
     gate = Admission(
         client, [Rule("per_user", bucket(20))], queue, ns.prefix, shards=queue.layout()
     )
@@ -329,7 +350,7 @@ async def test_a_worker_drains_every_shard_and_dead_letters_come_back(
         depth = await queue.depth()
         return depth["incomplete"] == 0 and depth["dead"] == 9
 
-    async with working(queue, spec, redis_url):
+    async with working(queue, spec, settings):
         await eventually(settled)
     assert sorted(job for _, job in handler.ran) == sorted(jobs)
     dead = await queue.dead_letters()
@@ -345,14 +366,14 @@ async def test_a_worker_drains_every_shard_and_dead_letters_come_back(
     assert await queue.purge_dead() == 7
 
 
-@pytest.mark.parametrize("by", ["user", "round_robin"])
+@pytest.mark.parametrize(("on", "by"), [("single", "user"), *(("cluster", by) for by in SHARD_BY)])
 def test_a_sharded_taskhub_run_over_http(
-    tmp_path: Path, ns: Namespace, redis_url: str, spawn: Any, by: str
+    tmp_path: Path, ns: Namespace, spawn: Any, on: str, by: str, request: pytest.FixtureRequest
 ) -> None:
     """The whole process: the pipelined admission, the worker, GET and DELETE /task."""
     queue = {"type": "saq", "name": ns.queue, "shards": 3, "shard_by": by}
     limiter = {"type": "token_bucket", "capacity": 20, "refill": 1, "period": 3600}
-    process = spawn(config_dict(ns, redis_url, queue=queue, limiter=limiter))
+    process = spawn({**config_on(on, ns, request), "queue": queue, "limiter": limiter})
     users = [f"user{n}" for n in range(6)]
     responses = [post(process.url, user) for _ in range(20) for user in users]
     assert {r.status_code for r in responses} == {200}

@@ -10,8 +10,7 @@ import asyncio
 
 import orjson
 import pytest
-from helpers import free_port, store_queued
-from redis.asyncio.cluster import RedisCluster
+from helpers import store_queued
 from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
@@ -247,12 +246,3 @@ def test_serialize_writes_the_bytes_saq_writes(queue: HardenedRedisQueue) -> Non
     ]
     for job in jobs:
         assert queue.serialize(job) == orjson.dumps(job.to_dict())
-
-
-async def test_the_queue_works_on_a_client_without_pubsub() -> None:
-    """A Redis Cluster client has no pubsub; the queue never subscribes, so it needs none."""
-    cluster = RedisCluster(host="127.0.0.1", port=free_port())  # connects on first use only
-    queue = HardenedRedisQueue(cluster, "{tasks.0}", 1, 60)
-    assert queue.redis is cluster
-    assert queue.namespace("queued") == "saq:{tasks.0}:queued"
-    await queue._pubsub.close()  # what disconnect does first

@@ -18,9 +18,8 @@ Here:
   sweep's and the API's by the exact stored job they read, so whoever lost a
   race changes nothing;
 - dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``;
-- nothing is published: taskhub reads job state and never subscribes, so the
-  queue needs no pubsub (a Redis Cluster client has none, and a cluster
-  broadcasts every PUBLISH to every node).
+- nothing is published: taskhub reads job state and never subscribes (and a
+  Redis Cluster would broadcast every PUBLISH to every node).
 
 An unreachable Redis makes upkeep skip a round and log once, never spin.
 """
@@ -247,36 +246,13 @@ class Move(enum.StrEnum):
     LATER = "later"  # scheduled: SAQ's schedule upkeep queues it when due
 
 
-class _NoPubSub:
-    """What SAQ's queue gets for the pubsub it opens (and never uses here) from a client
-    that has none, such as RedisCluster: closing it is all that ever happens to it."""
-
-    async def punsubscribe(self, *patterns: str) -> None:
-        return None
-
-
-class _WithoutPubSub:
-    """Lends SAQ's constructor a client whose ``pubsub()`` is a _NoPubSub."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._redis, name)
-
-    def pubsub(self) -> _NoPubSub:
-        return _NoPubSub()
-
-
 class HardenedRedisQueue(RedisQueue):
     """SAQ's RedisQueue with fenced transitions, a safe sweep and outage guards."""
 
     def __init__(
         self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int, shard: int = 0
     ) -> None:
-        lent = redis if hasattr(redis, "pubsub") else _WithoutPubSub(redis)
-        super().__init__(lent, name=name, dump=orjson.dumps, load=orjson.loads)  # type: ignore[arg-type]
-        self.redis = redis
+        super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
         self.shard = shard  # which of its queue's shards this is (taskhub.sharding)
         self.heartbeat = heartbeat
         self.dead_letter_ttl = dead_letter_ttl
