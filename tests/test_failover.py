@@ -36,6 +36,8 @@ from cluster import LocalCluster, Node
 from helpers import Namespace, config_dict, crash_queue, wait_until
 from replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
 
+from taskhub.sharding import Shards
+
 CLIENTS = 12
 WARM_UP = 1.5  # seconds of load before the kill
 AFTER = 2.5  # seconds of load once the replica serves
@@ -96,11 +98,17 @@ async def probe_ready(url: str, done: threading.Event, switch: Switch) -> None:
             await asyncio.sleep(0.1)
 
 
+def shard_tag(ns: Namespace) -> str:
+    """The hash tag of every key of this test's one-shard queue on a cluster."""
+    return Shards(1, name=ns.queue, tagged=True).tag(0)
+
+
 def forget_keys(cluster: LocalCluster, ns: Namespace) -> None:
-    """Delete this test's keys (all under one hash tag, so on one master)."""
-    node = cluster.master_for_key(f"{{{ns.prefix}}}")
+    """Delete this test's keys (all under its one shard's hash tag, so on one master)."""
+    tag = shard_tag(ns)
+    node = cluster.master_for_key(tag)
     with node.client() as client:
-        keys = list(client.scan_iter(match=f"*{{{ns.prefix}}}*", count=1000))
+        keys = list(client.scan_iter(match=f"*{tag}*", count=1000))
         if keys:
             client.delete(*keys)
 
@@ -118,7 +126,7 @@ def test_a_killed_master_means_503_then_recovery_and_no_lost_job(
     config["redis"].update(
         cluster=True, connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
     )
-    master = cluster.master_for_key(f"{{{ns.prefix}}}")
+    master = cluster.master_for_key(shard_tag(ns))
     replica = cluster.replica_of(master)
     server = spawn(config, "serve", cwd=tmp_path / "server")
     worker = spawn(config, "worker", cwd=tmp_path / "worker", wait_for="started (worker)")
