@@ -112,7 +112,9 @@ class ClusterPipeline:
 
     async def _refresh(self) -> None:
         try:
-            self._slots = await self._read_slots()
+            slots = await self._read_slots()
+            log_moves(self._slots, slots)  # the first read moves nothing: no owner before
+            self._slots = slots
         finally:
             self._refreshed_at = time.monotonic()
             self._refreshing = None
@@ -203,6 +205,21 @@ def _parse_address(text: str) -> Address:
 def address_of(url: str) -> Address:
     params = parse_url(url)
     return params.get("host", "localhost"), int(params.get("port", 6379))
+
+
+def log_moves(old: list[RedisPipeline | None], new: list[RedisPipeline | None]) -> None:
+    """One line per master that lost slots (a failover, a resharding): where they went."""
+    moved: dict[tuple[str, str], int] = {}
+    for was, now in zip(old, new, strict=True):
+        if was is not now and was is not None:
+            route = (_name(was), _name(now) if now is not None else "nobody")
+            moved[route] = moved.get(route, 0) + 1
+    for (was, now), count in moved.items():
+        logger.warning("Redis Cluster: %d slot(s) of %s are now served by %s", count, was, now)
+
+
+def _name(node: RedisPipeline) -> str:
+    return "{}:{}".format(*address_of(node.settings.url))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from taskhub.errors import UsageError
+from taskhub.sharding import UNSHARDED, Shards
 
 if TYPE_CHECKING:
     from taskhub.hub import Hub
@@ -174,6 +175,7 @@ class PreparedJob:
     job_id: str
     keys: list[str]
     args: list[str | bytes]
+    shard: int = 0  # which of the queue's shards (taskhub.sharding) it goes to
 
 
 class QueueBackend(Component):
@@ -191,8 +193,16 @@ class QueueBackend(Component):
 
     @property
     def max_depth(self) -> int:
-        """Most jobs admitted and not yet finished; 0 for no bound (needs ``Q.depth``)."""
+        """Most jobs admitted and not yet finished, per shard; 0 for no bound (see ``Q.depth``)."""
         return 0
+
+    def layout(self, *, cluster: bool = False) -> Shards:
+        """The queue's shards, which limiter keys follow into the job's hash slot.
+
+        Called once by the kernel before anything runs. A queue without shards (one
+        queue, its keys untagged) need not override it.
+        """
+        return UNSHARDED
 
     def prepare(
         self,

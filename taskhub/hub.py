@@ -61,7 +61,6 @@ from taskhub.errors import (
 )
 from taskhub.execution import TaskRunner
 from taskhub.execution_limits import ExecutionGate
-from taskhub.keys import key_tag
 from taskhub.limits_admin import LimitsAdmin
 from taskhub.metrics import JobMetrics, RequestMetrics
 from taskhub.metrics_export import QueueDepth, WorkerExporter
@@ -69,8 +68,9 @@ from taskhub.pipeline import RedisPipeline
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
+from taskhub.sharding import UNSHARDED, Shards
 from taskhub.submission import SubmissionParser
-from taskhub.traffic import TrafficRecorder
+from taskhub.traffic import TrafficRecorder, traffic_prefix
 
 logger = logging.getLogger("taskhub")
 
@@ -104,6 +104,9 @@ class Hub:
             build, settings.limits.execution, "execution", problems, taken=self.rules
         )
         self.queue = build(QueueBackend, settings.queue, ("queue",))
+        # On a cluster every key is tagged, even with one shard (taskhub.sharding).
+        cluster = settings.redis.cluster
+        self.shards = self.queue.layout(cluster=cluster) if self.queue else UNSHARDED
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
         self.authenticator = build(Authenticator, settings.auth, ("auth",))
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
@@ -184,14 +187,21 @@ class Hub:
                 "and the queue, nothing can be queued while it is down, so every mode answers 503"
             )
             problems.append(self.raw.problem(("limits", "fail_mode"), message))
-        if limits.redis_url:
-            for index, rule in enumerate(self.rules):
-                if rule.limiter.holds_slot:
-                    message = (
-                        f"{rule.limiter.name!r} keeps its slots beside the queue's jobs, so it "
-                        "needs the limiter on the queue's Redis: remove limits.redis_url"
-                    )
-                    problems.append(self.raw.problem(("limits", "admission", index), message))
+        for index, rule in enumerate(self.rules):
+            if not rule.limiter.holds_slot:
+                continue
+            if limits.redis_url:
+                message = (
+                    f"{rule.limiter.name!r} keeps its slots beside the queue's jobs, so it "
+                    "needs the limiter on the queue's Redis: remove limits.redis_url"
+                )
+                problems.append(self.raw.problem(("limits", "admission", index), message))
+            elif self.shards.split:
+                message = (
+                    f"{rule.limiter.name!r} keeps its slots beside the job, in the user's "
+                    "shard, so it needs queue.shard_by: user"
+                )
+                problems.append(self.raw.problem(("limits", "admission", index), message))
         for name, spec in self.tasks.items():
             for rule in (*self.rules, *self.execution_rules):
                 if spec.cost > rule.policy.limit:
@@ -229,9 +239,15 @@ class Hub:
     # ----------------------------------------------------------------- inspection
 
     @property
-    def key_prefix(self) -> str:
-        """What rules' keys start with: ``redis.key_prefix``, as a hash tag on a cluster."""
-        return key_tag(self.settings.redis) or self.settings.redis.key_prefix
+    def limiter_shards(self) -> Shards:
+        """Where limiter keys live: in the queue's shards, unless on ``limits.redis_url``."""
+        return UNSHARDED if self.settings.limits.redis_url else self.shards
+
+    def per_shard_rules(self, rules: Sequence[Rule]) -> list[str]:
+        """Rules counted once per shard: those keyed by anything but the user."""
+        if self.limiter_shards.count == 1:
+            return []
+        return [rule.name for rule in rules if rule.source != "user"]
 
     @property
     def embedded(self) -> bool:
@@ -366,7 +382,9 @@ class Hub:
         if not self.settings.dashboard.enabled:
             return
         assert self.redis is not None
-        self.traffic = TrafficRecorder(self.redis, self.key_prefix, self.rules)
+        redis = self.settings.redis
+        prefix = traffic_prefix(redis.key_prefix, redis.cluster)
+        self.traffic = TrafficRecorder(self.redis, prefix, self.rules)
         self.traffic.start()
         self._started.append("traffic")
 
@@ -387,8 +405,9 @@ class Hub:
         return ExecutionGate(
             self.limiter_redis or self.redis,
             self.execution_rules,
-            self.key_prefix,
+            self.settings.redis.key_prefix,
             limits.fail_mode,
+            self.limiter_shards,
         )
 
     def build_limits_admin(self) -> LimitsAdmin:
@@ -400,8 +419,9 @@ class Hub:
             self.limiter_redis or self.redis,
             self.rules,
             self.execution_rules,
-            self.key_prefix,
+            self.settings.redis.key_prefix,
             deny_cache=self.admission.deny_cache if self.admission else None,
+            shards=self.limiter_shards,
         )
 
     def build_admission(self) -> Admission:
@@ -413,11 +433,12 @@ class Hub:
             self.redis,
             self.rules,
             self.queue,
-            self.key_prefix,
+            self.settings.redis.key_prefix,
             limiter_redis=self.limiter_redis,
             fail_mode=limits.fail_mode,
             deny_cache=DenyCache(cache.max_keys) if cache.enabled else None,
             pipeline=self.pipeline,
+            shards=self.limiter_shards,
         )
 
     async def stop(self, worker: asyncio.Task[None] | None = None) -> None:
@@ -481,6 +502,18 @@ class Hub:
                 )
             logger.info("auth: %s", self.authenticator.summary())
             logger.info("listening on %s", self.server.address)
+        running = [*(self.rules if role & Role.SERVER else ())]
+        running += self.execution_rules if role & Role.WORKER else []
+        per_shard = self.per_shard_rules(running)
+        if per_shard:
+            logger.warning(
+                "rules %s are not keyed by user, so with queue.shards %d each shard counts "
+                "them apart: their limits apply per shard (divide them by %d, or set "
+                "limits.redis_url for one counter)",
+                ", ".join(per_shard),
+                self.shards.count,
+                self.shards.count,
+            )
         if role & Role.WORKER:
             logger.info("queue: %s", _describe(self.queue))
             logger.info("sinks: %s", ", ".join(_describe(s) for s in self.sinks) or "none")

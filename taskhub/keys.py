@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-if TYPE_CHECKING:
-    from taskhub.config import RedisSettings
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-~]+")
 
@@ -22,14 +18,3 @@ def escape_subject(value: str) -> str:
     if _PLAIN.fullmatch(value):
         return value
     return quote(value, safe="")
-
-
-def key_tag(settings: RedisSettings) -> str:
-    """The hash tag in every key taskhub writes: ``{key_prefix}`` on a Redis Cluster, none
-    on a single Redis.
-
-    One tag puts every key, limiter state and queue alike, in one slot: a script's
-    keys must share a slot, and admission writes both in one script. Interim, until
-    queue shards give each shard a tag (and so a slot, and a master) of its own.
-    """
-    return f"{{{settings.key_prefix}}}" if settings.cluster else ""

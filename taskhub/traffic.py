@@ -12,7 +12,8 @@ Redis once a second, in one pipeline:
   by refusals (``ZINCRBY``), kept ``MINUTE_TTL`` seconds.
 
 Reading sums the last complete seconds into rates and merges this minute's and
-the last minute's sorted sets into the top refused keys.
+the last minute's sorted sets into the top refused keys. On a Redis Cluster the
+prefix is a hash tag (:func:`traffic_prefix`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ RATE_WINDOW = 10  # seconds the rates average over
 MAX_KEYS = 1_000  # distinct refused keys one process keeps between two flushes
 MAX_KEY_LENGTH = 200  # characters of a refused key kept (header values can be long)
 TOP_KEYS = 10
+
+
+def traffic_prefix(key_prefix: str, cluster: bool) -> str:
+    """``key_prefix``, as a hash tag on a Redis Cluster: every traffic key in one slot, so
+    each flush and each read is one pipeline to one node."""
+    return f"{{{key_prefix}}}" if cluster else key_prefix
 
 
 @dataclass(frozen=True, slots=True)

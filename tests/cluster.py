@@ -80,17 +80,22 @@ class LocalCluster:
             port = free_port()
             node = Node(port, free_port(), self.directory / str(port))
             node.directory.mkdir()
-            options = server_options(port, node.directory)
-            options += ["--cluster-enabled", "yes", "--cluster-port", str(node.bus_port)]
-            options += ["--cluster-config-file", "nodes.conf"]
-            options += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
-            node.proc = subprocess.Popen(
-                [binary, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            self._run(binary, node)
             self.nodes.append(node)
         for node in self.nodes:
             with node.client() as client:
                 assert wait_until(lambda c=client: _pings(c), 10), f"node {node.port} did not start"
+
+    @staticmethod
+    def _run(binary: str, node: Node) -> None:
+        """Start ``node``'s redis-server; its ``nodes.conf`` says who it was, if anyone."""
+        options = server_options(node.port, node.directory)
+        options += ["--cluster-enabled", "yes", "--cluster-port", str(node.bus_port)]
+        options += ["--cluster-config-file", "nodes.conf"]
+        options += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+        node.proc = subprocess.Popen(
+            [binary, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     # ------------------------------------------------------------------ inspection
 
@@ -150,6 +155,22 @@ class LocalCluster:
             node.proc.kill()
             node.proc.wait(10)
             node.proc = None
+
+    def revive(self, node: Node, timeout: float = 30.0) -> None:
+        """Start a killed node again with its own ``nodes.conf``: it rejoins, finds its
+        slots taken over by its promoted replica, and becomes that node's replica. Waits
+        until the whole cluster is healthy again, for the tests that come after."""
+        binary = shutil.which("redis-server")
+        assert binary is not None and node.proc is None
+        self._run(binary, node)
+
+        def rejoined() -> bool:
+            try:
+                return node.info("replication")["role"] == "slave" and self.healthy()
+            except redis.RedisError:
+                return False
+
+        assert wait_until(rejoined, timeout, 0.05), f"node {node.port} did not rejoin"
 
     def promote(self, replica: Node, *, force: bool = False) -> None:
         """``CLUSTER FAILOVER`` on a replica; ``force`` when its master is dead (TAKEOVER:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis.asyncio as aioredis
 from helpers import Namespace
 from models import Expected
@@ -11,8 +14,6 @@ from taskhub.admission import Admission, Outcome
 from taskhub.builtin.handlers import LogCompletion
 from taskhub.builtin.saq_queue import SaqQueue
 from taskhub.components import Limiter, TaskSpec
-from taskhub.config import RedisSettings
-from taskhub.keys import key_tag
 from taskhub.policy import RequestContext, Rule
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
@@ -23,17 +24,27 @@ T0 = 4_000_000_000_000
 
 def admission_for(client: aioredis.Redis, ns: Namespace, limiter: Limiter) -> Admission:
     """One rule per user with ``limiter``, in front of the test's own queue."""
-    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
-    return Admission(client, [Rule("user", limiter)], queue, key_layout(client, ns, queue))
+    return admission_on(client, ns, [Rule("user", limiter)], SaqQueue.Config(name=ns.queue))
 
 
-def key_layout(client: aioredis.Redis, ns: Namespace, queue: SaqQueue) -> str:
-    """The rules' key prefix, tagging the queue's keys as the hub does on a cluster."""
-    settings = RedisSettings.model_construct(
-        key_prefix=ns.prefix, cluster=isinstance(client, RedisCluster)
-    )
-    queue._tag_keys(key_tag(settings))
-    return key_tag(settings) or ns.prefix
+def admission_on(
+    client: aioredis.Redis,
+    ns: Namespace,
+    rules: Sequence[Rule],
+    config: SaqQueue.Config,
+    **options: Any,
+) -> Admission:
+    """Admission as the hub builds it: on a cluster every key carries its shard's tag."""
+    queue = SaqQueue(config)
+    shards = queue.layout(cluster=isinstance(client, RedisCluster))
+    return Admission(client, rules, queue, ns.prefix, shards=shards, **options)
+
+
+def queued_key(admission: Admission) -> str:
+    """The waiting line of the (first) shard of the admission's queue."""
+    queue = admission.queue
+    assert isinstance(queue, SaqQueue)
+    return f"saq:{queue.shards.queue_name(0)}:queued"
 
 
 def keys_of(admission: Admission, user: str) -> list[str]:

@@ -106,19 +106,22 @@ async def test_a_killed_master_fails_fast_then_its_promoted_replica_serves(clust
     replica = cluster.replica_of(master)
     assert wait_until(lambda: read_on_replica(replica, key) == b"1", 5)  # replicated
     cluster.kill(master)
-    started = time.monotonic()
-    with pytest.raises(Exception) as failed:
-        await incr([key], [])
-    assert is_unavailable(failed.value)  # -> BackendUnavailable, 503 upstream
-    assert time.monotonic() - started < 1.0
-    cluster.promote(replica, force=True)
-    assert wait_until(cluster.healthy, 15, 0.1)
-    deadline = time.monotonic() + 10
-    while True:  # the next calls find the new master once the slot map is read again
-        try:
-            assert await incr([key], []) == 2
-            break
-        except Exception as exc:
-            assert is_unavailable(exc), exc
-            assert time.monotonic() < deadline, "the router did not follow the failover"
-            await asyncio.sleep(0.05)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception) as failed:
+            await incr([key], [])
+        assert is_unavailable(failed.value)  # -> BackendUnavailable, 503 upstream
+        assert time.monotonic() - started < 1.0
+        cluster.promote(replica, force=True)
+        assert wait_until(cluster.healthy, 15, 0.1)
+        deadline = time.monotonic() + 10
+        while True:  # the next calls find the new master once the slot map is read again
+            try:
+                assert await incr([key], []) == 2
+                break
+            except Exception as exc:
+                assert is_unavailable(exc), exc
+                assert time.monotonic() < deadline, "the router did not follow the failover"
+                await asyncio.sleep(0.05)
+    finally:
+        cluster.revive(master)  # as a replica of the promoted one: the cluster is whole

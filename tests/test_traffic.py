@@ -13,7 +13,7 @@ from helpers import Namespace, free_port
 from taskhub.admission import Decision, Outcome
 from taskhub.builtin.token_bucket import TokenBucket
 from taskhub.policy import RequestContext, Rule, RuleResult
-from taskhub.traffic import MINUTE_TTL, SECOND_TTL, TrafficRecorder
+from taskhub.traffic import MINUTE_TTL, SECOND_TTL, TrafficRecorder, traffic_prefix
 
 NOW = 1_800_000_030.5  # half past second ...030, in minute 30_000_000
 BUCKET = TokenBucket(TokenBucket.Config())
@@ -32,8 +32,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis
 async def prefix(client: aioredis.Redis, ns: Namespace, request) -> AsyncIterator[str]:
     """The key prefix as the hub gives it: a hash tag on the cluster (every key in one slot).
     Afterwards the test's keys go (``ns`` cleans only the shared Redis)."""
-    cluster = request.node.callspec.params["client"] == "cluster"
-    tagged = f"{{{ns.prefix}}}" if cluster else ns.prefix
+    tagged = traffic_prefix(ns.prefix, request.node.callspec.params["client"] == "cluster")
     yield tagged
     keys = [key async for key in client.scan_iter(match=f"{tagged}:traffic:*")]
     if keys:
