@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import yaml
@@ -53,6 +53,7 @@ DEFAULT_TYPES = {
     "queue": "saq",
     "authenticator": "none",
 }
+MIN_TOKEN_LENGTH = 16  # bearer tokens of guarded endpoints
 
 
 # --------------------------------------------------------------------------- models
@@ -185,20 +186,41 @@ class DenyCacheSettings(StrictModel):
     max_keys: int = Field(10_000, ge=1, le=10_000_000)
 
 
-class AdminSettings(StrictModel):
-    """The ``/admin/limits`` endpoint: off unless enabled, and then only with the token."""
+class GuardedEndpoint(StrictModel):
+    """Endpoints off unless enabled, and then only with a bearer token of their own.
+
+    Subclasses name their section and the environment variable the error suggests.
+    """
+
+    section: ClassVar[str]
+    token_variable: ClassVar[str]
 
     enabled: bool = False
     token: str = ""
 
     @model_validator(mode="after")
-    def _token_when_enabled(self) -> AdminSettings:
-        if self.enabled and len(self.token) < 16:
+    def _token_when_enabled(self) -> GuardedEndpoint:
+        if self.enabled and len(self.token) < MIN_TOKEN_LENGTH:
+            name = self.section
             raise ValueError(
-                "admin.enabled needs admin.token of at least 16 characters; "
-                "read it from the environment: token: ${TASKHUB_ADMIN_TOKEN}"
+                f"{name}.enabled needs {name}.token of at least {MIN_TOKEN_LENGTH} characters; "
+                f"read it from the environment: token: ${{{self.token_variable}}}"
             )
         return self
+
+
+class AdminSettings(GuardedEndpoint):
+    """The ``/admin/limits`` endpoint."""
+
+    section = "admin"
+    token_variable = "TASKHUB_ADMIN_TOKEN"
+
+
+class DashboardSettings(GuardedEndpoint):
+    """``GET /dashboard`` and its data endpoints (README, "Dashboard")."""
+
+    section = "dashboard"
+    token_variable = "TASKHUB_DASHBOARD_TOKEN"
 
 
 class LimitsSettings(StrictModel):
@@ -275,6 +297,7 @@ class Settings(StrictModel):
     default_task: str = "log_completion"
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @field_validator("tasks")
     @classmethod

@@ -70,6 +70,7 @@ from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
 from taskhub.sharding import UNSHARDED, Shards
 from taskhub.submission import SubmissionParser
+from taskhub.traffic import TrafficRecorder, traffic_prefix
 
 logger = logging.getLogger("taskhub")
 
@@ -131,6 +132,7 @@ class Hub:
         self.request_metrics: RequestMetrics | None = None
         self.queue_depth: QueueDepth | None = None
         self.job_metrics: JobMetrics | None = None
+        self.traffic: TrafficRecorder | None = None  # the dashboard's counts, when it is on
         self._exporter: WorkerExporter | None = None
         self._started: list[str] = []
 
@@ -286,6 +288,7 @@ class Hub:
             "default_task": self.default_task,
             "metrics": settings.metrics.model_dump(mode="json"),
             "logging": settings.logging.model_dump(mode="json"),
+            "dashboard": settings.dashboard.model_dump(mode="json"),
         }
         return mask_secrets(resolved, (), self.raw)
 
@@ -353,6 +356,7 @@ class Hub:
         if role & Role.SERVER:
             self.pipeline = admission_pipeline(self.settings.redis)
             self.admission = self.build_admission()
+            self._start_traffic()
             await self.server.start(self)
             self._started.append("server")
         await self._lifecycle("startup")
@@ -372,6 +376,17 @@ class Hub:
             self._exporter = WorkerExporter(metrics.worker_host, metrics.worker_port)
             self._exporter.start()
             self._started.append("metrics")
+
+    def _start_traffic(self) -> None:
+        """Count admissions for the dashboard: only while it is on, so off costs nothing."""
+        if not self.settings.dashboard.enabled:
+            return
+        assert self.redis is not None
+        redis = self.settings.redis
+        prefix = traffic_prefix(redis.key_prefix, redis.cluster)
+        self.traffic = TrafficRecorder(self.redis, prefix, self.rules)
+        self.traffic.start()
+        self._started.append("traffic")
 
     def connect_limiter_redis(self) -> Redis | None:
         """A client on ``limits.redis_url``; None when the limiter shares the queue's Redis."""
@@ -432,6 +447,9 @@ class Hub:
             await self._lifecycle("shutdown")
         if "server" in self._started:
             await self.server.stop()
+        if "traffic" in self._started and self.traffic is not None:
+            await self.traffic.stop()  # after the server: the last requests' counts too
+            self.traffic = None
         if worker is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await worker

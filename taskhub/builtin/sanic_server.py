@@ -1,5 +1,6 @@
 """``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
-``GET /ready``, ``GET /openapi.json``, ``GET /docs`` and, when enabled, ``/admin/limits/{key}``).
+``GET /ready``, ``GET /openapi.json``, ``GET /docs`` and, when enabled, ``/admin/limits/{key}``
+and ``/dashboard``).
 
 The request path is: size check (Sanic, 413), authentication when ``auth`` is
 on (401), content type (415), parse and validate (400/422), the key's bound user
@@ -36,6 +37,7 @@ from taskhub.admission import Decision, Outcome
 from taskhub.builtin.http_json import JSON, error_response, json_response
 from taskhub.builtin.sanic_admin import add_admin_routes
 from taskhub.builtin.sanic_auth import forbidden, may_see, request_guard
+from taskhub.builtin.sanic_dashboard import add_dashboard_routes
 from taskhub.builtin.sanic_request_id import TaskhubRequest, request_id_of, tracked
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
@@ -179,6 +181,7 @@ class SanicServer(Server):
         app.add_route(tracked(status), "/task/<job_id:str>", methods=["GET"], name="task_status")
         app.add_route(tracked(abort), "/task/<job_id:str>", methods=["DELETE"], name="abort_task")
         add_admin_routes(app, hub, c.unavailable_retry_after)
+        add_dashboard_routes(app, hub, c.unavailable_retry_after)
         if hub.settings.metrics.enabled:
             metrics = tracked(_metrics_handler(hub))
             app.add_route(metrics, "/metrics", methods=["GET"], name="metrics")
@@ -188,6 +191,7 @@ class SanicServer(Server):
         admission = hub.admission
         parser = hub.submissions
         metrics = hub.request_metrics
+        traffic = hub.traffic  # None unless the dashboard is on
         guard = request_guard(hub.authenticator)
         clock = time.perf_counter
         assert admission is not None
@@ -259,6 +263,8 @@ class SanicServer(Server):
             if metrics is not None:
                 metrics.admission_time(clock() - started)
                 metrics.decided(decision)
+            if traffic is not None:
+                traffic.decided(decision, context)
             return decision_response(decision, submission.spec.name, retry_headers)
 
         return submit
