@@ -346,7 +346,11 @@ class SanicServer(Server):
         deadline = time.monotonic() + self.config.graceful_shutdown
         while server.connections and time.monotonic() < deadline:
             for connection in list(server.connections):
-                connection.close_if_idle()
+                # Sanic calls a keep-alive connection idle until its task has parsed the
+                # request it already read; closing it then runs the request and loses the
+                # answer (a job stored, the client told nothing), so wait for that request.
+                if not connection.recv_buffer:
+                    connection.close_if_idle()
             await asyncio.sleep(0.02)
         for connection in list(server.connections):
             connection.abort()
