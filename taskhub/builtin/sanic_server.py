@@ -148,6 +148,10 @@ class SanicServer(Server):
     def address(self) -> str:
         return self._address
 
+    @property
+    def shutdown_grace(self) -> float:
+        return self.config.graceful_shutdown
+
     def build_app(self, hub: Hub) -> Sanic:
         c = self.config
         sanic_config = SanicConfig()
@@ -324,7 +328,8 @@ class SanicServer(Server):
     async def start(self, hub: Hub) -> None:
         c = self.config
         app = self.build_app(hub)
-        server = await app.create_server(sock=self.bind(), backlog=c.backlog, access_log=False)
+        sock = self.listen_socket or self.bind()
+        server = await app.create_server(sock=sock, backlog=c.backlog, access_log=False)
         assert server is not None
         await server.startup()
         await server.before_start()
