@@ -27,7 +27,11 @@ class SupervisorLink:
 
     def started(self, stop: asyncio.Event) -> None:
         """Tell the supervisor this process serves; stop when the supervisor goes away."""
-        self.sock.send(READY)
+        try:
+            self.sock.send(READY)
+        except OSError:  # it closed the link while this process was starting
+            self._closed(stop)
+            return
         loop = asyncio.get_running_loop()
         loop.add_reader(self.sock.fileno(), self._readable, loop, stop)
 
@@ -38,9 +42,11 @@ class SupervisorLink:
             return
         except OSError:
             data = b""
-        if data:
-            return
-        loop.remove_reader(self.sock.fileno())
+        if not data:
+            loop.remove_reader(self.sock.fileno())
+            self._closed(stop)
+
+    def _closed(self, stop: asyncio.Event) -> None:
         if not stop.is_set():
             logger.info("the supervisor closed the link (it stops, or it is gone): shutting down")
             stop.set()

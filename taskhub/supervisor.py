@@ -185,7 +185,7 @@ class Supervisor:
         for child in self.children.values():
             self._unlink(child)
         if self.children:
-            logger.info("stopping %d server processes", len(self.children))
+            logger.info("stopping the server processes (%d)", len(self.children))
         stops = self.stops
         deadline = time.monotonic() + self.grace + KILL_MARGIN
         while self.children and time.monotonic() < deadline:
@@ -199,7 +199,8 @@ class Supervisor:
                 for child in self.children.values():
                     child.proc.send_signal(signal.SIGTERM)
         for child in list(self.children.values()):
-            logger.error("server process %d still runs after %g s: killed", child.pid, self.grace)
+            waited = self.grace + KILL_MARGIN
+            logger.error("server process %d still runs after %g s: killed", child.pid, waited)
             child.proc.kill()
             child.proc.wait()
             self._forget(child)
@@ -283,7 +284,7 @@ class Supervisor:
             signal.set_wakeup_fd(old_wakeup)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            self.selector.unregister(wake_read)
+            self.selector.close()
             wake_read.close()
             wake_write.close()
 

@@ -49,6 +49,7 @@ def startup(hub):
 """
 
 Supervise = Callable[..., TaskhubProcess]
+SERVER = {"type": "sanic", "host": "127.0.0.1", "port": 0}
 
 
 @pytest.fixture
@@ -135,9 +136,7 @@ def test_sigterm_finishes_requests_in_flight_and_keep_alive_clients_lose_nothing
     supervise: Supervise, ns: Namespace, sync_redis: redis.Redis
 ) -> None:
     grace = 5
-    server = supervise(
-        server={"type": "sanic", "host": "127.0.0.1", "port": 0, "graceful_shutdown": grace}
-    )
+    server = supervise(server={**SERVER, "graceful_shutdown": grace})
     pids = serving_pids(server)
     held = open_request(server.url, orjson.dumps({"user_id": "held"}))
     admitted: list[str] = []
@@ -282,6 +281,40 @@ def test_replacements_that_keep_dying_at_start_are_a_crash_loop(
     assert server.output.count("refuse.flag is here") == 5, server.output
     assert "before serving, the 5th in a row: giving up" in server.output
     assert wait_until(lambda: not alive(second), 10)
+
+
+def test_a_second_signal_stops_the_children_at_once(supervise: Supervise) -> None:
+    server = supervise(server={**SERVER, "graceful_shutdown": 30})
+    held = open_request(server.url, orjson.dumps({"user_id": "held"}))
+    time.sleep(0.2)  # its child has read the headers: it would wait 30 s for the body
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_for("stopping the server processes")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait(10) == 1, server.output
+    assert time.monotonic() - started < 10
+    assert "signal again: stopping the server processes now" in server.output
+    assert not any(alive(pid) for pid in serving_pids(server))
+    held.close()
+
+
+def test_a_child_that_does_not_stop_is_killed_after_the_grace(supervise: Supervise) -> None:
+    server = supervise(server={**SERVER, "graceful_shutdown": 0.5})
+    stuck, other = serving_pids(server)
+    os.kill(stuck, signal.SIGSTOP)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait(20) == 1, server.output
+    assert f"server process {stuck} still runs after 5.5 s: killed" in server.output
+    assert not alive(stuck) and not alive(other)
+
+
+def test_a_signal_while_the_children_start_stops_them_cleanly(supervise: Supervise) -> None:
+    server = supervise(count=2, wait=False)
+    assert server.wait_for("metrics: multiprocess mode", 30), server.output
+    server.proc.send_signal(signal.SIGTERM)  # the first child is still starting
+    assert server.wait(30) == 0, server.output
+    assert "Traceback" not in server.output
+    assert not any(alive(pid) for pid in serving_pids(server))
 
 
 def test_children_stop_when_the_supervisor_is_killed(supervise: Supervise) -> None:
