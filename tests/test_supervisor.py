@@ -35,6 +35,18 @@ from helpers import (
 from prometheus_client.parser import text_string_to_metric_families
 
 SERVING = "server processes serving"
+SERVER_PLUGIN = """
+from taskhub import Server, hookimpl
+
+
+class Lone(Server):
+    name = "lone"
+
+
+@hookimpl
+def register_servers(register):
+    register(Lone)
+"""
 REFUSE_PLUGIN = """
 from pathlib import Path
 
@@ -323,6 +335,19 @@ def test_children_stop_when_the_supervisor_is_killed(supervise: Supervise) -> No
     server.kill()
     assert wait_until(lambda: not any(alive(pid) for pid in pids), 15), server.output
     assert server.wait_for("the supervisor closed the link")
+
+
+def test_a_server_plugin_that_cannot_share_its_socket_is_refused_workers(
+    tmp_path: Path, ns: Namespace, redis_url: str
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "lone.py").write_text(SERVER_PLUGIN)
+    config = config_dict(ns, redis_url, plugins_dir=str(plugins), server={"type": "lone"})
+    result = run_cli(["serve", str(write_config(tmp_path, config)), "--workers", "2"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "server 'lone' cannot share one listening socket among processes" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
