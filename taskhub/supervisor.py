@@ -161,7 +161,7 @@ class Supervisor:
             failures = self._start_failures[slot] = self._start_failures.get(slot, 0) + 1
             if failures >= GIVE_UP_AFTER:
                 logger.error(
-                    "server process %d %s before serving, the %dth in a row: giving up",
+                    "server process %d %s before serving, %d replacements in a row: giving up",
                     child.pid,
                     describe(code),
                     failures,
