@@ -6,9 +6,11 @@ end of the connection), so the server carries no debug header for the tests.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -81,6 +83,8 @@ def supervise(tmp_path: Path, ns: Namespace, redis_url: str) -> Iterator[Supervi
 
     yield start
     for process in started:
+        with contextlib.suppress(AssertionError):  # SIGTERM first: it removes its metrics dir
+            process.stop(timeout=15)
         process.kill()
         for pid in serving_pids(process):
             if alive(pid):
@@ -91,6 +95,11 @@ def serving_pids(process: TaskhubProcess) -> list[int]:
     """Every child that reported serving, in order (replacements included)."""
     pattern = re.compile(r"server process (\d+) serving")
     return [int(m.group(1)) for line in list(process.lines) if (m := pattern.search(line))]
+
+
+def metrics_dir(process: TaskhubProcess) -> Path:
+    line = process.wait_for("metrics: multiprocess mode, files in ") or ""
+    return Path(line.rsplit(" ", 1)[-1])
 
 
 def alive(pid: int) -> bool:
@@ -215,8 +224,7 @@ def test_a_killed_process_is_replaced_and_no_connection_is_lost(supervise: Super
 def test_metrics_add_up_over_every_process_whichever_answers(supervise: Supervise) -> None:
     server = supervise()
     pids = serving_pids(server)
-    line = server.wait_for("metrics: multiprocess mode, files in ") or ""
-    directory = Path(line.rsplit(" ", 1)[-1])
+    directory = metrics_dir(server)
     assert directory.is_dir()
     statuses = [submit(server.url, pids, f"m{n}")[0] for n in range(30)]
     statuses += [ask(server.url, pids, "POST", "/task", b"{oops")[0] for _ in range(4)]
@@ -335,6 +343,7 @@ def test_children_stop_when_the_supervisor_is_killed(supervise: Supervise) -> No
     server.kill()
     assert wait_until(lambda: not any(alive(pid) for pid in pids), 15), server.output
     assert server.wait_for("the supervisor closed the link")
+    shutil.rmtree(metrics_dir(server))  # what a killed supervisor cannot remove
 
 
 def test_a_server_plugin_that_cannot_share_its_socket_is_refused_workers(
