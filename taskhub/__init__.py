@@ -8,10 +8,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from taskhub.components import (
+    Authenticator,
     Completion,
     Limiter,
     Options,
     PreparedJob,
+    Principal,
     QueueBackend,
     RatePolicy,
     Server,
@@ -19,6 +21,7 @@ from taskhub.components import (
     Task,
     TaskHandler,
     TaskSpec,
+    Unauthenticated,
 )
 from taskhub.hookspecs import hookimpl
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, RetryLater
@@ -26,12 +29,14 @@ from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, RetryLat
 __all__ = [
     "AbortOutcome",
     "AbortResult",
+    "Authenticator",
     "Completion",
     "JobInfo",
     "JobStatus",
     "Limiter",
     "Options",
     "PreparedJob",
+    "Principal",
     "QueueBackend",
     "RatePolicy",
     "RetryLater",
@@ -40,6 +45,7 @@ __all__ = [
     "Task",
     "TaskHandler",
     "TaskSpec",
+    "Unauthenticated",
     "__version__",
     "hookimpl",
 ]

@@ -11,6 +11,11 @@ With ``limits.redis_url`` the limiter keeps its state on another Redis: the
 rules are then decided there first (with a fail mode for when it is down) and
 the job queued second, so a queue failure after the decision leaves that
 decision's charge in place. One Redis for both is the all-or-nothing setup.
+
+A sharded queue (:mod:`taskhub.sharding`) keeps each decision's limiter keys in
+the user's home shard. Jobs placed by user go there too: still one script.
+Jobs placed in turn may go elsewhere, so they are decided and queued in two
+steps, as with ``limits.redis_url``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from taskhub.cluster_pipeline import ClusterPipeline
 from taskhub.components import QueueBackend, TaskSpec
 from taskhub.deny_cache import DenyCache
 from taskhub.errors import BackendUnavailable
@@ -42,6 +48,7 @@ from taskhub.policy import (
     parse_rules,
 )
 from taskhub.shadow import ShadowLog
+from taskhub.sharding import UNSHARDED, Shards
 
 logger = logging.getLogger(__name__)
 
@@ -94,31 +101,42 @@ class Admission:
         limiter_redis: Redis | None = None,
         fail_mode: FailMode = "closed",
         deny_cache: DenyCache | None = None,
-        pipeline: RedisPipeline | None = None,
+        pipeline: RedisPipeline | ClusterPipeline | None = None,
+        shards: Shards = UNSHARDED,
     ) -> None:
         self.rules = tuple(rules)
         self.queue = queue
         self.key_prefix = key_prefix
+        # Where limiter keys live: None keeps them all under key_prefix (no shards).
+        self.shards = shards
+        self._prefixes = shards.key_prefixes(key_prefix) if shards.tagged else None
         self.deny_cache = deny_cache
         self._cacheable = tuple(not r.shadow and r.limiter.deny_cacheable for r in self.rules)
         self._shadow = ShadowLog(logger)
         self._outage = OutageLog("Redis (admission)", logger)
-        self.split = limiter_redis is not None
+        self.split = limiter_redis is not None or shards.split
         self.source = build_script((), queue) if self.split else build_script(self.rules, queue)
         self._script: ScriptRunner = (
             redis.register_script(self.source) if pipeline is None else pipeline.script(self.source)
         )
-        if limiter_redis is not None:
+        if self.split:
             self._limit = GuardedScript(
-                limiter_redis, build_script(self.rules, None), fail_mode, "limiter"
+                limiter_redis or redis, build_script(self.rules, None), fail_mode, "limiter"
             )
 
     def rule_keys(self, request: RequestContext) -> list[str]:
-        return self._keys([rule.subject(request) for rule in self.rules])
+        subjects = [rule.subject(request) for rule in self.rules]
+        return self._keys(subjects, self.key_prefix_for(request.user_id))
 
-    def _keys(self, subjects: list[str]) -> list[str]:
+    def key_prefix_for(self, user_id: str) -> str:
+        """Where the user's decisions keep their limiter keys: his home shard, if sharded."""
+        if self._prefixes is None:
+            return self.key_prefix
+        return self._prefixes[self.shards.shard_for(user_id)]
+
+    def _keys(self, subjects: list[str], prefix: str) -> list[str]:
         pairs = zip(self.rules, subjects, strict=True)
-        return [k for rule, subject in pairs for k in rule.keys(self.key_prefix, subject)]
+        return [k for rule, subject in pairs for k in rule.keys(prefix, subject)]
 
     async def admit(
         self,
@@ -146,15 +164,16 @@ class Admission:
             cached = self._cached_refusal(subjects, cost, sent_at)
             if cached is not None:
                 return cached
+        prefix = self.key_prefix_for(request.user_id)
         holds = [
-            rule.keys(self.key_prefix, subject)[0]
+            rule.keys(prefix, subject)[0]
             for rule, subject in zip(self.rules, subjects, strict=True)
             if rule.limiter.holds_slot
         ]
         job = self.queue.prepare(spec, request.user_id, payload, job_id, holds)
         args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
         args.append(job.job_id)
-        keys = self._keys(subjects)
+        keys = self._keys(subjects, prefix)
         if self.split:
             decision = await self._admit_split(keys, args, job.keys, job.args, job.job_id)
         else:

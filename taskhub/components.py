@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from taskhub.errors import UsageError
+from taskhub.sharding import UNSHARDED, Shards
 
 if TYPE_CHECKING:
     from taskhub.hub import Hub
@@ -175,6 +176,7 @@ class PreparedJob:
     job_id: str
     keys: list[str]
     args: list[str | bytes]
+    shard: int = 0  # which of the queue's shards (taskhub.sharding) it goes to
 
 
 class QueueBackend(Component):
@@ -192,8 +194,16 @@ class QueueBackend(Component):
 
     @property
     def max_depth(self) -> int:
-        """Most jobs admitted and not yet finished; 0 for no bound (needs ``Q.depth``)."""
+        """Most jobs admitted and not yet finished, per shard; 0 for no bound (see ``Q.depth``)."""
         return 0
+
+    def layout(self, *, cluster: bool = False) -> Shards:
+        """The queue's shards, which limiter keys follow into the job's hash slot.
+
+        Called once by the kernel before anything runs. A queue without shards (one
+        queue, its keys untagged) need not override it.
+        """
+        return UNSHARDED
 
     def prepare(
         self,
@@ -305,10 +315,67 @@ class Server(Component):
         return ""
 
 
+# --------------------------------------------------------------------------- authentication
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request authenticated as: a label for logs and, if the credential is bound
+    to one user, that ``user_id`` (the only user it may submit for and read jobs of)."""
+
+    name: str
+    user_id: str | None = None
+
+
+class Unauthenticated(Exception):
+    """No credential, or one that is not known: a 401 whose body says ``message``.
+
+    The message is shown to the client, so it must never repeat the credential.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Authenticator(Component):
+    """Decides who sends a request to the task endpoints (``auth: {type: ...}``).
+
+    ``authenticate`` runs on every ``POST /task`` and ``GET``/``DELETE /task/{id}``,
+    in the event loop and before anything touches Redis, so it must be fast and must
+    not do I/O: bind everything it needs (key tables, digests) in ``__init__``.
+    """
+
+    kind = "authenticator"
+    # False: every request is let in and the server never calls ``authenticate``.
+    enabled: ClassVar[bool] = True
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        """The request's principal, or raise :class:`Unauthenticated`.
+
+        ``headers`` is case-insensitive (``headers.get("x-api-key")``).
+        """
+        raise NotImplementedError
+
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of a 401."""
+        return 'Bearer realm="taskhub"'
+
+    def security_scheme(self) -> dict[str, Any] | None:
+        """The OpenAPI ``securityScheme`` object describing the credential; None for none."""
+        return None
+
+    def summary(self) -> str:
+        """One line for the start-up log; must not contain a secret."""
+        return self.name
+
+
 KINDS: dict[str, type[Component]] = {
     "limiter": Limiter,
     "handler": TaskHandler,
     "sink": Sink,
     "queue": QueueBackend,
     "server": Server,
+    "authenticator": Authenticator,
 }

@@ -15,15 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,12 +40,19 @@ VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
 SECRET_NAME = re.compile(
     r"(^|_)(password|passwd|pass|secret|token|api_?key|credentials?|private_?key)(_|$)", re.I
 )
+# Secret by position though not by name: the api_key authenticator's keys.
+SECRET_FIELDS = frozenset({("auth", "keys", "key")})
 REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP token
 KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
-DEFAULT_TYPES = {"server": "sanic", "limiter": "token_bucket", "queue": "saq"}
+DEFAULT_TYPES = {
+    "server": "sanic",
+    "limiter": "token_bucket",
+    "queue": "saq",
+    "authenticator": "none",
+}
 
 
 # --------------------------------------------------------------------------- models
@@ -53,18 +62,33 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ClusterNodeUrl = Annotated[str, AfterValidator(lambda url: check_cluster_url(check_redis_url(url)))]
+
+
 class RedisSettings(StrictModel):
     """Where limiter state and the queue live."""
 
-    url: str = "memory://"
+    cluster: bool = False  # before url and nodes: their checks depend on it
+    url: str = Field("memory://", validate_default=True)
+    nodes: list[ClusterNodeUrl] = Field(default_factory=list, description="more seed nodes")
     key_prefix: str = Field("taskhub", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     connect_timeout: float = Field(2.0, gt=0, le=60)
     socket_timeout: float = Field(2.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
-    def _known_scheme(cls, url: str) -> str:
-        return check_redis_url(url)
+    def _known_scheme(cls, url: str, info: ValidationInfo) -> str:
+        check_redis_url(url)
+        if info.data.get("cluster"):
+            check_cluster_url(url)
+        return url
+
+    @field_validator("nodes")
+    @classmethod
+    def _seed_nodes(cls, nodes: list[str], info: ValidationInfo) -> list[str]:
+        if nodes and not info.data.get("cluster"):
+            raise ValueError("nodes are seed nodes of a Redis Cluster: set cluster: true too")
+        return nodes
 
 
 def check_redis_url(url: str) -> str:
@@ -73,6 +97,23 @@ def check_redis_url(url: str) -> str:
         allowed = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
         shown = mask_url(url)
         raise ValueError(f"unsupported URL {shown!r}: use one of {allowed}")
+    return url
+
+
+def check_cluster_url(url: str) -> str:
+    """Redis Cluster speaks TCP only and has only db 0: say so at load time."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ValueError(
+            f"unsupported URL {mask_url(url)!r} with cluster: true: a Redis Cluster is "
+            "reached over TCP, use redis:// or rediss://"
+        )
+    db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "0")
+    if db != "0":
+        raise ValueError(
+            f"URL {mask_url(url)!r} selects db {db}, but a Redis Cluster has only db 0: "
+            "drop the db from the URL"
+        )
     return url
 
 
@@ -225,6 +266,7 @@ class Settings(StrictModel):
     plugins_dir: str | None = "plugins"
     plugins: list[str] = Field(default_factory=list)
     server: ComponentSection = Field(default_factory=ComponentSection)
+    auth: ComponentSection = Field(default_factory=ComponentSection)
     limiter: ComponentSection | None = None
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     queue: ComponentSection = Field(default_factory=ComponentSection)
@@ -267,6 +309,9 @@ class RawConfig:
 
     def is_secret(self, loc: Loc) -> bool:
         if any(isinstance(part, str) and SECRET_NAME.search(part) for part in loc):
+            return True
+        names = tuple(part for part in loc if isinstance(part, str))
+        if any(names[: len(field)] == field for field in SECRET_FIELDS):
             return True
         return any(loc[: len(s)] == s for s in self.secret_paths)
 

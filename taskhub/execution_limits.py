@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from taskhub.errors import BackendUnavailable
 from taskhub.limiter_backend import FailMode, GuardedScript
 from taskhub.policy import ADMITTED, REFUSED, RequestContext, Rule, build_script, parse_rules
+from taskhub.sharding import UNSHARDED, Shards
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +65,30 @@ class ExecutionGate:
     """Decides whether a job may run now, or in how many milliseconds."""
 
     def __init__(
-        self, redis: Redis, rules: Sequence[Rule], key_prefix: str, fail_mode: FailMode
+        self,
+        redis: Redis,
+        rules: Sequence[Rule],
+        key_prefix: str,
+        fail_mode: FailMode,
+        shards: Shards = UNSHARDED,
     ) -> None:
         self.rules = tuple(rules)
         self.key_prefix = key_prefix
+        # One decision's keys share the hash slot of the shard the job is in.
+        self._prefixes = shards.key_prefixes(key_prefix)
         self.fail_mode = fail_mode
         source = build_script(self.rules, None, body=EXECUTION_BODY)
         self._script = GuardedScript(redis, source, fail_mode, "execution limits")
 
-    async def wait_ms(self, task: str, user_id: str, job_id: str, cost: int = 1) -> int:
+    async def wait_ms(
+        self, task: str, user_id: str, job_id: str, cost: int = 1, shard: int = 0
+    ) -> int:
         """0 if the job may run now (and it is charged), else how long it must wait."""
         request = RequestContext(user_id=user_id, task=task)
+        prefix = self._prefixes[shard] if shard < len(self._prefixes) else self.key_prefix
         keys, lines, steps = [], [], []
         for rule in self.rules:
-            rule_keys = rule.keys(self.key_prefix, rule.subject(request))
+            rule_keys = rule.keys(prefix, rule.subject(request))
             keys.extend(rule_keys)
             lines.append(waiting_line(rule_keys))
             policy = rule.policy

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from taskhub.components import Limiter, QueueBackend, Server, Sink, TaskHandler
+    from taskhub.components import (
+        Authenticator,
+        Limiter,
+        QueueBackend,
+        Server,
+        Sink,
+        TaskHandler,
+    )
     from taskhub.hub import Hub
 
 PROJECT = "taskhub"
@@ -45,6 +52,11 @@ def register_servers(register: Callable[[type[Server]], None]) -> None:
 @hookspec
 def register_queues(register: Callable[[type[QueueBackend]], None]) -> None:
     """Register queue backends with their workers (``queue: {type: ...}``)."""
+
+
+@hookspec
+def register_authenticators(register: Callable[[type[Authenticator]], None]) -> None:
+    """Register authenticators for the task endpoints (``auth: {type: ...}``)."""
 
 
 @hookspec

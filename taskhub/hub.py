@@ -25,7 +25,9 @@ from redis.asyncio import Redis
 
 from taskhub import __version__
 from taskhub.admission import Admission
+from taskhub.cluster_pipeline import ClusterPipeline, admission_pipeline
 from taskhub.components import (
+    Authenticator,
     Component,
     Limiter,
     QueueBackend,
@@ -66,6 +68,7 @@ from taskhub.pipeline import RedisPipeline
 from taskhub.plugins import PluginRegistry, load_plugins
 from taskhub.policy import Rule
 from taskhub.redis_client import connect, is_embedded
+from taskhub.sharding import UNSHARDED, Shards
 from taskhub.submission import SubmissionParser
 
 logger = logging.getLogger("taskhub")
@@ -100,7 +103,11 @@ class Hub:
             build, settings.limits.execution, "execution", problems, taken=self.rules
         )
         self.queue = build(QueueBackend, settings.queue, ("queue",))
+        # On a cluster every key is tagged, even with one shard (taskhub.sharding).
+        cluster = settings.redis.cluster
+        self.shards = self.queue.layout(cluster=cluster) if self.queue else UNSHARDED
         self.server = build(Server, settings.server, ("server",), server_overrides or {})
+        self.authenticator = build(Authenticator, settings.auth, ("auth",))
         self.sinks = [build(Sink, s, ("sinks", i)) for i, s in enumerate(settings.sinks)]
         self.tasks: dict[str, TaskSpec] = {}
         for name, section in settings.tasks.items():
@@ -118,7 +125,7 @@ class Hub:
         self.runner = TaskRunner(self.sinks)
         self.redis: Redis | None = None
         self.limiter_redis: Redis | None = None
-        self.pipeline: RedisPipeline | None = None  # the admission script's fast path
+        self.pipeline: RedisPipeline | ClusterPipeline | None = None  # admission's fast path
         self.admission: Admission | None = None
         # None while metrics are off (or the role has none): components then count nothing.
         self.request_metrics: RequestMetrics | None = None
@@ -178,14 +185,21 @@ class Hub:
                 "and the queue, nothing can be queued while it is down, so every mode answers 503"
             )
             problems.append(self.raw.problem(("limits", "fail_mode"), message))
-        if limits.redis_url:
-            for index, rule in enumerate(self.rules):
-                if rule.limiter.holds_slot:
-                    message = (
-                        f"{rule.limiter.name!r} keeps its slots beside the queue's jobs, so it "
-                        "needs the limiter on the queue's Redis: remove limits.redis_url"
-                    )
-                    problems.append(self.raw.problem(("limits", "admission", index), message))
+        for index, rule in enumerate(self.rules):
+            if not rule.limiter.holds_slot:
+                continue
+            if limits.redis_url:
+                message = (
+                    f"{rule.limiter.name!r} keeps its slots beside the queue's jobs, so it "
+                    "needs the limiter on the queue's Redis: remove limits.redis_url"
+                )
+                problems.append(self.raw.problem(("limits", "admission", index), message))
+            elif self.shards.split:
+                message = (
+                    f"{rule.limiter.name!r} keeps its slots beside the job, in the user's "
+                    "shard, so it needs queue.shard_by: user"
+                )
+                problems.append(self.raw.problem(("limits", "admission", index), message))
         for name, spec in self.tasks.items():
             for rule in (*self.rules, *self.execution_rules):
                 if spec.cost > rule.policy.limit:
@@ -223,6 +237,17 @@ class Hub:
     # ----------------------------------------------------------------- inspection
 
     @property
+    def limiter_shards(self) -> Shards:
+        """Where limiter keys live: in the queue's shards, unless on ``limits.redis_url``."""
+        return UNSHARDED if self.settings.limits.redis_url else self.shards
+
+    def per_shard_rules(self, rules: Sequence[Rule]) -> list[str]:
+        """Rules counted once per shard: those keyed by anything but the user."""
+        if self.limiter_shards.count == 1:
+            return []
+        return [rule.name for rule in rules if rule.source != "user"]
+
+    @property
     def embedded(self) -> bool:
         return is_embedded(self.settings.redis.url)
 
@@ -246,6 +271,7 @@ class Hub:
             "plugins_dir": settings.plugins_dir,
             "plugins": list(settings.plugins),
             "server": section(self.server),
+            "auth": section(self.authenticator),
             "limits": {
                 **settings.limits.model_dump(mode="json", exclude={"admission", "execution"}),
                 "admission": [describe_rule(rule) for rule in self.rules],
@@ -333,7 +359,7 @@ class Hub:
                     raise StartupError(f"sinks[{index}] ({sink.name}): {exc}") from exc
                 self._started.append(f"sink:{index}")
         if role & Role.SERVER:
-            self.pipeline = RedisPipeline.for_settings(self.settings.redis)
+            self.pipeline = admission_pipeline(self.settings.redis)
             self.admission = self.build_admission()
             await self.server.start(self)
             self._started.append("server")
@@ -360,7 +386,9 @@ class Hub:
         url = self.settings.limits.redis_url
         if not url:
             return None
-        return connect(self.settings.redis.model_copy(update={"url": url}))
+        # Always one Redis: on a cluster the limiter's place is beside its jobs.
+        single = {"url": url, "cluster": False, "nodes": []}
+        return connect(self.settings.redis.model_copy(update=single))
 
     def build_execution_gate(self) -> ExecutionGate | None:
         if not self.execution_rules:
@@ -372,6 +400,7 @@ class Hub:
             self.execution_rules,
             self.settings.redis.key_prefix,
             limits.fail_mode,
+            self.limiter_shards,
         )
 
     def build_limits_admin(self) -> LimitsAdmin:
@@ -385,6 +414,7 @@ class Hub:
             self.execution_rules,
             self.settings.redis.key_prefix,
             deny_cache=self.admission.deny_cache if self.admission else None,
+            shards=self.limiter_shards,
         )
 
     def build_admission(self) -> Admission:
@@ -401,6 +431,7 @@ class Hub:
             fail_mode=limits.fail_mode,
             deny_cache=DenyCache(cache.max_keys) if cache.enabled else None,
             pipeline=self.pipeline,
+            shards=self.limiter_shards,
         )
 
     async def stop(self, worker: asyncio.Task[None] | None = None) -> None:
@@ -459,7 +490,20 @@ class Hub:
                     shadow,
                     _describe(rule.limiter),
                 )
+            logger.info("auth: %s", self.authenticator.summary())
             logger.info("listening on %s", self.server.address)
+        running = [*(self.rules if role & Role.SERVER else ())]
+        running += self.execution_rules if role & Role.WORKER else []
+        per_shard = self.per_shard_rules(running)
+        if per_shard:
+            logger.warning(
+                "rules %s are not keyed by user, so with queue.shards %d each shard counts "
+                "them apart: their limits apply per shard (divide them by %d, or set "
+                "limits.redis_url for one counter)",
+                ", ".join(per_shard),
+                self.shards.count,
+                self.shards.count,
+            )
         if role & Role.WORKER:
             logger.info("queue: %s", _describe(self.queue))
             logger.info("sinks: %s", ", ".join(_describe(s) for s in self.sinks) or "none")

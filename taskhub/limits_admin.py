@@ -36,6 +36,7 @@ from taskhub.policy import (
     parse_rules,
 )
 from taskhub.redis_client import guarded
+from taskhub.sharding import UNSHARDED, Shards
 
 Stage = Literal["admission", "execution"]
 
@@ -167,15 +168,22 @@ class LimitsAdmin:
         key_prefix: str,
         *,
         deny_cache: DenyCache | None = None,
+        shards: Shards = UNSHARDED,
     ) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
+        self.shards = shards
         self.deny_cache = deny_cache  # this process's, forgotten on reset
         self.rules = tuple(
             [StagedRule("admission", r) for r in admission]
             + [StagedRule("execution", r) for r in execution]
         )
         self._scripts: dict[tuple[str, ...], AsyncScript] = {}
+
+    def prefix(self, key: str) -> str:
+        """Where ``key``'s state lives: a user's is in his home shard (see
+        :mod:`taskhub.sharding`); with shards, rules keyed by anything else count per shard."""
+        return self.shards.key_prefix(self.key_prefix, self.shards.shard_for(key))
 
     def select(self, name: str | None) -> tuple[StagedRule, ...]:
         """Every rule, or the one named; an unknown name lists the known ones."""
@@ -191,7 +199,7 @@ class LimitsAdmin:
         chosen = self.select(rule)
         if not chosen:
             return []
-        keys = [staged.redis_keys(self.key_prefix, key) for staged in chosen]
+        keys = [staged.redis_keys(self.prefix(key), key) for staged in chosen]
         # KEYS: every rule's own keys, in rule order (what the script's rules read), then the rest
         flat = [k for own, _ in keys for k in own] + [k for _, extra in keys for k in extra]
         args = ["", str(PROBE_COST), "0", ""]
@@ -226,7 +234,7 @@ class LimitsAdmin:
             if reason:
                 kept[staged.name] = reason
                 continue
-            own, extra = staged.redis_keys(self.key_prefix, key)
+            own, extra = staged.redis_keys(self.prefix(key), key)
             plan.append((staged, [*own, *extra]))
         counts = await guarded(self._delete([keys for _, keys in plan])) if plan else []
         deleted = {staged.name: int(n) for (staged, _), n in zip(plan, counts, strict=True)}

@@ -72,6 +72,8 @@ BAD_REQUEST_CODES = (
     "invalid_idempotency_key",
     "unsupported_media_type",
     "payload_too_large",
+    "unauthorized",
+    "forbidden",
 )
 RULE_RESULTS = ("allowed", "near_limit", "refused", "shadow_refused")
 JOB_OUTCOMES = ("completed", "failed", "retried", "dead", "swept", "aborted", "handed_back")

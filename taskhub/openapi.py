@@ -16,10 +16,14 @@ from pydantic.json_schema import models_json_schema
 
 from taskhub import __version__
 from taskhub.jobs import JobStatus
+from taskhub.request_id import HEADER as REQUEST_ID
+from taskhub.request_id import MAX_LENGTH as REQUEST_ID_LENGTH
 from taskhub.submission import IDEMPOTENCY_KEY, TaskRequest
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
+SECURITY_SCHEME = "apiKey"
+METHODS = ("get", "post", "delete")
 
 
 class _Body(BaseModel):
@@ -139,6 +143,22 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "the Idempotency-Key named an existing job: nothing new was queued",
         "schema": {"type": "string", "enum": ["true"]},
     },
+    "WWW-Authenticate": _string("how to authenticate: the scheme and its realm"),
+    REQUEST_ID: {
+        "description": "the request's id: the client's X-Request-ID if it was sane, else a new one",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": REQUEST_ID_LENGTH},
+    },
+}
+REQUEST_ID_PARAMETER = {
+    "name": REQUEST_ID,
+    "in": "header",
+    "required": False,
+    "description": (
+        f"an id for this request's log lines and its job's; kept when it is 1-{REQUEST_ID_LENGTH} "
+        "visible ASCII characters without spaces, otherwise replaced by a new one"
+    ),
+    "schema": {"type": "string"},
 }
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 RATE_HEADERS += ("RateLimit-Policy", "RateLimit")
@@ -242,6 +262,16 @@ def _paths() -> dict[str, Any]:
             "503": _response("a dependency is unreachable", NotReady, headers=("Retry-After",)),
         },
     }
+    metrics = {
+        "summary": "Prometheus metrics",
+        "operationId": "metrics",
+        "responses": {
+            "200": {
+                "description": "the text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    }
     spec = {
         "summary": "This document",
         "operationId": "openapi",
@@ -259,17 +289,61 @@ def _paths() -> dict[str, Any]:
         "/task/{job_id}": {"parameters": [JOB_ID], "get": status, "delete": abort},
         "/health": {"get": health},
         "/ready": {"get": ready},
+        "/metrics": {"get": metrics},
         "/openapi.json": {"get": spec},
         "/docs": {"get": docs},
     }
 
 
-def build_spec() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the HTTP API (admin routes, off by default, aside)."""
+def _operations(paths: dict[str, Any]) -> list[dict[str, Any]]:
+    return [item[method] for item in paths.values() for method in METHODS if method in item]
+
+
+def _track_requests(paths: dict[str, Any]) -> None:
+    """Every operation takes an ``X-Request-ID`` and every response returns one."""
+    tracked = _headers(REQUEST_ID)
+    for operation in _operations(paths):
+        operation["parameters"] = [*operation.get("parameters", []), REQUEST_ID_PARAMETER]
+        operation["responses"] = {  # new dicts: some responses are shared constants
+            code: {**response, "headers": {**response.get("headers", {}), **tracked}}
+            for code, response in operation["responses"].items()
+        }
+
+
+def _secure(paths: dict[str, Any]) -> None:
+    """The task endpoints need the credential: 401 without a known one, and 403 from
+    ``POST /task`` for a key bound to another user (whose jobs are then 404s)."""
+    unauthorized = _response(
+        "no credential, or an unknown one", Error, headers=("WWW-Authenticate",)
+    )
+    forbidden = _response("the key is bound to another user than the body's user_id", Error)
+    task, job = paths["/task"], paths["/task/{job_id}"]
+    for operation in (task["post"], job["get"], job["delete"]):
+        operation["security"] = [{SECURITY_SCHEME: []}]
+        operation["responses"]["401"] = unauthorized
+    task["post"]["responses"]["403"] = forbidden
+
+
+def build_spec(
+    security_scheme: dict[str, Any] | None = None, *, metrics: bool = True
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API (admin routes, off by default, aside).
+
+    ``security_scheme`` is the configured authenticator's (None: no authentication);
+    ``metrics`` says whether ``GET /metrics`` is served.
+    """
     _, schemas = models_json_schema(
         [(TaskRequest, "validation"), *((m, "serialization") for m in RESPONSE_MODELS)],
         ref_template=REF,
     )
+    paths = _paths()
+    if not metrics:
+        del paths["/metrics"]
+    components: dict[str, Any] = {"schemas": schemas.get("$defs", {}), "headers": HEADERS}
+    if security_scheme is not None:
+        _secure(paths)
+        components["securitySchemes"] = {SECURITY_SCHEME: security_scheme}
+    _track_requests(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -277,8 +351,8 @@ def build_spec() -> dict[str, Any]:
             "version": __version__,
             "description": "Admit tasks over HTTP, rate-limited per user; run them on workers.",
         },
-        "paths": _paths(),
-        "components": {"schemas": schemas.get("$defs", {}), "headers": HEADERS},
+        "paths": paths,
+        "components": components,
     }
 
 

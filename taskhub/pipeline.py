@@ -148,7 +148,7 @@ class RedisPipeline:
         self.settings = settings
         self._params = parse_url(settings.url)
         self._stream: _ReplyStream | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_ReplyStream] | None = None  # the attempt under way
         self._scripts: dict[str, str] = {}  # loaded on every new connection
 
     @classmethod
@@ -165,27 +165,51 @@ class RedisPipeline:
         """Send one command with the others of its batch; its reply (an error reply raises)."""
         stream = self._stream
         if stream is None or stream.lost:
-            stream = await self._connect()
-            if stream.lost:  # killed between its handshake and now
-                raise RedisConnectionError("connection to Redis lost")
+            stream = await self._connected()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         stream.send(encode_command(args), future)
         return await future
 
+    async def call_asking(self, *args: Arg) -> Any:
+        """``ASKING`` then the command, back to back on the connection (a Redis Cluster
+        node serves a slot it is importing only to the command right after ASKING)."""
+        stream = await self._connected()
+        loop = asyncio.get_running_loop()
+        asking: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
+        stream.send(encode_command(("ASKING",)), asking)
+        stream.send(encode_command(args), future)
+        await asking
+        return await future
+
+    async def _connected(self) -> _ReplyStream:
+        stream = self._stream
+        if stream is None or stream.lost:
+            stream = await self._connect()
+            if stream.lost:  # killed between its handshake and now
+                raise RedisConnectionError("connection to Redis lost")
+        return stream
+
     async def _connect(self) -> _ReplyStream:
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._stream is not None and not self._stream.lost:
-                return self._stream
-            try:
-                stream = await asyncio.wait_for(self._open(), self.settings.connect_timeout)
-            except TimeoutError:
-                raise RedisTimeoutError("timed out connecting to Redis") from None
-            except OSError as exc:
-                raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-            self._stream = stream
-            return stream
+        """One attempt at a time, shared by every caller waiting for it: when Redis cannot
+        be reached (a dead host eats SYNs), they all fail together after one connect
+        timeout, instead of each trying in turn behind a lock, the last after N of them."""
+        if self._stream is not None and not self._stream.lost:
+            return self._stream
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._attempt())
+            self._connecting.add_done_callback(_retrieved)
+        return await asyncio.shield(self._connecting)
+
+    async def _attempt(self) -> _ReplyStream:
+        try:
+            stream = await asyncio.wait_for(self._open(), self.settings.connect_timeout)
+        except TimeoutError:
+            raise RedisTimeoutError("timed out connecting to Redis") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        self._stream = stream
+        return stream
 
     async def _open(self) -> _ReplyStream:
         params = self._params
@@ -241,9 +265,17 @@ class RedisPipeline:
     async def close(self) -> None:
         """Close the connection; calls still waiting on it fail as "connection lost"."""
         stream, self._stream = self._stream, None
+        if self._connecting is not None:
+            self._connecting.cancel()
         if stream is not None and stream.transport is not None:
             stream.transport.close()
             await asyncio.sleep(0)  # let the transport call connection_lost
+
+
+def _retrieved(attempt: asyncio.Future[_ReplyStream]) -> None:
+    """Its callers saw the failure, or gave up waiting; either way it is not news."""
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 class PipelinedScript:

@@ -44,6 +44,8 @@ BUILTIN_MODULES = (
     "taskhub.builtin.console",
     "taskhub.builtin.saq_queue",
     "taskhub.builtin.sanic_server",
+    "taskhub.builtin.auth_none",
+    "taskhub.builtin.auth_api_key",
 )
 LOCAL_PACKAGE = "taskhub_local_plugins"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from redis import exceptions as rx
@@ -67,13 +67,18 @@ def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:
     """
     if is_embedded(settings.url):
         return _embedded_client(settings.url)
-    return Redis.from_url(
-        settings.url,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_timeout=settings.socket_timeout + blocking_timeout,
-        socket_keepalive=True,
-        health_check_interval=30,
-    )
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout + blocking_timeout,
+        "socket_keepalive": True,
+    }
+    if settings.cluster:
+        # Imported here so that a single-Redis process never loads the cluster client.
+        from taskhub.cluster_client import ClusterClient  # noqa: PLC0415
+
+        # Duck-typed: every command taskhub sends exists on both (see ClusterClient).
+        return cast(Redis, ClusterClient.for_settings(settings, timeouts))
+    return Redis.from_url(settings.url, health_check_interval=30, **timeouts)
 
 
 def _embedded_client(url: str) -> Redis:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from cluster import LocalCluster
 from helpers import (
     REDIS_URL,
     START_REDIS_HINT,
@@ -44,11 +45,30 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An asyncio client on the shared Redis (test_limiters has its own, on two backends)."""
-    conn = connect(RedisSettings(url=redis_url))
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client on the shared Redis (test_limiters and test_policies override it
+    to run on the test cluster too)."""
+    conn = client_on("single", request)
     yield conn
     await conn.aclose()
+
+
+def config_on(kind: str, ns: Namespace, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``config_dict`` on the ``single`` shared Redis or on the ``cluster``."""
+    if kind == "cluster":
+        config = config_dict(ns, request.getfixturevalue("cluster").url)
+        config["redis"]["cluster"] = True
+        return config
+    return config_dict(ns, request.getfixturevalue("redis_url"))
+
+
+def client_on(kind: str, request: pytest.FixtureRequest) -> aioredis.Redis:
+    """A client on the ``single`` shared Redis, the ``cluster``, or ``memory``."""
+    if kind == "cluster":
+        return connect(RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True))
+    if kind == "memory":
+        return connect(RedisSettings(url=f"memory://{request.node.nodeid}"))
+    return connect(RedisSettings(url=request.getfixturevalue("redis_url")))
 
 
 @pytest.fixture
@@ -127,3 +147,16 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
     yield start
     for process in started:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """A local Redis Cluster (3 masters, 3 replicas), started on first use, shared by the
+    session: tests keep to their own keys, and a test that kills or promotes nodes
+    must leave every slot served (see tests/cluster.py)."""
+    try:
+        local = LocalCluster.start()
+    except FileNotFoundError as exc:
+        pytest.skip(f"no test cluster: {exc}: {START_REDIS_HINT}")
+    yield local
+    local.stop()

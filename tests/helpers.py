@@ -93,7 +93,9 @@ class Namespace:
 
     @property
     def patterns(self) -> list[str]:
-        return [f"{self.prefix}:*", f"saq:{self.queue}:*", f"saq:job:{self.queue}:*"]
+        plain = [f"{self.prefix}:*", f"saq:{self.queue}:*", f"saq:job:{self.queue}:*"]
+        # A sharded queue's keys carry the hash tag {<queue>.<shard>} (taskhub.sharding).
+        return [*plain, f"saq:{{{self.queue}.*", f"saq:job:{{{self.queue}.*"]
 
     def keys(self, client: redis.Redis) -> set[bytes]:
         found: set[bytes] = set()

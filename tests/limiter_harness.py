@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis.asyncio as aioredis
 from helpers import Namespace
 from models import Expected
+from redis.asyncio.cluster import RedisCluster
 
 from taskhub.admission import Admission, Outcome
 from taskhub.builtin.handlers import LogCompletion
@@ -20,8 +24,27 @@ T0 = 4_000_000_000_000
 
 def admission_for(client: aioredis.Redis, ns: Namespace, limiter: Limiter) -> Admission:
     """One rule per user with ``limiter``, in front of the test's own queue."""
-    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
-    return Admission(client, [Rule("user", limiter)], queue, ns.prefix)
+    return admission_on(client, ns, [Rule("user", limiter)], SaqQueue.Config(name=ns.queue))
+
+
+def admission_on(
+    client: aioredis.Redis,
+    ns: Namespace,
+    rules: Sequence[Rule],
+    config: SaqQueue.Config,
+    **options: Any,
+) -> Admission:
+    """Admission as the hub builds it: on a cluster every key carries its shard's tag."""
+    queue = SaqQueue(config)
+    shards = queue.layout(cluster=isinstance(client, RedisCluster))
+    return Admission(client, rules, queue, ns.prefix, shards=shards, **options)
+
+
+def queued_key(admission: Admission) -> str:
+    """The waiting line of the (first) shard of the admission's queue."""
+    queue = admission.queue
+    assert isinstance(queue, SaqQueue)
+    return f"saq:{queue.shards.queue_name(0)}:queued"
 
 
 def keys_of(admission: Admission, user: str) -> list[str]:

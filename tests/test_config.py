@@ -213,6 +213,34 @@ def test_redis_url_scheme_is_checked_and_password_masked(tmp_path: Path) -> None
     assert "hunter2" not in message
 
 
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        ("{cluster: true}", "redis.url: value error, unsupported URL 'memory://' with cluster"),
+        ("{cluster: true, url: 'unix:///run/r.sock'}", "use redis:// or rediss://"),
+        (
+            "{cluster: true, url: 'redis://:pw@h:7000/3'}",
+            "redis.url: value error, URL 'redis://:***@h:7000/3' selects db 3, but a Redis "
+            "Cluster has only db 0",
+        ),
+        (
+            "{cluster: true, url: 'redis://h:7000', nodes: [redis://a:1, 'redis://b:2?db=1']}",
+            "redis.nodes[1]: value error, URL 'redis://b:2?db=1' selects db 1",
+        ),
+        ("{url: 'redis://h:7000', nodes: [redis://a:1]}", "redis.nodes: value error, nodes are"),
+    ],
+)
+def test_cluster_settings_are_checked(tmp_path: Path, redis: str, expected: str) -> None:
+    error = str(errors_of(tmp_path, f"redis: {redis}\n"))
+    assert expected in error
+    assert "pw" not in error
+
+
+def test_a_cluster_url_with_db_0_and_seed_nodes_is_valid(tmp_path: Path) -> None:
+    text = "redis: {cluster: true, url: 'redis://h:7000/0', nodes: ['rediss://a:1']}\n"
+    assert hub_from(tmp_path, text).settings.redis.nodes == ["rediss://a:1"]
+
+
 def test_secret_values_never_appear_in_errors(tmp_path: Path) -> None:
     error = errors_of(tmp_path, "server:\n  port: ${API_TOKEN}\n", env={"API_TOKEN": "tok-123456"})
     assert "server.port" in str(error) and "tok-123456" not in str(error)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from conftest import config_on
 from helpers import (
     ROOT,
     Namespace,
@@ -55,10 +56,11 @@ def assert_stops_cleanly(process: TaskhubProcess, sig: int = signal.SIGTERM) -> 
     assert "Traceback" not in process.output
 
 
+@pytest.mark.parametrize("on", ["single", "cluster"])
 def test_twenty_admitted_then_429_with_headers_and_twenty_log_lines(
-    tmp_path: Path, ns: Namespace, redis_url: str, spawn
+    tmp_path: Path, ns: Namespace, spawn, on: str, request: pytest.FixtureRequest
 ) -> None:
-    process = spawn(config_dict(ns, redis_url))
+    process = spawn(config_on(on, ns, request))
     try:
         responses = [post(process.url, {"user_id": "user123"}) for _ in range(21)]
         assert [r.status_code for r in responses] == [200] * 20 + [429]

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from limiter_harness import SPEC, T0, admission_for, decide, keys_of
+from conftest import client_on
+from limiter_harness import SPEC, T0, admission_for, decide, keys_of, queued_key
 from models import (
     Expected,
     GcraModel,
@@ -29,15 +30,12 @@ from taskhub.builtin.gcra import Gcra
 from taskhub.builtin.sliding_window import SlidingWindow
 from taskhub.builtin.token_bucket import TokenBucket
 from taskhub.components import Limiter
-from taskhub.config import RedisSettings
 from taskhub.policy import RequestContext
-from taskhub.redis_client import connect
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def client(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    url = redis_url if request.param == "redis" else f"memory://limiters-{id(request)}"
-    conn = connect(RedisSettings(url=url))
+@pytest.fixture(params=["single", "memory", "cluster"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    conn = client_on(request.param, request)
     yield conn
     await conn.aclose()
 
@@ -112,11 +110,11 @@ async def test_refusal_costs_no_tokens_and_queues_nothing(client, ns, sync_redis
     await decide(admission, T0)
     key = admission.rule_keys(RequestContext("u1", SPEC.name))[0]
     before = await client.hgetall(key)
-    queued = await client.llen(f"saq:{ns.queue}:queued")
+    queued = await client.llen(queued_key(admission))
     for i in range(5):
         assert not (await decide(admission, T0 + i)).allowed
     assert await client.hgetall(key) == before
-    assert await client.llen(f"saq:{ns.queue}:queued") == queued == 1
+    assert await client.llen(queued_key(admission)) == queued == 1
 
 
 async def assert_matches_model(
@@ -345,7 +343,7 @@ async def test_keys_expire_with_the_real_clock(
     admission = admission_for(client, ns, limiter)
     await admission.admit(SPEC, RequestContext("ttl-user", SPEC.name), None)  # Redis clock
     key = keys_of(admission, "ttl-user")[0]
-    assert key == f"{ns.prefix}:user:{strategy}:ttl-user"
+    assert key == f"{admission.key_prefix_for('ttl-user')}:user:{strategy}:ttl-user"
     ttl = await client.pttl(key)
     assert low < ttl <= high
 
@@ -357,6 +355,6 @@ async def test_user_ids_map_to_distinct_keys_that_cannot_pick_a_slot(client, ns)
         assert (await decide(admission, T0, user)).allowed, user  # each has its own bucket
     keys = [keys_of(admission, u)[0] for u in users]
     assert len(set(keys)) == len(users)
-    for key in keys:
-        subject = key.removeprefix(f"{ns.prefix}:user:tb:")
+    for user, key in zip(users, keys, strict=True):
+        subject = key.removeprefix(f"{admission.key_prefix_for(user)}:user:tb:")
         assert not set(subject) & set(":{}"), key

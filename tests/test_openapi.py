@@ -11,7 +11,7 @@ import httpx
 import jsonschema_rs
 import orjson
 import schemathesis
-from helpers import Namespace
+from helpers import Namespace, config_dict
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
@@ -25,9 +25,11 @@ DOCUMENTED = {
     ("/task/{job_id}", "delete"): {"200", "202", "404", "409", "503"},
     ("/health", "get"): {"200"},
     ("/ready", "get"): {"200", "503"},
+    ("/metrics", "get"): {"200"},
     ("/openapi.json", "get"): {"200"},
     ("/docs", "get"): {"200"},
 }
+BEARER = {"type": "http", "scheme": "bearer"}
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -51,7 +53,34 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
 
 
 def test_the_document_is_openapi_3_1() -> None:
-    spec = json.loads(orjson.dumps(build_spec()))  # as served: plain JSON
+    assert_well_formed(json.loads(orjson.dumps(build_spec())))  # as served: plain JSON
+
+
+def test_with_auth_the_task_endpoints_need_the_key_and_document_401_and_403() -> None:
+    spec = json.loads(orjson.dumps(build_spec(BEARER)))
+    protected = {("/task", "post"), ("/task/{job_id}", "get"), ("/task/{job_id}", "delete")}
+    expected = {
+        op: codes | ({"401"} if op in protected else set()) for op, codes in DOCUMENTED.items()
+    }
+    expected[("/task", "post")].add("403")
+    assert_well_formed(spec, expected)
+    assert spec["components"]["securitySchemes"] == {"apiKey": BEARER}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in METHODS:
+                secured = operation.get("security") == [{"apiKey": []}]
+                assert secured == ((path, method) in protected), (path, method)
+    unauthorized = spec["paths"]["/task"]["post"]["responses"]["401"]
+    assert "WWW-Authenticate" in unauthorized["headers"]
+    assert "securitySchemes" not in build_spec()["components"]
+
+
+def test_metrics_is_documented_only_when_served() -> None:
+    assert "/metrics" in build_spec()["paths"]
+    assert "/metrics" not in build_spec(metrics=False)["paths"]
+
+
+def assert_well_formed(spec: dict[str, Any], documented: dict[Any, set[str]] = DOCUMENTED) -> None:
     assert spec["openapi"] == "3.1.0"
     assert spec["info"]["title"] and spec["info"]["version"]
     found = {}
@@ -70,7 +99,7 @@ def test_the_document_is_openapi_3_1() -> None:
             params = [*item.get("parameters", []), *operation.get("parameters", [])]
             in_path = {p["name"] for p in params if p["in"] == "path"}
             assert in_path == {seg[1:-1] for seg in path.split("/") if seg.startswith("{")}
-    assert found == DOCUMENTED
+    assert found == documented
     for ref in refs(spec):
         assert resolve(spec, ref) is not None, ref
     for schema in spec["components"]["schemas"].values():
@@ -81,13 +110,32 @@ def test_every_header_is_documented() -> None:
     spec = build_spec()
     submit = spec["paths"]["/task"]["post"]["responses"]
     rate = {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
-    rate |= {"RateLimit-Policy", "RateLimit"}
+    rate |= {"RateLimit-Policy", "RateLimit", "X-Request-ID"}
     assert set(submit["200"]["headers"]) == rate | {"Idempotent-Replayed"}
     assert set(submit["429"]["headers"]) == rate | {"Retry-After"}
     assert "Retry-After" in submit["503"]["headers"]
     assert "Retry-After" in spec["paths"]["/ready"]["get"]["responses"]["503"]["headers"]
     params = spec["paths"]["/task"]["post"]["parameters"]
-    assert [(p["name"], p["in"]) for p in params] == [("Idempotency-Key", "header")]
+    assert [(p["name"], p["in"]) for p in params] == [
+        ("Idempotency-Key", "header"),
+        ("X-Request-ID", "header"),
+    ]
+
+
+def test_every_operation_takes_and_every_response_returns_a_request_id() -> None:
+    spec = build_spec(BEARER)
+    assert spec["components"]["headers"]["X-Request-ID"]["required"] is True
+    count = 0
+    for item in spec["paths"].values():
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            names = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+            assert "X-Request-ID" in names
+            for response in operation["responses"].values():
+                assert "X-Request-ID" in response["headers"]
+                count += 1
+    assert count > 20
 
 
 def test_the_request_schema_is_the_validating_models_own() -> None:
@@ -135,13 +183,38 @@ def test_the_live_server_keeps_to_its_document(live_server: tuple[str, Namespace
         keep_to_the_document(url, operation, mode, checks)
 
 
-def keep_to_the_document(url: str, operation: Any, mode: GenerationMode, checks: list) -> None:
+def test_a_server_with_api_keys_keeps_to_its_document(ns, redis_url, spawn, monkeypatch) -> None:
+    """The protected operations, with no key (every answer a 401) and with a key."""
+    key = "openapi-key-0123456789abcdef"
+    monkeypatch.setenv("TASKHUB_KEY_OPENAPI", key)
+    keys = [{"key": "${TASKHUB_KEY_OPENAPI}", "name": "openapi"}]
+    url = spawn(config_dict(ns, redis_url, auth={"type": "api_key", "keys": keys}), "serve").url
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    protected = [op for op in operations if op.path.startswith("/task")]
+    assert len(protected) == 3
+    for operation in protected:
+        for headers in ({}, {"Authorization": f"Bearer {key}"}):
+            keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, headers, 10)
+
+
+def keep_to_the_document(
+    url: str,
+    operation: Any,
+    mode: GenerationMode,
+    checks: list,
+    headers: dict[str, str] | None = None,
+    examples: int = 25,
+) -> None:
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
     )
     def keeps_to_the_document(case: Any) -> None:
-        case.call_and_validate(base_url=url, checks=checks, timeout=10)
+        case.call_and_validate(base_url=url, checks=checks, headers=headers, timeout=10)
 
     keeps_to_the_document()
 

@@ -127,6 +127,22 @@ async def test_an_unreachable_redis_is_a_connection_error():
         await pipeline.script(INCR_BY)(["k"], [1])
 
 
+async def test_callers_waiting_to_connect_share_one_attempt_and_its_timeout():
+    """A host that accepts and never answers (as a stopped or dead master may): every call
+    fails after one connect timeout, not one timeout per caller in turn."""
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipeline = pipeline_for(f"redis://127.0.0.1:{port}/0", connect_timeout=0.3)
+    script = pipeline.script(INCR_BY)  # loaded while connecting: the handshake hangs
+    started = time.monotonic()
+    results = await asyncio.gather(*(script(["k"], [1]) for _ in range(8)), return_exceptions=True)
+    elapsed = time.monotonic() - started
+    assert all(isinstance(r, RedisTimeoutError) for r in results), results
+    assert elapsed < 0.3 * 3, elapsed  # one attempt for all eight (one each: 2.4 s)
+    await pipeline.close()
+    server.close()
+
+
 async def test_password_and_database_from_the_url_are_used(private_redis: PrivateRedis):
     admin = private_redis.client()
     admin.config_set("requirepass", "s3cret-pass")

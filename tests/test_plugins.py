@@ -234,6 +234,6 @@ def test_every_hook_is_documented_in_the_readme() -> None:
         for name in dir(hookspecs)
         if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")
     ]
-    assert len(hooks) == 7
+    assert len(hooks) == 8
     for name in hooks:
         assert f"### `{name}(" in readme, f"hook {name} is not documented in README.md"

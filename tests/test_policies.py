@@ -7,11 +7,14 @@ clock where the maths matters.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from ipaddress import ip_network
 
 import pytest
 import redis.asyncio as aioredis
+from conftest import client_on
 from helpers import Namespace
+from limiter_harness import admission_on, queued_key
 
 from taskhub.admission import Admission, Outcome
 from taskhub.builtin.concurrency import Concurrency
@@ -37,9 +40,15 @@ def bucket(capacity: int, block: float = 0, refill: float = 1, period: float = 6
     )
 
 
+@pytest.fixture(params=["single", "cluster"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    conn = client_on(request.param, request)
+    yield conn
+    await conn.aclose()
+
+
 def admission(client: aioredis.Redis, ns: Namespace, *rules: Rule, **options) -> Admission:
-    queue = SaqQueue(SaqQueue.Config(name=ns.queue, **options))
-    return Admission(client, rules, queue, ns.prefix)
+    return admission_on(client, ns, rules, SaqQueue.Config(name=ns.queue, **options))
 
 
 def ctx(user: str = "u1", ip: str = "", **headers: str) -> RequestContext:
@@ -62,7 +71,7 @@ async def test_a_refusal_by_the_second_rule_leaves_the_first_untouched(client, n
     assert refused.rules[0].allowed  # per_user would have admitted ...
     assert await client.exists(user_key) == 0  # ... and was not charged
     assert await client.hgetall(gate.rule_keys(ctx("a"))[0]) == before
-    assert await client.llen(f"saq:{ns.queue}:queued") == 3
+    assert await client.llen(queued_key(gate)) == 3
 
 
 async def test_the_429_names_the_rule_with_the_longest_wait(client, ns) -> None:
@@ -100,15 +109,16 @@ async def test_rules_key_on_ip_header_task_and_constant(client, ns) -> None:
         Rule.keyed("all", bucket(1), "constant"),
     ]
     gate = admission(client, ns, *rules)
+    prefix = gate.key_prefix_for("u1")  # on a cluster: with the shard's hash tag
     keys = gate.rule_keys(ctx("u1", ip="203.0.113.7", **{"X-Api-Key": "k:1"}))
     assert keys == [
-        f"{ns.prefix}:ip:tb:203.0.113.7",
-        f"{ns.prefix}:api_key:tb:k%3A1",
-        f"{ns.prefix}:task:tb:log_completion",
-        f"{ns.prefix}:all:tb:all",
+        f"{prefix}:ip:tb:203.0.113.7",
+        f"{prefix}:api_key:tb:k%3A1",
+        f"{prefix}:task:tb:log_completion",
+        f"{prefix}:all:tb:all",
     ]
     # requests without the header share one key
-    assert gate.rule_keys(ctx("u2"))[1] == f"{ns.prefix}:api_key:tb:"
+    assert gate.rule_keys(ctx("u2"))[1] == f"{prefix}:api_key:tb:"
 
 
 async def test_shadow_rule_counts_and_reports_but_never_refuses(client, ns, caplog) -> None:
@@ -124,7 +134,7 @@ async def test_shadow_rule_counts_and_reports_but_never_refuses(client, ns, capl
     assert gate._shadow.totals == {"trial": 3}
     shadow_logs = [r for r in caplog.records if "shadow rule 'trial'" in r.getMessage()]
     assert len(shadow_logs) == 1  # the first at once, the rest summed up later
-    assert await client.llen(f"saq:{ns.queue}:queued") == 5
+    assert await client.llen(queued_key(gate)) == 5
 
 
 async def test_backpressure_inside_the_script_charges_nothing(client, ns) -> None:
@@ -142,7 +152,7 @@ async def test_an_idempotent_retry_returns_the_job_and_charges_nothing(client, n
     assert (first.outcome, again.outcome) == (Outcome.ADMITTED, Outcome.DUPLICATE)
     assert first.job_id == again.job_id == "job-1"
     assert again.rules[0].remaining == first.rules[0].remaining == 9
-    assert await client.llen(f"saq:{ns.queue}:queued") == 1
+    assert await client.llen(queued_key(gate)) == 1
 
 
 # --------------------------------------------------------------------------- deny cache
@@ -191,9 +201,9 @@ async def test_deny_cache_answers_a_blocked_key_without_redis(private_redis, ns)
 
 
 async def test_a_request_with_a_job_id_is_never_answered_from_the_deny_cache(client, ns) -> None:
-    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
     rule = Rule("per_user", bucket(2))
-    gate = Admission(client, [rule], queue, ns.prefix, deny_cache=DenyCache(100))
+    config = SaqQueue.Config(name=ns.queue)
+    gate = admission_on(client, ns, [rule], config, deny_cache=DenyCache(100))
     assert (await gate.admit(SPEC, ctx(), None, job_id="job-1")).outcome is Outcome.ADMITTED
     assert (await gate.admit(SPEC, ctx(), None)).outcome is Outcome.ADMITTED  # the last token
     assert not (await gate.admit(SPEC, ctx(), None)).cached  # Redis refuses; now it is cached
@@ -204,7 +214,7 @@ async def test_a_request_with_a_job_id_is_never_answered_from_the_deny_cache(cli
     # a new job id is refused too, but by Redis
     fresh = await gate.admit(SPEC, ctx(), None, job_id="job-2")
     assert (fresh.outcome, fresh.cached) == (Outcome.REFUSED, False)
-    assert await client.llen(f"saq:{ns.queue}:queued") == 2
+    assert await client.llen(queued_key(gate)) == 2
 
 
 # --------------------------------------------------------------------------- client IP

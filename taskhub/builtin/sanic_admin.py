@@ -13,7 +13,6 @@ these run out: at most the Retry-After they answered with.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -21,6 +20,7 @@ from urllib.parse import unquote
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
+from taskhub.bearer import bearer_credentials, bearer_token_ok
 from taskhub.builtin.http_json import error_response, json_response
 from taskhub.builtin.sanic_request_id import tracked
 from taskhub.errors import BackendUnavailable
@@ -41,15 +41,15 @@ def add_admin_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
     if not settings.enabled:
         return
     admin = hub.build_limits_admin()
-    token = settings.token.encode()
+    token = settings.token
     unavailable = {"Retry-After": str(retry_after)}
 
     def refusal(request: Request) -> HTTPResponse | None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
+        header = request.headers.get("authorization")
+        if bearer_credentials(header) is None:
             message = "send the admin token: Authorization: Bearer <token>"
             return error_response(401, "unauthorized", message, CHALLENGE)
-        if not hmac.compare_digest(given.strip().encode(), token):
+        if not bearer_token_ok(header, token):
             return error_response(403, "forbidden", "wrong admin token")
         return None
 

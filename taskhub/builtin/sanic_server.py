@@ -1,11 +1,11 @@
 """``sanic``: the HTTP API (``POST /task``, ``GET``/``DELETE /task/{id}``, ``GET /health``,
 ``GET /ready``, ``GET /openapi.json``, ``GET /docs`` and, when enabled, ``/admin/limits/{key}``).
 
-The request path is: size check (Sanic, 413), content type (415), parse and
-validate (400/422), one admission round trip (200/429, or 503 when Redis is
-down). Every response, errors included, is JSON; no response carries a
-traceback. An unexpected error is a 500 whose ``error_id`` is also in the
-logged traceback.
+The request path is: size check (Sanic, 413), authentication when ``auth`` is
+on (401), content type (415), parse and validate (400/422), the key's bound user
+(403), one admission round trip (200/429, or 503 when Redis is down). Every
+response, errors included, is JSON; no response carries a traceback. An
+unexpected error is a 500 whose ``error_id`` is also in the logged traceback.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from taskhub import Options, Server, hookimpl, request_id
 from taskhub.admission import Decision, Outcome
 from taskhub.builtin.http_json import JSON, error_response, json_response
 from taskhub.builtin.sanic_admin import add_admin_routes
+from taskhub.builtin.sanic_auth import forbidden, may_see, request_guard
 from taskhub.builtin.sanic_request_id import TaskhubRequest, request_id_of, tracked
 from taskhub.client_ip import ClientAddress
 from taskhub.errors import BackendUnavailable, StartupError
@@ -175,7 +176,7 @@ class SanicServer(Server):
         app.add_route(tracked(submit), "/task", methods=["POST"], name="submit_task")
         app.add_route(tracked(_health), "/health", methods=["GET"], name="health")
         app.add_route(tracked(self._ready_handler(hub)), "/ready", methods=["GET"], name="ready")
-        openapi = tracked(_openapi_handler())
+        openapi = tracked(_openapi_handler(hub))
         app.add_route(openapi, "/openapi.json", methods=["GET"], name="openapi")
         app.add_route(tracked(_docs), "/docs", methods=["GET"], name="docs")
         status, abort = self._job_handlers(hub)
@@ -191,6 +192,7 @@ class SanicServer(Server):
         admission = hub.admission
         parser = hub.submissions
         metrics = hub.request_metrics
+        guard = request_guard(hub.authenticator)
         clock = time.perf_counter
         assert admission is not None
         retry_headers = {"Retry-After": str(self.config.unavailable_retry_after)}
@@ -201,19 +203,26 @@ class SanicServer(Server):
             else None
         )
 
-        def rejected(exc: SubmissionError) -> HTTPResponse:
+        def refused(code: str, response: HTTPResponse) -> HTTPResponse:
             if metrics is not None:
-                metrics.bad_request(exc.code)
-            return json_response(exc.status, exc.body())
+                metrics.bad_request(code)
+            return response
+
+        def rejected(exc: SubmissionError) -> HTTPResponse:
+            return refused(exc.code, json_response(exc.status, exc.body()))
 
         async def submit(request: Request) -> HTTPResponse:
+            bound = None
+            if guard is not None:
+                principal = guard(request)
+                if isinstance(principal, HTTPResponse):
+                    return refused("unauthorized", principal)
+                bound = principal.user_id
             content_type = request.headers.get("content-type")
             if content_type is not None and not is_json_media_type(content_type):
-                if metrics is not None:
-                    metrics.bad_request("unsupported_media_type")
-                return error_response(
-                    415, "unsupported_media_type", "send the body as application/json"
-                )
+                message = "send the body as application/json"
+                code = "unsupported_media_type"
+                return refused(code, error_response(415, code, message))
             try:
                 submission = parser.parse(request.body)
                 job_id = idempotent_job_id(
@@ -221,6 +230,8 @@ class SanicServer(Server):
                 )
             except SubmissionError as exc:
                 return rejected(exc)
+            if bound is not None and bound != submission.user_id:
+                return refused("forbidden", forbidden(bound, submission.user_id))
             headers = request.headers
             context = RequestContext(
                 user_id=submission.user_id,
@@ -275,6 +286,7 @@ class SanicServer(Server):
     def _job_handlers(self, hub: Hub) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """``GET /task/{id}`` (its state) and ``DELETE /task/{id}`` (abort it)."""
         queue = hub.queue
+        guard = request_guard(hub.authenticator)
         retry_after = {"Retry-After": str(self.config.unavailable_retry_after)}
 
         def unavailable() -> HTTPResponse:
@@ -285,13 +297,31 @@ class SanicServer(Server):
             return error_response(404, "not_found", "no such job (or it has expired)")
 
         async def status(request: Request, job_id: str) -> HTTPResponse:
+            principal = None
+            if guard is not None:
+                principal = guard(request)
+                if isinstance(principal, HTTPResponse):
+                    return principal
             try:
                 job = await queue.status(job_id)
             except BackendUnavailable:
                 return unavailable()
-            return not_found() if job is None else json_response(200, job.to_json())
+            if job is None or not may_see(principal, job.user_id):
+                return not_found()  # another user's job: its existence is not told
+            return json_response(200, job.to_json())
 
         async def abort(request: Request, job_id: str) -> HTTPResponse:
+            if guard is not None:
+                principal = guard(request)
+                if isinstance(principal, HTTPResponse):
+                    return principal
+                if principal.user_id is not None:
+                    try:
+                        job = await queue.status(job_id)
+                    except BackendUnavailable:
+                        return unavailable()
+                    if job is None or not may_see(principal, job.user_id):
+                        return not_found()
             try:
                 result = await queue.abort(job_id)
             except BackendUnavailable:
@@ -404,9 +434,11 @@ async def _health(request: Request) -> HTTPResponse:
     return json_response(200, {"status": "ok"})
 
 
-def _openapi_handler() -> Callable[[Request], Any]:
+def _openapi_handler(hub: Hub) -> Callable[[Request], Any]:
     """The document is the same for every request, so it is encoded once."""
-    document = orjson.dumps(build_spec())
+    document = orjson.dumps(
+        build_spec(hub.authenticator.security_scheme(), metrics=hub.settings.metrics.enabled)
+    )
 
     async def openapi(request: Request) -> HTTPResponse:
         return HTTPResponse(document, content_type=JSON)

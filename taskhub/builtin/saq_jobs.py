@@ -7,6 +7,9 @@ read again), so an abort or a retry can never undo a worker's concurrent write.
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+import itertools
 import re
 from collections import Counter
 from datetime import UTC, datetime
@@ -141,6 +144,46 @@ async def snapshot(queue: HardenedRedisQueue, failures: int) -> QueueSnapshot:
         dead=dead,
         workers=sorted(workers.values(), key=lambda w: w.worker_id),
         recent_failures=[job_info(job) for job in recent if job is not None],
+    )
+
+
+def oldest_first(shards: list[list[tuple[Job, bytes]]], limit: int | None) -> list[Job]:
+    """Dead letters of every shard (each oldest first) as one list, oldest first."""
+    merged = heapq.merge(*shards, key=lambda entry: entry[0].completed)
+    return [job for job, _ in itertools.islice(merged, limit)]
+
+
+def merge_snapshots(name: str, shots: list[QueueSnapshot], failures: int) -> QueueSnapshot:
+    """One snapshot of a sharded queue: counts summed, workers and failures merged.
+
+    Workers report in the first shard; the jobs each runs are counted in every shard.
+    """
+    if len(shots) == 1:
+        return dataclasses.replace(shots[0], queue=name)
+    workers: dict[str, WorkerStatus] = {}
+    for shot in shots:
+        for worker in shot.workers:
+            known = workers.get(worker.worker_id)
+            if known is None:
+                workers[worker.worker_id] = worker
+            else:
+                running = known.running + worker.running
+                base = known if known.last_seen is not None else worker
+                workers[worker.worker_id] = dataclasses.replace(base, running=running)
+    failed = sorted(
+        (job for shot in shots for job in shot.recent_failures),
+        key=lambda job: job.completed_at or datetime.min.replace(tzinfo=UTC),
+        reverse=True,
+    )
+    return QueueSnapshot(
+        queue=name,
+        taken_at=min(shot.taken_at for shot in shots),
+        queued=sum(shot.queued for shot in shots),
+        active=sum(shot.active for shot in shots),
+        scheduled=sum(shot.scheduled for shot in shots),
+        dead=sum(shot.dead for shot in shots),
+        workers=sorted(workers.values(), key=lambda w: w.worker_id),
+        recent_failures=failed[:failures],
     )
 
 

@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from pydantic import Field
@@ -24,8 +25,9 @@ from taskhub.builtin import saq_jobs
 from taskhub.builtin.saq_jobs import job_info
 from taskhub.builtin.saq_redis import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq_worker import HubWorker
-from taskhub.jobs import AbortResult, JobInfo
+from taskhub.jobs import AbortOutcome, AbortResult, JobInfo
 from taskhub.redis_client import guarded
+from taskhub.sharding import MAX_SHARDS, ShardBy, Shards
 from taskhub.submission import unstorable_payload
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ DEQUEUE_TIMEOUT = 1.0
 # How often due retries are queued: a retry runs at most this late.
 SCHEDULE_INTERVAL = 0.2
 WEEK = 7 * 86_400
+T = TypeVar("T")
 
 ENQUEUE_LUA = """
 local Q = {}
@@ -90,20 +93,48 @@ class SaqQueue(QueueBackend):
         max_depth: int = Field(
             0, ge=0, le=1_000_000_000, description="most unfinished jobs; 0 for no bound"
         )
+        shards: int = Field(
+            1, ge=1, le=MAX_SHARDS, description="queues the jobs spread over, a hash slot each"
+        )
+        shard_by: ShardBy = Field(
+            "user", description="user: a user's jobs in one shard; or in turn"
+        )
 
     config: Config
 
     def __init__(self, config: Options) -> None:
         super().__init__(config)
-        name = self.config.name
-        self._incomplete = f"saq:{name}:incomplete"
-        self._queued = f"saq:{name}:queued"
-        self._job_prefix = f"saq:job:{name}:"
-        self._jobs: HardenedRedisQueue | None = None
+        self._lay_out(Shards(self.config.shards, self.config.shard_by, self.config.name))
+        self._jobs: list[HardenedRedisQueue] = []
+
+    def _lay_out(self, shards: Shards) -> None:
+        self.shards = shards
+        names = [shards.queue_name(i) for i in range(shards.count)]
+        # Per shard: incomplete zset, queued list, job key prefix and abort key prefix.
+        # SAQ keeps the abort key outside the queue's slot (``saq:abort:<key>``, SAQ
+        # issue 256): a tagged layout keeps it in the queue's namespace instead.
+        self._layouts = [
+            (
+                f"saq:{name}:incomplete",
+                f"saq:{name}:queued",
+                f"saq:job:{name}:",
+                f"saq:{name}:abort:" if shards.tagged else "saq:abort:",
+            )
+            for name in names
+        ]
+        self._names = names
+        self._max_depth = -(-self.config.max_depth // shards.count)  # rounded up
+
+    def layout(self, *, cluster: bool = False) -> Shards:
+        if cluster and not self.shards.tagged:
+            c = self.config
+            self._lay_out(Shards(c.shards, c.shard_by, c.name, tagged=True))
+        return self.shards
 
     @property
     def max_depth(self) -> int:
-        return self.config.max_depth
+        """Each shard's share of ``max_depth``: a script sees only its own shard."""
+        return self._max_depth
 
     def prepare(
         self,
@@ -113,8 +144,13 @@ class SaqQueue(QueueBackend):
         job_id: str | None = None,
         holds: Sequence[str] = (),
     ) -> PreparedJob:
-        c = self.config
-        key = job_id or uuid.uuid4().hex
+        c, shards = self.config, self.shards
+        if shards.count == 1:  # the common case, on the request path: no lookups
+            shard, key = 0, job_id or uuid.uuid4().hex
+        else:
+            shard = shards.place(user_id, job_id)
+            key = shards.job_id(job_id or uuid.uuid4().hex, shard)
+        incomplete, queued, job_prefix, abort_prefix = self._layouts[shard]
         kwargs: dict[str, Any] = {"user_id": user_id}
         if payload is not None:
             kwargs["payload"] = payload
@@ -125,7 +161,7 @@ class SaqQueue(QueueBackend):
         job = {
             "function": spec.name,
             "kwargs": kwargs,
-            "queue": c.name,
+            "queue": self._names[shard],
             "key": key,
             "timeout": option(spec.timeout, c.timeout),
             "heartbeat": option(spec.heartbeat, c.heartbeat),
@@ -144,16 +180,17 @@ class SaqQueue(QueueBackend):
             meta[REQUEST_ID] = submitted_by
         if meta:
             job["meta"] = meta
-        keys = [self._incomplete, self._job_prefix + key, self._queued, f"saq:abort:{key}"]
+        keys = [incomplete, job_prefix + key, queued, abort_prefix + key]
         try:
             stored = orjson.dumps(job)
         except orjson.JSONEncodeError as exc:  # JSON the parser took, e.g. an int over 64 bits
             raise unstorable_payload(str(exc)) from None
-        return PreparedJob(job_id=key, keys=keys, args=[stored, "0"])
+        return PreparedJob(job_id=key, keys=keys, args=[stored, "0"], shard=shard)
 
-    def redis_queue(self, client: Redis) -> HardenedRedisQueue:
+    def redis_queue(self, client: Redis, shard: int = 0) -> HardenedRedisQueue:
         c = self.config
-        return HardenedRedisQueue(client, c.name, c.heartbeat, c.dead_letter_ttl)
+        name = self._names[shard]
+        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl, shard=shard)
 
     def beat_interval(self, hub: Hub) -> float:
         """A third of the shortest heartbeat any task has: two beats may be lost."""
@@ -161,10 +198,13 @@ class SaqQueue(QueueBackend):
         return min([self.config.heartbeat, *beats]) / 3
 
     async def work(self, hub: Hub, stop: asyncio.Event) -> None:
-        queue = self.redis_queue(hub.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT))
-        await queue.connect()
+        client = hub.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT)
+        shards = [self.redis_queue(client, i) for i in range(self.shards.count)]
+        for shard in shards:
+            await shard.connect()
         worker = HubWorker(
-            queue,
+            shards[0],
+            shards=shards,
             beat_interval=self.beat_interval(hub),
             runner=hub.runner,
             specs=hub.tasks,
@@ -184,41 +224,63 @@ class SaqQueue(QueueBackend):
             await worker.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await running  # re-raises a worker that crashed
-            await queue.disconnect()
+            await shards[0].disconnect()  # closes the client every shard shares
 
     # ------------------------------------------------------------------ inspection
 
     async def open(self, hub: Hub) -> None:
         assert hub.redis is not None
-        self._jobs = self.redis_queue(hub.redis)  # shares the hub's client; closed by the hub
+        # They share the hub's client; the hub closes it.
+        self._jobs = [self.redis_queue(hub.redis, i) for i in range(self.shards.count)]
 
     async def status(self, job_id: str) -> JobInfo | None:
-        return await guarded(saq_jobs.status(self._queue(), job_id))
+        queue = self._queue_of(job_id)
+        return None if queue is None else await guarded(saq_jobs.status(queue, job_id))
 
     async def abort(self, job_id: str) -> AbortResult:
-        return await guarded(saq_jobs.abort(self._queue(), job_id))
+        queue = self._queue_of(job_id)
+        if queue is None:
+            return AbortResult(AbortOutcome.UNKNOWN)
+        return await guarded(saq_jobs.abort(queue, job_id))
 
     async def check(self) -> None:
-        await guarded(self._queue().redis.exists(self._incomplete))
+        await guarded(self._queues()[0].redis.exists(self._layouts[0][0]))
 
     async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
-        entries = await guarded(self._queue().dead_entries(limit))
-        return [job_info(job) for job, _ in entries]
+        shards = await self._each(lambda queue: queue.dead_entries(limit))
+        return [job_info(job) for job in saq_jobs.oldest_first(shards, limit)]
 
     async def retry_dead(self, job_ids: list[str] | None) -> list[str]:
-        return await guarded(saq_jobs.retry_dead(self._queue(), job_ids))
+        moved = await self._each(lambda queue: saq_jobs.retry_dead(queue, job_ids))
+        return [job_id for shard in moved for job_id in shard]
 
     async def purge_dead(self) -> int:
-        return await guarded(self._queue().purge_dead())
+        return sum(await self._each(lambda queue: queue.purge_dead()))
 
     async def depth(self) -> dict[str, int]:
-        return await self._queue().depth()
+        total: Counter[str] = Counter()
+        for depth in await asyncio.gather(*(queue.depth() for queue in self._queues())):
+            total.update(depth)
+        return dict(total)
 
     async def snapshot(self, failures: int = 5) -> QueueSnapshot:
-        return await guarded(saq_jobs.snapshot(self._queue(), failures))
+        shots = await self._each(lambda queue: saq_jobs.snapshot(queue, failures))
+        return saq_jobs.merge_snapshots(self.config.name, shots, failures)
 
-    def _queue(self) -> HardenedRedisQueue:
-        if self._jobs is None:
+    async def _each(self, call: Callable[[HardenedRedisQueue], Awaitable[T]]) -> list[T]:
+        """``call`` on every shard at once (one shard: just the call)."""
+        queues = self._queues()
+        if len(queues) == 1:
+            return [await guarded(call(queues[0]))]
+        return list(await guarded(asyncio.gather(*(call(queue) for queue in queues))))
+
+    def _queue_of(self, job_id: str) -> HardenedRedisQueue | None:
+        """The shard a job id names (ids carry their shard); None: no job of this queue."""
+        shard = self.shards.shard_of(job_id)
+        return None if shard is None else self._queues()[shard]
+
+    def _queues(self) -> list[HardenedRedisQueue]:
+        if not self._jobs:
             raise RuntimeError("the queue is not open")
         return self._jobs
 

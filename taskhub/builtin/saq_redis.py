@@ -17,7 +17,9 @@ Here:
 - every transition is fenced: a worker's by its own (worker id, attempt), the
   sweep's and the API's by the exact stored job they read, so whoever lost a
   race changes nothing;
-- dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``.
+- dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``;
+- nothing is published: taskhub reads job state and never subscribes (and a
+  Redis Cluster would broadcast every PUBLISH to every node).
 
 An unreachable Redis makes upkeep skip a round and log once, never spin.
 """
@@ -66,14 +68,14 @@ STEP_LUA = f"""
 -- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
 -- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
 -- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition three:
---   'fence-kind action ttl-ms score stale-ms status' (one string: fewer arguments to
---   pack for the client, a cost per argument), the fence, the new json
+--   'fence-kind action ttl-ms score stale-ms' (one string: fewer arguments to pack
+--   for the client, a cost per argument), the fence, the new json
 -- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function transition(job, kind, fence, action, new, ttl, score, stale, status)
+local function transition(job, kind, fence, action, new, ttl, score, stale)
   local current = redis.call('GET', job)
   if not current then return 0 end
   if kind == 'run' then
@@ -134,17 +136,16 @@ local function transition(job, kind, fence, action, new, ttl, score, stale, stat
       end
     end
   end
-  redis.call('PUBLISH', job, status)
   return 1
 end
 
 local done = {{}}
 for i = 6, #KEYS do
   local a = (i - 6) * 3 + 2
-  local kind, action, ttl, score, stale, status =
-    string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local kind, action, ttl, score, stale =
+    string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
   local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
-    ARGV[a + 3], tonumber(ttl), score, tonumber(stale), status)
+    ARGV[a + 3], tonumber(ttl), score, tonumber(stale))
   if ok then done[#done + 1] = result else done[#done + 1] = tostring(result) end
 end
 
@@ -248,8 +249,11 @@ class Move(enum.StrEnum):
 class HardenedRedisQueue(RedisQueue):
     """SAQ's RedisQueue with fenced transitions, a safe sweep and outage guards."""
 
-    def __init__(self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int) -> None:
+    def __init__(
+        self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int, shard: int = 0
+    ) -> None:
         super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
+        self.shard = shard  # which of its queue's shards this is (taskhub.sharding)
         self.heartbeat = heartbeat
         self.dead_letter_ttl = dead_letter_ttl
         self.beats_key = self.namespace("heartbeats")
@@ -300,15 +304,16 @@ class HardenedRedisQueue(RedisQueue):
 
     # ------------------------------------------------------------------ worker side
 
-    async def take(self, timeout: float) -> tuple[Job, bytes] | None:
+    async def take(self, timeout: float, *, block: bool = True) -> tuple[Job, bytes] | None:
         """Move the next job to the active list; returns it with its stored bytes.
 
         Takes ride along with other requests in one script call; only an empty
-        queue falls back to blocking (BLMOVE) for up to ``timeout``.
+        queue falls back to blocking (BLMOVE) for up to ``timeout``, unless ``block``
+        is False.
         """
         try:
             taken = await self._submit_take()
-            if taken is None:
+            if taken is None and block:
                 taken = await self._take_blocking(timeout)
         except Exception as exc:
             self._outage.absorb(exc)
@@ -365,7 +370,7 @@ class HardenedRedisQueue(RedisQueue):
         """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
         ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
         ttl_ms = ttl * 1000 if ttl > 0 else ttl
-        head = f"{fence.value} {move.value} {ttl_ms} {score!r} {stale_ms} {job.status.value}"
+        head = f"{fence.value} {move.value} {ttl_ms} {score!r} {stale_ms}"
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._moves.append((job.id, [head, expected, self.serialize(job)], done))
         self._start_flush()

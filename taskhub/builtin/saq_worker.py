@@ -18,6 +18,11 @@ keeping it anywhere. Here each outcome is one fenced transition
 While it runs, the worker beats for every job it holds (``heartbeat / 3``), so a
 live job is never swept and a dead worker's jobs are found within ``heartbeat``
 plus one sweep interval.
+
+A sharded queue (:mod:`taskhub.sharding`) is worked as one: each of the worker's
+slots takes from its own shard first, then from the others, and waits on its own
+when all are empty; each job moves only in the shard it came from. One shard
+behaves exactly as a plain queue.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import logging
 import random
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 from saq import Worker
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
     from taskhub.metrics import JobMetrics
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long a cancelled handler gets to unwind before the job is handed back anyway.
 CANCEL_DEADLINE = 2.0
@@ -87,6 +95,19 @@ async def outcome(task: asyncio.Task[Any], timeout: float | None) -> Any:
     return task.result()
 
 
+def shard_of(job: Job) -> HardenedRedisQueue:
+    """The shard a job was read from: each job moves only there."""
+    return cast(HardenedRedisQueue, job.queue)
+
+
+async def beat(shard: HardenedRedisQueue, jobs: list[Job]) -> None:
+    await shard.beat(job.id for job in jobs)
+
+
+async def read_jobs(shard: HardenedRedisQueue, jobs: list[Job]) -> list[Job | None]:
+    return await shard.jobs(job.key for job in jobs)
+
+
 class HubWorker(Worker):
     """SAQ's worker loop with taskhub's outcomes, heartbeats and hand-back on shutdown."""
 
@@ -101,32 +122,66 @@ class HubWorker(Worker):
         runner: TaskRunner,
         specs: dict[str, TaskSpec],
         metrics: JobMetrics | None = None,
+        shards: Sequence[HardenedRedisQueue] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(queue, **kwargs)
+        # ``queue`` (the first shard) also holds this worker's reports and counters.
+        self.shards = list(shards) or [queue]
         self.runner = runner
         self.metrics = metrics
         if metrics is not None:
-            queue.on_recovered = self._recovered
+            for shard in self.shards:
+                shard.on_recovered = self._recovered
         self.specs = specs
         self.beat_interval = beat_interval
         self._upkeep_tasks: list[asyncio.Task[None]] = []
         self._beater: asyncio.Task[None] | None = None
         self._busy: dict[asyncio.Task[Any], Job] = {}  # process task -> the job it runs
+        self._slots = 0  # slots started: slot n prefers shard n modulo the shard count
 
     async def upkeep(self) -> list[asyncio.Task[None]]:
-        self._upkeep_tasks = await super().upkeep()
+        self._upkeep_tasks = await super().upkeep()  # sweeps the first shard
+        for shard in self.shards[1:]:
+            sweep = self._every(self.timers["sweep"], shard.sweep)
+            self._upkeep_tasks.append(asyncio.create_task(sweep, name=f"sweep-{shard.name}"))
         self._beater = asyncio.create_task(self._beat_forever(), name="saq-heartbeat")
         return self._upkeep_tasks
+
+    async def _every(self, seconds: float, call: Callable[[int], Awaitable[Any]]) -> None:
+        """An upkeep call every ``seconds`` (as SAQ's own upkeep: ``seconds`` is its lock)."""
+        while not self.event.is_set():
+            try:
+                await call(int(seconds))
+            except Exception:
+                logger.exception("upkeep of the queue failed")
+            await asyncio.sleep(seconds)
+
+    async def schedule(self, lock: int = 1) -> None:
+        """Queue the retries that are due, in every shard (taskhub has no cron jobs)."""
+        await asyncio.gather(*(shard.schedule(lock) for shard in self.shards))
 
     async def _beat_forever(self) -> None:
         """Keep every job this worker holds alive; stops only once they are settled."""
         while True:
             try:
-                await self.queue.beat(job.id for job in self._busy.values())
+                await self._each_shard(self._busy.values(), beat)
             except Exception:  # a bug, not an outage: keep beating regardless
                 logger.exception("heartbeat failed")
             await asyncio.sleep(self.beat_interval)
+
+    async def _each_shard(
+        self,
+        jobs: Iterable[Job],
+        call: Callable[[HardenedRedisQueue, list[Job]], Awaitable[T]],
+    ) -> list[T]:
+        """``call`` once per shard with those of ``jobs`` in it, the shards at once."""
+        if len(self.shards) == 1:
+            return [await call(self.queue, list(jobs))]
+        by_shard: defaultdict[HardenedRedisQueue, list[Job]] = defaultdict(list)
+        for job in jobs:
+            by_shard[shard_of(job)].append(job)
+        return await asyncio.gather(*(call(shard, held) for shard, held in by_shard.items()))
 
     async def worker_info(self, ttl: int = 60) -> WorkerInfo:
         """SAQ's stats report, stamped with when it was written, for ``taskhub status``."""
@@ -135,10 +190,10 @@ class HubWorker(Worker):
 
     async def abort(self, abort_threshold: float) -> None:
         """Cancel running jobs whose abort was requested (status ``aborting``)."""
-        jobs = {job.key: task for task, job in self._busy.items()}
-        if not jobs:
+        if not self._busy:
             return
-        for stored in await self.queue.jobs(list(jobs)):
+        found = await self._each_shard(self._busy.values(), read_jobs)
+        for stored in (job for jobs in found for job in jobs):
             if stored is not None and stored.status == Status.ABORTING:
                 context = self.job_task_contexts.get(stored)
                 if context is not None and context["aborted"] is None:
@@ -149,32 +204,50 @@ class HubWorker(Worker):
     def _process(self, previous_task: asyncio.Task[Any] | None = None) -> None:
         """Start one slot: a task that runs job after job (SAQ starts a task per job)."""
         if not self.event.is_set():
-            self.tasks.add(asyncio.create_task(self._slot(), name="process"))
+            home = self._slots % len(self.shards)
+            self._slots += 1
+            self.tasks.add(asyncio.create_task(self._slot(home), name="process"))
 
-    async def _slot(self) -> None:
+    async def _slot(self, home: int = 0) -> None:
         while not self.event.is_set():
             try:
-                await self.process()
+                await self.process(home)
             except Exception:
                 logger.exception("the worker failed to process a job")
                 await asyncio.sleep(SLOT_BACKOFF)
 
-    async def process(self) -> bool:
-        taken = await self.queue.take(self.dequeue_timeout)
+    async def take(self, home: int = 0) -> tuple[Job, bytes] | None:
+        """The next job: from shard ``home``, else from the others in turn, without
+        blocking; only when all are empty, block on ``home`` for the dequeue timeout.
+
+        With at least as many slots as shards, every shard has slots blocked on it;
+        with fewer, a job in a shard nobody blocks on waits at most one timeout.
+        """
+        shards = self.shards
+        count = len(shards)
+        for step in range(count if count > 1 else 0):
+            taken = await shards[(home + step) % count].take(0, block=False)
+            if taken is not None:
+                return taken
+        return await shards[home].take(self.dequeue_timeout)
+
+    async def process(self, home: int = 0) -> bool:
+        taken = await self.take(home)
         if taken is None:
             return False
         job, raw = taken
+        queue = shard_of(job)
         if self.event.is_set():  # stopping: not ours to start
-            await self.queue.guarded(self.queue.move(job, Move.FRONT, Fence.STORED, raw))
+            await queue.guarded(queue.move(job, Move.FRONT, Fence.STORED, raw))
             return False
         if await self._deferred(job, raw):
             return True
-        if not await self.queue.guarded(self.queue.claim(job, raw, self.id)):
+        if not await queue.guarded(queue.claim(job, raw, self.id)):
             return True  # aborted or swept meanwhile, or Redis is away (the sweep re-queues it)
         me = asyncio.current_task()
         assert me is not None
         self._busy[me] = job
-        fence = self.queue.run_fence(job)
+        fence = queue.run_fence(job)
         try:
             await self._run(job, fence)
         finally:
@@ -187,12 +260,15 @@ class HubWorker(Worker):
         user_id = (job.kwargs or {}).get("user_id", "")
         if spec is None or self.runner.gate is None:
             return False
-        wait_ms = await self.runner.wait_ms(spec, job_id=job.key, user_id=user_id)
+        queue = shard_of(job)
+        wait_ms = await self.runner.wait_ms(
+            spec, job_id=job.key, user_id=user_id, shard=queue.shard
+        )
         if wait_ms <= 0:
             return False
         at = now() / 1000 + wait_ms / 1000
         job.scheduled = int(at)
-        await self.queue.guarded(self.queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
+        await queue.guarded(queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
         logger.debug("job %s over its execution limit: runs in %d ms", job.key, wait_ms)
         return True
 
@@ -332,7 +408,7 @@ class HubWorker(Worker):
 
     async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
         try:
-            moved = await self.queue.move(job, move, Fence.RUN, fence, score=score)
+            moved = await shard_of(job).move(job, move, Fence.RUN, fence, score=score)
         except Exception as exc:
             # The job stays in the active list without beats, so the sweep re-runs it.
             if is_unavailable(exc):

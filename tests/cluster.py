@@ -1,0 +1,185 @@
+"""A local Redis Cluster for the tests: 3 masters and 3 replicas on loopback ports.
+
+Started once per session, and only when a test asks for it (the ``cluster``
+fixture in conftest). A short node timeout keeps a failover test quick. Every
+node keeps nothing on disk, and the whole directory goes at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from helpers import _pings, free_port, wait_until
+
+from bench.procs import server_options
+
+NODE_TIMEOUT_MS = 1500
+SIZE = 6  # --cluster-replicas 1: three masters, three replicas
+CREATE_TIMEOUT = 30.0
+
+
+@dataclass
+class Node:
+    port: int
+    bus_port: int
+    directory: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
+
+    def info(self, section: str) -> dict[str, object]:
+        with self.client() as client:
+            return client.info(section)
+
+
+@dataclass
+class LocalCluster:
+    """Six ``redis-server --cluster-enabled yes``, joined by ``redis-cli --cluster create``."""
+
+    directory: Path
+    nodes: list[Node] = field(default_factory=list)
+
+    @classmethod
+    def start(cls) -> LocalCluster:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise FileNotFoundError("redis-server and redis-cli are needed for the test cluster")
+        cluster = cls(Path(tempfile.mkdtemp(prefix="taskhub-cluster-")))
+        try:
+            cluster._spawn(binary)
+            addresses = [node.address for node in cluster.nodes]
+            create = ["--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"]
+            subprocess.run(
+                [cli, *create],
+                check=True,
+                capture_output=True,
+                timeout=CREATE_TIMEOUT,
+            )
+            assert wait_until(cluster.healthy, CREATE_TIMEOUT, 0.05), "the cluster did not form"
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _spawn(self, binary: str) -> None:
+        for _ in range(SIZE):
+            port = free_port()
+            node = Node(port, free_port(), self.directory / str(port))
+            node.directory.mkdir()
+            self._run(binary, node)
+            self.nodes.append(node)
+        for node in self.nodes:
+            with node.client() as client:
+                assert wait_until(lambda c=client: _pings(c), 10), f"node {node.port} did not start"
+
+    @staticmethod
+    def _run(binary: str, node: Node) -> None:
+        """Start ``node``'s redis-server; its ``nodes.conf`` says who it was, if anyone."""
+        options = server_options(node.port, node.directory)
+        options += ["--cluster-enabled", "yes", "--cluster-port", str(node.bus_port)]
+        options += ["--cluster-config-file", "nodes.conf"]
+        options += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+        node.proc = subprocess.Popen(
+            [binary, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def url(self) -> str:
+        """A seed URL (any live node will do: clients learn the rest from it)."""
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes if node.proc is not None]
+
+    def healthy(self) -> bool:
+        """Every live node says ``cluster_state:ok`` and every replica's link is up."""
+        try:
+            for node in self.nodes:
+                if node.proc is None:
+                    continue
+                with node.client() as client:
+                    if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                        return False
+                replication = node.info("replication")
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def node(self, port: int) -> Node:
+        return next(node for node in self.nodes if node.port == port)
+
+    def master_for_slot(self, slot: int) -> Node:
+        """The master serving ``slot``, as a live node sees the cluster now."""
+        live = next(node for node in self.nodes if node.proc is not None)
+        with live.client() as client:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return self.node(int(master[1]))
+        raise LookupError(f"no master serves slot {slot}")
+
+    def master_for_key(self, key: str) -> Node:
+        return self.master_for_slot(redis.crc.key_slot(key.encode()))
+
+    def replica_of(self, master: Node) -> Node:
+        for node in self.nodes:
+            if node.proc is not None and node is not master:
+                replication = node.info("replication")
+                if replication["role"] == "slave" and replication["master_port"] == master.port:
+                    return node
+        raise LookupError(f"master {master.port} has no replica")
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, node: Node) -> None:
+        """SIGKILL one node: it gets no chance to tell the others."""
+        if node.proc is not None:
+            node.proc.kill()
+            node.proc.wait(10)
+            node.proc = None
+
+    def revive(self, node: Node, timeout: float = 30.0) -> None:
+        """Start a killed node again with its own ``nodes.conf``: it rejoins, finds its
+        slots taken over by its promoted replica, and becomes that node's replica. Waits
+        until the whole cluster is healthy again, for the tests that come after."""
+        binary = shutil.which("redis-server")
+        assert binary is not None and node.proc is None
+        self._run(binary, node)
+
+        def rejoined() -> bool:
+            try:
+                return node.info("replication")["role"] == "slave" and self.healthy()
+            except redis.RedisError:
+                return False
+
+        assert wait_until(rejoined, timeout, 0.05), f"node {node.port} did not rejoin"
+
+    def promote(self, replica: Node, *, force: bool = False) -> None:
+        """``CLUSTER FAILOVER`` on a replica; ``force`` when its master is dead (TAKEOVER:
+        no vote needed, so it is done at once). Waits until the replica serves as master."""
+        with replica.client() as client:
+            client.execute_command("CLUSTER", "FAILOVER", *(["TAKEOVER"] if force else []))
+        assert wait_until(lambda: replica.info("replication")["role"] == "master", 10)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            self.kill(node)
+        shutil.rmtree(self.directory, ignore_errors=True)
