@@ -1,5 +1,8 @@
 """``taskhub run | serve | worker | check | plugins | jobs | limits | status``.
 
+``serve --workers N`` runs N server processes under a supervisor
+(:mod:`taskhub.supervisor`); each child is a ``taskhub serve`` handed its socket.
+
 Exit codes: 0 after a clean run or shutdown (SIGINT and SIGTERM included); 2
 for anything the user must fix in the command line, the config or a plugin; 1
 when a component cannot start or fails while running. Errors print as one
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -24,12 +29,13 @@ try:
 except ImportError:  # pragma: no cover - a dependency everywhere but Windows
     uvloop = None  # type: ignore[assignment]
 
-from taskhub import __version__, jobs_cli, limits_cli, log_format, status_cli
+from taskhub import __version__, jobs_cli, limits_cli, log_format, status_cli, supervisor
 from taskhub.cli_group import number_in
 from taskhub.config import secret_values
 from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
 from taskhub.hub import Hub, Role
 from taskhub.plugins import PluginRegistry, load_plugins
+from taskhub.supervised import SupervisorLink
 
 logger = logging.getLogger("taskhub")
 
@@ -43,6 +49,19 @@ port_number = number_in(
     65_535,
     noun="a number",
     out_of_range="{value} is not a port (0-65535; 0 picks a free one)",
+)
+
+
+MAX_PROCESSES = 4 * (os.cpu_count() or 1)
+process_count = number_in(
+    int,
+    1,
+    MAX_PROCESSES,
+    noun="a number of processes",
+    out_of_range=(
+        f"{{value}} is out of range: 1 to {MAX_PROCESSES} server processes "
+        f"(4 per CPU; this machine has {os.cpu_count() or 1})"
+    ),
 )
 
 
@@ -69,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("config", metavar="CONFIG", help="YAML config file")
         sub.add_argument("--host", help="listen address (overrides server.host)")
         sub.add_argument("--port", type=port_number, help="listen port (overrides server.port)")
+        sub.add_argument(
+            "--workers",
+            type=process_count,
+            default=1,
+            metavar="N",
+            help="server processes sharing the port (serve only; default 1: this process)",
+        )
+        if role is Role.SERVER:  # how `serve --workers N` hands each child its socket
+            sub.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+            sub.add_argument("--link-fd", type=int, help=argparse.SUPPRESS)
     sub = command("worker", "run a worker alone", lambda args: run_hub(args, Role.WORKER))
     sub.add_argument("config", metavar="CONFIG", help="YAML config file")
     sub.add_argument(
@@ -134,9 +163,59 @@ def run_hub(args: argparse.Namespace, role: Role) -> int:
         hub.settings.metrics.worker_port = metrics_port
     logs = hub.settings.logging
     configure_logging(logs.level, args.debug, logs.format, secret_values(hub.raw))
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        return serve_processes(hub, args, role, workers)
     hub.check_role(role)
-    run_async(hub.run(role))
+    link = adopt_supervisor_fds(hub, args)
+    run_async(hub.run(role, on_started=link.started if link else None))
     return 0
+
+
+def serve_processes(hub: Hub, args: argparse.Namespace, role: Role, workers: int) -> int:
+    """``serve --workers N``: check what every child would check, bind, then supervise."""
+    if role is not Role.SERVER:
+        raise UsageError(
+            f"--workers {workers}: `taskhub run` is one process by design (server and worker "
+            f"together, the only mode memory:// supports). For several server processes run "
+            f"`taskhub serve CONFIG --workers {workers}` and start `taskhub worker CONFIG` "
+            "processes beside it"
+        )
+    if hub.embedded:
+        raise UsageError(
+            f"{hub.raw.source}: --workers {workers} needs a Redis server: redis.url is "
+            "memory://, an embedded store inside one process that the other processes "
+            "cannot see. Point redis.url at a Redis server (for example "
+            "redis://127.0.0.1:6379), or run one process with `taskhub run`"
+        )
+    hub.check_role(role)
+    child_args = [args.config]
+    for flag, value in (("--host", args.host), ("--port", args.port)):
+        if value is not None:
+            child_args += [flag, str(value)]
+    if args.debug:
+        child_args.append("--debug")
+    return supervisor.serve(
+        hub.server.bind(),
+        child_args,
+        workers,
+        hub.server.shutdown_grace,
+        metrics=hub.settings.metrics.enabled,
+    )
+
+
+def adopt_supervisor_fds(hub: Hub, args: argparse.Namespace) -> SupervisorLink | None:
+    """In a child of ``serve --workers N``: serve on the inherited socket, and keep the link."""
+    listen_fd, link_fd = getattr(args, "listen_fd", None), getattr(args, "link_fd", None)
+    if listen_fd is None and link_fd is None:
+        return None
+    if listen_fd is None or link_fd is None:
+        raise UsageError("--listen-fd and --link-fd go together (serve --workers sets both)")
+    try:
+        hub.server.listen_socket = socket.socket(fileno=listen_fd)
+        return SupervisorLink(link_fd)
+    except OSError as exc:
+        raise UsageError(f"--listen-fd/--link-fd: not inherited sockets ({exc})") from exc
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:

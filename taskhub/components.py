@@ -9,6 +9,7 @@ hooks; the kernel instantiates the ones the config names.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -276,12 +277,32 @@ class QueueBackend(Component):
 
 
 class Server(Component):
-    """Accepts task submissions and hands them to ``hub.admission``."""
+    """Accepts task submissions and hands them to ``hub.admission``.
+
+    A server that implements :meth:`bind` can run as several processes
+    (``taskhub serve --workers N``): the supervisor binds once and each process
+    serves on the socket it is handed in :attr:`listen_socket`.
+    """
 
     kind = "server"
+    # Set before start(): serve on this already-bound socket instead of binding one.
+    listen_socket: socket.socket | None = None
+
+    def bind(self) -> socket.socket:
+        """The listening socket, bound to the configured address but not yet serving."""
+        raise UsageError(
+            f"server {self.name!r} cannot share one listening socket among processes: "
+            "run it without --workers (or as separate processes on their own ports)"
+        )
+
+    @property
+    def shutdown_grace(self) -> float:
+        """How long :meth:`stop` may take to finish requests in flight, in seconds."""
+        return 30.0
 
     async def start(self, hub: Hub) -> None:
-        """Bind and begin serving; return once the server accepts connections."""
+        """Bind (or take :attr:`listen_socket`) and begin serving; return once the
+        server accepts connections."""
         raise NotImplementedError
 
     async def stop(self) -> None:

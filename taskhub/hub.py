@@ -16,7 +16,7 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -306,8 +306,14 @@ class Hub:
         """A new client on the configured Redis (components that block get their own)."""
         return connect(self.settings.redis, blocking_timeout=blocking_timeout)
 
-    async def run(self, role: Role) -> None:
-        """Start, serve until SIGINT/SIGTERM (or a worker failure), then stop cleanly."""
+    async def run(
+        self, role: Role, on_started: Callable[[asyncio.Event], None] | None = None
+    ) -> None:
+        """Start, serve until SIGINT/SIGTERM (or a worker failure), then stop cleanly.
+
+        ``on_started(stop)`` runs once everything serves; setting ``stop`` shuts down
+        as a signal does (a supervised process uses both: see :mod:`taskhub.supervisor`).
+        """
         self.check_role(role)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -317,6 +323,8 @@ class Hub:
         worker: asyncio.Task[None] | None = None
         try:
             await self.start(role)
+            if on_started is not None:
+                on_started(stop)
             if role & Role.WORKER:
                 worker = asyncio.create_task(self.queue.work(self, stop), name="taskhub-worker")
             waiter = asyncio.create_task(stop.wait())

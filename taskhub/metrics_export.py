@@ -3,16 +3,23 @@
 With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus_client keeps each process's
 values in files there and a scrape must merge them (``MultiProcessCollector``)
 instead of reading this process's default registry; :func:`exposition_registry`
-picks accordingly, so every exporter here already works in that mode.
+picks accordingly, so every exporter here works in that mode. ``serve --workers
+N`` sets it for its children (:func:`multiprocess_dir`). taskhub's own metrics are
+counters and histograms, which merge by summing; queue depth, the one gauge, is
+read from Redis at scrape time by whichever process answers, not kept in files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -24,7 +31,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from taskhub.errors import StartupError
@@ -45,6 +52,22 @@ def exposition_registry() -> CollectorRegistry:
         MultiProcessCollector(registry)
         return registry
     return REGISTRY
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """A private, empty directory for one group of processes' metric files, removed after:
+    files left by an earlier run would be summed into this one's values."""
+    path = Path(tempfile.mkdtemp(prefix="taskhub-metrics-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def process_dead(directory: Path, pid: int) -> None:
+    """Forget a dead process's live gauges; its counters stay, so totals never drop."""
+    mark_process_dead(pid, str(directory))
 
 
 class QueueDepth(Collector):
@@ -80,7 +103,11 @@ class QueueDepth(Collector):
 
 async def render(depth: QueueDepth | None) -> bytes:
     """The whole text exposition for one scrape."""
-    body = generate_latest(exposition_registry())
+    registry = exposition_registry()
+    if registry is REGISTRY:
+        body = generate_latest(registry)
+    else:  # reads every process's files: not in the event loop
+        body = await asyncio.to_thread(generate_latest, registry)
     if depth is not None:
         await depth.refresh()
         registry = CollectorRegistry(auto_describe=False)

@@ -15,40 +15,16 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis
-from helpers import Namespace, TaskhubProcess, config_dict, wait_until
+from helpers import (
+    Namespace,
+    TaskhubProcess,
+    config_dict,
+    open_request,
+    read_response,
+    wait_until,
+)
 
 BODY = orjson.dumps({"user_id": "in-flight"})
-
-
-def open_request(url: str) -> socket.socket:
-    """A connection holding a POST /task whose body lacks its last byte."""
-    parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-    head = (
-        f"POST /task HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(BODY)}\r\n\r\n"
-    ).encode()
-    sock.sendall(head + BODY[:-1])
-    return sock
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, object]]:
-    data = b""
-    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < content_length(data):
-        chunk = sock.recv(65_536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), orjson.loads(body)
-
-
-def content_length(data: bytes) -> int:
-    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
 
 
 def closed_without_response(sock: socket.socket) -> bool:
@@ -73,7 +49,7 @@ def serve_with_a_request_in_flight(
     config = config_dict(ns, redis_url)
     config["server"]["graceful_shutdown"] = grace
     server = spawn(config, "serve")
-    pending = open_request(server.url)
+    pending = open_request(server.url, BODY)
     time.sleep(0.2)  # the server has read the headers and waits for the body
     return server, pending
 

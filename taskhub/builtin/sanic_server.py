@@ -151,6 +151,10 @@ class SanicServer(Server):
     def address(self) -> str:
         return self._address
 
+    @property
+    def shutdown_grace(self) -> float:
+        return self.config.graceful_shutdown
+
     def build_app(self, hub: Hub) -> Sanic:
         c = self.config
         sanic_config = SanicConfig()
@@ -360,7 +364,8 @@ class SanicServer(Server):
     async def start(self, hub: Hub) -> None:
         c = self.config
         app = self.build_app(hub)
-        server = await app.create_server(sock=self.bind(), backlog=c.backlog, access_log=False)
+        sock = self.listen_socket or self.bind()
+        server = await app.create_server(sock=sock, backlog=c.backlog, access_log=False)
         assert server is not None
         await server.startup()
         await server.before_start()
@@ -382,7 +387,11 @@ class SanicServer(Server):
         deadline = time.monotonic() + self.config.graceful_shutdown
         while server.connections and time.monotonic() < deadline:
             for connection in list(server.connections):
-                connection.close_if_idle()
+                # Sanic calls a keep-alive connection idle until its task has parsed the
+                # request it already read; closing it then runs the request and loses the
+                # answer (a job stored, the client told nothing), so wait for that request.
+                if not connection.recv_buffer:
+                    connection.close_if_idle()
             await asyncio.sleep(0.02)
         for connection in list(server.connections):
             connection.abort()
