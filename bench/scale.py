@@ -353,29 +353,40 @@ def cpu_note(runs: Runs) -> str:
     return f"CPU % (100 = one core; this machine has {os.cpu_count()}): {'; '.join(parts)}. "
 
 
-def core_rates(runs: Runs, family: str) -> dict[str, float]:
-    """Work per core-second of each family's CPU, one process on the cluster."""
-    one: Setup = ("cluster", 1)
-    rate = runs.median(one, "rate")
-    rates = {name: per_core_second(rate, pct) for name, pct in runs.cpu(one).items()}
+def core_rates(runs: Runs, setup: Setup, family: str) -> dict[str, float]:
+    """Work per core-second of each family's CPU (the row's processes, Redis masters
+    and replicas) in one setup: medians of the pairs."""
+    rate = runs.median(setup, "rate")
+    rates = {name: per_core_second(rate, pct) for name, pct in runs.cpu(setup).items()}
     keep = (family, "redis masters", "redis replicas")
     return {name: value for name, value in rates.items() if name in keep and value}
 
 
 def projection_note(runs: Runs, family: str) -> str:
-    rates = core_rates(runs, family)
+    """Rates per core-second for each count of processes on the cluster, and the
+    projection from the most processes measured: their CPU per unit includes what
+    running several costs (smaller pipelined batches each, more switching), which the
+    figures of one process would leave out."""
+    measured = [("cluster", n) for n in COUNTS if ("cluster", n) in runs.pairs[0]]
+    shown = []
+    for setup in measured:
+        rates = core_rates(runs, setup, family)
+        listed = ", ".join(f"{name} {value:,.0f}" for name, value in rates.items())
+        shown.append(f"{label(setup)}: {listed}")
+    basis = measured[-1]
+    rates = core_rates(runs, basis, family)
     if family not in rates or "redis masters" not in rates:
         return "no projection: a family took no measurable CPU. "
-    shown = ", ".join(f"{name} {value:,.0f}" for name, value in rates.items())
     caps = {name: MASTERS for name in ("redis masters", "redis replicas") if name in rates}
     guesses = []
     for cores in CORES:
         projected = project(cores, rates, caps)
         guesses.append(f"{cores} cores ~{projected.rate:,.0f}/s (bound: {projected.bound})")
     return (
-        f"per core-second of CPU (1 process on the cluster): {shown}. "
-        f"PROJECTION, not measured (as many {family} as cores, 3 masters + 3 replicas, "
-        f"no load generator, CPU per unit as measured): {'; '.join(guesses)}. "
+        f"per core-second of CPU: {'; '.join(shown)}. "
+        f"PROJECTION from {label(basis)}, not measured (as many {family} as cores, "
+        f"{MASTERS} masters + {MASTERS} replicas, no load generator, CPU per unit as "
+        f"measured here): {'; '.join(guesses)}. "
     )
 
 

@@ -191,16 +191,21 @@ def test_cpu_note_and_projection_from_the_pairs():
     runs = Runs(
         [
             {("cluster", 1): run(5000.0, 50.0), ("cluster", 2): run(8000.0, 100.0)},
-            {("cluster", 1): run(7000.0, 70.0), ("cluster", 2): run(9000.0, 110.0)},
+            {("cluster", 1): run(7000.0, 70.0), ("cluster", 2): run(10000.0, 150.0)},
         ]
     )
     note = cpu_note(runs)
     assert "cluster x1: servers 60, redis masters 25, wrk 10 (sum 95, whole machine 190)" in note
-    assert core_rates(runs, "servers") == {"servers": 10_000.0, "redis masters": 24_000.0}
+    one = core_rates(runs, ("cluster", 1), "servers")
+    assert one == {"servers": 10_000.0, "redis masters": 24_000.0}
+    two = core_rates(runs, ("cluster", 2), "servers")
+    assert two == {"servers": 7_200.0, "redis masters": 36_000.0}
     projected = projection_note(runs, "servers")
-    assert "PROJECTION, not measured" in projected
-    assert "4 cores ~28,235/s (bound: cores)" in projected
-    assert "16 cores ~72,000/s (bound: redis masters)" in projected
+    assert "cluster x1: servers 10,000, redis masters 24,000" in projected
+    # From the most processes measured: 1 / (1/7200 + 1/36000) = 6000 per core.
+    assert "PROJECTION from cluster x2, not measured" in projected
+    assert "4 cores ~24,000/s (bound: cores)" in projected
+    assert "16 cores ~96,000/s (bound: cores)" in projected
 
 
 def test_process_tree_finds_a_child():
