@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,10 +32,12 @@ from bench.scaling import balanced_name, per_core_second, project
 from bench.watch import LogWatcher
 from taskhub.sharding import Shards
 
-# Two shards per master: one shard is one slot, so it loads one master; with one per
-# master the user-hash spread leaves one master a third more than another as often as
-# not, and two per master evens that out while each worker slot still has few shards
-# to look through. The queue's name is picked so that the six land two on each master.
+# Two shards per master. A shard is one slot, so it loads one master: at least one per
+# master. Six also spread evenly over 1, 2, 3 or 6 masters, so a cluster can grow by
+# moving slots (resharding) without changing `shards`, which needs an empty queue. Not
+# more: a worker slot whose shard is empty looks through the others in turn, and every
+# extra shard is one more look. The queue's name is picked so that the six land two on
+# each master (a shard's slot is a hash of its tag).
 SHARDS = 6
 COUNTS = (1, 2, 3)
 CORES = (4, 8, 16)
@@ -89,25 +92,26 @@ class Target:
 
 @contextmanager
 def cluster_target(bench: Bench) -> Iterator[Target]:
+    """The private cluster as a target, stopped (and its directory removed) at the end."""
     try:
         cluster = LocalCluster.start()
-    except (FileNotFoundError, OSError, AssertionError) as exc:
+    except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         raise BenchError(f"the local Redis Cluster did not start: {exc}") from exc
-    masters = [n for n in cluster.nodes if n.info("replication")["role"] == "master"]
-    replicas = [n for n in cluster.nodes if n not in masters]
-    clients = [m.client() for m in masters]
-    with masters[0].client() as client:
-        slots = client.execute_command("CLUSTER", "SLOTS")
-    ranges = [(int(start), int(end), str(master[1])) for start, end, master, *_ in slots]
-    seed = masters[0]
-    client = redis.RedisCluster(host="127.0.0.1", port=seed.port)
-
-    def flush() -> None:
-        for master in clients:
-            assert master.connection_pool.connection_kwargs["port"] != 6379
-            master.flushall()
-
+    clients: list[redis.Redis] = []
+    client: redis.RedisCluster | None = None
     try:
+        masters = [n for n in cluster.nodes if n.info("replication")["role"] == "master"]
+        replicas = [n for n in cluster.nodes if n not in masters]
+        clients = [m.client() for m in masters]
+        slots = clients[0].execute_command("CLUSTER", "SLOTS")
+        ranges = [(int(start), int(end), str(master[1])) for start, end, master, *_ in slots]
+        client = redis.RedisCluster(host="127.0.0.1", port=masters[0].port)
+
+        def flush() -> None:
+            for master in clients:  # our own nodes, never the shared 6379
+                assert master.connection_pool.connection_kwargs["port"] != 6379
+                master.flushall()
+
         yield Target(
             "cluster",
             cluster.url,
@@ -123,7 +127,8 @@ def cluster_target(bench: Bench) -> Iterator[Target]:
             flush,
         )
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         for master in clients:
             master.close()
         cluster.stop()
