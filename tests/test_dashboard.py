@@ -126,6 +126,7 @@ def test_a_dead_letter_retried_from_the_dashboard_runs_again(
     assert again.status_code == 404 and again.json()["error"] == "not_found"
     too_long = httpx.post(f"{server.url}/dashboard/api/failed/{'x' * 300}/retry", headers=AUTH)
     assert too_long.status_code == 400 and "at most 256" in too_long.json()["message"]
+    assert too_long.headers["Cache-Control"] == "no-store"
 
 
 class CountingQueue(QueueBackend):
