@@ -26,7 +26,10 @@ from taskhub.submission import IDEMPOTENCY_KEY, TaskRequest
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
 SECURITY_SCHEME = "apiKey"
-TOKEN_SCHEME = "bearerAuth"  # the admin endpoint's and the dashboard's own tokens
+# The admin endpoint and the dashboard each check their own token: two schemes, so that
+# Swagger UI's "Authorize" asks for each.
+ADMIN_SCHEME = "adminToken"
+DASHBOARD_SCHEME = "dashboardToken"
 METHODS = ("get", "post", "delete")
 
 
@@ -216,11 +219,8 @@ JOB_ID = {
     "description": "the id POST /task answered with",
     "schema": {"type": "string", "minLength": 1},
 }
-TOKEN_AUTH = {
-    "type": "http",
-    "scheme": "bearer",
-    "description": "limits.admin.token for /admin/limits, dashboard.token for /dashboard/api",
-}
+ADMIN_AUTH = {"type": "http", "scheme": "bearer", "description": "limits.admin.token"}
+DASHBOARD_AUTH = {"type": "http", "scheme": "bearer", "description": "dashboard.token"}
 NOT_FOUND = _response("no such job, or it has expired", Error)
 STORE_DOWN = _unavailable("Redis is unreachable")
 
@@ -398,14 +398,14 @@ def _admin_paths() -> dict[str, Any]:
         "description": "Each rule's state, and whether the next request would pass; "
         "changes nothing.",
         "operationId": "showLimits",
-        "security": [{TOKEN_SCHEME: []}],
+        "security": [{ADMIN_SCHEME: []}],
         "responses": {"200": _response("the key's state", LimitsShown), **refusals},
     }
     reset = {
         "summary": "Reset a key's rate-limit state",
         "description": "Without a rule, shared counters and held slots are kept (see kept).",
         "operationId": "resetLimits",
-        "security": [{TOKEN_SCHEME: []}],
+        "security": [{ADMIN_SCHEME: []}],
         "responses": {"200": _response("what was deleted, and kept", LimitsReset), **refusals},
     }
     return {"/admin/limits/{key}": {"parameters": [key, rule], "get": show, "delete": reset}}
@@ -433,7 +433,7 @@ def _dashboard_paths() -> dict[str, Any]:
         "summary": "What the dashboard shows",
         "description": "Traffic from every server and the queue's state, at most 1 s old.",
         "operationId": "dashboardSummary",
-        "security": [{TOKEN_SCHEME: []}],
+        "security": [{DASHBOARD_SCHEME: []}],
         "responses": {
             "200": _token_guarded("the summary", Summary),
             "401": refused,
@@ -446,7 +446,7 @@ def _dashboard_paths() -> dict[str, Any]:
         "summary": "Queue a dead letter again",
         "description": "With fresh attempts, as taskhub jobs retry.",
         "operationId": "retryDeadLetter",
-        "security": [{TOKEN_SCHEME: []}],
+        "security": [{DASHBOARD_SCHEME: []}],
         "parameters": [job_id],
         "responses": {
             "200": _token_guarded("queued again", Requeued),
@@ -488,10 +488,14 @@ def build_spec(
     if security_scheme is not None:
         _secure(paths)
         schemes[SECURITY_SCHEME] = security_scheme
-    for enabled, guarded in ((admin, _admin_paths), (dashboard, _dashboard_paths)):
+    guarded = (
+        (admin, _admin_paths, ADMIN_SCHEME, ADMIN_AUTH),
+        (dashboard, _dashboard_paths, DASHBOARD_SCHEME, DASHBOARD_AUTH),
+    )
+    for enabled, guarded_paths, name, scheme in guarded:
         if enabled:
-            paths.update(guarded())
-            schemes[TOKEN_SCHEME] = TOKEN_AUTH
+            paths.update(guarded_paths())
+            schemes[name] = scheme
     if schemes:
         components["securitySchemes"] = schemes
     _track_requests(paths)

@@ -100,13 +100,18 @@ def test_admin_and_dashboard_are_documented_only_when_served() -> None:
         spec = json.loads(orjson.dumps(build_spec(admin=admin, dashboard=dashboard)))
         expected = {**DOCUMENTED, **(ADMIN if admin else {}), **(DASHBOARD if dashboard else {})}
         assert_well_formed(spec, expected)
-        assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        schemes = spec["components"]["securitySchemes"]
+        expected_schemes = {"adminToken"} if admin else set()
+        expected_schemes |= {"dashboardToken"} if dashboard else set()
+        assert set(schemes) == expected_schemes
+        assert all(scheme["scheme"] == "bearer" for scheme in schemes.values())
     both = build_spec(BEARER, admin=True, dashboard=True)
-    assert set(both["components"]["securitySchemes"]) == {"apiKey", "bearerAuth"}
+    assert set(both["components"]["securitySchemes"]) == {"apiKey", "adminToken", "dashboardToken"}
     for (path, method), codes in {**ADMIN, **DASHBOARD}.items():
         operation = both["paths"][path][method]
         public = path == "/dashboard"
-        assert operation["security"] == ([] if public else [{"bearerAuth": []}]), path
+        scheme = "adminToken" if path.startswith("/admin") else "dashboardToken"
+        assert operation["security"] == ([] if public else [{scheme: []}]), path
         assert ("401" in codes) != public
         if "401" in codes:
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
