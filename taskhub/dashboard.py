@@ -17,16 +17,28 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+
+from pydantic import with_config
+from typing_extensions import TypedDict
 
 from taskhub.components import QueueBackend
 from taskhub.jobs import iso
-from taskhub.status import QueueSnapshot, Rates
-from taskhub.traffic import TrafficRecorder
+from taskhub.status import QueueJson, QueueSnapshot, Rates
+from taskhub.traffic import TrafficJson, TrafficRecorder
 
 CACHE_TTL = 1.0  # seconds one summary serves every viewer
 FAILURES = 10  # dead letters listed, newest first
 RATE_BASIS = 60.0  # seconds of snapshots kept to measure job rates against
+
+
+@with_config(extra="forbid")
+class Summary(TypedDict):
+    """``GET /dashboard/api/summary``: the one definition of its JSON, which taskhub.openapi
+    documents."""
+
+    taken_at: str | None
+    traffic: TrafficJson
+    queue: QueueJson
 
 
 class Dashboard:
@@ -46,12 +58,12 @@ class Dashboard:
         self.ttl = ttl
         self.failures = failures
         self.clock = clock
-        self._cached: dict[str, Any] | None = None
+        self._cached: Summary | None = None
         self._expires = float("-inf")
         self._lock = asyncio.Lock()
         self._snapshots: deque[tuple[float, QueueSnapshot]] = deque()
 
-    async def summary(self) -> dict[str, Any]:
+    async def summary(self) -> Summary:
         """The cached summary, refreshed once it is ``ttl`` old. Raises BackendUnavailable."""
         if self._cached is not None and self.clock() < self._expires:
             return self._cached
@@ -67,7 +79,7 @@ class Dashboard:
         self._cached = None  # the next poll shows the row gone
         return job_id in moved
 
-    async def _read(self) -> dict[str, Any]:
+    async def _read(self) -> Summary:
         traffic, snapshot = await asyncio.gather(
             self.traffic.read(), self.queue.snapshot(self.failures)
         )

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, NotRequired
 
+from pydantic import with_config
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from typing_extensions import TypedDict
 
 from taskhub.deny_cache import DenyCache
 from taskhub.errors import UsageError
@@ -54,6 +56,52 @@ return out
 """
 
 NO_TTL, ABSENT = -1, -2  # PTTL's answers for a key without expiry and for no key
+
+
+# What ``show`` and ``reset`` write, for ``--json`` and the admin endpoint alike;
+# taskhub.openapi documents the endpoint from these very classes.
+@with_config(extra="forbid")
+class KeyStateJson(TypedDict):
+    key: str
+    exists: bool
+    ttl_ms: int | None
+
+
+@with_config(extra="forbid")
+class RuleStateJson(TypedDict):
+    rule: str
+    stage: Stage
+    type: str
+    by: str
+    shared: bool
+    shadow: bool
+    limit: int
+    remaining: int
+    reset_ms: int
+    retry_after_ms: int
+    used: bool
+    redis_keys: list[KeyStateJson]
+
+
+@with_config(extra="forbid")
+class RuleResetJson(TypedDict):
+    rule: str
+    stage: Stage
+    deleted: NotRequired[int]
+    kept: NotRequired[str]  # why a reset of every rule left it alone
+
+
+@with_config(extra="forbid")
+class LimitsShown(TypedDict):
+    key: str
+    rules: list[RuleStateJson]
+
+
+@with_config(extra="forbid")
+class LimitsReset(TypedDict):
+    key: str
+    deleted: int
+    rules: list[RuleResetJson]
 
 
 class UnknownRule(UsageError):
@@ -101,7 +149,7 @@ class KeyState:
     key: str
     ttl_ms: int  # NO_TTL, ABSENT, or milliseconds left
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> KeyStateJson:
         return {
             "key": self.key,
             "exists": self.ttl_ms != ABSENT,
@@ -125,7 +173,7 @@ class RuleState:
     def used(self) -> bool:
         return any(k.ttl_ms != ABSENT for k in self.keys)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RuleStateJson:
         rule = self.rule.rule
         return {
             "rule": rule.name,
@@ -151,9 +199,12 @@ class RuleReset:
     deleted: int = 0
     kept: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"rule": self.rule.name, "stage": self.rule.stage}
-        out.update({"kept": self.kept} if self.kept else {"deleted": self.deleted})
+    def to_json(self) -> RuleResetJson:
+        out: RuleResetJson = {"rule": self.rule.name, "stage": self.rule.stage}
+        if self.kept:
+            out["kept"] = self.kept
+        else:
+            out["deleted"] = self.deleted
         return out
 
 
@@ -261,12 +312,12 @@ class LimitsAdmin:
         return script
 
 
-def show_body(key: str, states: Sequence[RuleState]) -> dict[str, Any]:
+def show_body(key: str, states: Sequence[RuleState]) -> LimitsShown:
     """``show`` as JSON, for ``--json`` and the admin endpoint alike."""
     return {"key": key, "rules": [state.to_json() for state in states]}
 
 
-def reset_body(key: str, resets: Sequence[RuleReset]) -> dict[str, Any]:
+def reset_body(key: str, resets: Sequence[RuleReset]) -> LimitsReset:
     return {
         "key": key,
         "deleted": sum(r.deleted for r in resets),

@@ -4,18 +4,21 @@ The request schema is ``TaskRequest``'s own, the model that validates every
 ``POST /task`` body, so the document cannot drift from what the server accepts.
 The response models below describe bodies the server writes as plain dicts
 (building them through pydantic would cost the hot path); the schemathesis test
-checks live responses against them.
+checks live responses against them. The admin endpoint's and the dashboard's
+bodies are documented from the TypedDicts their code returns, so each shape is
+written down once.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from taskhub import __version__
+from taskhub.dashboard import Summary
 from taskhub.jobs import JobStatus
+from taskhub.limits_admin import LimitsReset, LimitsShown
 from taskhub.request_id import HEADER as REQUEST_ID
 from taskhub.request_id import MAX_LENGTH as REQUEST_ID_LENGTH
 from taskhub.submission import IDEMPOTENCY_KEY, TaskRequest
@@ -23,6 +26,10 @@ from taskhub.submission import IDEMPOTENCY_KEY, TaskRequest
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
 SECURITY_SCHEME = "apiKey"
+# The admin endpoint and the dashboard each check their own token: two schemes, so that
+# Swagger UI's "Authorize" asks for each.
+ADMIN_SCHEME = "adminToken"
+DASHBOARD_SCHEME = "dashboardToken"
 METHODS = ("get", "post", "delete")
 
 
@@ -109,7 +116,14 @@ class NotReady(_Body):
     checks: dict[str, Check]
 
 
-RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+class Requeued(_Body):
+    """200 from the dashboard's retry: the dead letter is queued again."""
+
+    status: Literal["queued"]
+    job_id: str
+
+
+RESPONSE_MODELS: tuple[type[Any], ...] = (
     Queued,
     Error,
     RateLimited,
@@ -118,6 +132,10 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Health,
     Ready,
     NotReady,
+    Requeued,
+    LimitsShown,
+    LimitsReset,
+    Summary,
 )
 
 
@@ -144,6 +162,19 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "enum": ["true"]},
     },
     "WWW-Authenticate": _string("how to authenticate: the scheme and its realm"),
+    "Cache-Control": {
+        "description": "the answer holds live state or a secret's verdict: never cache it",
+        "schema": {"type": "string", "enum": ["no-store"]},
+    },
+    "Content-Security-Policy": _string("the page's own inline script and style, by hash"),
+    "X-Content-Type-Options": {
+        "description": "take the content type as given",
+        "schema": {"type": "string", "enum": ["nosniff"]},
+    },
+    "Referrer-Policy": {
+        "description": "send no Referer from the page",
+        "schema": {"type": "string", "enum": ["no-referrer"]},
+    },
     REQUEST_ID: {
         "description": "the request's id: the client's X-Request-ID if it was sane, else a new one",
         "required": True,
@@ -168,7 +199,7 @@ def _headers(*names: str) -> dict[str, Any]:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 
-def _response(description: str, *models: type[BaseModel], headers: tuple[str, ...] = ()) -> Any:
+def _response(description: str, *models: type[Any], headers: tuple[str, ...] = ()) -> Any:
     refs = [{"$ref": REF.format(model=m.__name__)} for m in models]
     schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
     response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
@@ -188,6 +219,8 @@ JOB_ID = {
     "description": "the id POST /task answered with",
     "schema": {"type": "string", "minLength": 1},
 }
+ADMIN_AUTH = {"type": "http", "scheme": "bearer", "description": "limits.admin.token"}
+DASHBOARD_AUTH = {"type": "http", "scheme": "bearer", "description": "dashboard.token"}
 NOT_FOUND = _response("no such job, or it has expired", Error)
 STORE_DOWN = _unavailable("Redis is unreachable")
 
@@ -324,25 +357,147 @@ def _secure(paths: dict[str, Any]) -> None:
     task["post"]["responses"]["403"] = forbidden
 
 
+def _token_guarded(description: str, *models: type[Any], headers: tuple[str, ...] = ()) -> Any:
+    """A response of a route that checks its own bearer token: never to be cached."""
+    return _response(description, *models, headers=(*headers, "Cache-Control"))
+
+
+NO_TOKEN = "no bearer token, or (dashboard) a wrong one"
+UNAVAILABLE = "Redis is unreachable"
+
+
+def _admin_paths() -> dict[str, Any]:
+    """``/admin/limits/{key}`` (limits.admin.enabled), behind ``limits.admin.token``."""
+    key = {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "description": "what the rules count: a user id, an IP, ...; percent-decoded once "
+        "(%2F for a slash)",
+        "schema": {"type": "string", "minLength": 1},
+    }
+    rule = {
+        "name": "rule",
+        "in": "query",
+        "required": False,
+        "description": "only this rule (default: every rule of both stages)",
+        "schema": {"type": "string"},
+    }
+    refusals = {
+        "400": _response(
+            "the key is not percent-encoded UTF-8 (bad_request) or no rule has "
+            "that name (unknown_rule)",
+            Error,
+        ),
+        "401": _response("no bearer token", Error, headers=("WWW-Authenticate",)),
+        "403": _response("not limits.admin.token", Error),
+        "503": _unavailable(UNAVAILABLE),
+    }
+    show = {
+        "summary": "A key's rate-limit state",
+        "description": "Each rule's state, and whether the next request would pass; "
+        "changes nothing.",
+        "operationId": "showLimits",
+        "security": [{ADMIN_SCHEME: []}],
+        "responses": {"200": _response("the key's state", LimitsShown), **refusals},
+    }
+    reset = {
+        "summary": "Reset a key's rate-limit state",
+        "description": "Without a rule, shared counters and held slots are kept (see kept).",
+        "operationId": "resetLimits",
+        "security": [{ADMIN_SCHEME: []}],
+        "responses": {"200": _response("what was deleted, and kept", LimitsReset), **refusals},
+    }
+    return {"/admin/limits/{key}": {"parameters": [key, rule], "get": show, "delete": reset}}
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    """``/dashboard`` (dashboard.enabled): a public page; its data behind ``dashboard.token``."""
+    page_headers = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy")
+    page = {
+        "summary": "The dashboard page",
+        "description": "Static: it holds no data and asks for the token itself.",
+        "operationId": "dashboard",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "HTML",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+                "headers": _headers(*page_headers, "Cache-Control"),
+            }
+        },
+    }
+    refused = _token_guarded(NO_TOKEN, Error, headers=("WWW-Authenticate",))
+    unavailable = _token_guarded(UNAVAILABLE, Error, headers=("Retry-After",))
+    summary = {
+        "summary": "What the dashboard shows",
+        "description": "Traffic from every server and the queue's state, at most 1 s old.",
+        "operationId": "dashboardSummary",
+        "security": [{DASHBOARD_SCHEME: []}],
+        "responses": {
+            "200": _token_guarded("the summary", Summary),
+            "401": refused,
+            "501": _token_guarded("the queue plugin cannot take snapshots", Error),
+            "503": unavailable,
+        },
+    }
+    job_id = {**JOB_ID, "description": "a dead letter's id"}
+    retry = {
+        "summary": "Queue a dead letter again",
+        "description": "With fresh attempts, as taskhub jobs retry.",
+        "operationId": "retryDeadLetter",
+        "security": [{DASHBOARD_SCHEME: []}],
+        "parameters": [job_id],
+        "responses": {
+            "200": _token_guarded("queued again", Requeued),
+            "400": _token_guarded("job_id is longer than any id a queue makes", Error),
+            "401": refused,
+            "404": _token_guarded("no such dead letter (retried, purged or expired)", Error),
+            "413": _response("the body is over server.body_limit", Error),
+            "503": unavailable,
+        },
+    }
+    return {
+        "/dashboard": {"get": page},
+        "/dashboard/api/summary": {"get": summary},
+        "/dashboard/api/failed/{job_id}/retry": {"post": retry},
+    }
+
+
 def build_spec(
-    security_scheme: dict[str, Any] | None = None, *, metrics: bool = True
+    security_scheme: dict[str, Any] | None = None,
+    *,
+    metrics: bool = True,
+    admin: bool = False,
+    dashboard: bool = False,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the HTTP API (admin routes, off by default, aside).
+    """The OpenAPI 3.1 document of the HTTP API as configured.
 
     ``security_scheme`` is the configured authenticator's (None: no authentication);
-    ``metrics`` says whether ``GET /metrics`` is served.
+    ``metrics``, ``admin`` and ``dashboard`` say whether ``GET /metrics``,
+    ``/admin/limits/{key}`` and ``/dashboard`` are served.
     """
-    _, schemas = models_json_schema(
-        [(TaskRequest, "validation"), *((m, "serialization") for m in RESPONSE_MODELS)],
-        ref_template=REF,
-    )
+    adapters = [("TaskRequest", "validation", TypeAdapter(TaskRequest))]
+    adapters += [(m.__name__, "serialization", TypeAdapter(m)) for m in RESPONSE_MODELS]
+    _, schemas = TypeAdapter.json_schemas(adapters, ref_template=REF)
     paths = _paths()
     if not metrics:
         del paths["/metrics"]
     components: dict[str, Any] = {"schemas": schemas.get("$defs", {}), "headers": HEADERS}
+    schemes: dict[str, Any] = {}
     if security_scheme is not None:
         _secure(paths)
-        components["securitySchemes"] = {SECURITY_SCHEME: security_scheme}
+        schemes[SECURITY_SCHEME] = security_scheme
+    guarded = (
+        (admin, _admin_paths, ADMIN_SCHEME, ADMIN_AUTH),
+        (dashboard, _dashboard_paths, DASHBOARD_SCHEME, DASHBOARD_AUTH),
+    )
+    for enabled, guarded_paths, name, scheme in guarded:
+        if enabled:
+            paths.update(guarded_paths())
+            schemes[name] = scheme
+    if schemes:
+        components["securitySchemes"] = schemes
     _track_requests(paths)
     return {
         "openapi": "3.1.0",

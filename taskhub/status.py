@@ -14,9 +14,57 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+
+from pydantic import with_config
+from typing_extensions import TypedDict
 
 from taskhub.jobs import JobInfo, iso
+
+# The JSON shapes below are the only definition of what ``--json`` and the dashboard's
+# summary write: taskhub.openapi documents them from these very classes.
+
+
+@with_config(extra="forbid")
+class WorkerJson(TypedDict):
+    worker_id: str
+    running: int
+    last_seen: str | None
+    complete: int | None
+    failed: int | None
+    retried: int | None
+    aborted: int | None
+    uptime: float | None
+
+
+@with_config(extra="forbid")
+class RatesJson(TypedDict):
+    completed_per_s: float | None
+    failed_per_s: float | None
+    retried_per_s: float | None
+    basis: str
+
+
+@with_config(extra="forbid")
+class DeadLetterJson(TypedDict):
+    job_id: str
+    task: str
+    user_id: str
+    attempts: int
+    failed_at: str | None
+    error: str  # the last line of the last error
+
+
+@with_config(extra="forbid")
+class QueueJson(TypedDict):
+    queue: str
+    taken_at: str | None
+    queued: int
+    active: int
+    scheduled: int
+    dead: int
+    workers: list[WorkerJson]
+    rates: RatesJson
+    recent_failures: list[DeadLetterJson]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +80,7 @@ class WorkerStatus:
     aborted: int | None = None
     uptime: float | None = None  # seconds, on the worker's clock, at its last report
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> WorkerJson:
         return {
             "worker_id": self.worker_id,
             "running": self.running,
@@ -58,7 +106,7 @@ class QueueSnapshot:
     workers: list[WorkerStatus] = field(default_factory=list)
     recent_failures: list[JobInfo] = field(default_factory=list)  # newest dead letters first
 
-    def to_json(self, rates: Rates | None = None) -> dict[str, Any]:
+    def to_json(self, rates: Rates | None = None) -> QueueJson:
         return {
             "queue": self.queue,
             "taken_at": iso(self.taken_at),
@@ -120,7 +168,7 @@ class Rates:
             basis="average since each worker started",
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RatesJson:
         return {
             "completed_per_s": self.completed,
             "failed_per_s": self.failed,

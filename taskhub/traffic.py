@@ -24,9 +24,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from pydantic import with_config
 from redis.asyncio import Redis
+from typing_extensions import TypedDict
 
 from taskhub.admission import Decision, Outcome
 from taskhub.outage import OutageLog
@@ -51,13 +52,38 @@ def traffic_prefix(key_prefix: str, cluster: bool) -> str:
     return f"{{{key_prefix}}}" if cluster else key_prefix
 
 
+@with_config(extra="forbid")
+class RefusedKeyJson(TypedDict):
+    rule: str
+    key: str
+    refusals: int
+
+
+@with_config(extra="forbid")
+class SeriesJson(TypedDict):
+    admitted: list[int]
+    refused: list[int]
+
+
+@with_config(extra="forbid")
+class TrafficJson(TypedDict):
+    """What the dashboard's summary says of traffic (documented by taskhub.openapi)."""
+
+    until: int
+    window_s: int
+    admitted_per_s: float
+    refused_per_s: float
+    series: SeriesJson
+    top_refused: list[RefusedKeyJson]
+
+
 @dataclass(frozen=True, slots=True)
 class RefusedKey:
     rule: str
     key: str
     refusals: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RefusedKeyJson:
         return {"rule": self.rule, "key": self.key, "refusals": self.refusals}
 
 
@@ -74,7 +100,7 @@ class TrafficView:
     refused: list[int]
     top_refused: list[RefusedKey]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> TrafficJson:
         return {
             "until": self.until,
             "window_s": self.window,

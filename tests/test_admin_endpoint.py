@@ -7,6 +7,9 @@ from typing import Any
 import httpx
 import pytest
 from helpers import Namespace, config_dict, run_cli, write_config
+from pydantic import TypeAdapter
+
+from taskhub.limits_admin import LimitsReset, LimitsShown
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,7 +82,7 @@ def test_show_and_reset_over_http_and_the_deny_cache_forgets(
 
     shown = admin(server.url, "GET", quoted)
     assert shown.status_code == 200
-    body = shown.json()
+    body = TypeAdapter(LimitsShown).validate_python(shown.json())  # as /openapi.json says
     assert body["key"] == user
     (rule,) = body["rules"]
     assert (rule["rule"], rule["remaining"], rule["used"]) == ("per_user", 0, True)
@@ -94,7 +97,7 @@ def test_show_and_reset_over_http_and_the_deny_cache_forgets(
 
     reset = admin(server.url, "DELETE", quoted, rule="per_user")
     assert reset.status_code == 200
-    assert reset.json() == {
+    assert TypeAdapter(LimitsReset).validate_python(reset.json()) == {
         "key": user,
         "deleted": 1,
         "rules": [{"rule": "per_user", "stage": "admission", "deleted": 1}],

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 from dashboard_helpers import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
 from helpers import config_dict, get_job, run_cli, wait_until, write_config
+from pydantic import TypeAdapter
 
 from taskhub.components import QueueBackend
-from taskhub.dashboard import Dashboard
+from taskhub.dashboard import Dashboard, Summary
 from taskhub.status import QueueSnapshot
 from taskhub.traffic import TrafficRecorder
 
@@ -108,6 +109,7 @@ def test_a_dead_letter_retried_from_the_dashboard_runs_again(
         return summary(server.url)["queue"]["recent_failures"]
 
     assert wait_until(failures, timeout=15, interval=0.25)
+    TypeAdapter(Summary).validate_python(summary(server.url))  # what /openapi.json documents
     (failed,) = failures()
     assert (failed["job_id"], failed["task"], failed["user_id"]) == (job_id, "doomed", "alice")
     assert failed["error"] == "ValueError: boom"
@@ -124,6 +126,7 @@ def test_a_dead_letter_retried_from_the_dashboard_runs_again(
     assert again.status_code == 404 and again.json()["error"] == "not_found"
     too_long = httpx.post(f"{server.url}/dashboard/api/failed/{'x' * 300}/retry", headers=AUTH)
     assert too_long.status_code == 400 and "at most 256" in too_long.json()["message"]
+    assert too_long.headers["Cache-Control"] == "no-store"
 
 
 class CountingQueue(QueueBackend):

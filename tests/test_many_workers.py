@@ -14,15 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import redis
-from helpers import (
-    Namespace,
-    TaskhubProcess,
-    config_dict,
-    crash_queue,
-    wait_until,
-    write_config,
-)
+import pytest
+from conftest import config_on
+from helpers import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
 
 JOBS = 300
 LEDGER_PLUGIN = """
@@ -60,18 +54,20 @@ def read_ledger(path: Path) -> list[tuple[str, str, int]]:
     return [(event, job, int(pid)) for event, job, pid in (line.split() for line in lines)]
 
 
+@pytest.mark.parametrize("on", ["single", "cluster"])
 def test_three_workers_run_every_job_once_and_recover_a_killed_ones(
-    tmp_path: Path, ns: Namespace, redis_url: str, sync_redis: redis.Redis
+    tmp_path: Path, ns: Namespace, on: str, request: pytest.FixtureRequest
 ) -> None:
+    """On the cluster the queue has three shards, so the workers take from all of them."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "ledger.py").write_text(LEDGER_PLUGIN)
     ledger = tmp_path / "ledger.txt"
-    config = config_dict(
-        ns,
-        redis_url,
+    config = config_on(on, ns, request)
+    shards = 3 if on == "cluster" else 1
+    config.update(
         plugins_dir=str(plugins),
-        queue={**crash_queue(ns), "concurrency": 5},
+        queue={**crash_queue(ns), "concurrency": 5, "shards": shards},
         tasks={"ledger": {}},
         default_task="ledger",
         sinks=[],
@@ -128,6 +124,8 @@ def test_three_workers_run_every_job_once_and_recover_a_killed_ones(
     assert all(ends_by_others[job] <= 1 for job in ended_by_victim)
     workers = {pid for _, _, pid in records}
     assert len(workers) == 3, workers
+    if shards > 1:  # a job id names its shard: users spread over every one
+        assert {job.rsplit("-", 1)[1] for job in job_ids} == {str(n) for n in range(shards)}
 
 
 def kill_a_busy_worker(ledger: Path, workers: list[TaskhubProcess]) -> int:

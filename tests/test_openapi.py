@@ -15,7 +15,9 @@ from helpers import Namespace, config_dict
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
+from taskhub.dashboard import Summary
 from taskhub.openapi import Conflict, Job, Queued, build_spec
+from taskhub.status import QueueJson
 from taskhub.submission import TaskRequest
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -30,6 +32,17 @@ DOCUMENTED = {
     ("/docs", "get"): {"200"},
 }
 BEARER = {"type": "http", "scheme": "bearer"}
+ADMIN = {
+    ("/admin/limits/{key}", "get"): {"200", "400", "401", "403", "503"},
+    ("/admin/limits/{key}", "delete"): {"200", "400", "401", "403", "503"},
+}
+DASHBOARD = {
+    ("/dashboard", "get"): {"200"},
+    ("/dashboard/api/summary", "get"): {"200", "401", "501", "503"},
+    ("/dashboard/api/failed/{job_id}/retry", "post"): {"200", "400", "401", "404", "413", "503"},
+}
+ADMIN_TOKEN = "openapi-admin-token-0123456789"
+DASHBOARD_TOKEN = "openapi-dashboard-token-0123456789"
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -78,6 +91,48 @@ def test_with_auth_the_task_endpoints_need_the_key_and_document_401_and_403() ->
 def test_metrics_is_documented_only_when_served() -> None:
     assert "/metrics" in build_spec()["paths"]
     assert "/metrics" not in build_spec(metrics=False)["paths"]
+
+
+def test_admin_and_dashboard_are_documented_only_when_served() -> None:
+    assert not {path for path, _ in {**ADMIN, **DASHBOARD}} & set(build_spec()["paths"])
+    assert "securitySchemes" not in build_spec()["components"]
+    for admin, dashboard in ((True, False), (False, True), (True, True)):
+        spec = json.loads(orjson.dumps(build_spec(admin=admin, dashboard=dashboard)))
+        expected = {**DOCUMENTED, **(ADMIN if admin else {}), **(DASHBOARD if dashboard else {})}
+        assert_well_formed(spec, expected)
+        schemes = spec["components"]["securitySchemes"]
+        expected_schemes = {"adminToken"} if admin else set()
+        expected_schemes |= {"dashboardToken"} if dashboard else set()
+        assert set(schemes) == expected_schemes
+        assert all(scheme["scheme"] == "bearer" for scheme in schemes.values())
+    both = build_spec(BEARER, admin=True, dashboard=True)
+    assert set(both["components"]["securitySchemes"]) == {"apiKey", "adminToken", "dashboardToken"}
+    for (path, method), codes in {**ADMIN, **DASHBOARD}.items():
+        operation = both["paths"][path][method]
+        public = path == "/dashboard"
+        scheme = "adminToken" if path.startswith("/admin") else "dashboardToken"
+        assert operation["security"] == ([] if public else [{scheme: []}]), path
+        assert ("401" in codes) != public
+        if "401" in codes:
+            assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+        if "503" in codes:
+            assert "Retry-After" in operation["responses"]["503"]["headers"]
+        if path.startswith("/dashboard"):  # nothing of the dashboard is cached
+            for code, response in operation["responses"].items():
+                assert ("Cache-Control" in response["headers"]) == (code != "413"), (path, code)
+    page = both["paths"]["/dashboard"]["get"]["responses"]["200"]
+    assert {"Content-Security-Policy", "X-Content-Type-Options"} <= set(page["headers"])
+    assert set(page["content"]) == {"text/html"}
+
+
+def test_the_summary_schema_is_the_dashboards_own() -> None:
+    """One definition: the TypedDict the dashboard returns is what the document shows."""
+    schemas = build_spec(dashboard=True)["components"]["schemas"]
+    summary = schemas["Summary"]
+    assert summary["additionalProperties"] is False
+    assert summary["properties"]["queue"] == {"$ref": "#/components/schemas/QueueJson"}
+    assert set(summary["required"]) == set(Summary.__annotations__)
+    assert set(schemas["QueueJson"]["properties"]) == set(QueueJson.__annotations__)
 
 
 def assert_well_formed(spec: dict[str, Any], documented: dict[Any, set[str]] = DOCUMENTED) -> None:
@@ -198,6 +253,35 @@ def test_a_server_with_api_keys_keeps_to_its_document(ns, redis_url, spawn, monk
             keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, headers, 10)
 
 
+def test_a_server_with_admin_and_dashboard_keeps_to_its_document(
+    ns, redis_url, spawn, monkeypatch
+) -> None:
+    """The token-guarded operations with their token, and without it (every answer a 401)."""
+    monkeypatch.setenv("TASKHUB_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("TASKHUB_DASHBOARD_TOKEN", DASHBOARD_TOKEN)
+    config = config_dict(
+        ns,
+        redis_url,
+        dashboard={"enabled": True, "token": "${TASKHUB_DASHBOARD_TOKEN}"},
+        limits={"admin": {"enabled": True, "token": "${TASKHUB_ADMIN_TOKEN}"}},
+    )
+    url = spawn(config, "serve").url
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = {op.label: op for op in (r.ok() for r in schema.get_all_operations())}
+    guarded = {
+        label: op
+        for label, op in operations.items()
+        if op.path.startswith(("/admin", "/dashboard/"))
+    }
+    assert len(guarded) == 4
+    keep_to_the_document(url, operations["GET /dashboard"], GenerationMode.POSITIVE, CHECKS, {}, 3)
+    for label, operation in guarded.items():
+        token = ADMIN_TOKEN if label.endswith("/admin/limits/{key}") else DASHBOARD_TOKEN
+        with_token = {"Authorization": f"Bearer {token}"}
+        keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, with_token, 15)
+        keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, {}, 5, anonymous=True)
+
+
 def keep_to_the_document(
     url: str,
     operation: Any,
@@ -205,7 +289,11 @@ def keep_to_the_document(
     checks: list,
     headers: dict[str, str] | None = None,
     examples: int = 25,
+    anonymous: bool = False,
 ) -> None:
+    """``examples`` cases of ``operation`` pass ``checks``; ``anonymous``: sent without the
+    Authorization schemathesis makes up for a bearer scheme, each must be a 401."""
+
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
         max_examples=examples,
@@ -214,7 +302,10 @@ def keep_to_the_document(
         suppress_health_check=list(HealthCheck),
     )
     def keeps_to_the_document(case: Any) -> None:
-        case.call_and_validate(base_url=url, checks=checks, headers=headers, timeout=10)
+        if anonymous:
+            case.headers.pop("Authorization", None)
+        response = case.call_and_validate(base_url=url, checks=checks, headers=headers, timeout=10)
+        assert not anonymous or response.status_code == 401, (case, response.text)
 
     keeps_to_the_document()
 

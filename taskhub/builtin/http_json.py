@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -40,7 +40,7 @@ class JsonResponse(HTTPResponse):
 
 
 def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    status: int, body: Mapping[str, Any], headers: dict[str, str] | None = None
 ) -> HTTPResponse:
     return JsonResponse(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
 

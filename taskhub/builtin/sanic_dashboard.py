@@ -102,7 +102,7 @@ def add_dashboard_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
             return denied
         if len(job_id) > MAX_JOB_ID:
             message = f"job_id is {len(job_id)} characters long; ids have at most {MAX_JOB_ID}"
-            return error_response(400, "bad_request", message)
+            return error_response(400, "bad_request", message, NO_STORE)
         try:
             moved = await dashboard.retry(job_id)
         except BackendUnavailable:

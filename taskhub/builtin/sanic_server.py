@@ -442,9 +442,14 @@ async def _health(request: Request) -> HTTPResponse:
 
 def _openapi_handler(hub: Hub) -> Callable[[Request], Any]:
     """The document is the same for every request, so it is encoded once."""
-    document = orjson.dumps(
-        build_spec(hub.authenticator.security_scheme(), metrics=hub.settings.metrics.enabled)
+    settings = hub.settings
+    spec = build_spec(
+        hub.authenticator.security_scheme(),
+        metrics=settings.metrics.enabled,
+        admin=settings.limits.admin.enabled,
+        dashboard=settings.dashboard.enabled,
     )
+    document = orjson.dumps(spec)
 
     async def openapi(request: Request) -> HTTPResponse:
         return HTTPResponse(document, content_type=JSON)
