@@ -25,9 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, wrk
-from bench.measure import Metric
+from bench.measure import Metric, failed
 from bench.procs import BenchError, PrivateRedis
 from bench.rows import ROWS, Bench
+from bench.scale import scale
+
+# Rows run only when named with --only: the scale row starts its own Redis Cluster and
+# answers another question (how taskhub grows with processes, not how it compares).
+EXTRA_ROWS = {"scale": scale}
+ALL_ROWS = {**ROWS, **EXTRA_ROWS}
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = Path("/tmp/taskhub-bench.lock")
@@ -38,7 +44,9 @@ PUBLISHED = ROOT / "docs" / "bench.png"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--only", help=f"comma-separated rows to run (default all: {','.join(ROWS)})"
+        "--only",
+        help=f"comma-separated rows to run (default: {','.join(ROWS)}; "
+        f"also {','.join(EXTRA_ROWS)})",
     )
     parser.add_argument("--pairs", type=int, default=3, help="A/B pairs per row (default 3)")
     parser.add_argument(
@@ -119,18 +127,12 @@ def git_commit() -> str:
     return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def failed(row: str, message: str) -> Metric:
-    metric = Metric(row, "(row failed)", "info", None, "", "", status="ERROR")
-    metric.note = message.strip().replace("\n", " | ")[:600]
-    return metric
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = list(ROWS) if not args.only else [r.strip() for r in args.only.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
-        print(f"unknown row(s): {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+        print(f"unknown row(s): {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
         return 2
     if args.pairs < 1:
         print("--pairs must be at least 1")
@@ -174,7 +176,7 @@ def run(
             row_started = time.monotonic()
             print(f"== {row}", flush=True)
             try:
-                metrics += ROWS[row](bench)
+                metrics += ALL_ROWS[row](bench)
             except BenchError as exc:
                 print(f"  [{row}] failed: {exc}", flush=True)
                 metrics.append(failed(row, str(exc)))

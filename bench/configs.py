@@ -24,18 +24,24 @@ def config(
     *,
     capacity: int = 20,
     queue: dict[str, Any] | None = None,
+    cluster: bool = False,
+    log_level: str = "WARNING",
 ) -> dict[str, Any]:
     """Only the file_log sink (no console), WARNING logs, the default limiter (a token
-    bucket of 20 per 60 s per user) unless ``capacity`` says otherwise."""
+    bucket of 20 per 60 s per user) unless ``capacity`` says otherwise; ``cluster``
+    when ``redis_url`` is a node of a Redis Cluster."""
+    redis: dict[str, Any] = {"url": redis_url, "key_prefix": KEY_PREFIX}
+    if cluster:
+        redis["cluster"] = True
     return {
-        "redis": {"url": redis_url, "key_prefix": KEY_PREFIX},
+        "redis": redis,
         "plugins_dir": None,
         "server": {"type": "sanic", "host": "127.0.0.1", "port": port},
         "limiter": {"type": "token_bucket", "capacity": capacity, "refill": capacity},
         "queue": {"type": "saq", "name": QUEUE, "concurrency": CONCURRENCY, **(queue or {})},
         "sinks": [{"type": "file_log", "path": str(task_log)}],
         "metrics": {"worker_port": 0},  # on (the default), on a port nothing else holds
-        "logging": {"level": "WARNING"},
+        "logging": {"level": log_level},
     }
 
 

@@ -155,3 +155,10 @@ def summarize(
     metric.a_value = median([p["A"][a_key] for p in complete])
     metric.b_value = median([p["B"][b_key] for p in complete])
     return metric
+
+
+def failed(row: str, message: str) -> Metric:
+    """The line of a row (or part of one) that could not be measured, saying why."""
+    metric = Metric(row, "(row failed)", "info", None, "", "", status="ERROR")
+    metric.note = message.strip().replace("\n", " | ")[:600]
+    return metric

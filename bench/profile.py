@@ -13,6 +13,7 @@ import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -31,17 +32,46 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class CpuShares:
-    """CPU percent (100 = one core) of named processes, and of wrk, over one run."""
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle or waiting on I/O),
+    from /proc/stat: with other work on the machine, a run's processes are not all."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        self.before["wrk"] = children_cpu_seconds()
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (a supervisor and its server processes)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children[int(fields[1])].append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+class CpuShares:
+    """CPU percent (100 = one core) of named processes (or groups of processes, summed),
+    and of wrk, over one run."""
+
+    def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
+        self.pids = {name: [p] if isinstance(p, int) else list(p) for name, p in pids.items()}
+        self.before = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        sample = {name: sum(map(cpu_seconds, pids)) for name, pids in self.pids.items()}
+        sample["wrk"] = children_cpu_seconds()
+        sample["machine"] = machine_busy_seconds()
+        return sample
 
     def done(self, seconds: float) -> dict[str, float]:
-        after = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        after["wrk"] = children_cpu_seconds()
+        after = self._sample()
         return {name: round(100 * (after[name] - self.before[name]) / seconds, 1) for name in after}
 
 

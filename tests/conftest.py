@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from cluster import LocalCluster
 from helpers import (
     REDIS_URL,
     START_REDIS_HINT,
@@ -20,6 +19,7 @@ from helpers import (
     write_config,
 )
 
+from bench.cluster import LocalCluster
 from taskhub.builtin.saq_redis import HardenedRedisQueue
 from taskhub.config import RedisSettings
 from taskhub.redis_client import connect
@@ -153,7 +153,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
 def cluster() -> Iterator[LocalCluster]:
     """A local Redis Cluster (3 masters, 3 replicas), started on first use, shared by the
     session: tests keep to their own keys, and a test that kills or promotes nodes
-    must leave every slot served (see tests/cluster.py)."""
+    must leave every slot served (see bench/cluster.py)."""
     try:
         local = LocalCluster.start()
     except FileNotFoundError as exc:

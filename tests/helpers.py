@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,8 @@ import orjson
 import redis
 import yaml
 
-from bench.procs import server_options
+# free_port and wait_until live in the harness (bench/procs.py) and are re-exported here.
+from bench.procs import free_port, pings, server_options, wait_until
 
 if TYPE_CHECKING:
     from taskhub.builtin.saq_redis import HardenedRedisQueue
@@ -56,21 +57,6 @@ def register_limiters(register):
 def limiter_plugin(cls: str, name: str, lua: str = "return {}") -> str:
     """Source of a plugin module registering a limiter ``name`` with Lua ``lua``."""
     return LIMITER_PLUGIN.format(cls=cls, name=name, lua=lua)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -334,7 +320,7 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         client = self.client()
-        assert wait_until(lambda: _pings(client), 10), "private redis-server did not start"
+        assert wait_until(lambda: pings(client), 10), "private redis-server did not start"
         client.close()
         return self
 
@@ -354,12 +340,6 @@ class PrivateRedis:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, password=self.password or None)
-
-
-def _pings(client: redis.Redis) -> bool:
-    with contextlib.suppress(redis.ConnectionError):
-        return bool(client.ping())
-    return False
 
 
 # Handlers for delivery tests. Each records what it needs in its worker's working

@@ -1,6 +1,9 @@
 """The benchmark harness's pure parts: wrk's output, medians, ratios, verdicts."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +19,8 @@ from bench.measure import (
     verdict,
 )
 from bench.rows import note_cpu
+from bench.scale import Runs, core_rates, cpu_note, projection_note, rotated
+from bench.scaling import Projection, balanced_name, per_core_second, project, shards_per_master
 
 WRK_OUTPUT = """\
 Running 8s test @ http://127.0.0.1:3000/task
@@ -130,3 +135,84 @@ def test_http_rows_note_the_median_cpu_share_of_each_process():
     metric = Metric("accepted", "requests/s", ">=", 3.0, "x", "a", "b")
     note_cpu([metric], [pair(80.0), pair(90.0), pair(99.0)])
     assert "A server 90, redis 30, wrk 20; B server 100, redis 0, wrk 35" in metric.note
+
+
+# The scale row's maths (bench/scaling.py, bench/scale.py).
+
+THREE_MASTERS = [(0, 5460, "a"), (5461, 10922, "b"), (10923, 16383, "c")]
+
+
+def test_shards_per_master_counts_each_shards_slot_once():
+    counts = shards_per_master("bench", 6, THREE_MASTERS)
+    assert set(counts) == {"a", "b", "c"}
+    assert sum(counts.values()) == 6
+    # "bench" is the uneven case the harness works around (1/2/3 on the masters).
+    assert sorted(counts.values()) == [1, 2, 3]
+
+
+def test_balanced_name_spreads_the_shards_two_per_master():
+    name = balanced_name("bench", 6, THREE_MASTERS)
+    assert name != "bench" and name.startswith("bench")
+    assert sorted(shards_per_master(name, 6, THREE_MASTERS).values()) == [2, 2, 2]
+    assert balanced_name("bench", 1, [(0, 16383, "only")]) == "bench"
+    tiny = [(0, 0, "x"), (1, 8000, "a"), (8001, 16383, "b")]  # "x" serves one slot
+    with pytest.raises(ValueError, match="spreads 3 shards"):
+        balanced_name("bench", 3, tiny, tries=3)
+
+
+def test_per_core_second_is_work_over_cpu_cores():
+    assert per_core_second(6000.0, 50.0) == 12000.0
+    assert per_core_second(6000.0, 200.0) == 3000.0
+    assert per_core_second(6000.0, 0.0) is None
+
+
+def test_projection_splits_the_cores_then_caps_single_threaded_families():
+    rates = {"servers": 10_000.0, "redis masters": 40_000.0}
+    # Each request costs 1/10k + 1/40k core-seconds: 4 cores pay for 32k/s.
+    assert project(4, rates, {"redis masters": 3}) == Projection(4, 32_000.0, "cores")
+    # 16 cores would pay for 128k/s, but three single-threaded masters do 120k/s.
+    assert project(16, rates, {"redis masters": 3}) == Projection(16, 120_000.0, "redis masters")
+    with pytest.raises(ValueError):
+        project(0, rates, {})
+
+
+def test_rotated_orders_start_each_pair_with_the_next_setup():
+    setups = [("cluster", 1), ("cluster", 2), ("single", 1)]
+    assert rotated(setups, 0) == setups
+    assert rotated(setups, 1) == [("cluster", 2), ("single", 1), ("cluster", 1)]
+    assert rotated(setups, 3) == setups
+
+
+def test_cpu_note_and_projection_from_the_pairs():
+    def run(rate: float, server: float) -> dict:
+        cpu = {"servers": server, "redis masters": 25.0, "wrk": 10.0, "machine": 190.0}
+        return {"rate": rate, "cpu_pct": cpu}
+
+    runs = Runs(
+        [
+            {("cluster", 1): run(5000.0, 50.0), ("cluster", 2): run(8000.0, 100.0)},
+            {("cluster", 1): run(7000.0, 70.0), ("cluster", 2): run(10000.0, 150.0)},
+        ]
+    )
+    note = cpu_note(runs)
+    assert "cluster x1: servers 60, redis masters 25, wrk 10 (sum 95, whole machine 190)" in note
+    one = core_rates(runs, ("cluster", 1), "servers")
+    assert one == {"servers": 10_000.0, "redis masters": 24_000.0}
+    two = core_rates(runs, ("cluster", 2), "servers")
+    assert two == {"servers": 7_200.0, "redis masters": 36_000.0}
+    projected = projection_note(runs, "servers")
+    assert "cluster x1: servers 10,000, redis masters 24,000" in projected
+    # From the most processes measured: 1 / (1/7200 + 1/36000) = 6000 per core.
+    assert "PROJECTION from cluster x2, not measured" in projected
+    assert "4 cores ~24,000/s (bound: cores)" in projected
+    assert "16 cores ~96,000/s (bound: cores)" in projected
+
+
+def test_process_tree_finds_a_child():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert profile.process_tree(os.getpid())[0] == os.getpid()
+        assert child.pid in profile.process_tree(os.getpid())
+    finally:
+        child.kill()
+        child.wait()

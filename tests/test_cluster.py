@@ -11,9 +11,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from cluster import LocalCluster, Node
 from helpers import wait_until
 
+from bench.cluster import LocalCluster, Node
 from taskhub.cluster_pipeline import ClusterPipeline, CrossSlotKeys, slot_of
 from taskhub.config import RedisSettings
 from taskhub.redis_client import is_unavailable

@@ -32,10 +32,10 @@ from typing import Any
 
 import httpx
 import redis
-from cluster import LocalCluster, Node
 from helpers import Namespace, config_dict, crash_queue, wait_until
 from replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
 
+from bench.cluster import LocalCluster, Node
 from taskhub.sharding import Shards
 
 CLIENTS = 12

@@ -1,8 +1,10 @@
-"""A local Redis Cluster for the tests: 3 masters and 3 replicas on loopback ports.
+"""A local Redis Cluster: 3 masters and 3 replicas on loopback ports.
 
-Started once per session, and only when a test asks for it (the ``cluster``
-fixture in conftest). A short node timeout keeps a failover test quick. Every
-node keeps nothing on disk, and the whole directory goes at the end.
+The tests start one per session, only when a test asks for it (the ``cluster``
+fixture in conftest), and the scale row of the benchmark starts its own; it
+lives here, beside the harness's other processes, so both import one copy. A
+short node timeout keeps a failover test quick. Every node keeps nothing on
+disk, and the whole directory goes at the end.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from helpers import _pings, free_port, wait_until
 
-from bench.procs import server_options
+from bench.procs import free_port, pings, server_options, wait_until
 
 NODE_TIMEOUT_MS = 1500
 SIZE = 6  # --cluster-replicas 1: three masters, three replicas
@@ -84,7 +85,7 @@ class LocalCluster:
             self.nodes.append(node)
         for node in self.nodes:
             with node.client() as client:
-                assert wait_until(lambda c=client: _pings(c), 10), f"node {node.port} did not start"
+                assert wait_until(lambda c=client: pings(c), 10), f"node {node.port} did not start"
 
     @staticmethod
     def _run(binary: str, node: Node) -> None:
