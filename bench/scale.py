@@ -28,7 +28,7 @@ from bench.measure import Metric, failed, summarize
 from bench.procs import BenchError, Proc, free_port, wait_until
 from bench.profile import CpuShares, process_tree
 from bench.rows import Bench, Figures
-from bench.scaling import balanced_name, per_core_second, project
+from bench.scaling import per_core_second, project, shards_per_master
 from bench.watch import LogWatcher
 from taskhub.sharding import Shards
 
@@ -36,8 +36,8 @@ from taskhub.sharding import Shards
 # master. Six also spread evenly over 1, 2, 3 or 6 masters, so a cluster can grow by
 # moving slots (resharding) without changing `shards`, which needs an empty queue. Not
 # more: a worker slot whose shard is empty looks through the others in turn, and every
-# extra shard is one more look. The queue's name is picked so that the six land two on
-# each master (a shard's slot is a hash of its tag).
+# extra shard is one more look. The six land two on each master: taskhub.sharding
+# spreads the shards' tags over the slot space (checked when the cluster starts).
 SHARDS = 6
 COUNTS = (1, 2, 3)
 CORES = (4, 8, 16)
@@ -106,6 +106,9 @@ def cluster_target(bench: Bench) -> Iterator[Target]:
         slots = clients[0].execute_command("CLUSTER", "SLOTS")
         ranges = [(int(start), int(end), str(master[1])) for start, end, master, *_ in slots]
         client = redis.RedisCluster(host="127.0.0.1", port=masters[0].port)
+        spread = shards_per_master(configs.QUEUE, SHARDS, ranges)
+        if max(spread.values()) - min(spread.values()) > 1:  # taskhub.sharding's promise
+            raise BenchError(f"the {SHARDS} shards sit unevenly on the masters: {spread}")
 
         def flush() -> None:
             for master in clients:  # our own nodes, never the shared 6379
@@ -116,7 +119,7 @@ def cluster_target(bench: Bench) -> Iterator[Target]:
             "cluster",
             cluster.url,
             True,
-            balanced_name(configs.QUEUE, SHARDS, ranges),
+            configs.QUEUE,
             SHARDS,
             client,
             clients,

@@ -1,4 +1,4 @@
-"""The scale row's pure parts: which queue name spreads its shards evenly, rates per
+"""The scale row's pure parts: how a queue's shards sit on the masters, rates per
 core-second of CPU, and what those imply for a machine with more cores.
 
 Nothing here starts a process, so ``tests/test_bench_parsing.py`` checks it fast.
@@ -26,21 +26,6 @@ def shards_per_master(name: str, shards: int, ranges: Sequence[SlotRange]) -> di
         slot = key_slot(f"saq:{layout.queue_name(shard)}:queued".encode())
         counts[next(m for start, end, m in ranges if start <= slot <= end)] += 1
     return dict(counts)
-
-
-def balanced_name(base: str, shards: int, ranges: Sequence[SlotRange], tries: int = 1000) -> str:
-    """The first of ``base``, ``base1``, ``base2``, ... whose shards spread over the
-    masters as evenly as they can (counts differing by at most one).
-
-    A shard's slot is a hash of its tag, so 6 shards of an arbitrary name may well land
-    1/2/3 on three masters, and the busiest master would then bound the figures.
-    """
-    for index in range(tries):
-        name = base if index == 0 else f"{base}{index}"
-        counts = shards_per_master(name, shards, ranges).values()
-        if max(counts) - min(counts) <= 1:
-            return name
-    raise ValueError(f"no name {base}..{base}{tries - 1} spreads {shards} shards evenly")
 
 
 def per_core_second(rate: float, cpu_pct: float) -> float | None:

@@ -13,13 +13,17 @@ them never form a tag).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from typing import Literal
 
+from redis.crc import key_slot
+
 ShardBy = Literal["user", "round_robin"]
 SHARD_BY: tuple[ShardBy, ...] = ("user", "round_robin")
 MAX_SHARDS = 1024
+SLOTS = 16384  # Redis Cluster's hash slots
 
 
 class Shards:
@@ -36,6 +40,7 @@ class Shards:
         # A cluster needs the tag even for one shard: the job's keys and the limiter's
         # must share a slot.
         self.tagged = tagged or count > 1
+        self._tags = spread_tags(name, count) if self.tagged else ()
         self._turn = itertools.count()
 
     @property
@@ -45,7 +50,7 @@ class Shards:
         return self.by == "round_robin" and self.count > 1
 
     def tag(self, shard: int) -> str:
-        return f"{{{self.name}.{shard}}}"
+        return self._tags[shard]
 
     def shard_for(self, subject: str) -> int:
         """The home shard of a user id (or of any text): stable across processes and restarts."""
@@ -88,6 +93,30 @@ class Shards:
             return None
         shard = int(suffix)
         return shard if shard < self.count else None
+
+
+@functools.cache
+def spread_tags(name: str, count: int) -> tuple[str, ...]:
+    """One hash tag per shard, shard ``i``'s slot in the ``i``-th of ``count`` equal parts
+    of the 16384 slots.
+
+    A cluster's masters serve contiguous slot ranges (``redis-cli --cluster create``
+    splits them evenly), so shards spread over the slot space spread over the masters:
+    6 shards on 3 masters are 2 on each, whatever the queue's name. A plain hash of
+    ``{<queue>.<i>}`` could put 3 on one master and none on another. The tag is
+    ``{<queue>.<i>}`` when that already lands in its part, else ``{<queue>.<i>.<k>}``
+    with the smallest ``k`` that does: a pure function of name and count, so every
+    process agrees.
+    """
+    tags = []
+    for shard in range(count):
+        low, high = shard * SLOTS // count, (shard + 1) * SLOTS // count
+        for attempt in itertools.count():
+            tag = f"{{{name}.{shard}}}" if attempt == 0 else f"{{{name}.{shard}.{attempt}}}"
+            if low <= key_slot(tag.encode()) < high:
+                tags.append(tag)
+                break
+    return tuple(tags)
 
 
 UNSHARDED = Shards()

@@ -20,7 +20,7 @@ from bench.measure import (
 )
 from bench.rows import note_cpu
 from bench.scale import Runs, core_rates, cpu_note, projection_note, rotated
-from bench.scaling import Projection, balanced_name, per_core_second, project, shards_per_master
+from bench.scaling import Projection, per_core_second, project, shards_per_master
 
 WRK_OUTPUT = """\
 Running 8s test @ http://127.0.0.1:3000/task
@@ -145,19 +145,9 @@ THREE_MASTERS = [(0, 5460, "a"), (5461, 10922, "b"), (10923, 16383, "c")]
 def test_shards_per_master_counts_each_shards_slot_once():
     counts = shards_per_master("bench", 6, THREE_MASTERS)
     assert set(counts) == {"a", "b", "c"}
-    assert sum(counts.values()) == 6
-    # "bench" is the uneven case the harness works around (1/2/3 on the masters).
-    assert sorted(counts.values()) == [1, 2, 3]
-
-
-def test_balanced_name_spreads_the_shards_two_per_master():
-    name = balanced_name("bench", 6, THREE_MASTERS)
-    assert name != "bench" and name.startswith("bench")
-    assert sorted(shards_per_master(name, 6, THREE_MASTERS).values()) == [2, 2, 2]
-    assert balanced_name("bench", 1, [(0, 16383, "only")]) == "bench"
-    tiny = [(0, 0, "x"), (1, 8000, "a"), (8001, 16383, "b")]  # "x" serves one slot
-    with pytest.raises(ValueError, match="spreads 3 shards"):
-        balanced_name("bench", 3, tiny, tries=3)
+    # taskhub.sharding spreads the tags over the slot space: two on each master.
+    assert sorted(counts.values()) == [2, 2, 2]
+    assert shards_per_master("bench", 1, [(0, 16383, "only")]) == {"only": 1}
 
 
 def test_per_core_second_is_work_over_cpu_cores():

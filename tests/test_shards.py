@@ -60,13 +60,36 @@ def test_a_user_has_one_stable_home_and_ids_name_their_shard() -> None:
     homes = Counter(shards.shard_for(user) for user in USERS)
     assert set(homes) == set(range(8))  # 205 users reach every shard
     assert all(Shards(8, "user", "tasks").shard_for(u) == shards.shard_for(u) for u in USERS)
-    assert shards.tag(3) == "{tasks.3}"
+    assert shards.tag(3).startswith("{tasks.3") and shards.tag(3).endswith("}")
     assert shards.shard_of(shards.job_id("abc", 5)) == 5
     for stranger in ("abc", "abc-8", "abc-05", "abc-", "abc-²", "-"):
         assert shards.shard_of(stranger) is None
     turns = Shards(3, "round_robin", "tasks")
     assert [turns.place("u", None) for _ in range(6)] == [0, 1, 2, 0, 1, 2]
     assert turns.place("u", "id-1") == turns.place("other", "id-1")  # a retry finds its shard
+
+
+@pytest.mark.parametrize("name", ["tasks", "bench", "orders-eu", "q"])
+@pytest.mark.parametrize("count", [1, 2, 3, 6, 7, 16])
+def test_shards_spread_evenly_over_the_slot_space_so_over_the_masters(
+    name: str, count: int
+) -> None:
+    """Shard i's slot lies in the i-th equal part of the slots: with masters on even
+    contiguous ranges (as redis-cli --cluster create makes them), 6 shards on 3 masters
+    are 2 on each, whatever the queue's name."""
+    shards = Shards(count, name=name, tagged=True)
+    tags = [shards.tag(i) for i in range(count)]
+    for i, tag in enumerate(tags):
+        assert i * 16384 // count <= key_slot(tag.encode()) < (i + 1) * 16384 // count
+        assert tag.startswith(f"{{{name}.{i}") and tag.endswith("}")
+    assert tags == [Shards(count, name=name, tagged=True).tag(i) for i in range(count)]
+    masters = [(0, 5460), (5461, 10922), (10923, 16383)]  # redis-cli's split of 3 masters
+    per_master = Counter(
+        next(m for m, (low, high) in enumerate(masters) if low <= key_slot(t.encode()) <= high)
+        for t in tags
+    )
+    if count % len(masters) == 0:
+        assert sorted(per_master.values()) == [count // len(masters)] * len(masters)
 
 
 def test_one_shard_keeps_every_key_as_it_was() -> None:
