@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
+from conftest import config_on
 from dashboard_helpers import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
 from helpers import config_dict, get_job, run_cli, wait_until, write_config
 from pydantic import TypeAdapter
@@ -72,10 +74,14 @@ def test_the_page_holds_no_data_and_the_data_needs_the_token(
     assert TOKEN not in server.output
 
 
+@pytest.mark.parametrize("on", ["single", "cluster"])
 def test_traffic_and_depth_are_summed_over_every_server(
-    ns, redis_url, spawn, tmp_path: Path
+    ns, spawn, tmp_path: Path, on: str, request: pytest.FixtureRequest
 ) -> None:
-    config = dashboard_config(ns, redis_url, tmp_path)
+    """On the cluster the queue has three shards: the depth is summed over them too."""
+    redis = config_on(on, ns, request)["redis"]
+    config = {**dashboard_config(ns, redis["url"], tmp_path), "redis": redis}
+    config["queue"]["shards"] = 3 if on == "cluster" else 1
     one = spawn(config, "serve", cwd=tmp_path / "one")
     two = spawn(config, "serve", cwd=tmp_path / "two")
     for url in (one.url, two.url):

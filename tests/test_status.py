@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
+from conftest import config_on
 from helpers import (
     Namespace,
     config_dict,
@@ -40,12 +42,16 @@ def reach(url: str, job_id: str, status: str) -> None:
     )
 
 
+@pytest.mark.parametrize("on", ["single", "cluster"])
 def test_status_shows_depth_workers_and_failures(
-    tmp_path: Path, ns: Namespace, redis_url: str, spawn
+    tmp_path: Path, ns: Namespace, spawn, on: str, request: pytest.FixtureRequest
 ) -> None:
+    """On the cluster the queue has three shards, which the snapshot sums."""
+    shards = 3 if on == "cluster" else 1
     queue = {"type": "saq", "name": ns.queue, "concurrency": 1, "shutdown_grace": 0}
-    config = config_dict(
-        ns, redis_url, plugins_dir=delivery_plugins(tmp_path), tasks=TASKS, queue=queue
+    config = config_on(on, ns, request)
+    config.update(
+        plugins_dir=delivery_plugins(tmp_path), tasks=TASKS, queue={**queue, "shards": shards}
     )
     path = write_config(tmp_path, config)
     process = spawn(config)
