@@ -23,16 +23,15 @@ class TaskRunner:
         self.sinks = list(sinks)
         self.gate = gate
 
-    async def wait_ms(self, spec: TaskSpec, *, job_id: str, user_id: str, shard: int = 0) -> int:
+    async def wait_ms(self, spec: TaskSpec, *, job_id: str, user_id: str) -> int:
         """How long a job must wait for its execution limits; 0 to run it now.
 
         Queue plugins call this before starting an attempt and, when it is not 0,
-        reschedule the job for then without using an attempt. ``shard`` is the queue
-        shard the job is in: the limits are counted in its hash slot.
+        reschedule the job for then without using an attempt.
         """
         if self.gate is None:
             return 0
-        return await self.gate.wait_ms(spec.name, user_id, job_id, spec.cost, shard)
+        return await self.gate.wait_ms(spec.name, user_id, job_id, spec.cost)
 
     async def run(
         self,

@@ -74,18 +74,18 @@ class ExecutionGate:
     ) -> None:
         self.rules = tuple(rules)
         self.key_prefix = key_prefix
-        # One decision's keys share the hash slot of the shard the job is in.
+        # A decision's keys live in the user's home shard, as at admission: one slot, and
+        # one count per user however his jobs are placed (in turn, they are anywhere).
+        self.shards = shards
         self._prefixes = shards.key_prefixes(key_prefix)
         self.fail_mode = fail_mode
         source = build_script(self.rules, None, body=EXECUTION_BODY)
         self._script = GuardedScript(redis, source, fail_mode, "execution limits")
 
-    async def wait_ms(
-        self, task: str, user_id: str, job_id: str, cost: int = 1, shard: int = 0
-    ) -> int:
+    async def wait_ms(self, task: str, user_id: str, job_id: str, cost: int = 1) -> int:
         """0 if the job may run now (and it is charged), else how long it must wait."""
         request = RequestContext(user_id=user_id, task=task)
-        prefix = self._prefixes[shard] if shard < len(self._prefixes) else self.key_prefix
+        prefix = self._prefixes[self.shards.shard_for(user_id)]
         keys, lines, steps = [], [], []
         for rule in self.rules:
             rule_keys = rule.keys(prefix, rule.subject(request))

@@ -30,7 +30,18 @@ _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.MasterDownError,
     OSError,
 )
-_UNAVAILABLE_REPLIES = ("OOM ", "LOADING ", "MASTERDOWN ", "BUSY ", "CLUSTERDOWN ", "TRYAGAIN ")
+_UNAVAILABLE_REPLIES = (
+    "OOM ",
+    "LOADING ",
+    "MASTERDOWN ",
+    "BUSY ",
+    "CLUSTERDOWN ",
+    "TRYAGAIN ",
+    # A cluster redirect still there after the router followed one: the slot map is in
+    # flux (a failover or resharding spreading), so retry shortly rather than a 500.
+    "MOVED ",
+    "ASK ",
+)
 # uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
 # closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
 _CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")

@@ -42,6 +42,9 @@ def test_a_write_to_a_connection_closed_under_uvloop_is_unavailable() -> None:
         (rx.BusyLoadingError("Redis is loading the dataset in memory"), True),
         (ConnectionResetError(104, "Connection reset by peer"), True),
         (rx.ResponseError("LOADING Redis is loading the dataset in memory"), True),
+        # a redirect the cluster router got again after following one: the map is moving
+        (rx.ResponseError("MOVED 3999 127.0.0.1:30002"), True),
+        (rx.ResponseError("ASK 3999 127.0.0.1:30002"), True),
         (rx.ResponseError("ERR Error running script: attempt to compare nil"), False),
         (RuntimeError("Event loop is closed"), False),
         (RuntimeError("unable to perform operation; the handler is closed"), False),

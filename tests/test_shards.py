@@ -157,7 +157,9 @@ async def test_every_admission_keeps_its_keys_in_one_slot(by: str) -> None:
     assert homes == set(range(5))
 
 
-async def test_execution_limits_follow_the_jobs_shard() -> None:
+async def test_execution_limits_count_in_the_users_home_shard() -> None:
+    """As at admission: one slot per decision, and one count per user wherever his
+    jobs were placed (with shard_by round_robin, anywhere)."""
     shards = Shards(4, "user", "tasks")
     rules = [Rule.keyed(f"{s.name}-user", s, "user") for s in every_strategy(executable=True)]
     rules += [Rule.keyed(f"tb-{k}", bucket(10**6), k) for k in ("task", "constant")]
@@ -165,7 +167,7 @@ async def test_execution_limits_follow_the_jobs_shard() -> None:
     gate = ExecutionGate(redis, rules, "taskhub", "closed", shards)
     for user in USERS[:50]:
         shard = shards.shard_for(user)
-        assert await gate.wait_ms(SPEC.name, user, "j", 1, shard) == 0
+        assert await gate.wait_ms(SPEC.name, user, "j", 1) == 0
         (keys,) = redis.calls[-1:]
         assert one_slot(keys) and key_slot(shards.tag(shard).encode()) == key_slot(keys[0].encode())
 
@@ -384,7 +386,8 @@ async def test_a_worker_drains_every_shard_and_dead_letters_come_back(client, ns
     assert (snapshot.dead, len(snapshot.recent_failures)) == (9, 5)
     assert (snapshot.queued, snapshot.active, snapshot.scheduled) == (0, 0, 0)
     chosen = [dead[0].job_id, dead[-1].job_id]
-    assert sorted(await queue.retry_dead(chosen)) == sorted(chosen)
+    strangers = ["no-such-job-1", "names-no-shard"]  # a shard with no such dead letter; none
+    assert sorted(await queue.retry_dead([*chosen, *strangers])) == sorted(chosen)
     assert (await queue.depth())["queued"] == 2
     assert await queue.purge_dead() == 7
 

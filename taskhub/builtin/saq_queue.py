@@ -190,7 +190,7 @@ class SaqQueue(QueueBackend):
     def redis_queue(self, client: Redis, shard: int = 0) -> HardenedRedisQueue:
         c = self.config
         name = self._names[shard]
-        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl, shard=shard)
+        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl)
 
     def beat_interval(self, hub: Hub) -> float:
         """A third of the shortest heartbeat any task has: two beats may be lost."""
@@ -251,7 +251,16 @@ class SaqQueue(QueueBackend):
         return [job_info(job) for job in saq_jobs.oldest_first(shards, limit)]
 
     async def retry_dead(self, job_ids: list[str] | None) -> list[str]:
-        moved = await self._each(lambda queue: saq_jobs.retry_dead(queue, job_ids))
+        if job_ids is None:
+            moved = await self._each(lambda queue: saq_jobs.retry_dead(queue, None))
+        else:  # ids name their shard: read only those shards' dead letters
+            wanted: dict[HardenedRedisQueue, list[str]] = {}
+            for job_id in job_ids:
+                queue = self._queue_of(job_id)
+                if queue is not None:
+                    wanted.setdefault(queue, []).append(job_id)
+            retries = (saq_jobs.retry_dead(queue, ids) for queue, ids in wanted.items())
+            moved = await guarded(asyncio.gather(*retries))
         return [job_id for shard in moved for job_id in shard]
 
     async def purge_dead(self) -> int:

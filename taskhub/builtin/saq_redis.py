@@ -249,11 +249,8 @@ class Move(enum.StrEnum):
 class HardenedRedisQueue(RedisQueue):
     """SAQ's RedisQueue with fenced transitions, a safe sweep and outage guards."""
 
-    def __init__(
-        self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int, shard: int = 0
-    ) -> None:
+    def __init__(self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int) -> None:
         super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
-        self.shard = shard  # which of its queue's shards this is (taskhub.sharding)
         self.heartbeat = heartbeat
         self.dead_letter_ttl = dead_letter_ttl
         self.beats_key = self.namespace("heartbeats")

@@ -260,14 +260,12 @@ class HubWorker(Worker):
         user_id = (job.kwargs or {}).get("user_id", "")
         if spec is None or self.runner.gate is None:
             return False
-        queue = shard_of(job)
-        wait_ms = await self.runner.wait_ms(
-            spec, job_id=job.key, user_id=user_id, shard=queue.shard
-        )
+        wait_ms = await self.runner.wait_ms(spec, job_id=job.key, user_id=user_id)
         if wait_ms <= 0:
             return False
         at = now() / 1000 + wait_ms / 1000
         job.scheduled = int(at)
+        queue = shard_of(job)
         await queue.guarded(queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
         logger.debug("job %s over its execution limit: runs in %d ms", job.key, wait_ms)
         return True
