@@ -112,6 +112,15 @@ def test_bad_option_reports_path_line_value_and_rule(tmp_path: Path) -> None:
     )
 
 
+def test_bad_queue_shards_name_the_field_and_what_is_allowed(tmp_path: Path) -> None:
+    text = "queue:\n  type: saq\n  shards: {shards}\n  shard_by: {by}\n"
+    error = str(errors_of(tmp_path, text.format(shards=0, by="sideways")))
+    assert "line 3: queue.shards: input should be greater than or equal to 1 (got 0)" in error
+    assert "line 4: queue.shard_by: input should be 'user' or 'round_robin'" in error
+    error = str(errors_of(tmp_path, text.format(shards=1025, by="user")))
+    assert "queue.shards: input should be less than or equal to 1024 (got 1025)" in error
+
+
 def test_wrong_type_option(tmp_path: Path) -> None:
     error = errors_of(tmp_path, "server:\n  port: lots\n")
     assert "line 2: server.port: input should be a valid integer" in str(error)
