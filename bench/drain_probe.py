@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from taskhub.hub import Hub
+from taskhub.hub.kernel import Hub
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = Path(os.environ.get("SEED_REFERENCE", "/work/shared/seed-reference"))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from taskhub.admission import Outcome
-from taskhub.hub import Hub
-from taskhub.policy import RequestContext
+from taskhub.hub.kernel import Hub
+from taskhub.limits.admission import Outcome
+from taskhub.limits.policy import RequestContext
 
 BATCH = 500
 

@@ -56,8 +56,8 @@ PIPELINE = (
     TIMING
     + """
 import sys, uvloop
-from taskhub.config import RedisSettings
-from taskhub.pipeline import RedisPipeline
+from taskhub.config.models import RedisSettings
+from taskhub.store.pipeline import RedisPipeline
 async def main():
     pipeline = RedisPipeline(RedisSettings(url=f"redis://127.0.0.1:{sys.argv[1]}/0"))
     script = pipeline.script("return redis.call('INCR', KEYS[1])")

@@ -30,13 +30,13 @@ from bench.profile import CpuShares, process_tree
 from bench.rows import Bench, Figures
 from bench.scaling import per_core_second, project, shards_per_master
 from bench.watch import LogWatcher
-from taskhub.sharding import Shards
+from taskhub.store.sharding import Shards
 
 # Two shards per master. A shard is one slot, so it loads one master: at least one per
 # master. Six also spread evenly over 1, 2, 3 or 6 masters, so a cluster can grow by
 # moving slots (resharding) without changing `shards`, which needs an empty queue. Not
 # more: a worker slot whose shard is empty looks through the others in turn, and every
-# extra shard is one more look. The six land two on each master: taskhub.sharding
+# extra shard is one more look. The six land two on each master: taskhub.store.sharding
 # spreads the shards' tags over the slot space (checked when the cluster starts).
 SHARDS = 6
 COUNTS = (1, 2, 3)
@@ -107,7 +107,7 @@ def cluster_target(bench: Bench) -> Iterator[Target]:
         ranges = [(int(start), int(end), str(master[1])) for start, end, master, *_ in slots]
         client = redis.RedisCluster(host="127.0.0.1", port=masters[0].port)
         spread = shards_per_master(configs.QUEUE, SHARDS, ranges)
-        if max(spread.values()) - min(spread.values()) > 1:  # taskhub.sharding's promise
+        if max(spread.values()) - min(spread.values()) > 1:  # taskhub.store.sharding's promise
             raise BenchError(f"the {SHARDS} shards sit unevenly on the masters: {spread}")
 
         def flush() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis.crc import key_slot
 
-from taskhub.sharding import Shards
+from taskhub.store.sharding import Shards
 
 # (first slot, last slot, master) as CLUSTER SLOTS lists them.
 SlotRange = tuple[int, int, str]

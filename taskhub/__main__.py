@@ -2,6 +2,6 @@
 
 import sys
 
-from taskhub.cli import main
+from taskhub.cli.main import main
 
 sys.exit(main())

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from taskhub.errors import UsageError
-from taskhub.sharding import UNSHARDED, Shards
+from taskhub.store.sharding import UNSHARDED, Shards
 
 if TYPE_CHECKING:
-    from taskhub.hub import Hub
+    from taskhub.hub.kernel import Hub
     from taskhub.jobs import AbortResult, JobInfo
-    from taskhub.status import QueueSnapshot
+    from taskhub.monitoring.status import QueueSnapshot
 
 
 class Options(BaseModel):
@@ -176,7 +176,7 @@ class PreparedJob:
     job_id: str
     keys: list[str]
     args: list[str | bytes]
-    shard: int = 0  # which of the queue's shards (taskhub.sharding) it goes to
+    shard: int = 0  # which of the queue's shards (taskhub.store.sharding) it goes to
 
 
 class QueueBackend(Component):
@@ -218,7 +218,7 @@ class QueueBackend(Component):
         ``holds`` are sorted sets in which the job id holds a slot (see
         :attr:`Limiter.holds_slot`): the queue removes it from each of them in the
         same step that finishes the job for good. Writes nothing. A payload it cannot
-        store raises ``taskhub.submission.unstorable_payload(reason)`` (a 422).
+        store raises ``taskhub.web.submission.unstorable_payload(reason)`` (a 422).
         """
         raise NotImplementedError
 

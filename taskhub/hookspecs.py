@@ -21,7 +21,7 @@ if TYPE_CHECKING:
         Sink,
         TaskHandler,
     )
-    from taskhub.hub import Hub
+    from taskhub.hub.kernel import Hub
 
 PROJECT = "taskhub"
 

@@ -20,9 +20,9 @@ from helpers import (
 )
 
 from bench.cluster import LocalCluster
-from taskhub.builtin.saq_redis import HardenedRedisQueue
-from taskhub.config import RedisSettings
-from taskhub.redis_client import connect
+from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
+from taskhub.config.models import RedisSettings
+from taskhub.store.clients import connect
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import yaml
 from bench.procs import free_port, pings, server_options, wait_until
 
 if TYPE_CHECKING:
-    from taskhub.builtin.saq_redis import HardenedRedisQueue
+    from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("TASKHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -80,7 +80,7 @@ class Namespace:
     @property
     def patterns(self) -> list[str]:
         plain = [f"{self.prefix}:*", f"saq:{self.queue}:*", f"saq:job:{self.queue}:*"]
-        # A sharded queue's keys carry the hash tag {<queue>.<shard>} (taskhub.sharding).
+        # A sharded queue's keys carry the hash tag {<queue>.<shard>} (taskhub.store.sharding).
         return [*plain, f"saq:{{{self.queue}.*", f"saq:job:{{{self.queue}.*"]
 
     def keys(self, client: redis.Redis) -> set[bytes]:

@@ -10,11 +10,11 @@ from helpers import Namespace
 from models import Expected
 from redis.asyncio.cluster import RedisCluster
 
-from taskhub.admission import Admission, Outcome
-from taskhub.builtin.handlers import LogCompletion
-from taskhub.builtin.saq_queue import SaqQueue
+from taskhub.builtin.saq.queue import SaqQueue
+from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import Limiter, TaskSpec
-from taskhub.policy import RequestContext, Rule
+from taskhub.limits.admission import Admission, Outcome
+from taskhub.limits.policy import RequestContext, Rule
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 # Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test

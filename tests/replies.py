@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from helpers import TaskhubProcess
 
-from taskhub.submission import idempotent_job_id
+from taskhub.web.submission import idempotent_job_id
 
 TRANSPORT_ERROR = -1  # the taskhub server itself could not be reached or hung up
 

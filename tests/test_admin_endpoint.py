@@ -9,7 +9,7 @@ import pytest
 from helpers import Namespace, config_dict, run_cli, write_config
 from pydantic import TypeAdapter
 
-from taskhub.limits_admin import LimitsReset, LimitsShown
+from taskhub.limits.admin import LimitsReset, LimitsShown
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,10 +11,10 @@ from multidict import CIMultiDict
 
 from taskhub import Principal, Unauthenticated
 from taskhub.bearer import bearer_credentials, bearer_token_ok
-from taskhub.builtin.sanic_auth import request_guard
 from taskhub.errors import ConfigError, PluginError
-from taskhub.hub import Hub
-from taskhub.plugins import load_plugins
+from taskhub.hub.kernel import Hub
+from taskhub.hub.plugins import load_plugins
+from taskhub.web.auth import request_guard
 
 ALICE = "alice-key-0123456789abcdef"
 CI = "ci-key-0123456789abcdef-xyz"

@@ -145,7 +145,7 @@ THREE_MASTERS = [(0, 5460, "a"), (5461, 10922, "b"), (10923, 16383, "c")]
 def test_shards_per_master_counts_each_shards_slot_once():
     counts = shards_per_master("bench", 6, THREE_MASTERS)
     assert set(counts) == {"a", "b", "c"}
-    # taskhub.sharding spreads the tags over the slot space: two on each master.
+    # taskhub.store.sharding spreads the tags over the slot space: two on each master.
     assert sorted(counts.values()) == [2, 2, 2]
     assert shards_per_master("bench", 1, [(0, 16383, "only")]) == {"only": 1}
 

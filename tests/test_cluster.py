@@ -14,9 +14,9 @@ import pytest
 from helpers import wait_until
 
 from bench.cluster import LocalCluster, Node
-from taskhub.cluster_pipeline import ClusterPipeline, CrossSlotKeys, slot_of
-from taskhub.config import RedisSettings
-from taskhub.redis_client import is_unavailable
+from taskhub.config.models import RedisSettings
+from taskhub.store.clients import is_unavailable
+from taskhub.store.cluster_router import ClusterPipeline, CrossSlotKeys, slot_of
 
 INCR = "return redis.call('INCR', KEYS[1])"
 

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from helpers import ROOT
 
-from taskhub.cli import main
+from taskhub.cli.main import main
 from taskhub.components import Limiter, RatePolicy
-from taskhub.config import load_text, mask_url, parse_settings
+from taskhub.config.models import load_text, mask_url, parse_settings
 from taskhub.errors import ConfigError
-from taskhub.hub import Hub
-from taskhub.plugins import load_plugins
+from taskhub.hub.kernel import Hub
+from taskhub.hub.plugins import load_plugins
 
 
 def hub_from(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Hub:
@@ -296,7 +296,7 @@ def test_check_prints_the_resolved_config_with_secrets_masked(
         "plugins_dir: null\n"
     )
     # MY_TOKEN names a module here only to show that secret-looking variables are masked.
-    monkeypatch.setattr("taskhub.hub.load_plugins", _builtins_only)
+    monkeypatch.setattr("taskhub.hub.kernel.load_plugins", _builtins_only)
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
     assert "url: redis://:***@localhost:6379/0" in out

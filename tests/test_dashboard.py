@@ -16,9 +16,9 @@ from helpers import config_dict, get_job, run_cli, wait_until, write_config
 from pydantic import TypeAdapter
 
 from taskhub.components import QueueBackend
-from taskhub.dashboard import Dashboard, Summary
-from taskhub.status import QueueSnapshot
-from taskhub.traffic import TrafficRecorder
+from taskhub.monitoring.dashboard import Dashboard, Summary
+from taskhub.monitoring.status import QueueSnapshot
+from taskhub.monitoring.traffic import TrafficRecorder
 
 ROUTES = (
     ("GET", "/dashboard"),

@@ -36,7 +36,7 @@ from helpers import Namespace, config_dict, crash_queue, wait_until
 from replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
 
 from bench.cluster import LocalCluster, Node
-from taskhub.sharding import Shards
+from taskhub.store.sharding import Shards
 
 CLIENTS = 12
 WARM_UP = 1.5  # seconds of load before the kill

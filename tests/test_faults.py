@@ -39,7 +39,7 @@ from replies import (
     submit,
 )
 
-from taskhub.submission import idempotent_job_id
+from taskhub.web.submission import idempotent_job_id
 
 # --------------------------------------------------------------------------- Redis restarted
 

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sanic.response import HTTPResponse
 
-from taskhub.builtin.http_json import JSON, json_response
+from taskhub.web.responses import JSON, json_response
 
 TRICKY = ["1", "", "a\r\nSet-Cookie: x=1", "nul\x00byte", "tab\there", "é", "\udcff", " spaced "]
 

@@ -24,13 +24,13 @@ from models import (
     TokenBucketModel,
 )
 
-from taskhub.admission import Admission
-from taskhub.builtin.fixed_window import FixedWindow
-from taskhub.builtin.gcra import Gcra
-from taskhub.builtin.sliding_window import SlidingWindow
-from taskhub.builtin.token_bucket import TokenBucket
+from taskhub.builtin.limiters.fixed_window import FixedWindow
+from taskhub.builtin.limiters.gcra import Gcra
+from taskhub.builtin.limiters.sliding_window import SlidingWindow
+from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
-from taskhub.policy import RequestContext
+from taskhub.limits.admission import Admission
+from taskhub.limits.policy import RequestContext
 
 
 @pytest.fixture(params=["single", "memory", "cluster"])

@@ -13,15 +13,15 @@ import redis.asyncio as aioredis
 from helpers import Namespace, config_dict, free_port, run_cli, write_config
 from test_policies import SPEC, bucket, ctx
 
-from taskhub.admission import Admission, Outcome
-from taskhub.builtin.concurrency import Concurrency
-from taskhub.builtin.fixed_window import FixedWindow
-from taskhub.builtin.saq_queue import SaqQueue
-from taskhub.deny_cache import DenyCache
-from taskhub.execution_limits import ExecutionGate
-from taskhub.hub import Hub
-from taskhub.limits_admin import LimitsAdmin, UnknownRule
-from taskhub.policy import Rule
+from taskhub.builtin.limiters.concurrency import Concurrency
+from taskhub.builtin.limiters.fixed_window import FixedWindow
+from taskhub.builtin.saq.queue import SaqQueue
+from taskhub.hub.kernel import Hub
+from taskhub.limits.admin import LimitsAdmin, UnknownRule
+from taskhub.limits.admission import Admission, Outcome
+from taskhub.limits.deny_cache import DenyCache
+from taskhub.limits.execution import ExecutionGate
+from taskhub.limits.policy import Rule
 
 SLOW = {"refill": 1, "period": 3600}  # one token an hour: nothing refills during a test
 

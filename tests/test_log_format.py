@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from taskhub import request_id
-from taskhub.config import load_text, secret_values
+from taskhub.config.models import load_text, secret_values
 from taskhub.errors import ConfigError
-from taskhub.hub import Hub
-from taskhub.log_context import ContextFilter, job_scope
-from taskhub.log_format import JsonFormatter, Masker, TextFormatter
-from taskhub.request_id import accept
+from taskhub.hub.kernel import Hub
+from taskhub.monitoring import request_id
+from taskhub.monitoring.log_context import ContextFilter, job_scope
+from taskhub.monitoring.log_format import JsonFormatter, Masker, TextFormatter
+from taskhub.monitoring.request_id import accept
 
 
 def record(message: str = "hello %s", *args: object, exc: bool = False) -> logging.LogRecord:

@@ -22,13 +22,13 @@ from helpers import (
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskhub.builtin.saq_redis import HardenedRedisQueue
-from taskhub.builtin.saq_worker import HubWorker
+from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
+from taskhub.builtin.saq.worker import HubWorker
 from taskhub.errors import ConfigError
-from taskhub.execution import TaskRunner
-from taskhub.hub import Hub
-from taskhub.metrics import JobMetrics
-from taskhub.metrics_export import QueueDepth, render
+from taskhub.hub.kernel import Hub
+from taskhub.hub.runner import TaskRunner
+from taskhub.monitoring.exporter import QueueDepth, render
+from taskhub.monitoring.metrics import JobMetrics
 
 HEARTBEAT = 0.5  # the ``queue`` fixture's
 

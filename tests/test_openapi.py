@@ -15,10 +15,10 @@ from helpers import Namespace, config_dict
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
-from taskhub.dashboard import Summary
-from taskhub.openapi import Conflict, Job, Queued, build_spec
-from taskhub.status import QueueJson
-from taskhub.submission import TaskRequest
+from taskhub.monitoring.dashboard import Summary
+from taskhub.monitoring.status import QueueJson
+from taskhub.web.openapi import Conflict, Job, Queued, build_spec
+from taskhub.web.submission import TaskRequest
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {

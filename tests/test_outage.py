@@ -9,8 +9,8 @@ import pytest
 import uvloop
 from redis import exceptions as rx
 
-from taskhub.outage import OutageLog
-from taskhub.redis_client import is_unavailable
+from taskhub.store.clients import is_unavailable
+from taskhub.store.outage import OutageLog
 
 
 async def write_to_a_closed_connection() -> RuntimeError:

@@ -13,8 +13,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskhub.config import RedisSettings
-from taskhub.pipeline import RedisPipeline, encode_command
+from taskhub.config.models import RedisSettings
+from taskhub.store.pipeline import RedisPipeline, encode_command
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

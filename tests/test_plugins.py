@@ -10,7 +10,7 @@ from helpers import ROOT, limiter_plugin, run_cli
 
 from taskhub import hookspecs
 from taskhub.errors import PluginError, UnknownComponentError
-from taskhub.plugins import load_plugins
+from taskhub.hub.plugins import load_plugins
 
 
 def write_plugin(directory: Path, filename: str, source: str) -> Path:
@@ -34,8 +34,9 @@ def test_builtins_register_through_the_hooks() -> None:
     assert registry.names("sink") == ["console", "file_log"]
     assert registry.names("handler") == ["log_completion"]
     sources = {info.name: info.source for info in registry.plugins}
-    assert sources["taskhub.builtin.token_bucket"] == "built-in"
-    assert registry.registration("limiter", "token_bucket").plugin == "taskhub.builtin.token_bucket"
+    assert sources["taskhub.builtin.limiters.token_bucket"] == "built-in"
+    registration = registry.registration("limiter", "token_bucket")
+    assert registration.plugin == "taskhub.builtin.limiters.token_bucket"
 
 
 def test_the_shipped_examples_load_from_plugins_dir() -> None:
@@ -79,7 +80,7 @@ def test_duplicate_name_names_both_plugins(tmp_path: Path) -> None:
     with pytest.raises(PluginError) as caught:
         load_plugins(tmp_path, (), entry_points=False)
     assert str(caught.value) == (
-        "Limiter 'token_bucket' is registered by both 'taskhub.builtin.token_bucket' and "
+        "Limiter 'token_bucket' is registered by both 'taskhub.builtin.limiters.token_bucket' and "
         "'plugins/mine.py': rename one of them, or remove one plugin"
     ).replace("plugins/mine.py", _shown(tmp_path / "mine.py"))
 
@@ -223,7 +224,8 @@ def test_cli_lists_plugins_and_their_components(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(f"plugins_dir: {ROOT / 'plugins'}\n")
     result = run_cli(["plugins", "config.yaml"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "taskhub.builtin.token_bucket (built-in)\n  limiter: token_bucket" in result.stdout
+    expected = "taskhub.builtin.limiters.token_bucket (built-in)\n  limiter: token_bucket"
+    assert expected in result.stdout
     assert "(plugins_dir)\n  limiter: daily_quota" in result.stdout
 
 

@@ -16,19 +16,19 @@ from conftest import client_on
 from helpers import Namespace
 from limiter_harness import admission_on, queued_key
 
-from taskhub.admission import Admission, Outcome
-from taskhub.builtin.concurrency import Concurrency
-from taskhub.builtin.fixed_window import FixedWindow
-from taskhub.builtin.handlers import LogCompletion
-from taskhub.builtin.saq_queue import SaqQueue
-from taskhub.builtin.token_bucket import TokenBucket
-from taskhub.client_ip import ClientAddress
+from taskhub.builtin.limiters.concurrency import Concurrency
+from taskhub.builtin.limiters.fixed_window import FixedWindow
+from taskhub.builtin.limiters.token_bucket import TokenBucket
+from taskhub.builtin.saq.queue import SaqQueue
+from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import TaskSpec
-from taskhub.config import RedisSettings
-from taskhub.deny_cache import DenyCache
-from taskhub.policy import RequestContext, Rule, RuleResult
-from taskhub.ratelimit_headers import rate_limit_headers
-from taskhub.redis_client import connect
+from taskhub.config.models import RedisSettings
+from taskhub.limits.admission import Admission, Outcome
+from taskhub.limits.deny_cache import DenyCache
+from taskhub.limits.headers import rate_limit_headers
+from taskhub.limits.policy import RequestContext, Rule, RuleResult
+from taskhub.store.clients import connect
+from taskhub.web.client_ip import ClientAddress
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 T0 = 4_000_000_000_000
@@ -124,7 +124,7 @@ async def test_rules_key_on_ip_header_task_and_constant(client, ns) -> None:
 async def test_shadow_rule_counts_and_reports_but_never_refuses(client, ns, caplog) -> None:
     shadow = Rule("trial", bucket(2), shadow=True)
     gate = admission(client, ns, Rule("real", bucket(100)), shadow)
-    caplog.set_level(logging.INFO, logger="taskhub.admission")
+    caplog.set_level(logging.INFO, logger="taskhub.limits.admission")
     decisions = [await gate.admit(SPEC, ctx(), None, now_ms=T0 + i) for i in range(5)]
     assert [d.outcome for d in decisions] == [Outcome.ADMITTED] * 5
     assert [d.rules[1].allowed for d in decisions] == [True, True, False, False, False]

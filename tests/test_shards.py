@@ -26,22 +26,22 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from taskhub import Task, TaskHandler
-from taskhub.admission import Admission, Outcome
-from taskhub.builtin.handlers import LogCompletion
-from taskhub.builtin.saq_queue import SaqQueue
-from taskhub.builtin.token_bucket import TokenBucket
+from taskhub.builtin.limiters.token_bucket import TokenBucket
+from taskhub.builtin.saq.queue import SaqQueue
+from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import Limiter, TaskSpec
-from taskhub.config import RedisSettings
+from taskhub.config.models import RedisSettings
 from taskhub.errors import ConfigError
-from taskhub.execution import TaskRunner
-from taskhub.execution_limits import ExecutionGate
-from taskhub.hub import Hub
+from taskhub.hub.kernel import Hub
+from taskhub.hub.plugins import load_plugins
+from taskhub.hub.runner import TaskRunner
 from taskhub.jobs import AbortOutcome, JobStatus
-from taskhub.limits_admin import LimitsAdmin
-from taskhub.plugins import load_plugins
-from taskhub.policy import RequestContext, Rule
-from taskhub.redis_client import connect
-from taskhub.sharding import SHARD_BY, Shards
+from taskhub.limits.admin import LimitsAdmin
+from taskhub.limits.admission import Admission, Outcome
+from taskhub.limits.execution import ExecutionGate
+from taskhub.limits.policy import RequestContext, Rule
+from taskhub.store.clients import connect
+from taskhub.store.sharding import SHARD_BY, Shards
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 USERS = [f"user-{n}" for n in range(200)] + ["{tag}", "a:b", "ü", "x" * 256, ""]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from taskhub.builtin.file_log import FileLog
-from taskhub.builtin.formatting import completion_line
+from taskhub.builtin.sinks.file_log import FileLog
+from taskhub.builtin.sinks.formatting import completion_line
 from taskhub.components import Completion, Task
 
 

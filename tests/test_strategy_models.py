@@ -28,13 +28,13 @@ from hypothesis import strategies as st
 from limiter_harness import T0, admission_for, decide, keys_of
 from models import GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
 
-from taskhub.builtin.fixed_window import FixedWindow
-from taskhub.builtin.gcra import Gcra
-from taskhub.builtin.sliding_window import SlidingWindow
-from taskhub.builtin.token_bucket import TokenBucket
+from taskhub.builtin.limiters.fixed_window import FixedWindow
+from taskhub.builtin.limiters.gcra import Gcra
+from taskhub.builtin.limiters.sliding_window import SlidingWindow
+from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
-from taskhub.config import RedisSettings
-from taskhub.redis_client import connect
+from taskhub.config.models import RedisSettings
+from taskhub.store.clients import connect
 
 MAX_EXAMPLES = 100
 PROFILE = settings(

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from taskhub.builtin.handlers import LogCompletion
+from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import TaskSpec
-from taskhub.submission import SubmissionError, SubmissionParser
+from taskhub.web.submission import SubmissionError, SubmissionParser
 
 PARSER = SubmissionParser(
     {"log_completion": TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))},

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
-from taskhub.builtin.saq_redis import Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq.redis_queue import Fence, HardenedRedisQueue, Move
 
 HEARTBEAT = 0.5
 

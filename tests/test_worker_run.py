@@ -15,10 +15,10 @@ from helpers import store_queued
 from saq.job import Job, Status
 
 from taskhub import Task, TaskHandler, TaskSpec
-from taskhub.builtin import saq_worker
-from taskhub.builtin.saq_redis import HardenedRedisQueue
-from taskhub.builtin.saq_worker import HubWorker, outcome
-from taskhub.execution import TaskRunner
+from taskhub.builtin.saq import worker as saq_worker
+from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
+from taskhub.builtin.saq.worker import HubWorker, outcome
+from taskhub.hub.runner import TaskRunner
 
 HEARTBEAT = 5.0
 

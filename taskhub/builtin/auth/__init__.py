@@ -1,0 +1,4 @@
+"""The built-in authenticators.
+
+May import: the public surface only.
+"""

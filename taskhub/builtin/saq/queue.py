@@ -1,0 +1,300 @@
+"""``saq``: jobs stored in SAQ's Redis layout and run by a SAQ worker.
+
+Admission writes jobs exactly as SAQ's own enqueue script does (so SAQ's tools
+see them), but from inside the admission script. The worker is SAQ's loop with
+taskhub's job lifecycle (:mod:`taskhub.builtin.saq.worker`); job state moves
+only through fenced Lua transitions (:mod:`taskhub.builtin.saq.redis_queue`); the
+API and CLI read and steer jobs through :mod:`taskhub.builtin.saq.jobs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from pydantic import Field
+
+from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
+from taskhub.builtin.saq import jobs as saq_jobs
+from taskhub.builtin.saq.jobs import job_info
+from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueue
+from taskhub.builtin.saq.worker import HubWorker
+from taskhub.jobs import AbortOutcome, AbortResult, JobInfo
+from taskhub.monitoring import request_id
+from taskhub.store.clients import guarded
+from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
+from taskhub.web.submission import unstorable_payload
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from taskhub.hub.kernel import Hub
+    from taskhub.monitoring.status import QueueSnapshot
+
+
+# How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
+DEQUEUE_TIMEOUT = 1.0
+# How often due retries are queued: a retry runs at most this late.
+SCHEDULE_INTERVAL = 0.2
+WEEK = 7 * 86_400
+T = TypeVar("T")
+
+ENQUEUE_LUA = """
+local Q = {}
+-- ks = {incomplete zset, job key, queued list, abort key}; a = {job json, scheduled}
+function Q.exists(ks, a)
+  return redis.call('EXISTS', ks[2]) == 1 or redis.call('EXISTS', ks[4]) == 1
+end
+function Q.depth(ks, a)
+  return redis.call('ZCARD', ks[1])
+end
+function Q.push(ks, a)
+  redis.call('SET', ks[2], a[1])
+  redis.call('ZADD', ks[1], a[2], ks[2])
+  if a[2] == '0' then redis.call('RPUSH', ks[3], ks[2]) end
+end
+return Q
+"""
+
+
+class SaqQueue(QueueBackend):
+    name = "saq"
+    enqueue_lua = ENQUEUE_LUA
+
+    class Config(Options):
+        name: str = Field("tasks", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="queue name")
+        concurrency: int = Field(10, ge=1, le=10_000, description="jobs run at once per worker")
+        timeout: int = Field(60, ge=1, le=86_400, description="seconds one attempt may run")
+        retries: int = Field(3, ge=1, le=100, description="attempts in total, SAQ's meaning")
+        retry_delay: float = Field(1, ge=0, le=86_400, description="seconds before the 1st retry")
+        retry_backoff: float = Field(
+            60, ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling"
+        )
+        heartbeat: float = Field(
+            10, ge=0.1, le=3_600, description="seconds without a beat before a job is re-run"
+        )
+        ttl: int = Field(
+            600, ge=-1, description="seconds a finished job is kept (0 forever, -1 not at all)"
+        )
+        dead_letter_ttl: int = Field(
+            WEEK, ge=0, description="seconds a job out of attempts is kept (0 forever)"
+        )
+        sweep_interval: int = Field(
+            5, ge=1, le=3_600, description="seconds between looks for jobs of dead workers"
+        )
+        shutdown_grace: float = Field(
+            10, ge=0, le=3_600, description="seconds to finish jobs in flight on shutdown"
+        )
+        max_depth: int = Field(
+            0, ge=0, le=1_000_000_000, description="most unfinished jobs; 0 for no bound"
+        )
+        shards: int = Field(
+            1, ge=1, le=MAX_SHARDS, description="queues the jobs spread over, a hash slot each"
+        )
+        shard_by: ShardBy = Field(
+            "user", description="user: a user's jobs in one shard; or in turn"
+        )
+
+    config: Config
+
+    def __init__(self, config: Options) -> None:
+        super().__init__(config)
+        self._lay_out(Shards(self.config.shards, self.config.shard_by, self.config.name))
+        self._jobs: list[HardenedRedisQueue] = []
+
+    def _lay_out(self, shards: Shards) -> None:
+        self.shards = shards
+        names = [shards.queue_name(i) for i in range(shards.count)]
+        # Per shard: incomplete zset, queued list, job key prefix and abort key prefix.
+        # SAQ keeps the abort key outside the queue's slot (``saq:abort:<key>``, SAQ
+        # issue 256): a tagged layout keeps it in the queue's namespace instead.
+        self._layouts = [
+            (
+                f"saq:{name}:incomplete",
+                f"saq:{name}:queued",
+                f"saq:job:{name}:",
+                f"saq:{name}:abort:" if shards.tagged else "saq:abort:",
+            )
+            for name in names
+        ]
+        self._names = names
+        self._max_depth = -(-self.config.max_depth // shards.count)  # rounded up
+
+    def layout(self, *, cluster: bool = False) -> Shards:
+        if cluster and not self.shards.tagged:
+            c = self.config
+            self._lay_out(Shards(c.shards, c.shard_by, c.name, tagged=True))
+        return self.shards
+
+    @property
+    def max_depth(self) -> int:
+        """Each shard's share of ``max_depth``: a script sees only its own shard."""
+        return self._max_depth
+
+    def prepare(
+        self,
+        spec: TaskSpec,
+        user_id: str,
+        payload: Any,
+        job_id: str | None = None,
+        holds: Sequence[str] = (),
+    ) -> PreparedJob:
+        c, shards = self.config, self.shards
+        if shards.count == 1:  # the common case, on the request path: no lookups
+            shard, key = 0, job_id or uuid.uuid4().hex
+        else:
+            shard = shards.place(user_id, job_id)
+            key = shards.job_id(job_id or uuid.uuid4().hex, shard)
+        incomplete, queued, job_prefix, abort_prefix = self._layouts[shard]
+        kwargs: dict[str, Any] = {"user_id": user_id}
+        if payload is not None:
+            kwargs["payload"] = payload
+
+        def option(value: float | None, default: float) -> float:
+            return default if value is None else value
+
+        job = {
+            "function": spec.name,
+            "kwargs": kwargs,
+            "queue": self._names[shard],
+            "key": key,
+            "timeout": option(spec.timeout, c.timeout),
+            "heartbeat": option(spec.heartbeat, c.heartbeat),
+            "retries": option(spec.retries, c.retries),
+            "ttl": c.ttl,
+            "retry_delay": option(spec.retry_delay, c.retry_delay),
+            "retry_backoff": option(spec.retry_backoff, c.retry_backoff),
+            "queued": int(time.time() * 1000),
+            "status": "queued",
+        }
+        meta: dict[str, Any] = {}
+        if holds:
+            meta[HOLDS] = list(holds)
+        submitted_by = request_id.current.get()
+        if submitted_by is not None:  # the worker logs its lines under the same id
+            meta[REQUEST_ID] = submitted_by
+        if meta:
+            job["meta"] = meta
+        keys = [incomplete, job_prefix + key, queued, abort_prefix + key]
+        try:
+            stored = orjson.dumps(job)
+        except orjson.JSONEncodeError as exc:  # JSON the parser took, e.g. an int over 64 bits
+            raise unstorable_payload(str(exc)) from None
+        return PreparedJob(job_id=key, keys=keys, args=[stored, "0"], shard=shard)
+
+    def redis_queue(self, client: Redis, shard: int = 0) -> HardenedRedisQueue:
+        c = self.config
+        name = self._names[shard]
+        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl)
+
+    def beat_interval(self, hub: Hub) -> float:
+        """A third of the shortest heartbeat any task has: two beats may be lost."""
+        beats = [spec.heartbeat for spec in hub.tasks.values() if spec.heartbeat is not None]
+        return min([self.config.heartbeat, *beats]) / 3
+
+    async def work(self, hub: Hub, stop: asyncio.Event) -> None:
+        client = hub.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT)
+        shards = [self.redis_queue(client, i) for i in range(self.shards.count)]
+        for shard in shards:
+            await shard.connect()
+        worker = HubWorker(
+            shards[0],
+            shards=shards,
+            beat_interval=self.beat_interval(hub),
+            runner=hub.runner,
+            specs=hub.tasks,
+            metrics=hub.job_metrics,
+            functions=[],  # jobs run through ``specs``
+            concurrency=self.config.concurrency,
+            timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]
+            dequeue_timeout=DEQUEUE_TIMEOUT,
+            shutdown_grace_period_s=self.config.shutdown_grace,  # type: ignore[arg-type]
+        )
+        running = asyncio.create_task(worker.start(), name="saq-worker")
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            await worker.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running  # re-raises a worker that crashed
+            await shards[0].disconnect()  # closes the client every shard shares
+
+    # ------------------------------------------------------------------ inspection
+
+    async def open(self, hub: Hub) -> None:
+        assert hub.redis is not None
+        # They share the hub's client; the hub closes it.
+        self._jobs = [self.redis_queue(hub.redis, i) for i in range(self.shards.count)]
+
+    async def status(self, job_id: str) -> JobInfo | None:
+        queue = self._queue_of(job_id)
+        return None if queue is None else await guarded(saq_jobs.status(queue, job_id))
+
+    async def abort(self, job_id: str) -> AbortResult:
+        queue = self._queue_of(job_id)
+        if queue is None:
+            return AbortResult(AbortOutcome.UNKNOWN)
+        return await guarded(saq_jobs.abort(queue, job_id))
+
+    async def check(self) -> None:
+        await guarded(self._queues()[0].redis.exists(self._layouts[0][0]))
+
+    async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
+        shards = await self._each(lambda queue: queue.dead_entries(limit))
+        return [job_info(job) for job in saq_jobs.oldest_first(shards, limit)]
+
+    async def retry_dead(self, job_ids: list[str] | None) -> list[str]:
+        if job_ids is None:
+            moved = await self._each(lambda queue: saq_jobs.retry_dead(queue, None))
+        else:  # ids name their shard: read only those shards' dead letters
+            wanted: dict[HardenedRedisQueue, list[str]] = {}
+            for job_id in job_ids:
+                queue = self._queue_of(job_id)
+                if queue is not None:
+                    wanted.setdefault(queue, []).append(job_id)
+            retries = (saq_jobs.retry_dead(queue, ids) for queue, ids in wanted.items())
+            moved = await guarded(asyncio.gather(*retries))
+        return [job_id for shard in moved for job_id in shard]
+
+    async def purge_dead(self) -> int:
+        return sum(await self._each(lambda queue: queue.purge_dead()))
+
+    async def depth(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for depth in await asyncio.gather(*(queue.depth() for queue in self._queues())):
+            total.update(depth)
+        return dict(total)
+
+    async def snapshot(self, failures: int = 5) -> QueueSnapshot:
+        shots = await self._each(lambda queue: saq_jobs.snapshot(queue, failures))
+        return saq_jobs.merge_snapshots(self.config.name, shots, failures)
+
+    async def _each(self, call: Callable[[HardenedRedisQueue], Awaitable[T]]) -> list[T]:
+        """``call`` on every shard at once (one shard: just the call)."""
+        queues = self._queues()
+        if len(queues) == 1:
+            return [await guarded(call(queues[0]))]
+        return list(await guarded(asyncio.gather(*(call(queue) for queue in queues))))
+
+    def _queue_of(self, job_id: str) -> HardenedRedisQueue | None:
+        """The shard a job id names (ids carry their shard); None: no job of this queue."""
+        shard = self.shards.shard_of(job_id)
+        return None if shard is None else self._queues()[shard]
+
+    def _queues(self) -> list[HardenedRedisQueue]:
+        if not self._jobs:
+            raise RuntimeError("the queue is not open")
+        return self._jobs
+
+
+@hookimpl
+def register_queues(register: Callable[[type[QueueBackend]], None]) -> None:
+    register(SaqQueue)

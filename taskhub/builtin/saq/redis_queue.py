@@ -1,0 +1,550 @@
+"""SAQ's Redis queue, hardened: every change of a job's state is one fenced Lua script.
+
+SAQ moves a job between its lists in several round trips and decides that a
+job is stuck from fields that a just-dequeued job has not written yet (SAQ
+issue 277: its sweep can abort and re-run a job a worker has just started).
+Here:
+
+- a worker *claims* a dequeued job (attempt + 1, status active, first
+  heartbeat) only while the job is still in the active list;
+- a running job's liveness is a per-job heartbeat, a score in the
+  ``saq:<queue>:heartbeats`` sorted set on the Redis clock, refreshed by its
+  worker for every job it runs;
+- the sweep takes a job away from its worker only when that heartbeat is older
+  than the job's ``heartbeat`` seconds, checked again inside the same script
+  that moves it; a job seen in the active list without any heartbeat (dequeued,
+  not yet claimed) gets one heartbeat period of grace first;
+- every transition is fenced: a worker's by its own (worker id, attempt), the
+  sweep's and the API's by the exact stored job they read, so whoever lost a
+  race changes nothing;
+- dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``;
+- nothing is published: taskhub reads job state and never subscribes (and a
+  Redis Cluster would broadcast every PUBLISH to every node).
+
+An unreachable Redis makes upkeep skip a round and log once, never spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import operator
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from redis.exceptions import ResponseError
+from saq.job import Job, Status
+from saq.queue.redis import RedisQueue
+from saq.utils import now
+
+from taskhub.store.outage import OutageLog
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OUTAGE_BACKOFF = 1.0
+# The job's ``meta`` entry listing the sorted sets it holds a slot in (concurrency limits).
+HOLDS = "holds"
+# The worker-info metadata entry saying when the worker wrote it (epoch ms), for status.
+SEEN_MS = "seen_ms"
+# The job's ``meta`` entry with the id of the request that submitted it.
+REQUEST_ID = "request_id"
+WORKER_LOST = "worker lost: no heartbeat for {:g} s"
+# Job's fields with their defaults, and all their values at once (see serialize).
+JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
+JOB_VALUES = operator.attrgetter(*(name for name, _ in JOB_FIELDS))
+# Script calls a worker keeps on the wire at once (see HardenedRedisQueue._flush).
+STEPS_IN_FLIGHT = 2
+
+
+STEP_LUA = f"""
+-- Many jobs in one round trip: the fenced transitions that callers asked for since
+-- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
+-- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition three:
+--   'fence-kind action ttl-ms score stale-ms' (one string: fewer arguments to pack
+--   for the client, a cost per argument), the fence, the new json
+-- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
+local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function transition(job, kind, fence, action, new, ttl, score, stale)
+  local current = redis.call('GET', job)
+  if not current then return 0 end
+  if kind == 'run' then
+    local j = cjson.decode(current)
+    if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
+  elseif current ~= fence then
+    return 0
+  end
+  if kind == 'dead' and not redis.call('ZSCORE', dead, job) then return 0 end
+  if stale >= 0 then
+    local beat = redis.call('ZSCORE', beats, job)
+    if not beat or now - tonumber(beat) <= stale then return 0 end
+  end
+  if action == 'claim' then
+    local was = cjson.decode(current).status
+    if was ~= 'queued' and was ~= 'new' then
+      -- a stale entry (the job runs elsewhere or is done): drop it, never run it again
+      redis.call('LREM', active, -1, job)
+      return 0
+    end
+    if not redis.call('LPOS', active, job) then return 0 end
+    redis.call('ZADD', beats, now, job)
+    redis.call('SET', job, new)
+  elseif action == 'mark' then
+    redis.call('SET', job, new)
+  else
+    redis.call('LREM', active, 0, job)
+    -- A run is never also queued (claims take only queued jobs), so a worker's own
+    -- move skips scanning the queue, which costs O(queue length) per job.
+    if kind ~= 'run' then redis.call('LREM', queued, 0, job) end
+    redis.call('ZREM', beats, job)
+    redis.call('ZREM', dead, job)
+    if action == 'finish' or action == 'dead' then
+      redis.call('ZREM', incomplete, job)
+      local j = cjson.decode(new)
+      if type(j.meta) == 'table' and type(j.meta.{HOLDS}) == 'table' then
+        for _, slots in ipairs(j.meta.{HOLDS}) do redis.call('ZREM', slots, j.key) end
+      end
+      if ttl < 0 then
+        redis.call('DEL', job)
+      elseif ttl == 0 then
+        redis.call('SET', job, new)
+      else
+        redis.call('SET', job, new, 'PX', ttl)
+      end
+      if action == 'dead' then redis.call('ZADD', dead, score, job) end
+    else
+      redis.call('SET', job, new)
+      if action == 'later' then
+        redis.call('ZADD', incomplete, score, job)
+      else
+        redis.call('ZADD', incomplete, 0, job)
+        if action == 'front' then
+          redis.call('LPUSH', queued, job)
+        else
+          redis.call('RPUSH', queued, job)
+        end
+      end
+    end
+  end
+  return 1
+end
+
+local done = {{}}
+for i = 6, #KEYS do
+  local a = (i - 6) * 3 + 2
+  local kind, action, ttl, score, stale =
+    string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
+    ARGV[a + 3], tonumber(ttl), score, tonumber(stale))
+  if ok then done[#done + 1] = result else done[#done + 1] = tostring(result) end
+end
+
+-- Taking a job gives it its first heartbeat at once, so the sweep never has to
+-- guess whether a listed job without one has just been taken.
+local taken = {{}}
+for _ = 1, tonumber(ARGV[1]) do
+  local id
+  if ARGV[2] == 'LMOVE' then
+    id = redis.call('LMOVE', queued, active, 'LEFT', 'RIGHT')
+  else
+    id = redis.call('RPOPLPUSH', queued, active)
+  end
+  if not id then break end
+  local raw = redis.call('GET', id)
+  if raw then
+    redis.call('ZADD', beats, now, id)
+    taken[#taken + 1] = id
+    taken[#taken + 1] = raw
+  else  -- listed but gone (deleted): drop the stale entry
+    redis.call('LREM', active, 0, id)
+    redis.call('ZREM', incomplete, id)
+    redis.call('ZREM', beats, id)
+  end
+end
+return {{done, taken}}
+"""
+
+SWEEP_LUA = """
+-- KEYS: lock, active, heartbeats; ARGV: lock ms.
+-- Returns {job id, stored job, ms since its last heartbeat (-1: none until now)}
+-- for each job in the active list, once per lock period across all workers.
+if not redis.call('SET', KEYS[1], 1, 'NX', 'PX', ARGV[1]) then return {} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, seen = {}, {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if not seen[id] then
+    seen[id] = true
+    local beat = redis.call('ZSCORE', KEYS[3], id)
+    local age = -1
+    if beat then age = now - tonumber(beat) else redis.call('ZADD', KEYS[3], now, id) end
+    out[#out + 1] = {id, redis.call('GET', id) or false, age}
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if not seen[id] then redis.call('ZREM', KEYS[3], id) end
+end
+return out
+"""
+
+BEAT_LUA = """
+-- KEYS: heartbeats; ARGV: job ids. Refreshes only jobs still claimed (XX).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local args = {}
+for _, id in ipairs(ARGV) do args[#args + 1] = now; args[#args + 1] = id end
+if #args > 0 then return redis.call('ZADD', KEYS[1], 'XX', 'CH', unpack(args)) end
+return 0
+"""
+
+SCHEDULE_LUA = """
+-- KEYS: incomplete, queued. Queues jobs whose retry time (score, epoch s) has come.
+-- Idempotent, so unlike SAQ's it needs no lock and can run every fraction of a second.
+local t = redis.call('TIME')
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], 1, tonumber(t[1]) + tonumber(t[2]) / 1e6)
+for _, id in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 0, id)
+  redis.call('RPUSH', KEYS[2], id)
+end
+return due
+"""
+
+PURGE_LUA = """
+-- KEYS: dead. Deletes every dead letter and the index; returns how many existed.
+local removed = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  removed = removed + redis.call('DEL', id)
+end
+redis.call('DEL', KEYS[1])
+return removed
+"""
+
+
+class Fence(enum.StrEnum):
+    RUN = "run"  # the worker's own run: stored worker id and attempt must match
+    STORED = "bytes"  # the stored job must be exactly what the caller read
+    DEAD = "dead"  # as STORED, and the job must be in the dead-letter index
+
+
+class Move(enum.StrEnum):
+    CLAIM = "claim"  # dequeued -> active, first heartbeat
+    MARK = "mark"  # rewrite the job where it is
+    FINISH = "finish"  # out of every list, kept for its ttl
+    DEAD = "dead"  # out of every list, into the dead-letter index
+    FRONT = "front"  # back to the head of the queue
+    BACK = "back"  # to the tail of the queue
+    LATER = "later"  # scheduled: SAQ's schedule upkeep queues it when due
+
+
+class HardenedRedisQueue(RedisQueue):
+    """SAQ's RedisQueue with fenced transitions, a safe sweep and outage guards."""
+
+    def __init__(self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int) -> None:
+        super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
+        self.heartbeat = heartbeat
+        self.dead_letter_ttl = dead_letter_ttl
+        self.beats_key = self.namespace("heartbeats")
+        self.dead_key = self.namespace("dead")
+        self._outage = OutageLog(f"Redis (queue {name!r})", logger)
+        self._step = redis.register_script(STEP_LUA)
+        self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
+        self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
+        self._in_flight = 0  # script calls on the wire
+        self._flush_due = False
+        self._steps: set[asyncio.Task[None]] = set()
+        self._inspect = redis.register_script(SWEEP_LUA)
+        self._beat = redis.register_script(BEAT_LUA)
+        self._purge = redis.register_script(PURGE_LUA)
+        self._due = redis.register_script(SCHEDULE_LUA)
+        # Told of each job the sweep recovered: (task, how it was moved). Set by metrics.
+        self.on_recovered: Callable[[str, Move], None] | None = None
+
+    def serialize(self, job: Job) -> bytes | str:
+        """The bytes of SAQ's ``serialize`` (fields left at their default are left out),
+        without its reflection over the dataclass on every call: twice per job."""
+        data: dict[str, Any] = {}
+        for (name, default), value in zip(JOB_FIELDS, JOB_VALUES(job), strict=True):
+            if value is default:
+                continue
+            try:
+                if value == default:
+                    continue
+            except ValueError:  # as SAQ: a value that cannot be compared is kept
+                pass
+            data[name] = value
+        if not data.get("meta"):
+            data.pop("meta", None)
+        queue = data.get("queue")
+        if queue:
+            data["queue"] = queue.name
+        return self._dump(data)
+
+    async def version(self) -> tuple[int, ...]:
+        if self._version is None:
+            try:
+                info = await self.redis.info("server")
+            except ResponseError:  # fakeredis has no INFO; BRPOPLPUSH works on both
+                self._version = (6, 0, 0)
+            else:
+                self._version = tuple(int(i) for i in str(info["redis_version"]).split("."))
+        return self._version
+
+    # ------------------------------------------------------------------ worker side
+
+    async def take(self, timeout: float, *, block: bool = True) -> tuple[Job, bytes] | None:
+        """Move the next job to the active list; returns it with its stored bytes.
+
+        Takes ride along with other requests in one script call; only an empty
+        queue falls back to blocking (BLMOVE) for up to ``timeout``, unless ``block``
+        is False.
+        """
+        try:
+            taken = await self._submit_take()
+            if taken is None and block:
+                taken = await self._take_blocking(timeout)
+        except Exception as exc:
+            self._outage.absorb(exc)
+            await asyncio.sleep(OUTAGE_BACKOFF)
+            return None
+        self._outage.succeeded()
+        if taken is None:
+            return None
+        job = self.deserialize(taken[1])
+        assert job is not None
+        return job, taken[1]
+
+    async def _take_blocking(self, timeout: float) -> tuple[bytes, bytes] | None:
+        if await self.version() < (6, 2, 0):
+            job_id = await self.redis.brpoplpush(self._queued, self._active, timeout)  # type: ignore[arg-type]
+        else:
+            job_id = await self.redis.blmove(self._queued, self._active, timeout, "LEFT", "RIGHT")
+        if job_id is None:
+            return None
+        raw = await self.redis.get(job_id)
+        return None if raw is None else (job_id, raw)  # gone: the sweep tidies the list
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        taken = await self.take(timeout)
+        return taken[0] if taken else None
+
+    async def claim(self, job: Job, raw: bytes, worker_id: str) -> bool:
+        """Start an attempt of a job this worker took; False if it is no longer ours."""
+        job.attempts += 1
+        job.started = job.touched = now()
+        job.worker_id = worker_id
+        job.scheduled = 0
+        job.status = Status.ACTIVE
+        return await self.move(job, Move.CLAIM, Fence.STORED, raw)
+
+    def run_fence(self, job: Job) -> str:
+        return f"{job.worker_id}:{job.attempts}"
+
+    async def beat(self, job_ids: Iterable[str]) -> None:
+        ids = list(job_ids)
+        if ids:
+            await self.guarded(self._beat(keys=[self.beats_key], args=ids))
+
+    async def move(
+        self,
+        job: Job,
+        move: Move,
+        fence: Fence,
+        expected: bytes | str,
+        *,
+        score: float = 0,
+        stale_ms: int = -1,
+    ) -> bool:
+        """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
+        ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
+        ttl_ms = ttl * 1000 if ttl > 0 else ttl
+        head = f"{fence.value} {move.value} {ttl_ms} {score!r} {stale_ms}"
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._moves.append((job.id, [head, expected, self.serialize(job)], done))
+        self._start_flush()
+        return await done
+
+    # ------------------------------------------------------------------ batching
+
+    def _submit_take(self) -> asyncio.Future[tuple[bytes, bytes] | None]:
+        taken: asyncio.Future[tuple[bytes, bytes] | None]
+        taken = asyncio.get_running_loop().create_future()
+        self._takers.append(taken)
+        self._start_flush()
+        return taken
+
+    def _start_flush(self) -> None:
+        if not self._flush_due and self._in_flight < STEPS_IN_FLIGHT:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what was asked meanwhile as script calls, at most two on the wire.
+
+        Requests from every job in flight pile up while a call is on the wire, so
+        each round trip settles, claims and takes many jobs. Jobs then tend to move
+        as one herd: all wait for Redis, then Redis waits for all. A herd that
+        finds nothing on the wire is split in two calls, so that Redis runs one
+        half while the worker handles the other: the two halves stay out of step.
+        """
+        self._flush_due = False
+        while self._in_flight < STEPS_IN_FLIGHT and (self._moves or self._takers):
+            moves, takers = self._moves, self._takers
+            if self._in_flight == 0 and len(moves) + len(takers) > 1:  # both halves non-empty
+                m, t = (len(moves) + 1) // 2, len(takers) // 2
+                self._moves, self._takers = moves[m:], takers[t:]
+                moves, takers = moves[:m], takers[:t]
+            else:
+                self._moves, self._takers = [], []
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(moves, takers), name=f"saq-{self.name}-step")
+            self._steps.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._steps.discard(task)
+        self._in_flight -= 1
+        if not task.cancelled():  # cancelled: the loop is closing, its callers too
+            self._flush()
+
+    async def _send(
+        self,
+        moves: list[tuple[str, list[Any], asyncio.Future[bool]]],
+        takers: list[asyncio.Future[tuple[bytes, bytes] | None]],
+    ) -> None:
+        keys = [self._active, self._queued, self._incomplete, self.beats_key, self.dead_key]
+        try:
+            pop = "LMOVE" if await self.version() >= (6, 2, 0) else "RPOPLPUSH"
+            args: list[Any] = [len(takers), pop]
+            for job_id, job_args, _ in moves:
+                keys.append(job_id)
+                args.extend(job_args)
+            results, taken = await self._step(keys=keys, args=args)
+        except BaseException as exc:  # every caller sees the failure, as if alone
+            for future in (*(done for _, _, done in moves), *takers):
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, done), result in zip(moves, results, strict=True):
+            if done.done():
+                continue
+            if isinstance(result, bytes):
+                done.set_exception(ResponseError(result.decode(errors="replace")))
+            else:
+                done.set_result(bool(result))
+        pairs = list(zip(taken[::2], taken[1::2], strict=True))
+        for index, future in enumerate(takers):
+            job = pairs[index] if index < len(pairs) else None
+            if not future.done():
+                future.set_result(job)
+            # A caller that gave up on its take leaves the job to the sweep: taken,
+            # never claimed, so it goes back without using an attempt.
+
+    # ------------------------------------------------------------------ upkeep
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        """Give back jobs whose worker stopped beating; never touch a job that beats."""
+        # The lock lapses a little before the next round, so no worker's round is skipped
+        # for a lock that is about to expire: recovery stays within heartbeat + interval.
+        lock_ms = max(1, int(lock * 900))
+        rows = await self.guarded(
+            self._inspect(keys=[self._sweep, self._active, self.beats_key], args=[lock_ms])
+        )
+        swept = []
+        for job_id, raw, age in rows or []:
+            if raw is None:  # listed but gone (deleted): drop the stale entry
+                await self.guarded(self._forget(job_id))
+                continue
+            job = self.deserialize(raw)
+            assert job is not None
+            limit_ms = int((job.heartbeat or self.heartbeat) * 1000)
+            if age < 0 or age <= limit_ms:
+                continue
+            if await self.guarded(self._recover(job, raw, limit_ms)):
+                swept.append(job_id.decode())
+        return swept
+
+    async def _forget(self, job_id: bytes) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._active, 0, job_id).zrem(self._incomplete, job_id)
+            await pipe.zrem(self.beats_key, job_id).execute()
+
+    async def _recover(self, job: Job, raw: bytes, limit_ms: int) -> bool:
+        """Re-queue (or finish) a job whose worker is gone, if it is still stale."""
+        lost = WORKER_LOST.format(limit_ms / 1000)
+        attempt = f"attempt {job.attempts} of {job.retries}"
+        if job.status == Status.ABORTING:
+            job.status, job.completed = Status.ABORTED, now()
+            move, outcome = Move.FINISH, "it was being aborted: now aborted"
+        elif job.status != Status.ACTIVE:
+            move, outcome = Move.FRONT, "dequeued but never started: queued again, no attempt used"
+        elif job.retryable:
+            job.status, job.error, job.started, job.worker_id = Status.QUEUED, lost, 0, None
+            move, outcome = Move.FRONT, f"{attempt} lost: queued again"
+        else:
+            job.status, job.error, job.completed, job.worker_id = Status.FAILED, lost, now(), None
+            move, outcome = Move.DEAD, f"{attempt} was its last: now a dead letter"
+        moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
+        if moved:
+            if self.on_recovered is not None:
+                self.on_recovered(job.function, move)
+            level = logging.ERROR if move is Move.DEAD else logging.WARNING
+            logger.log(level, "job %s (task %s): %s; %s", job.key, job.function, lost, outcome)
+        return moved
+
+    async def schedule(self, lock: int = 1) -> list[str]:
+        due = await self.guarded(self._due(keys=[self._incomplete, self._queued]))
+        return [job_id.decode() for job_id in due or []]
+
+    async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
+        await self.guarded(super().write_worker_info(worker_id, info, ttl))
+
+    async def jobs(self, job_keys: Iterable[str]) -> list[Job | None]:
+        """SAQ's abort upkeep reads running jobs through this: guarded like the rest."""
+        return await self.guarded(super().jobs(job_keys)) or []
+
+    async def guarded(self, call: Awaitable[T]) -> T | None:
+        """Upkeep during an outage: note it once and skip this round."""
+        try:
+            result = await call
+        except Exception as exc:
+            self._outage.absorb(exc)
+            return None
+        self._outage.succeeded()
+        return result
+
+    async def depth(self) -> dict[str, int]:
+        """Jobs by state, in one round trip: waiting in line, running, not yet finished
+        (waiting, scheduled for a retry, or running) and dead letters."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self._queued).llen(self._active)
+            counts = await pipe.zcard(self._incomplete).zcard(self.dead_key).execute()
+        return dict(zip(("queued", "active", "incomplete", "dead"), map(int, counts), strict=True))
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_entries(self, limit: int | None = None) -> list[tuple[Job, bytes]]:
+        """Dead letters, oldest first; index entries whose job expired are dropped."""
+        stop = -1 if limit is None else limit - 1
+        ids = await self.redis.zrange(self.dead_key, 0, stop)
+        if not ids:
+            return []
+        raws = await self.redis.mget(ids)
+        expired = [job_id for job_id, raw in zip(ids, raws, strict=True) if raw is None]
+        if expired:
+            await self.redis.zrem(self.dead_key, *expired)
+        return [(self.deserialize(raw), raw) for raw in raws if raw is not None]  # type: ignore[misc]
+
+    async def purge_dead(self) -> int:
+        return int(await self._purge(keys=[self.dead_key]))

@@ -1,0 +1,471 @@
+"""The worker: SAQ's worker loop with taskhub's job lifecycle.
+
+SAQ's ``Worker.process`` is replaced because four of its outcomes break
+taskhub's promises: it marks a job active in a separate write after dequeuing
+it (the sweep race), retries a cancelled job at shutdown as a used attempt,
+logs a deliberate ``RetryLater`` as an error, and fails a job for good without
+keeping it anywhere. Here each outcome is one fenced transition
+(:mod:`taskhub.builtin.saq.redis_queue`):
+
+- success: complete (after the sinks, so a crash re-runs it instead of losing it);
+- ``RetryLater(delay)``: queued again after ``delay``, an attempt used, logged at INFO;
+- an exception or a timeout: retried after an exponential, jittered delay while
+  attempts remain, then a dead letter with its traceback;
+- shutdown: what does not finish within the grace period goes back to the head
+  of the queue with its attempt given back;
+- an abort request: cancelled and finished as aborted.
+
+While it runs, the worker beats for every job it holds (``heartbeat / 3``), so a
+live job is never swept and a dead worker's jobs are found within ``heartbeat``
+plus one sweep interval.
+
+A sharded queue (:mod:`taskhub.store.sharding`) is worked as one: each of the worker's
+slots takes from its own shard first, then from the others, and waits on its own
+when all are empty; each job moves only in the shard it came from. One shard
+behaves exactly as a plain queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import orjson
+from saq import Worker
+from saq.job import Job, Status
+from saq.types import WorkerInfo
+from saq.utils import cancel_tasks, now
+
+from taskhub.builtin.saq.redis_queue import REQUEST_ID, SEEN_MS, Fence, HardenedRedisQueue, Move
+from taskhub.jobs import RetryLater
+from taskhub.monitoring.log_context import job_scope
+from taskhub.store.clients import is_unavailable
+
+if TYPE_CHECKING:
+    from taskhub.components import TaskSpec
+    from taskhub.hub.runner import TaskRunner
+    from taskhub.monitoring.metrics import JobMetrics
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long a cancelled handler gets to unwind before the job is handed back anyway.
+CANCEL_DEADLINE = 2.0
+# A slot whose ``process`` raised (a bug) waits this long before it takes again.
+SLOT_BACKOFF = 1.0
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Seconds before the next attempt: ``base`` doubling per attempt up to ``cap``
+    (``cap`` 0: no doubling), with "equal jitter" (a random point in the upper half),
+    so retries of many jobs spread out yet each delay stays at least half the nominal."""
+    nominal = base if cap <= 0 else min(cap, base * 2 ** max(attempts - 1, 0))
+    return nominal / 2 + random.random() * nominal / 2  # not cryptographic
+
+
+async def outcome(task: asyncio.Task[Any], timeout: float | None) -> Any:
+    """The handler's result; TimeoutError once ``timeout`` passes with it still running.
+
+    As ``wait_for(shield(task), timeout)``, but with one future and one timer:
+    cancelling the caller leaves the handler running, for the caller to cancel
+    within a deadline (a handler may ignore cancellation).
+    """
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = asyncio.get_running_loop().call_later(timeout, wake) if timeout else None
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        task.remove_done_callback(wake)
+    if not task.done():
+        raise TimeoutError
+    return task.result()
+
+
+def shard_of(job: Job) -> HardenedRedisQueue:
+    """The shard a job was read from: each job moves only there."""
+    return cast(HardenedRedisQueue, job.queue)
+
+
+async def beat(shard: HardenedRedisQueue, jobs: list[Job]) -> None:
+    await shard.beat(job.id for job in jobs)
+
+
+async def read_jobs(shard: HardenedRedisQueue, jobs: list[Job]) -> list[Job | None]:
+    return await shard.jobs(job.key for job in jobs)
+
+
+class HubWorker(Worker):
+    """SAQ's worker loop with taskhub's outcomes, heartbeats and hand-back on shutdown."""
+
+    SIGNALS = []  # noqa: RUF012  # the hub handles SIGINT/SIGTERM for every component
+    queue: HardenedRedisQueue
+
+    def __init__(
+        self,
+        queue: HardenedRedisQueue,
+        *,
+        beat_interval: float,
+        runner: TaskRunner,
+        specs: dict[str, TaskSpec],
+        metrics: JobMetrics | None = None,
+        shards: Sequence[HardenedRedisQueue] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(queue, **kwargs)
+        # ``queue`` (the first shard) also holds this worker's reports and counters.
+        self.shards = list(shards) or [queue]
+        self.runner = runner
+        self.metrics = metrics
+        if metrics is not None:
+            for shard in self.shards:
+                shard.on_recovered = self._recovered
+        self.specs = specs
+        self.beat_interval = beat_interval
+        self._upkeep_tasks: list[asyncio.Task[None]] = []
+        self._beater: asyncio.Task[None] | None = None
+        self._busy: dict[asyncio.Task[Any], Job] = {}  # process task -> the job it runs
+        self._slots = 0  # slots started: slot n prefers shard n modulo the shard count
+
+    async def upkeep(self) -> list[asyncio.Task[None]]:
+        self._upkeep_tasks = await super().upkeep()  # sweeps the first shard
+        for shard in self.shards[1:]:
+            sweep = self._every(self.timers["sweep"], shard.sweep)
+            self._upkeep_tasks.append(asyncio.create_task(sweep, name=f"sweep-{shard.name}"))
+        self._beater = asyncio.create_task(self._beat_forever(), name="saq-heartbeat")
+        return self._upkeep_tasks
+
+    async def _every(self, seconds: float, call: Callable[[int], Awaitable[Any]]) -> None:
+        """An upkeep call every ``seconds`` (as SAQ's own upkeep: ``seconds`` is its lock)."""
+        while not self.event.is_set():
+            try:
+                await call(int(seconds))
+            except Exception:
+                logger.exception("upkeep of the queue failed")
+            await asyncio.sleep(seconds)
+
+    async def schedule(self, lock: int = 1) -> None:
+        """Queue the retries that are due, in every shard (taskhub has no cron jobs)."""
+        await asyncio.gather(*(shard.schedule(lock) for shard in self.shards))
+
+    async def _beat_forever(self) -> None:
+        """Keep every job this worker holds alive; stops only once they are settled."""
+        while True:
+            try:
+                await self._each_shard(self._busy.values(), beat)
+            except Exception:  # a bug, not an outage: keep beating regardless
+                logger.exception("heartbeat failed")
+            await asyncio.sleep(self.beat_interval)
+
+    async def _each_shard(
+        self,
+        jobs: Iterable[Job],
+        call: Callable[[HardenedRedisQueue, list[Job]], Awaitable[T]],
+    ) -> list[T]:
+        """``call`` once per shard with those of ``jobs`` in it, the shards at once."""
+        if len(self.shards) == 1:
+            return [await call(self.queue, list(jobs))]
+        by_shard: defaultdict[HardenedRedisQueue, list[Job]] = defaultdict(list)
+        for job in jobs:
+            by_shard[shard_of(job)].append(job)
+        return await asyncio.gather(*(call(shard, held) for shard, held in by_shard.items()))
+
+    async def worker_info(self, ttl: int = 60) -> WorkerInfo:
+        """SAQ's stats report, stamped with when it was written, for ``taskhub status``."""
+        self._metadata = {**(self._metadata or {}), SEEN_MS: now(), "running": len(self._busy)}
+        return await super().worker_info(ttl)
+
+    async def abort(self, abort_threshold: float) -> None:
+        """Cancel running jobs whose abort was requested (status ``aborting``)."""
+        if not self._busy:
+            return
+        found = await self._each_shard(self._busy.values(), read_jobs)
+        for stored in (job for jobs in found for job in jobs):
+            if stored is not None and stored.status == Status.ABORTING:
+                context = self.job_task_contexts.get(stored)
+                if context is not None and context["aborted"] is None:
+                    logger.info("aborting job %s on request", stored.key)
+                    context["aborted"] = stored.error or "aborted"
+                    context["task"].cancel()
+
+    def _process(self, previous_task: asyncio.Task[Any] | None = None) -> None:
+        """Start one slot: a task that runs job after job (SAQ starts a task per job)."""
+        if not self.event.is_set():
+            home = self._slots % len(self.shards)
+            self._slots += 1
+            self.tasks.add(asyncio.create_task(self._slot(home), name="process"))
+
+    async def _slot(self, home: int = 0) -> None:
+        while not self.event.is_set():
+            try:
+                await self.process(home)
+            except Exception:
+                logger.exception("the worker failed to process a job")
+                await asyncio.sleep(SLOT_BACKOFF)
+
+    async def take(self, home: int = 0) -> tuple[Job, bytes] | None:
+        """The next job: from shard ``home``, else from the others in turn, without
+        blocking; only when all are empty, block on ``home`` for the dequeue timeout.
+
+        With at least as many slots as shards, every shard has slots blocked on it;
+        with fewer, a job in a shard nobody blocks on waits at most one timeout.
+        """
+        shards = self.shards
+        count = len(shards)
+        for step in range(count if count > 1 else 0):
+            taken = await shards[(home + step) % count].take(0, block=False)
+            if taken is not None:
+                return taken
+        return await shards[home].take(self.dequeue_timeout)
+
+    async def process(self, home: int = 0) -> bool:
+        taken = await self.take(home)
+        if taken is None:
+            return False
+        job, raw = taken
+        queue = shard_of(job)
+        if self.event.is_set():  # stopping: not ours to start
+            await queue.guarded(queue.move(job, Move.FRONT, Fence.STORED, raw))
+            return False
+        if await self._deferred(job, raw):
+            return True
+        if not await queue.guarded(queue.claim(job, raw, self.id)):
+            return True  # aborted or swept meanwhile, or Redis is away (the sweep re-queues it)
+        me = asyncio.current_task()
+        assert me is not None
+        self._busy[me] = job
+        fence = queue.run_fence(job)
+        try:
+            await self._run(job, fence)
+        finally:
+            self._busy.pop(me, None)
+        return True
+
+    async def _deferred(self, job: Job, raw: bytes) -> bool:
+        """Reschedule a job over its execution limit for when it may run; no attempt used."""
+        spec = self.specs.get(job.function)
+        user_id = (job.kwargs or {}).get("user_id", "")
+        if spec is None or self.runner.gate is None:
+            return False
+        wait_ms = await self.runner.wait_ms(spec, job_id=job.key, user_id=user_id)
+        if wait_ms <= 0:
+            return False
+        at = now() / 1000 + wait_ms / 1000
+        job.scheduled = int(at)
+        queue = shard_of(job)
+        await queue.guarded(queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
+        logger.debug("job %s over its execution limit: runs in %d ms", job.key, wait_ms)
+        return True
+
+    async def _run(self, job: Job, fence: str) -> None:
+        """Run one attempt with the job's fields and request id on every log line it makes."""
+        kwargs = job.kwargs or {}
+        submitted_by = (job.meta or {}).get(REQUEST_ID)
+        user_id = kwargs.get("user_id", "")
+        with job_scope(job.key, user_id, job.function, submitted_by):
+            await self._attempt(job, fence, kwargs)
+
+    async def _attempt(self, job: Job, fence: str, kwargs: dict[str, Any]) -> None:
+        spec = self.specs[job.function]
+        task = asyncio.create_task(
+            self.runner.run(
+                spec,
+                job_id=job.key,
+                user_id=kwargs.get("user_id", ""),
+                payload=kwargs.get("payload"),
+                attempt=job.attempts,
+                enqueued_ms=job.queued,
+            )
+        )
+        context = self.job_task_contexts[job] = {"task": task, "aborted": None}
+        started = time.perf_counter()
+        try:
+            result = await outcome(task, job.timeout)
+        except RetryLater as exc:
+            self._ran(job, started)
+            await self._again(job, fence, exc.delay, f"RetryLater: {exc}", level=logging.INFO)
+        except TimeoutError:
+            self._ran(job, started)
+            if task.done():  # the handler's own TimeoutError, not ours
+                await self._failed(job, fence, traceback.format_exc())
+            else:
+                await cancel_tasks([task], CANCEL_DEADLINE)
+                await self._failed(job, fence, f"TimeoutError: timed out after {job.timeout} s")
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                me.uncancel()  # handled here: the hand-back below must still reach Redis
+            await cancel_tasks([task], CANCEL_DEADLINE)
+            if context["aborted"] is not None:
+                job.status, job.error, job.completed = Status.ABORTED, context["aborted"], now()
+                if await self._settle(job, fence, Move.FINISH):
+                    self._count(job, "aborted")
+            else:
+                await self._hand_back(job, fence)
+        except Exception:
+            self._ran(job, started)
+            await self._failed(job, fence, traceback.format_exc())
+        else:
+            self._ran(job, started)
+            await self._complete(job, fence, result)
+        finally:
+            if self.job_task_contexts.get(job) is context:
+                del self.job_task_contexts[job]
+
+    async def _complete(self, job: Job, fence: str, result: Any) -> None:
+        try:
+            orjson.dumps(result)
+        except TypeError as exc:
+            error = f"TypeError: the handler's result cannot be stored as JSON: {exc}"
+            await self._failed(job, fence, error)
+            return
+        job.status, job.result, job.completed, job.progress = Status.COMPLETE, result, now(), 1.0
+        if await self._settle(job, fence, Move.FINISH):
+            self._count(job, "completed")
+
+    async def _failed(self, job: Job, fence: str, error: str) -> None:
+        delay = backoff_delay(job.attempts, job.retry_delay, float(job.retry_backoff))
+        summary = error.strip().splitlines()[-1]
+        self._count(job, "failed")
+        await self._again(job, fence, delay, error, level=logging.WARNING, summary=summary)
+
+    async def _again(
+        self,
+        job: Job,
+        fence: str,
+        delay: float,
+        error: str,
+        *,
+        level: int,
+        summary: str | None = None,
+    ) -> None:
+        """Schedule another attempt after ``delay``, or make the job a dead letter."""
+        summary = summary or error
+        job.error = error
+        if job.retryable:
+            job.status, job.started, job.scheduled = Status.QUEUED, 0, int(now() / 1000 + delay)
+            if await self._settle(job, fence, Move.LATER, score=now() / 1000 + delay):
+                self._count(job, "retried")
+                logger.log(
+                    level,
+                    "job %s (task %s) attempt %d/%d: %s; next attempt in %.1f s",
+                    job.key,
+                    job.function,
+                    job.attempts,
+                    job.retries,
+                    summary,
+                    delay,
+                )
+            return
+        job.status, job.completed = Status.FAILED, now()
+        if await self._settle(job, fence, Move.DEAD, score=now()):
+            self._count(job, "dead")
+            logger.error(
+                "job %s (task %s) failed after %d attempts, kept as a dead letter: %s",
+                job.key,
+                job.function,
+                job.attempts,
+                summary,
+            )
+
+    async def _hand_back(self, job: Job, fence: str) -> None:
+        """Shutdown cut this attempt short: queue it first in line, attempt not used."""
+        job.attempts -= 1
+        job.status, job.started, job.worker_id = Status.QUEUED, 0, None
+        if await self._settle(job, fence, Move.FRONT):
+            self._count(job, "handed_back")
+            logger.info("job %s (task %s) handed back to the queue", job.key, job.function)
+
+    def _count(self, job: Job, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(job.function, outcome)
+
+    def _ran(self, job: Job, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.ran(job.function, time.perf_counter() - started)
+
+    def _recovered(self, task: str, move: Move) -> None:
+        """The sweep gave back (or, out of attempts, buried) a job whose worker is gone."""
+        assert self.metrics is not None
+        self.metrics.count(task, "swept")
+        if move is Move.DEAD:
+            self.metrics.count(task, "dead")
+
+    async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
+        try:
+            moved = await shard_of(job).move(job, move, Fence.RUN, fence, score=score)
+        except Exception as exc:
+            # The job stays in the active list without beats, so the sweep re-runs it.
+            if is_unavailable(exc):
+                logger.warning("job %s: Redis is unreachable (%s); it will run again", job.key, exc)
+            else:
+                logger.exception("job %s: recording its outcome failed; it will run again", job.key)
+            return False
+        if not moved:
+            logger.warning(
+                "job %s was taken from this worker while it ran (missed heartbeats?); "
+                "its outcome here is dropped",
+                job.key,
+            )
+        else:
+            self.count(job, move)
+        return moved
+
+    def count(self, job: Job, move: Move) -> None:
+        """SAQ's per-worker counters, which its own finish would bump: they feed the
+        stats the worker reports, from which ``taskhub status`` derives rates."""
+        if move is Move.DEAD:
+            self.queue.failed += 1
+        elif move is Move.LATER:  # a failed attempt (or RetryLater) with attempts left
+            self.queue.retried += 1
+        elif job.status == Status.COMPLETE:
+            self.queue.complete += 1
+        elif job.status == Status.ABORTED:
+            self.queue.aborted += 1
+
+    async def stop(self) -> None:
+        """Stop taking jobs, give those in flight the grace period, hand back the rest."""
+        self.event.set()
+        async with self._stop_lock:
+            if self._stopped:
+                return
+            try:
+                for task in self._upkeep_tasks:
+                    task.cancel()
+                processes = [t for t in self.tasks if t not in self._upkeep_tasks]
+                self.tasks.clear()
+                if processes:
+                    await self._drain(processes)
+            finally:
+                if self._beater is not None:
+                    self._beater.cancel()
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self._stopped = True
+
+    async def _drain(self, processes: list[asyncio.Task[Any]]) -> None:
+        grace = self._shutdown_grace_period_s or 0
+        _, pending = await asyncio.wait(processes, timeout=grace)
+        running = [task for task in pending if task in self._busy]
+        if running:
+            logger.warning(
+                "%d job(s) still running after the %g s grace period: handing them back",
+                len(running),
+                grace,
+            )
+            for task in running:
+                task.cancel()
+        if pending:  # idle ones return within one dequeue timeout
+            await asyncio.wait(pending, timeout=self.dequeue_timeout + CANCEL_DEADLINE + 1)

@@ -1,0 +1,4 @@
+"""The built-in completion sinks.
+
+May import: the public surface only.
+"""

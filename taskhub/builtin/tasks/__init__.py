@@ -1,0 +1,4 @@
+"""The built-in task handlers.
+
+May import: the public surface only.
+"""

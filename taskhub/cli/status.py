@@ -1,0 +1,143 @@
+"""``taskhub status CONFIG [--watch [SECONDS]] [--json]``: the queue at a glance.
+
+Depth, the workers that report themselves, rates and the newest dead letters,
+read through the queue's :meth:`~taskhub.components.QueueBackend.snapshot`
+(:mod:`taskhub.monitoring.status`), so it works for any queue plugin that offers one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from taskhub.cli.group import columns, number_in, opened_run
+from taskhub.cli.jobs import opened_queue, shorten
+from taskhub.components import QueueBackend
+from taskhub.jobs import iso
+from taskhub.monitoring.status import QueueSnapshot, Rates
+
+DEFAULT_WATCH = 2.0
+# Home the cursor and clear the screen: each refresh replaces the last on a terminal.
+CLEAR = "\x1b[H\x1b[2J"
+
+
+seconds = number_in(
+    float,
+    0.1,
+    3600.0,
+    noun="a number of seconds",
+    out_of_range="{value:g} is out of range (0.1 to 3600 seconds)",
+)
+
+
+def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``status`` to the top-level subparsers."""
+    help_text = "show queue depth, workers, rates and recent failures"
+    sub = commands.add_parser("status", help=help_text, description=help_text, parents=[common])
+    sub.add_argument("config", metavar="CONFIG", help="YAML config file")
+    sub.add_argument(
+        "--watch",
+        metavar="SECONDS",
+        type=seconds,
+        nargs="?",
+        const=DEFAULT_WATCH,
+        help=f"refresh every SECONDS (default {DEFAULT_WATCH:g}) until Ctrl-C",
+    )
+    sub.add_argument("--json", action="store_true", help="print JSON (one line per refresh)")
+    sub.add_argument(
+        "--failures", type=int, default=5, metavar="N", help="newest dead letters shown (5)"
+    )
+    sub.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(opened_run(opened_queue, args, status))
+    except KeyboardInterrupt:  # how --watch ends
+        return 0
+
+
+async def status(queue: QueueBackend, args: argparse.Namespace) -> int:
+    baseline: QueueSnapshot | None = None
+    while True:
+        snapshot = await queue.snapshot(max(args.failures, 0))
+        # Under --watch, rates are measured from the first look on.
+        rates = Rates.of(snapshot, baseline)
+        baseline = baseline or snapshot
+        if args.json:
+            sys.stdout.write(orjson.dumps(snapshot.to_json(rates)).decode() + "\n")
+        else:
+            clear = CLEAR if args.watch is not None and sys.stdout.isatty() else ""
+            sys.stdout.write(clear + render(snapshot, rates))
+        sys.stdout.flush()
+        if args.watch is None:
+            return 0
+        await asyncio.sleep(args.watch)
+
+
+def render(snapshot: QueueSnapshot, rates: Rates) -> str:
+    lines = [f"queue {snapshot.queue!r} at {iso(snapshot.taken_at)}", ""]
+    lines += columns(
+        [
+            ("QUEUED", "ACTIVE", "SCHEDULED", "DEAD"),
+            tuple(
+                str(n)
+                for n in (snapshot.queued, snapshot.active, snapshot.scheduled, snapshot.dead)
+            ),
+        ]
+    )
+    lines.append("")
+    if snapshot.workers:
+        header = ("WORKER", "RUNNING", "LAST SEEN", "COMPLETE", "FAILED", "RETRIED", "UP")
+        rows = [header] + [
+            (
+                w.worker_id,
+                str(w.running),
+                ago(w.last_seen, snapshot.taken_at),
+                count(w.complete),
+                count(w.failed),
+                count(w.retried),
+                "-" if w.uptime is None else f"{w.uptime:.0f} s",
+            )
+            for w in snapshot.workers
+        ]
+        lines += columns(rows)
+    else:
+        lines.append("no workers reporting")
+    lines += ["", *rate_lines(rates), ""]
+    if snapshot.recent_failures:
+        lines.append(f"{snapshot.dead} dead letter(s); newest:")
+        header = ("ID", "TASK", "FAILED AT", "ERROR")
+        rows = [header] + [
+            (job.job_id, job.task, iso(job.completed_at) or "-", shorten(job.error_summary))
+            for job in snapshot.recent_failures
+        ]
+        lines += columns(rows)
+    else:
+        lines.append(f"{snapshot.dead} dead letter(s)")
+    return "\n".join(lines) + "\n"
+
+
+def rate_lines(rates: Rates) -> list[str]:
+    if rates.completed is None:
+        return [f"rates: - ({rates.basis})"]
+    return [
+        f"rates: {rates.completed:.2f} completed/s, {rates.failed or 0:.2f} failed/s "
+        f"(out of attempts), {rates.retried or 0:.2f} retried/s",
+        f"       ({rates.basis}; workers report their counters every 10 s)",
+    ]
+
+
+def count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    return f"{max(0.0, (now - moment).total_seconds()):.0f} s ago"

@@ -1,0 +1,241 @@
+"""Admission: a policy's rate-limit decision and the enqueue, in one Lua script and one round trip.
+
+The script (built in :mod:`taskhub.limits.policy`) checks every rule first and writes
+only once the outcome is known, so there is no half state: a 200 means the job
+is stored and every rule charged; a refusal charges nothing (a refusing rule
+records only what its strategy's ``refuse`` defines, such as a block); a full
+queue charges nothing; an error changes nothing. A retried call with the same
+job id (an Idempotency-Key) finds the job already stored and charges nothing.
+
+With ``limits.redis_url`` the limiter keeps its state on another Redis: the
+rules are then decided there first (with a fail mode for when it is down) and
+the job queued second, so a queue failure after the decision leaves that
+decision's charge in place. One Redis for both is the all-or-nothing setup.
+
+A sharded queue (:mod:`taskhub.store.sharding`) keeps each decision's limiter keys in
+the user's home shard. Jobs placed by user go there too: still one script.
+Jobs placed in turn may go elsewhere, so they are decided and queued in two
+steps, as with ``limits.redis_url``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from taskhub.components import QueueBackend, TaskSpec
+from taskhub.errors import BackendUnavailable
+from taskhub.limits.deny_cache import DenyCache
+from taskhub.limits.fail_modes import FailMode, GuardedScript
+from taskhub.limits.policy import (
+    ADMITTED,
+    DUPLICATE,
+    FULL,
+    REFUSED,
+    RequestContext,
+    Rule,
+    RuleResult,
+    build_script,
+    parse_rules,
+)
+from taskhub.limits.shadow import ShadowLog
+from taskhub.store.cluster_router import ClusterPipeline
+from taskhub.store.outage import OutageLog
+from taskhub.store.pipeline import RedisPipeline, ScriptRunner
+from taskhub.store.sharding import UNSHARDED, Shards
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(enum.IntEnum):
+    REFUSED = REFUSED
+    ADMITTED = ADMITTED
+    DUPLICATE = DUPLICATE  # the job id was already stored: nothing new charged or queued
+    FULL = FULL  # the queue is at its maximum depth: nothing charged or queued
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    job_id: str
+    now_ms: int
+    rules: tuple[RuleResult, ...]
+    cached: bool = False  # answered by this process's deny cache, without Redis
+    degraded: bool = False  # decided by the fail mode: the limiter's Redis was unreachable
+    # Worked out once here: a response reads them several times.
+    refusing: tuple[RuleResult, ...] = field(init=False)
+    deciding: RuleResult | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        refusing = tuple(r for r in self.rules if r.refuses)
+        object.__setattr__(self, "refusing", refusing)
+        object.__setattr__(self, "deciding", _deciding(self.rules, refusing))
+
+
+def _deciding(rules: tuple[RuleResult, ...], refusing: tuple[RuleResult, ...]) -> RuleResult | None:
+    """The rule a client most needs to hear about: the refusal to wait out longest,
+    or else the rule closest to its limit."""
+    if refusing:
+        return refusing[0] if len(refusing) == 1 else max(refusing, key=lambda r: r.retry_ms)
+    if len(rules) <= 1:
+        return rules[0] if rules else None
+    return min(rules, key=lambda r: r.remaining / max(r.policy.limit, 1))
+
+
+class Admission:
+    """Admits tasks for one policy in front of one queue."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        rules: Sequence[Rule],
+        queue: QueueBackend,
+        key_prefix: str,
+        *,
+        limiter_redis: Redis | None = None,
+        fail_mode: FailMode = "closed",
+        deny_cache: DenyCache | None = None,
+        pipeline: RedisPipeline | ClusterPipeline | None = None,
+        shards: Shards = UNSHARDED,
+    ) -> None:
+        self.rules = tuple(rules)
+        self.queue = queue
+        self.key_prefix = key_prefix
+        # Where limiter keys live: None keeps them all under key_prefix (no shards).
+        self.shards = shards
+        self._prefixes = shards.key_prefixes(key_prefix) if shards.tagged else None
+        self.deny_cache = deny_cache
+        self._cacheable = tuple(not r.shadow and r.limiter.deny_cacheable for r in self.rules)
+        self._shadow = ShadowLog(logger)
+        self._outage = OutageLog("Redis (admission)", logger)
+        self.split = limiter_redis is not None or shards.split
+        self.source = build_script((), queue) if self.split else build_script(self.rules, queue)
+        self._script: ScriptRunner = (
+            redis.register_script(self.source) if pipeline is None else pipeline.script(self.source)
+        )
+        if self.split:
+            self._limit = GuardedScript(
+                limiter_redis or redis, build_script(self.rules, None), fail_mode, "limiter"
+            )
+
+    def rule_keys(self, request: RequestContext) -> list[str]:
+        subjects = [rule.subject(request) for rule in self.rules]
+        return self._keys(subjects, self.key_prefix_for(request.user_id))
+
+    def key_prefix_for(self, user_id: str) -> str:
+        """Where the user's decisions keep their limiter keys: his home shard, if sharded."""
+        if self._prefixes is None:
+            return self.key_prefix
+        return self._prefixes[self.shards.shard_for(user_id)]
+
+    def _keys(self, subjects: list[str], prefix: str) -> list[str]:
+        pairs = zip(self.rules, subjects, strict=True)
+        return [k for rule, subject in pairs for k in rule.keys(prefix, subject)]
+
+    async def admit(
+        self,
+        spec: TaskSpec,
+        request: RequestContext,
+        payload: Any,
+        *,
+        job_id: str | None = None,
+        cost: int | None = None,
+        now_ms: int | None = None,
+    ) -> Decision:
+        """Decide and, if admitted, enqueue. Raises BackendUnavailable when Redis is down.
+
+        ``job_id`` makes the call idempotent; ``cost`` overrides the task's; ``now_ms``
+        overrides the Redis clock (only tests of the limiter maths use it, and it
+        bypasses the deny cache). A call with a ``job_id`` is never answered from the
+        deny cache: it may retry a job already admitted, which must replay as admitted
+        however far over the limit its user is now, and only Redis knows.
+        """
+        cost = spec.cost if cost is None else cost
+        subjects = [rule.subject(request) for rule in self.rules]
+        use_cache = self.deny_cache is not None and now_ms is None
+        sent_at = DenyCache.clock()
+        if use_cache and job_id is None:
+            cached = self._cached_refusal(subjects, cost, sent_at)
+            if cached is not None:
+                return cached
+        prefix = self.key_prefix_for(request.user_id)
+        holds = [
+            rule.keys(prefix, subject)[0]
+            for rule, subject in zip(self.rules, subjects, strict=True)
+            if rule.limiter.holds_slot
+        ]
+        job = self.queue.prepare(spec, request.user_id, payload, job_id, holds)
+        args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
+        args.append(job.job_id)
+        keys = self._keys(subjects, prefix)
+        if self.split:
+            decision = await self._admit_split(keys, args, job.keys, job.args, job.job_id)
+        else:
+            reply = await self._run([*keys, *job.keys], [*args, *job.args])
+            decision = self._decision(reply, job.job_id)
+        if len(decision.rules) == len(self.rules):  # empty when fail_mode open skipped them
+            if use_cache and decision.outcome is Outcome.REFUSED and not decision.degraded:
+                self._remember(decision, subjects, cost, sent_at)
+            self._shadow.note(decision.rules, subjects)
+        return decision
+
+    async def _admit_split(
+        self,
+        rule_keys: list[str],
+        args: list[str],
+        job_keys: list[str],
+        job_args: list[str | bytes],
+        job_id: str,
+    ) -> Decision:
+        limits, degraded = await self._limit(rule_keys, args)
+        rules: tuple[RuleResult, ...] = ()
+        if limits is not None:  # None: fail_mode open during an outage, nothing decided
+            rules = parse_rules(self.rules, limits)
+            if Outcome(int(limits[0])) is Outcome.REFUSED:
+                return Decision(Outcome.REFUSED, job_id, int(limits[1]), rules, degraded=degraded)
+        reply = await self._run([*job_keys], [*args, *job_args])
+        return Decision(Outcome(int(reply[0])), job_id, int(reply[1]), rules, degraded=degraded)
+
+    async def _run(self, keys: list[Any], args: list[Any]) -> list[Any]:
+        try:
+            reply = await self._script(keys=keys, args=args)
+        except Exception as exc:
+            self._outage.absorb(exc)
+            raise BackendUnavailable("Redis is unreachable") from exc
+        self._outage.succeeded()
+        return reply
+
+    def _decision(self, reply: list[Any], job_id: str) -> Decision:
+        return Decision(
+            Outcome(int(reply[0])), job_id, int(reply[1]), parse_rules(self.rules, reply)
+        )
+
+    def _cached_refusal(self, subjects: list[str], cost: int, now: float) -> Decision | None:
+        assert self.deny_cache is not None
+        for rule, subject, cacheable in zip(self.rules, subjects, self._cacheable, strict=True):
+            if not cacheable:
+                continue
+            entry = self.deny_cache.lookup(rule.name, subject, cost, now)
+            if entry is not None:
+                elapsed_ms = int((now - entry.sent_at) * 1000)
+                left_ms = max(1, entry.result.retry_ms - elapsed_ms)
+                reset_ms = max(left_ms, entry.result.reset_ms - elapsed_ms)
+                r = entry.result
+                result = RuleResult(r.name, r.policy, r.allowed, r.shadow, 0, reset_ms, left_ms)
+                wall_ms = int(time.time() * 1000)
+                return Decision(Outcome.REFUSED, "", wall_ms, (result,), cached=True)
+        return None
+
+    def _remember(self, decision: Decision, subjects: list[str], cost: int, sent_at: float) -> None:
+        assert self.deny_cache is not None
+        for result, subject, cacheable in zip(
+            decision.rules, subjects, self._cacheable, strict=True
+        ):
+            if cacheable and result.refuses:
+                self.deny_cache.remember(subject, result, cost, sent_at)

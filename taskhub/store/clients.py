@@ -1,0 +1,102 @@
+"""Open Redis clients from a URL: a real server, or embedded fakeredis for ``memory://``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from taskhub.config.models import RedisSettings
+from taskhub.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Embedded servers live as long as the process, one per memory:// URL, so that the
+# HTTP server and the worker of `taskhub run` share the same data.
+_embedded: dict[str, object] = {}
+
+_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,  # includes AuthenticationError and BusyLoadingError
+    rx.TimeoutError,
+    rx.ReadOnlyError,  # a replica during failover
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.MasterDownError,
+    OSError,
+)
+_UNAVAILABLE_REPLIES = (
+    "OOM ",
+    "LOADING ",
+    "MASTERDOWN ",
+    "BUSY ",
+    "CLUSTERDOWN ",
+    "TRYAGAIN ",
+    # A cluster redirect still there after the router followed one: the slot map is in
+    # flux (a failover or resharding spreading), so retry shortly rather than a 500.
+    "MOVED ",
+    "ASK ",
+)
+# uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
+# closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
+_CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")
+
+
+def is_embedded(url: str) -> bool:
+    return urlsplit(url).scheme.lower() == "memory"
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "Redis cannot serve us right now", as opposed to bugs."""
+    if isinstance(exc, _UNAVAILABLE_TYPES):
+        return True
+    if isinstance(exc, RuntimeError):
+        return _CLOSED_TRANSPORT.fullmatch(str(exc)) is not None
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    """Await ``call``; Redis being unreachable becomes BackendUnavailable, bugs stay bugs."""
+    try:
+        return await call
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise BackendUnavailable("Redis is unreachable") from exc
+        raise
+
+
+def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:
+    """A client for ``settings.url``.
+
+    ``blocking_timeout`` is the longest blocking command (such as BLMOVE) the client
+    will issue; the socket timeout is extended by it so such commands are not cut off.
+    """
+    if is_embedded(settings.url):
+        return _embedded_client(settings.url)
+    timeouts: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout + blocking_timeout,
+        "socket_keepalive": True,
+    }
+    if settings.cluster:
+        # Imported here so that a single-Redis process never loads the cluster client.
+        from taskhub.store.cluster_client import ClusterClient  # noqa: PLC0415
+
+        # Duck-typed: every command taskhub sends exists on both (see ClusterClient).
+        return cast(Redis, ClusterClient.for_settings(settings, timeouts))
+    return Redis.from_url(settings.url, health_check_interval=30, **timeouts)
+
+
+def _embedded_client(url: str) -> Redis:
+    # Imported here so that processes on a real Redis never load fakeredis and Lua.
+    from fakeredis import FakeAsyncRedis, FakeServer  # noqa: PLC0415
+
+    server = _embedded.get(url)
+    if server is None:
+        server = _embedded[url] = FakeServer()
+    return FakeAsyncRedis(server=server)

@@ -1,0 +1,71 @@
+"""redis-py's RedisCluster, fitted to what taskhub and SAQ ask of a client.
+
+Every key of a queue, and of one admission, shares one hash tag, so the
+multi-key commands and scripts taskhub sends stay within one slot and
+RedisCluster routes them as they are. What it lacks or routes otherwise:
+
+- ``pubsub``: SAQ builds one for ``Queue.listen``, which taskhub never calls;
+  the stand-in lets a queue be built and fails loudly if anyone subscribes.
+- ``pipeline(transaction=True)``: refused by RedisCluster. Every taskhub caller
+  is read-only (status snapshots) or repeats harmlessly (removing a vanished
+  job from its lists, resetting a rule's keys, a worker's stats), so here it
+  runs as a plain pipeline, without MULTI/EXEC.
+- ``connection_pool``: SAQ disconnects it after closing the client; a cluster
+  client has one pool per node, all closed with the client.
+- ``info``: sent to every node by default (a dict of replies); taskhub wants
+  one server's, e.g. its version.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+
+from taskhub.config.models import RedisSettings
+from taskhub.store.cluster_router import address_of
+
+NO_PUBSUB = (
+    "Redis Cluster has no cluster-wide pubsub in this client: taskhub's queue on a "
+    "cluster does not listen for job changes"
+)
+
+
+class ClusterClient(RedisCluster):
+    @classmethod
+    def for_settings(cls, settings: RedisSettings, options: dict[str, Any]) -> ClusterClient:
+        """Seeded with ``url`` and ``nodes``; the password and TLS come from ``url``."""
+        seeds = [ClusterNode(*address_of(url)) for url in settings.nodes]
+        return cls.from_url(settings.url, startup_nodes=seeds, **options)
+
+    def pubsub(self, **_: Any) -> _NoPubSub:
+        return _NoPubSub()
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        return super().pipeline(shard_hint=shard_hint)
+
+    @property
+    def connection_pool(self) -> _ClosedWithClient:
+        return _ClosedWithClient()
+
+    async def info(self, section: str | None = None, *args: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("target_nodes", RedisCluster.RANDOM)
+        return await super().info(section, *args, **kwargs)
+
+
+class _NoPubSub:
+    """Enough of a PubSub for SAQ to build (and close) a queue with."""
+
+    async def psubscribe(self, *_: Any) -> NoReturn:
+        raise NotImplementedError(NO_PUBSUB)
+
+    async def punsubscribe(self, *_: Any) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _ClosedWithClient:
+    async def disconnect(self) -> None:
+        return None

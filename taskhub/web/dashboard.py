@@ -1,0 +1,126 @@
+"""``GET /dashboard`` and its data endpoints: a live view of traffic, the queue and its failures.
+
+Off unless ``dashboard.enabled``: the routes then do not exist (404). The page
+itself is static and holds no data, so it is served to anyone; it asks for the
+token and sends it as ``Authorization: Bearer`` to the data endpoints, which
+answer 401 without it. Because the token travels in a header and never in a
+cookie, another site cannot make a visitor's browser retry jobs (no CSRF).
+
+The page's Content-Security-Policy allows only its own inline script and style
+(by hash) and requests to this server: even a value that slipped past the
+page's escaping could not run script or send data elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from taskhub.bearer import bearer_token_ok
+from taskhub.builtin.sanic.request_id import tracked
+from taskhub.errors import BackendUnavailable, UsageError
+from taskhub.monitoring.dashboard import Dashboard
+from taskhub.web.responses import error_response, json_response
+
+if TYPE_CHECKING:
+    from taskhub.hub.kernel import Hub
+
+logger = logging.getLogger(__name__)
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskhub dashboard"'}
+NO_STORE = {"Cache-Control": "no-store"}
+MAX_JOB_ID = 256  # longer than any id a queue makes
+
+
+def page() -> tuple[bytes, dict[str, str]]:
+    """The page and its headers; the CSP names the hashes of its inline script and style."""
+    text = resources.files("taskhub.web").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        **NO_STORE,
+    }
+    return text.encode(), headers
+
+
+def add_dashboard_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
+    """Add the routes if the config enables them; needs ``hub.traffic`` started."""
+    settings = hub.settings.dashboard
+    if not settings.enabled:
+        return
+    assert hub.traffic is not None
+    dashboard = Dashboard(hub.traffic, hub.queue)
+    token = settings.token
+    body, page_headers = page()
+    unavailable_headers = {"Retry-After": str(retry_after), **NO_STORE}
+
+    def refusal(request: Request) -> HTTPResponse | None:
+        if bearer_token_ok(request.headers.get("authorization"), token):
+            return None
+        message = "send the dashboard token: Authorization: Bearer <dashboard.token>"
+        return error_response(401, "unauthorized", message, {**CHALLENGE, **NO_STORE})
+
+    def unavailable() -> HTTPResponse:
+        message = "the task store is unreachable; retry shortly"
+        return error_response(503, "unavailable", message, unavailable_headers)
+
+    async def show(request: Request) -> HTTPResponse:
+        return HTTPResponse(body, headers=page_headers, content_type="text/html; charset=utf-8")
+
+    async def summary(request: Request) -> HTTPResponse:
+        denied = refusal(request)
+        if denied is not None:
+            return denied
+        try:
+            return json_response(200, await dashboard.summary(), NO_STORE)
+        except BackendUnavailable:
+            return unavailable()
+        except UsageError as exc:  # a queue plugin without snapshot()
+            return error_response(501, "not_implemented", str(exc), NO_STORE)
+
+    async def retry(request: Request, job_id: str) -> HTTPResponse:
+        denied = refusal(request)
+        if denied is not None:
+            return denied
+        if len(job_id) > MAX_JOB_ID:
+            message = f"job_id is {len(job_id)} characters long; ids have at most {MAX_JOB_ID}"
+            return error_response(400, "bad_request", message, NO_STORE)
+        try:
+            moved = await dashboard.retry(job_id)
+        except BackendUnavailable:
+            return unavailable()
+        if not moved:
+            message = "no such dead letter (retried already, purged or expired)"
+            return error_response(404, "not_found", message, NO_STORE)
+        logger.info("dead letter %s queued again from the dashboard (%s)", job_id, request.ip)
+        return json_response(200, {"status": "queued", "job_id": job_id}, NO_STORE)
+
+    app.add_route(tracked(show), "/dashboard", methods=["GET"], name="dashboard")
+    app.add_route(
+        tracked(summary), "/dashboard/api/summary", methods=["GET"], name="dashboard_summary"
+    )
+    app.add_route(
+        tracked(retry),
+        "/dashboard/api/failed/<job_id:str>/retry",
+        methods=["POST"],
+        name="dashboard_retry",
+    )
+    logger.info("dashboard on: GET /dashboard")
