@@ -11,7 +11,9 @@ from helpers import ROOT
 
 from taskhub.cli.main import main
 from taskhub.components import Limiter, RatePolicy
-from taskhub.config.models import load_text, mask_url, parse_settings
+from taskhub.config.loader import load_text
+from taskhub.config.models import parse_settings
+from taskhub.config.secrets import mask_url
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
 from taskhub.hub.plugins import load_plugins

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from taskhub.config.models import load_text, secret_values
+from taskhub.config.loader import load_text
+from taskhub.config.secrets import secret_values
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
 from taskhub.monitoring import request_id

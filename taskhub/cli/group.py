@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
 from taskhub.errors import BackendUnavailable, StartupError, UsageError
-from taskhub.store.clients import is_embedded
+from taskhub.store.urls import is_embedded
 
 T = TypeVar("T")
 Action = Callable[[T, argparse.Namespace], Coroutine[Any, Any, int]]

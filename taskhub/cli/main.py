@@ -36,7 +36,7 @@ from taskhub.cli import status as status_cli
 from taskhub.cli import supervisor
 from taskhub.cli.group import number_in
 from taskhub.cli.supervised import SupervisorLink
-from taskhub.config.models import secret_values
+from taskhub.config.secrets import secret_values
 from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
 from taskhub.hub.kernel import Hub, Role
 from taskhub.hub.plugins import PluginRegistry, load_plugins

@@ -1,47 +1,30 @@
-"""Load the YAML config: interpolate the environment, validate, report problems by YAML path.
+"""The config file's models: every core key, its type, its bounds and its default.
 
-Values may use ``${VAR}`` and ``${VAR:-default}`` (the default applies when VAR is
-unset or empty, as in the shell); ``$${`` writes a literal ``${``. Interpolation
-happens per scalar after parsing, so an environment value can never change the
-YAML structure. Every error names the YAML path, its line, the value given and
-what is allowed.
+Component options (a limiter's ``capacity``, a server's ``port``) are not here:
+each component validates its own section against its ``Config`` model.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import parse_qsl, urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from taskhub.errors import ConfigError, Problem
+from taskhub.config.problems import validate
+from taskhub.config.raw import RawConfig
+from taskhub.config.secrets import mask_url
 
-Loc = tuple[str | int, ...]
-M = TypeVar("M", bound=BaseModel)
-
-INTERPOLATION = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
-VARIABLE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
-SECRET_NAME = re.compile(
-    r"(^|_)(password|passwd|pass|secret|token|api_?key|credentials?|private_?key)(_|$)", re.I
-)
-# Secret by position though not by name: the api_key authenticator's keys.
-SECRET_FIELDS = frozenset({("auth", "keys", "key")})
 REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
@@ -54,9 +37,6 @@ DEFAULT_TYPES = {
     "authenticator": "none",
 }
 MIN_TOKEN_LENGTH = 16  # bearer tokens of guarded endpoints
-
-
-# --------------------------------------------------------------------------- models
 
 
 class StrictModel(BaseModel):
@@ -311,280 +291,6 @@ class Settings(StrictModel):
         return tasks
 
 
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class RawConfig:
-    """The parsed file: values after interpolation, where each path sits, which are secret."""
-
-    source: str
-    data: dict[str, Any]
-    lines: dict[Loc, int] = field(default_factory=dict)
-    secret_paths: set[Loc] = field(default_factory=set)
-
-    def line_of(self, loc: Loc) -> int | None:
-        for end in range(len(loc), -1, -1):
-            line = self.lines.get(tuple(loc[:end]))
-            if line is not None:
-                return line
-        return None
-
-    def is_secret(self, loc: Loc) -> bool:
-        if any(isinstance(part, str) and SECRET_NAME.search(part) for part in loc):
-            return True
-        names = tuple(part for part in loc if isinstance(part, str))
-        if any(names[: len(field)] == field for field in SECRET_FIELDS):
-            return True
-        return any(loc[: len(s)] == s for s in self.secret_paths)
-
-    def problem(self, loc: Loc, message: str) -> Problem:
-        return Problem(render_path(loc), message, self.line_of(loc))
-
-
-def load_file(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> RawConfig:
-    """Read, parse and interpolate a config file; any failure is a ConfigError."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, [Problem("", "file not found")]) from None
-    except IsADirectoryError:
-        raise ConfigError(source, [Problem("", "is a directory, not a config file")]) from None
-    except PermissionError:
-        raise ConfigError(source, [Problem("", "permission denied")]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, [Problem("", f"not UTF-8 text ({exc.reason})")]) from None
-    return load_text(text, source, os.environ if env is None else env)
-
-
-def load_text(text: str, source: str, env: Mapping[str, str]) -> RawConfig:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        message = f"not valid YAML: {exc.problem or exc}"
-        raise ConfigError(source, [Problem("", message, line)]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [Problem("", f"not valid YAML: {exc}")]) from None
-    finally:
-        loader.dispose()
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        found = type(data).__name__
-        raise ConfigError(source, [Problem("", f"must be a mapping of options, not a {found}")])
-    raw = RawConfig(source=source, data=data)
-    problems: list[Problem] = []
-    _index_lines(node, (), raw, problems)
-    raw.data = _interpolate(data, (), env, raw, problems)
-    if problems:
-        raise ConfigError(source, problems)
-    return raw
-
-
-def _index_lines(node: yaml.Node | None, loc: Loc, raw: RawConfig, problems: list[Problem]) -> None:
-    """Record the line of every path, and reject duplicate keys (YAML would keep the last)."""
-    if node is None:
-        return
-    raw.lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                problems.append(
-                    Problem(render_path((*loc, key)), "duplicate key", key_node.start_mark.line + 1)
-                )
-            seen.add(key)
-            raw.lines[(*loc, key)] = key_node.start_mark.line + 1
-            _index_lines(value_node, (*loc, key), raw, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _index_lines(item, (*loc, index), raw, problems)
-
-
-def _interpolate(
-    value: Any, loc: Loc, env: Mapping[str, str], raw: RawConfig, problems: list[Problem]
-) -> Any:
-    if isinstance(value, dict):
-        return {k: _interpolate(v, (*loc, k), env, raw, problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, (*loc, i), env, raw, problems) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "$" not in value:
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        text = match.group(0)
-        if text == "$${":
-            return "${"
-        body = match.group(1)
-        parsed = VARIABLE.match(body) if body is not None else None
-        if parsed is None:
-            problems.append(
-                raw.problem(loc, f"malformed {text!r}: write ${{NAME}} or ${{NAME:-default}}")
-            )
-            return text
-        name, default = parsed.group(1), parsed.group(2)
-        if SECRET_NAME.search(name):
-            raw.secret_paths.add(loc)
-        current = env.get(name)
-        if default is not None and not current:
-            return default
-        if current is None:
-            problems.append(
-                raw.problem(
-                    loc,
-                    f"environment variable {name} is not set "
-                    f"(set it, or give a default: ${{{name}:-value}})",
-                )
-            )
-            return text
-        return current
-
-    return INTERPOLATION.sub(substitute, value)
-
-
-# --------------------------------------------------------------------------- validation
-
-
 def parse_settings(raw: RawConfig) -> Settings:
     """Validate the core keys; component options are validated by the kernel."""
     return validate(Settings, raw.data, (), raw)
-
-
-def validate(model: type[M], data: Any, loc: Loc, raw: RawConfig) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(raw.source, problems_from(exc, model, loc, raw)) from None
-
-
-def problems_from(
-    exc: ValidationError, model: type[BaseModel], prefix: Loc, raw: RawConfig
-) -> list[Problem]:
-    problems = []
-    for error in exc.errors(include_url=False):
-        inner: Loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
-        loc = (*prefix, *inner)
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            allowed = allowed_keys(model, inner[:-1])
-            message = f"unknown option {inner[-1]!r}"
-            if allowed:
-                message += f"; allowed here: {', '.join(allowed)}"
-        elif kind == "missing":
-            message = "required, but missing"
-        else:
-            message = _lower_first(str(error["msg"]))
-            given = mask_secrets(error.get("input"), loc, raw)  # a mapping may hold secrets
-            message += f" (got {show_value(given, raw.is_secret(loc))})"
-        problems.append(raw.problem(loc, message))
-    return problems
-
-
-def allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
-    """The option names a model accepts at ``loc``, walking nested models."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return []
-        current = info.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(name for name, f in current.model_fields.items() if not f.exclude)
-    return []
-
-
-def show_value(value: Any, secret: bool = False) -> str:
-    if secret:
-        return "'***'"
-    if isinstance(value, str) and "://" in value:
-        value = mask_url(value)
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def render_path(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _is_union_tag(part: str | int) -> bool:
-    # pydantic adds the union member's type name to the location; users never wrote it.
-    return isinstance(part, str) and part in {"str", "int", "float", "bool", "none"}
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-# --------------------------------------------------------------------------- masking
-
-
-def mask_url(url: str) -> str:
-    """Hide the password in a URL, keeping everything else readable."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def mask_secrets(value: Any, loc: Loc, raw: RawConfig) -> Any:
-    """A copy of ``value`` fit to print: secrets replaced, URL passwords hidden."""
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, (*loc, k), raw) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, (*loc, i), raw) for i, v in enumerate(value)]
-    if isinstance(value, str) and "://" in value and mask_url(value) != value:
-        return mask_url(value)  # the password hidden, the rest still readable
-    if raw.is_secret(loc) and value not in (None, ""):
-        return "***"
-    return value
-
-
-def secret_values(raw: RawConfig) -> set[str]:
-    """Every secret in the config, as the log formatters must hide it.
-
-    The same rules as :func:`mask_secrets`: URL passwords (as written and
-    decoded) and every value at a secret path.
-    """
-    found: set[str] = set()
-
-    def walk(value: Any, loc: Loc) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, (*loc, key))
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(item, (*loc, index))
-        elif isinstance(value, str) and value:
-            if "://" in value:
-                try:
-                    password = urlsplit(value).password
-                except ValueError:
-                    password = None
-                if password:
-                    found.update((password, unquote(password)))
-            if raw.is_secret(loc):
-                found.add(value)
-
-    walk(raw.data, ())
-    return found

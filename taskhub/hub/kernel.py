@@ -34,21 +34,20 @@ from taskhub.components import (
     TaskHandler,
     TaskSpec,
 )
+from taskhub.config.loader import load_file
 from taskhub.config.models import (
     DEFAULT_TYPES,
     JOB_OPTIONS,
     ComponentSection,
-    Loc,
-    RawConfig,
     RuleSection,
     Settings,
     TaskSection,
-    load_file,
-    mask_secrets,
-    mask_url,
     parse_settings,
-    problems_from,
 )
+from taskhub.config.paths import Loc
+from taskhub.config.problems import problems_from
+from taskhub.config.raw import RawConfig
+from taskhub.config.secrets import mask_secrets, mask_url
 from taskhub.errors import (
     ConfigError,
     Problem,
@@ -66,10 +65,11 @@ from taskhub.limits.policy import Rule
 from taskhub.monitoring.exporter import QueueDepth, WorkerExporter
 from taskhub.monitoring.metrics import JobMetrics, RequestMetrics
 from taskhub.monitoring.traffic import TrafficRecorder, traffic_prefix
-from taskhub.store.clients import connect, is_embedded
+from taskhub.store.clients import connect
 from taskhub.store.cluster_router import ClusterPipeline, admission_pipeline
 from taskhub.store.pipeline import RedisPipeline
 from taskhub.store.sharding import UNSHARDED, Shards
+from taskhub.store.urls import is_embedded
 from taskhub.web.submission import SubmissionParser
 
 logger = logging.getLogger("taskhub")

@@ -6,13 +6,14 @@ import logging
 import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from taskhub.config.models import RedisSettings
 from taskhub.errors import BackendUnavailable
+from taskhub.store.cluster_client import ClusterClient
+from taskhub.store.urls import is_embedded
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,10 +46,6 @@ _UNAVAILABLE_REPLIES = (
 # uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
 # closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
 _CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")
-
-
-def is_embedded(url: str) -> bool:
-    return urlsplit(url).scheme.lower() == "memory"
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -84,9 +81,6 @@ def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:
         "socket_keepalive": True,
     }
     if settings.cluster:
-        # Imported here so that a single-Redis process never loads the cluster client.
-        from taskhub.store.cluster_client import ClusterClient  # noqa: PLC0415
-
         # Duck-typed: every command taskhub sends exists on both (see ClusterClient).
         return cast(Redis, ClusterClient.for_settings(settings, timeouts))
     return Redis.from_url(settings.url, health_check_interval=30, **timeouts)

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 
 from taskhub.config.models import RedisSettings
-from taskhub.store.cluster_router import address_of
+from taskhub.store.urls import address_of
 
 NO_PUBSUB = (
     "Redis Cluster has no cluster-wide pubsub in this client: taskhub's queue on a "

@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.connection import parse_url
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -31,11 +30,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.config.models import RedisSettings
 from taskhub.store.pipeline import Arg, PipelinedScript, RedisPipeline
+from taskhub.store.urls import Address, address_of
 
 logger = logging.getLogger(__name__)
 
 REFRESH_INTERVAL = 0.25  # seconds: the least time between two reads of the slot map
-Address = tuple[str, int]
 
 
 class CrossSlotKeys(ValueError):
@@ -200,11 +199,6 @@ def slot_of(keys: Sequence[Arg]) -> int:
 def _parse_address(text: str) -> Address:
     host, _, port = text.rpartition(":")
     return host, int(port)
-
-
-def address_of(url: str) -> Address:
-    params = parse_url(url)
-    return params.get("host", "localhost"), int(params.get("port", 6379))
 
 
 def log_moves(old: list[RedisPipeline | None], new: list[RedisPipeline | None]) -> None:

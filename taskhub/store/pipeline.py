@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.config.models import RedisSettings
-from taskhub.store.clients import is_embedded
+from taskhub.store.urls import is_embedded
 
 logger = logging.getLogger(__name__)
 
