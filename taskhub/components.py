@@ -23,7 +23,7 @@ from taskhub.store.sharding import UNSHARDED, Shards
 if TYPE_CHECKING:
     from taskhub.hub.kernel import Hub
     from taskhub.jobs import AbortResult, JobInfo
-    from taskhub.monitoring.status import QueueSnapshot
+    from taskhub.monitoring.snapshot import QueueSnapshot
 
 
 class Options(BaseModel):

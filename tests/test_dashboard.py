@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 
 from taskhub.components import QueueBackend
 from taskhub.monitoring.dashboard import Dashboard, Summary
-from taskhub.monitoring.status import QueueSnapshot
+from taskhub.monitoring.snapshot import QueueSnapshot
 from taskhub.monitoring.traffic import TrafficRecorder
 
 ROUTES = (

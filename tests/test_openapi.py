@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
 from taskhub.monitoring.dashboard import Summary
-from taskhub.monitoring.status import QueueJson
+from taskhub.monitoring.snapshot import QueueJson
 from taskhub.web.openapi import Conflict, Job, Queued, build_spec
 from taskhub.web.submission import TaskRequest
 

@@ -23,7 +23,7 @@ from helpers import (
     write_config,
 )
 
-from taskhub.monitoring.status import QueueSnapshot, Rates, WorkerStatus
+from taskhub.monitoring.snapshot import QueueSnapshot, Rates, WorkerStatus
 
 TASKS = {"log_completion": {}, "sleepy": {}, "broken": {"retries": 1}}
 QUEUED = 3

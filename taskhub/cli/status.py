@@ -2,7 +2,7 @@
 
 Depth, the workers that report themselves, rates and the newest dead letters,
 read through the queue's :meth:`~taskhub.components.QueueBackend.snapshot`
-(:mod:`taskhub.monitoring.status`), so it works for any queue plugin that offers one.
+(:mod:`taskhub.monitoring.snapshot`), so it works for any queue plugin that offers one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from taskhub.cli.group import columns, number_in, opened_run
 from taskhub.cli.jobs import opened_queue, shorten
 from taskhub.components import QueueBackend
 from taskhub.jobs import iso
-from taskhub.monitoring.status import QueueSnapshot, Rates
+from taskhub.monitoring.snapshot import QueueSnapshot, Rates
 
 DEFAULT_WATCH = 2.0
 # Home the cursor and clear the screen: each refresh replaces the last on a terminal.

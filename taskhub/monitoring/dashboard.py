@@ -5,7 +5,7 @@ Each viewer polls every second; without a cache, ten open tabs would be ten
 snapshots a second. The summary is kept ``ttl`` seconds, and concurrent polls
 of a stale summary wait for one refresh instead of each starting their own.
 
-Job rates come from :class:`taskhub.monitoring.status.Rates`, as in ``taskhub status
+Job rates come from :class:`taskhub.monitoring.snapshot.Rates`, as in ``taskhub status
 --watch``: measured against the oldest snapshot of the last ``RATE_BASIS``
 seconds, so they follow the workers' reports (every 10 s) rather than averaging
 since each worker started.
@@ -23,7 +23,7 @@ from typing_extensions import TypedDict
 
 from taskhub.components import QueueBackend
 from taskhub.jobs import iso
-from taskhub.monitoring.status import QueueJson, QueueSnapshot, Rates
+from taskhub.monitoring.snapshot import QueueJson, QueueSnapshot, Rates
 from taskhub.monitoring.traffic import TrafficJson, TrafficRecorder
 
 CACHE_TTL = 1.0  # seconds one summary serves every viewer

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from taskhub.hub.kernel import Hub
-    from taskhub.monitoring.status import QueueSnapshot
+    from taskhub.monitoring.snapshot import QueueSnapshot
 
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
