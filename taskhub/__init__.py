@@ -1,15 +1,14 @@
 """taskhub: admit tasks over HTTP, rate-limit them per user in Redis, run them on workers.
 
-The public API for plugin authors is re-exported here.
+This is the public surface: every name a plugin author needs, re-exported here.
+Anything imported from elsewhere in the package is the kernel's own and may change.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from taskhub.bearer import bearer_credentials, bearer_token_ok
 from taskhub.components import (
     Authenticator,
-    Completion,
     Limiter,
     Options,
     PreparedJob,
@@ -18,34 +17,108 @@ from taskhub.components import (
     RatePolicy,
     Server,
     Sink,
-    Task,
     TaskHandler,
-    TaskSpec,
     Unauthenticated,
 )
+from taskhub.config.models import (
+    Attempts,
+    AttemptTimeout,
+    Heartbeat,
+    JobOptions,
+    RetryBackoff,
+    RetryDelay,
+)
+from taskhub.context import (
+    HttpHandler,
+    JobCounters,
+    JobRunner,
+    PluginContext,
+    Role,
+    RoleError,
+)
+from taskhub.errors import (
+    BackendUnavailable,
+    ConfigError,
+    StartupError,
+    TaskhubError,
+    UnstorablePayload,
+    UsageError,
+)
 from taskhub.hookspecs import hookimpl
-from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, RetryLater
+from taskhub.http import ApiOptions, Headers, HttpRequest, HttpResponse
+from taskhub.jobs import (
+    AbortOutcome,
+    AbortResult,
+    Completion,
+    JobInfo,
+    JobStatus,
+    QueueSnapshot,
+    RetryLater,
+    Task,
+    TaskSpec,
+    WorkerStatus,
+)
+from taskhub.limits.admission import Decision, Outcome
+from taskhub.limits.headers import rate_limit_headers, retry_after
+from taskhub.limits.policy import RequestContext, RuleResult
+from taskhub.store.clients import redis_call
+from taskhub.store.sharding import Shards
+from taskhub.version import __version__
 
 __all__ = [
     "AbortOutcome",
     "AbortResult",
+    "ApiOptions",
+    "AttemptTimeout",
+    "Attempts",
     "Authenticator",
+    "BackendUnavailable",
     "Completion",
+    "ConfigError",
+    "Decision",
+    "Headers",
+    "Heartbeat",
+    "HttpHandler",
+    "HttpRequest",
+    "HttpResponse",
+    "JobCounters",
     "JobInfo",
+    "JobOptions",
+    "JobRunner",
     "JobStatus",
     "Limiter",
     "Options",
+    "Outcome",
+    "PluginContext",
     "PreparedJob",
     "Principal",
     "QueueBackend",
+    "QueueSnapshot",
     "RatePolicy",
+    "RequestContext",
+    "RetryBackoff",
+    "RetryDelay",
     "RetryLater",
+    "Role",
+    "RoleError",
+    "RuleResult",
     "Server",
+    "Shards",
     "Sink",
+    "StartupError",
     "Task",
     "TaskHandler",
     "TaskSpec",
+    "TaskhubError",
     "Unauthenticated",
+    "UnstorablePayload",
+    "UsageError",
+    "WorkerStatus",
     "__version__",
+    "bearer_credentials",
+    "bearer_token_ok",
     "hookimpl",
+    "rate_limit_headers",
+    "redis_call",
+    "retry_after",
 ]

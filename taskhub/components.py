@@ -10,20 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from taskhub.errors import UsageError
+from taskhub.http import ApiOptions, Headers
+from taskhub.jobs import Completion, Task, TaskSpec
 from taskhub.store.sharding import UNSHARDED, Shards
 
 if TYPE_CHECKING:
-    from taskhub.hub.kernel import Hub
-    from taskhub.jobs import AbortResult, JobInfo
-    from taskhub.monitoring.snapshot import QueueSnapshot
+    from taskhub.context import PluginContext
+    from taskhub.jobs import AbortResult, JobInfo, QueueSnapshot
+
+__all__ = [
+    "Authenticator",
+    "Completion",
+    "Component",
+    "Limiter",
+    "Options",
+    "PreparedJob",
+    "Principal",
+    "QueueBackend",
+    "RatePolicy",
+    "Server",
+    "Sink",
+    "Task",
+    "TaskHandler",
+    "TaskSpec",
+    "Unauthenticated",
+]
 
 
 class Options(BaseModel):
@@ -106,27 +124,6 @@ class Limiter(Component):
 # --------------------------------------------------------------------------- tasks
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One run of a task, as a handler sees it."""
-
-    name: str
-    job_id: str
-    user_id: str
-    payload: Any
-    attempt: int
-    enqueued_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """A task that finished successfully, as sinks see it."""
-
-    task: Task
-    result: Any
-    completed_at: datetime
-
-
 class TaskHandler(Component):
     """Does the work of a task. ``Payload``, when set, validates ``payload`` at admission."""
 
@@ -135,20 +132,6 @@ class TaskHandler(Component):
 
     async def run(self, task: Task) -> Any:
         raise NotImplementedError
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """A task clients may submit, as config defines it: its handler and job options."""
-
-    name: str
-    handler: TaskHandler
-    retries: int | None = None
-    timeout: int | None = None
-    retry_delay: float | None = None
-    retry_backoff: float | None = None
-    heartbeat: float | None = None
-    cost: int = 1
 
 
 class Sink(Component):
@@ -218,14 +201,14 @@ class QueueBackend(Component):
         ``holds`` are sorted sets in which the job id holds a slot (see
         :attr:`Limiter.holds_slot`): the queue removes it from each of them in the
         same step that finishes the job for good. Writes nothing. A payload it cannot
-        store raises ``taskhub.web.submission.unstorable_payload(reason)`` (a 422).
+        store raises :class:`taskhub.UnstorablePayload` (the client gets a 422).
         """
         raise NotImplementedError
 
-    async def open(self, hub: Hub) -> None:
+    async def open(self, context: PluginContext) -> None:
         """Connect; called by servers and workers alike."""
 
-    async def work(self, hub: Hub, stop: asyncio.Event) -> None:
+    async def work(self, context: PluginContext, stop: asyncio.Event) -> None:
         """Run jobs until ``stop`` is set, then finish or hand back those in flight."""
         raise NotImplementedError
 
@@ -277,7 +260,9 @@ class QueueBackend(Component):
 
 
 class Server(Component):
-    """Accepts task submissions and hands them to ``hub.admission``.
+    """Serves taskhub's HTTP API (``context.http``): an adapter between a web server
+    and the API, which decides every status code, body and header
+    (:mod:`taskhub.http`).
 
     A server that implements :meth:`bind` can run as several processes
     (``taskhub serve --workers N``): the supervisor binds once and each process
@@ -295,12 +280,17 @@ class Server(Component):
             "run it without --workers (or as separate processes on their own ports)"
         )
 
+    def api_options(self) -> ApiOptions:
+        """The API's settings that live in the server's config (Retry-After of a 503,
+        the readiness check's timeout); the defaults unless the server has such options."""
+        return ApiOptions()
+
     @property
     def shutdown_grace(self) -> float:
         """How long :meth:`stop` may take to finish requests in flight, in seconds."""
         return 30.0
 
-    async def start(self, hub: Hub) -> None:
+    async def start(self, context: PluginContext) -> None:
         """Bind (or take :attr:`listen_socket`) and begin serving; return once the
         server accepts connections."""
         raise NotImplementedError
@@ -350,7 +340,7 @@ class Authenticator(Component):
     # False: every request is let in and the server never calls ``authenticate``.
     enabled: ClassVar[bool] = True
 
-    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    def authenticate(self, headers: Headers) -> Principal:
         """The request's principal, or raise :class:`Unauthenticated`.
 
         ``headers`` is case-insensitive (``headers.get("x-api-key")``).
@@ -369,13 +359,3 @@ class Authenticator(Component):
     def summary(self) -> str:
         """One line for the start-up log; must not contain a secret."""
         return self.name
-
-
-KINDS: dict[str, type[Component]] = {
-    "limiter": Limiter,
-    "handler": TaskHandler,
-    "sink": Sink,
-    "queue": QueueBackend,
-    "server": Server,
-    "authenticator": Authenticator,
-}

@@ -64,3 +64,13 @@ class StartupError(TaskhubError):
 
 class UsageError(TaskhubError):
     """The command cannot work with this config: exit code 2."""
+
+
+class UnstorablePayload(TaskhubError):
+    """A payload that is valid JSON but that the queue cannot store (an integer over 64
+    bits, say). Queue plugins raise it from ``prepare``; the client gets a 422 naming
+    ``payload`` and ``reason``, and nothing is charged or queued."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

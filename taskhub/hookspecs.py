@@ -1,4 +1,4 @@
-"""The hooks a taskhub plugin may implement.
+"""The hooks a taskhub plugin may implement, and the component kinds they register.
 
 Registration hooks run once at start-up and hand component classes to
 ``register``. Lifecycle hooks may return an awaitable; the kernel awaits it.
@@ -8,20 +8,23 @@ Nothing on the request or job path goes through a hook call.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from taskhub.components import (
+    Authenticator,
+    Component,
+    Limiter,
+    QueueBackend,
+    Server,
+    Sink,
+    TaskHandler,
+)
+
 if TYPE_CHECKING:
-    from taskhub.components import (
-        Authenticator,
-        Limiter,
-        QueueBackend,
-        Server,
-        Sink,
-        TaskHandler,
-    )
-    from taskhub.hub.kernel import Hub
+    from taskhub.context import PluginContext
 
 PROJECT = "taskhub"
 
@@ -60,10 +63,40 @@ def register_authenticators(register: Callable[[type[Authenticator]], None]) -> 
 
 
 @hookspec
-def startup(hub: Hub) -> Awaitable[None] | None:
-    """Called once the hub's components are running, in every process role."""
+def startup(hub: PluginContext) -> Awaitable[None] | None:
+    """Called once the components are running, in every process role."""
 
 
 @hookspec
-def shutdown(hub: Hub) -> Awaitable[None] | None:
-    """Called when the hub stops, before its components close."""
+def shutdown(hub: PluginContext) -> Awaitable[None] | None:
+    """Called when the process stops, before its components close."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of component: the base class its plugins subclass, the hook that registers
+    them, the config key that picks one, and the one picked when config names none."""
+
+    base: type[Component]
+    hook: Callable[..., Any]
+    config_key: str
+    default: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.base.kind
+
+
+# Every kind, once. Tasks pick their handler by ``type``, default the task's own name;
+# sinks are a list, each entry naming its type.
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(Limiter, register_limiters, "limiter", "token_bucket"),
+        Kind(TaskHandler, register_handlers, "tasks"),
+        Kind(Sink, register_sinks, "sinks"),
+        Kind(QueueBackend, register_queues, "queue", "saq"),
+        Kind(Server, register_servers, "server", "sanic"),
+        Kind(Authenticator, register_authenticators, "auth", "none"),
+    )
+}

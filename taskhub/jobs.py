@@ -1,15 +1,70 @@
-"""What a job looks like outside its queue: its state, an abort's outcome, ``RetryLater``.
+"""What a task and its jobs look like outside any queue library.
 
-Queue plugins translate their own records into these, so servers and the CLI
-never import a queue library.
+A handler sees a :class:`Task`, sinks a :class:`Completion`; queue plugins read
+each task's :class:`TaskSpec` and translate their own records into
+:class:`JobInfo`, :class:`AbortResult` and :class:`QueueSnapshot`, so servers
+and the CLI never import a queue library.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+MAX_USER_ID = 256  # characters: the longest user id a job may have
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One run of a task, as a handler sees it."""
+
+    name: str
+    job_id: str
+    user_id: str
+    payload: Any
+    attempt: int
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A task that finished successfully, as sinks see it."""
+
+    task: Task
+    result: Any
+    completed_at: datetime
+
+
+class Handler(Protocol):
+    """What a :class:`TaskSpec` runs: a ``taskhub.TaskHandler``."""
+
+    name: ClassVar[str]
+    Payload: ClassVar[type[BaseModel] | None]
+    config: BaseModel
+
+    async def run(self, task: Task) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A task clients may submit, as config defines it: its handler and job options.
+
+    An option left ``None`` takes the queue's default; the bounds are config's
+    (:class:`taskhub.config.models.JobOptions`).
+    """
+
+    name: str
+    handler: Handler
+    retries: int | None = None
+    timeout: int | None = None
+    retry_delay: float | None = None
+    retry_backoff: float | None = None
+    heartbeat: float | None = None
+    cost: int = 1
 
 
 class RetryLater(Exception):  # a request to the worker, not an error
@@ -102,3 +157,34 @@ def iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One worker as it last reported itself; ``None`` where it has not (yet)."""
+
+    worker_id: str
+    running: int  # jobs in the active list claimed by this worker, read from the jobs
+    last_seen: datetime | None = None  # when it last wrote its stats
+    complete: int | None = None  # counters since the worker started
+    failed: int | None = None  # out of attempts: dead letters
+    retried: int | None = None  # attempts that failed with attempts left
+    aborted: int | None = None
+    uptime: float | None = None  # seconds, on the worker's clock, at its last report
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """A queue's counts read together, for ``taskhub status`` and the dashboard.
+
+    ``scheduled`` is waiting for a retry delay or an execution limit.
+    """
+
+    queue: str
+    taken_at: datetime
+    queued: int
+    active: int
+    scheduled: int
+    dead: int
+    workers: list[WorkerStatus] = field(default_factory=list)
+    recent_failures: list[JobInfo] = field(default_factory=list)  # newest dead letters first

@@ -14,7 +14,7 @@ from taskhub.bearer import bearer_credentials, bearer_token_ok
 from taskhub.errors import ConfigError, PluginError
 from taskhub.hub.kernel import Hub
 from taskhub.hub.plugins import load_plugins
-from taskhub.web.auth import request_guard
+from taskhub.web.auth import request_auth
 
 ALICE = "alice-key-0123456789abcdef"
 CI = "ci-key-0123456789abcdef-xyz"
@@ -74,8 +74,8 @@ def headers(**values: str) -> CIMultiDict[str]:
 def test_none_is_the_default_and_is_never_called(tmp_path: Path) -> None:
     hub = hub_from(tmp_path, "")
     assert hub.authenticator.name == "none"
-    assert request_guard(hub.authenticator) is None  # the server's handlers skip auth
-    assert request_guard(hub_from(tmp_path, API_KEYS).authenticator) is not None
+    assert request_auth(hub.authenticator) is None  # the server's handlers skip auth
+    assert request_auth(hub_from(tmp_path, API_KEYS).authenticator) is not None
     assert hub.authenticator.security_scheme() is None
     assert hub.resolved()["auth"] == {"type": "none"}
 

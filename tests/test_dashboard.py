@@ -16,8 +16,8 @@ from helpers import config_dict, get_job, run_cli, wait_until, write_config
 from pydantic import TypeAdapter
 
 from taskhub.components import QueueBackend
+from taskhub.jobs import QueueSnapshot
 from taskhub.monitoring.dashboard import Dashboard, Summary
-from taskhub.monitoring.snapshot import QueueSnapshot
 from taskhub.monitoring.traffic import TrafficRecorder
 
 ROUTES = (

@@ -335,14 +335,14 @@ class Handler(TaskHandler):
 @contextlib.asynccontextmanager
 async def working(queue: SaqQueue, spec: TaskSpec, settings: RedisSettings) -> AsyncIterator[None]:
     """``queue.work`` in this process for as long as the block lasts."""
-    hub = SimpleNamespace(
+    context = SimpleNamespace(
         connect_redis=lambda blocking_timeout: connect(settings, blocking_timeout=blocking_timeout),
         runner=TaskRunner([]),
         tasks={spec.name: spec},
-        job_metrics=None,
+        job_counters=None,
     )
     stop = asyncio.Event()
-    work = asyncio.create_task(queue.work(hub, stop))  # type: ignore[arg-type]
+    work = asyncio.create_task(queue.work(context, stop))  # type: ignore[arg-type]
     try:
         yield
     finally:

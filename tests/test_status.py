@@ -23,7 +23,8 @@ from helpers import (
     write_config,
 )
 
-from taskhub.monitoring.snapshot import QueueSnapshot, Rates, WorkerStatus
+from taskhub.jobs import QueueSnapshot, WorkerStatus
+from taskhub.monitoring.snapshot import Rates
 
 TASKS = {"log_completion": {}, "sleepy": {}, "broken": {"retries": 1}}
 QUEUED = 3

@@ -18,6 +18,7 @@ import orjson
 from taskhub.cli.group import CommandGroup, columns, refuse_embedded
 from taskhub.components import QueueBackend
 from taskhub.errors import UsageError
+from taskhub.hub import runtime
 from taskhub.hub.kernel import Hub
 from taskhub.jobs import JobInfo, iso
 
@@ -45,13 +46,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 async def opened_queue(path: str) -> AsyncIterator[QueueBackend]:
     hub = Hub.from_file(path)
     refuse_embedded(path, "redis.url", hub.settings.redis.url, "jobs")
-    hub.redis = hub.connect_redis()
-    try:
-        await hub.queue.open(hub)
-        yield hub.queue
-    finally:
-        await hub.queue.close()
-        await hub.redis.aclose()
+    async with runtime.opened_queue(hub) as queue:
+        yield queue
 
 
 async def failed(queue: QueueBackend, args: argparse.Namespace) -> int:

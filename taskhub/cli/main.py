@@ -29,7 +29,6 @@ try:
 except ImportError:  # pragma: no cover - a dependency everywhere but Windows
     uvloop = None  # type: ignore[assignment]
 
-from taskhub import __version__
 from taskhub.cli import jobs as jobs_cli
 from taskhub.cli import limits as limits_cli
 from taskhub.cli import status as status_cli
@@ -37,10 +36,13 @@ from taskhub.cli import supervisor
 from taskhub.cli.group import number_in
 from taskhub.cli.supervised import SupervisorLink
 from taskhub.config.secrets import secret_values
+from taskhub.context import Role
 from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
-from taskhub.hub.kernel import Hub, Role
+from taskhub.hub.kernel import Hub
 from taskhub.hub.plugins import PluginRegistry, load_plugins
+from taskhub.hub.runtime import Runtime
 from taskhub.monitoring import log_format
+from taskhub.version import __version__
 
 logger = logging.getLogger("taskhub")
 
@@ -173,7 +175,7 @@ def run_hub(args: argparse.Namespace, role: Role) -> int:
         return serve_processes(hub, args, role, workers)
     hub.check_role(role)
     link = adopt_supervisor_fds(hub, args)
-    run_async(hub.run(role, on_started=link.started if link else None))
+    run_async(Runtime(hub, role).run(on_started=link.started if link else None))
     return 0
 
 

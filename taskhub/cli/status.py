@@ -18,8 +18,8 @@ import orjson
 from taskhub.cli.group import columns, number_in, opened_run
 from taskhub.cli.jobs import opened_queue, shorten
 from taskhub.components import QueueBackend
-from taskhub.jobs import iso
-from taskhub.monitoring.snapshot import QueueSnapshot, Rates
+from taskhub.jobs import QueueSnapshot, iso
+from taskhub.monitoring.snapshot import Rates, queue_json
 
 DEFAULT_WATCH = 2.0
 # Home the cursor and clear the screen: each refresh replaces the last on a terminal.
@@ -70,7 +70,7 @@ async def status(queue: QueueBackend, args: argparse.Namespace) -> int:
         rates = Rates.of(snapshot, baseline)
         baseline = baseline or snapshot
         if args.json:
-            sys.stdout.write(orjson.dumps(snapshot.to_json(rates)).decode() + "\n")
+            sys.stdout.write(orjson.dumps(queue_json(snapshot, rates)).decode() + "\n")
         else:
             clear = CLEAR if args.watch is not None and sys.stdout.isatty() else ""
             sys.stdout.write(clear + render(snapshot, rates))

@@ -24,19 +24,13 @@ from pydantic import (
 from taskhub.config.problems import validate
 from taskhub.config.raw import RawConfig
 from taskhub.config.secrets import mask_url
+from taskhub.http import HEADER_NAME
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP token
 KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
-DEFAULT_TYPES = {
-    "server": "sanic",
-    "limiter": "token_bucket",
-    "queue": "saq",
-    "authenticator": "none",
-}
-MIN_TOKEN_LENGTH = 16  # bearer tokens of guarded endpoints
+MIN_TOKEN_LENGTH = 16  # bearer tokens of the admin endpoint and the dashboard
 
 
 class StrictModel(BaseModel):
@@ -113,25 +107,41 @@ class SinkSection(ComponentSection):
     type: str  # type: ignore[assignment]  # a sink entry must say which sink
 
 
+# A job's options, bounded once: a task's entry overrides the queue's defaults with them.
+Attempts = Annotated[
+    int, Field(ge=1, le=100, description="attempts in total (SAQ's retries: 1 never retries)")
+]
+AttemptTimeout = Annotated[
+    int, Field(ge=0, le=86_400, description="seconds one attempt may run; 0: no limit")
+]
+RetryDelay = Annotated[float, Field(ge=0, le=86_400, description="seconds before the first retry")]
+RetryBackoff = Annotated[
+    float, Field(ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling")
+]
+Heartbeat = Annotated[
+    float,
+    Field(ge=0.1, le=3_600, description="seconds without a beat before a job counts as lost"),
+]
+
+
+class JobOptions(BaseModel):
+    """How a task's jobs run; each unset option takes the queue's default."""
+
+    retries: Attempts | None = None
+    timeout: AttemptTimeout | None = None
+    retry_delay: RetryDelay | None = None
+    retry_backoff: RetryBackoff | None = None
+    heartbeat: Heartbeat | None = None
+
+
 # Options of a task entry that the kernel keeps for the queue; handlers may not declare them.
-JOB_OPTIONS = ("retries", "timeout", "retry_delay", "retry_backoff", "heartbeat")
+JOB_OPTIONS = tuple(JobOptions.model_fields)
 
 
-class TaskSection(ComponentSection):
+class TaskSection(ComponentSection, JobOptions):
     """A task clients may submit: its handler (``type``, default the task's own name),
     job options, and the handler's own options."""
 
-    retries: int | None = Field(None, ge=1, le=100, description="attempts in total")
-    timeout: int | None = Field(None, ge=0, le=86_400, description="seconds one attempt may run")
-    retry_delay: float | None = Field(
-        None, ge=0, le=86_400, description="seconds before the first retry"
-    )
-    retry_backoff: float | None = Field(
-        None, ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling"
-    )
-    heartbeat: float | None = Field(
-        None, ge=0.1, le=3_600, description="seconds without a beat before a job counts as lost"
-    )
     cost: int = Field(1, ge=1, le=1_000_000, description="what one submission weighs")
 
 
@@ -166,7 +176,7 @@ class DenyCacheSettings(StrictModel):
     max_keys: int = Field(10_000, ge=1, le=10_000_000)
 
 
-class GuardedEndpoint(StrictModel):
+class TokenEndpoint(StrictModel):
     """Endpoints off unless enabled, and then only with a bearer token of their own.
 
     Subclasses name their section and the environment variable the error suggests.
@@ -179,7 +189,7 @@ class GuardedEndpoint(StrictModel):
     token: str = ""
 
     @model_validator(mode="after")
-    def _token_when_enabled(self) -> GuardedEndpoint:
+    def _token_when_enabled(self) -> TokenEndpoint:
         if self.enabled and len(self.token) < MIN_TOKEN_LENGTH:
             name = self.section
             raise ValueError(
@@ -189,14 +199,14 @@ class GuardedEndpoint(StrictModel):
         return self
 
 
-class AdminSettings(GuardedEndpoint):
+class AdminSettings(TokenEndpoint):
     """The ``/admin/limits`` endpoint."""
 
     section = "admin"
     token_variable = "TASKHUB_ADMIN_TOKEN"
 
 
-class DashboardSettings(GuardedEndpoint):
+class DashboardSettings(TokenEndpoint):
     """``GET /dashboard`` and its data endpoints (README, "Dashboard")."""
 
     section = "dashboard"

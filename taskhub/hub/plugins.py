@@ -26,9 +26,10 @@ import pluggy
 from pydantic import BaseModel
 
 from taskhub import hookspecs
-from taskhub.components import KINDS, Component, Limiter, TaskHandler
+from taskhub.components import Component, Limiter, TaskHandler
 from taskhub.config.models import JOB_OPTIONS
 from taskhub.errors import PluginError, UnknownComponentError
+from taskhub.hookspecs import KINDS, Kind
 
 logger = logging.getLogger(__name__)
 
@@ -78,18 +79,18 @@ class PluginRegistry:
         self.plugins = plugins
         self._by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
         by_name = {info.name: info for info in plugins}
-        for kind in KINDS:
-            hook = getattr(manager.hook, f"register_{kind}s")
+        for kind in KINDS.values():
+            hook = getattr(manager.hook, kind.hook.__name__)
             for impl in hook.get_hookimpls():
                 self._call_register_hook(kind, impl, by_name.get(impl.plugin_name))
 
     def _call_register_hook(
-        self, kind: str, impl: pluggy.HookImpl, info: PluginInfo | None
+        self, kind: Kind, impl: pluggy.HookImpl, info: PluginInfo | None
     ) -> None:
         def register(cls: type[Component]) -> None:
             self._add(kind, cls, impl.plugin_name)
             if info is not None:
-                info.components.setdefault(kind, []).append(cls.name)
+                info.components.setdefault(kind.name, []).append(cls.name)
 
         try:
             impl.function(register=register)
@@ -97,15 +98,15 @@ class PluginRegistry:
             raise
         except Exception as exc:
             raise PluginError(
-                f"Plugin {impl.plugin_name!r} failed in register_{kind}s: "
+                f"Plugin {impl.plugin_name!r} failed in {kind.hook.__name__}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
-    def _add(self, kind: str, cls: Any, plugin: str) -> None:
-        base = KINDS[kind]
+    def _add(self, kind: Kind, cls: Any, plugin: str) -> None:
+        base, kind_name = kind.base, kind.name
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(
-                f"Plugin {plugin!r} registered {cls!r} as a {kind}, "
+                f"Plugin {plugin!r} registered {cls!r} as a {kind_name}, "
                 f"but it is not a subclass of taskhub.{base.__name__}"
             )
         name = cls.name
@@ -117,7 +118,7 @@ class PluginRegistry:
             )
         if not (isinstance(cls.Config, type) and issubclass(cls.Config, BaseModel)):
             raise PluginError(
-                f"Plugin {plugin!r}: {kind} {name!r} has a Config that is not a pydantic model"
+                f"Plugin {plugin!r}: {kind_name} {name!r} has a Config that is not a pydantic model"
             )
         if issubclass(cls, Limiter) and not cls.lua.strip():
             raise PluginError(f"Plugin {plugin!r}: limiter {name!r} defines no lua")
@@ -128,13 +129,13 @@ class PluginRegistry:
                     f"Plugin {plugin!r}: handler {name!r} declares option(s) "
                     f"{', '.join(sorted(clash))}, which task entries reserve for the kernel"
                 )
-        existing = self._by_kind[kind].get(name)
+        existing = self._by_kind[kind_name].get(name)
         if existing is not None:
             raise PluginError(
-                f"{kind.capitalize()} {name!r} is registered by both {existing.plugin!r} "
+                f"{kind_name.capitalize()} {name!r} is registered by both {existing.plugin!r} "
                 f"and {plugin!r}: rename one of them, or remove one plugin"
             )
-        self._by_kind[kind][name] = Registration(cls, plugin)
+        self._by_kind[kind_name][name] = Registration(cls, plugin)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from taskhub.components import Completion, Sink, Task, TaskSpec
+from taskhub.components import Sink
+from taskhub.jobs import Completion, Task, TaskSpec
 from taskhub.limits.execution import ExecutionGate
 
 

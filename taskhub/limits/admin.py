@@ -30,14 +30,14 @@ from taskhub.errors import UsageError
 from taskhub.limits.deny_cache import DenyCache
 from taskhub.limits.execution import waiting_line
 from taskhub.limits.policy import (
-    ADMITTED,
     CONSTANT_SUBJECT,
     FIELDS_PER_RULE,
+    Outcome,
     Rule,
     build_script,
     parse_rules,
 )
-from taskhub.store.clients import guarded
+from taskhub.store.clients import redis_call
 from taskhub.store.sharding import UNSHARDED, Shards
 
 Stage = Literal["admission", "execution"]
@@ -48,8 +48,8 @@ PROBE_COST = 1
 # Reply: {outcome, now}, each rule at cost 0, each rule at the probe cost (ARGV[2]),
 # then the PTTL of every key in KEYS order. Nothing is written.
 SHOW_BODY = f"""
-local out = reply({ADMITTED}, check_all(0))
-local probe = reply({ADMITTED}, check_all(cost))
+local out = reply({Outcome.ADMITTED:d}, check_all(0))
+local probe = reply({Outcome.ADMITTED:d}, check_all(cost))
 for i = 3, #probe do out[#out + 1] = probe[i] end
 for i = 1, #KEYS do out[#out + 1] = redis.call('PTTL', KEYS[i]) end
 return out
@@ -255,7 +255,7 @@ class LimitsAdmin:
         # KEYS: every rule's own keys, in rule order (what the script's rules read), then the rest
         flat = [k for own, _ in keys for k in own] + [k for _, extra in keys for k in extra]
         args = ["", str(PROBE_COST), "0", ""]
-        reply = await guarded(self._script(chosen)(keys=flat, args=args))
+        reply = await redis_call(self._script(chosen)(keys=flat, args=args))
         rules = [staged.rule for staged in chosen]
         width = len(rules) * FIELDS_PER_RULE
         state = parse_rules(rules, reply)
@@ -288,7 +288,7 @@ class LimitsAdmin:
                 continue
             own, extra = staged.redis_keys(self.prefix(key), key)
             plan.append((staged, [*own, *extra]))
-        counts = await guarded(self._delete([keys for _, keys in plan])) if plan else []
+        counts = await redis_call(self._delete([keys for _, keys in plan])) if plan else []
         deleted = {staged.name: int(n) for (staged, _), n in zip(plan, counts, strict=True)}
         if self.deny_cache is not None:
             for staged, _ in plan:

@@ -20,7 +20,6 @@ steps, as with ``limits.redis_url``.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Sequence
@@ -29,15 +28,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from taskhub.components import QueueBackend, TaskSpec
+from taskhub.components import QueueBackend
 from taskhub.errors import BackendUnavailable
+from taskhub.jobs import TaskSpec
 from taskhub.limits.deny_cache import DenyCache
-from taskhub.limits.fail_modes import FailMode, GuardedScript
+from taskhub.limits.fail_modes import FailMode, FailModeScript
 from taskhub.limits.policy import (
-    ADMITTED,
-    DUPLICATE,
-    FULL,
-    REFUSED,
+    Outcome,
     RequestContext,
     Rule,
     RuleResult,
@@ -51,13 +48,6 @@ from taskhub.store.pipeline import RedisPipeline, ScriptRunner
 from taskhub.store.sharding import UNSHARDED, Shards
 
 logger = logging.getLogger(__name__)
-
-
-class Outcome(enum.IntEnum):
-    REFUSED = REFUSED
-    ADMITTED = ADMITTED
-    DUPLICATE = DUPLICATE  # the job id was already stored: nothing new charged or queued
-    FULL = FULL  # the queue is at its maximum depth: nothing charged or queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +110,7 @@ class Admission:
             redis.register_script(self.source) if pipeline is None else pipeline.script(self.source)
         )
         if self.split:
-            self._limit = GuardedScript(
+            self._limit = FailModeScript(
                 limiter_redis or redis, build_script(self.rules, None), fail_mode, "limiter"
             )
 

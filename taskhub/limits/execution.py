@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from taskhub.errors import BackendUnavailable
-from taskhub.limits.fail_modes import FailMode, GuardedScript
-from taskhub.limits.policy import ADMITTED, REFUSED, RequestContext, Rule, build_script, parse_rules
+from taskhub.limits.fail_modes import FailMode, FailModeScript
+from taskhub.limits.policy import Outcome, RequestContext, Rule, build_script, parse_rules
 from taskhub.store.sharding import UNSHARDED, Shards
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ if not refused then
     if d.allowed then r.m.commit(r.ks, now, cost, r.p, d, job)
     elseif r.m.refuse then r.m.refuse(r.ks, now, cost, r.p, d) end
   end
-  return reply({ADMITTED}, ds)
+  return reply({Outcome.ADMITTED:d}, ds)
 end
 local wait, line = 0, 0
 for i, r in ipairs(rules) do
@@ -52,7 +52,7 @@ if queued_at and queued_at > at then at = queued_at end
 local step = tonumber(qa[line])
 redis.call('SET', qk[line], at + step, 'PX', math.max(1, at + step - now))
 ds[line].retry = at - now
-return reply({REFUSED}, ds)
+return reply({Outcome.REFUSED:d}, ds)
 """
 
 
@@ -80,7 +80,7 @@ class ExecutionGate:
         self._prefixes = shards.key_prefixes(key_prefix)
         self.fail_mode = fail_mode
         source = build_script(self.rules, None, body=EXECUTION_BODY)
-        self._script = GuardedScript(redis, source, fail_mode, "execution limits")
+        self._script = FailModeScript(redis, source, fail_mode, "execution limits")
 
     async def wait_ms(self, task: str, user_id: str, job_id: str, cost: int = 1) -> int:
         """0 if the job may run now (and it is charged), else how long it must wait."""
@@ -98,7 +98,7 @@ class ExecutionGate:
             reply, _ = await self._script([*keys, *lines], args)
         except BackendUnavailable:
             return CLOSED_RETRY_MS  # fail_mode closed: wait for the limiter, never fail
-        if reply is None or int(reply[0]) == ADMITTED:  # None: fail_mode open
+        if reply is None or int(reply[0]) == Outcome.ADMITTED:  # None: fail_mode open
             return 0
-        assert int(reply[0]) == REFUSED
+        assert int(reply[0]) == Outcome.REFUSED
         return max(1, *(r.retry_ms for r in parse_rules(self.rules, reply) if r.refuses))

@@ -38,7 +38,7 @@ def local_redis() -> Redis:
     return FakeAsyncRedis(server=FakeServer())
 
 
-class GuardedScript:
+class FailModeScript:
     """One Lua script on the limiter's Redis, with a fail mode for when it is unreachable."""
 
     def __init__(self, redis: Redis, source: str, fail_mode: FailMode, what: str) -> None:

@@ -9,6 +9,7 @@ or on its own.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,8 +107,16 @@ function Q.push(ks, a) end
 return Q
 """
 
-# Outcome codes shared by the script and taskhub.limits.admission.Outcome.
-REFUSED, ADMITTED, DUPLICATE, FULL = 0, 1, 2, 3
+
+class Outcome(enum.IntEnum):
+    """What an admission script decided; its reply starts with this code."""
+
+    REFUSED = 0
+    ADMITTED = 1
+    DUPLICATE = 2  # the job id was already stored: nothing new charged or queued
+    FULL = 3  # the queue is at its maximum depth: nothing charged or queued
+
+
 FIELDS_PER_RULE = 5
 
 
@@ -195,17 +204,17 @@ end
 DECIDE_BODY = f"""
 if Q.exists(qk, qa) then
   local ds = check_all(0)
-  return reply({DUPLICATE}, ds)
+  return reply({Outcome.DUPLICATE:d}, ds)
 end
 local ds, refused = check_all(cost)
 if refused then
   for i, r in ipairs(rules) do
     if not ds[i].allowed and r.m.refuse then r.m.refuse(r.ks, now, cost, r.p, ds[i]) end
   end
-  return reply({REFUSED}, ds)
+  return reply({Outcome.REFUSED:d}, ds)
 end
 if max_depth > 0 and Q.depth(qk, qa) >= max_depth then
-  return reply({FULL}, ds)
+  return reply({Outcome.FULL:d}, ds)
 end
 Q.push(qk, qa)
 for i, r in ipairs(rules) do
@@ -216,7 +225,7 @@ for i, r in ipairs(rules) do
     r.m.refuse(r.ks, now, cost, r.p, d)
   end
 end
-return reply({ADMITTED}, ds)
+return reply({Outcome.ADMITTED:d}, ds)
 """
 
 

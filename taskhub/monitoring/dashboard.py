@@ -22,8 +22,8 @@ from pydantic import with_config
 from typing_extensions import TypedDict
 
 from taskhub.components import QueueBackend
-from taskhub.jobs import iso
-from taskhub.monitoring.snapshot import QueueJson, QueueSnapshot, Rates
+from taskhub.jobs import QueueSnapshot, iso
+from taskhub.monitoring.snapshot import QueueJson, Rates, queue_json
 from taskhub.monitoring.traffic import TrafficJson, TrafficRecorder
 
 CACHE_TTL = 1.0  # seconds one summary serves every viewer
@@ -31,10 +31,10 @@ FAILURES = 10  # dead letters listed, newest first
 RATE_BASIS = 60.0  # seconds of snapshots kept to measure job rates against
 
 
+# The one definition of the summary's JSON: the OpenAPI document is made from it.
 @with_config(extra="forbid")
 class Summary(TypedDict):
-    """``GET /dashboard/api/summary``: the one definition of its JSON, which taskhub.web.openapi
-    documents."""
+    """What the dashboard shows: traffic from every server, and the queue's state."""
 
     taken_at: str | None
     traffic: TrafficJson
@@ -92,5 +92,5 @@ class Dashboard:
         return {
             "taken_at": iso(snapshot.taken_at),
             "traffic": traffic.to_json(),
-            "queue": snapshot.to_json(Rates.of(snapshot, baseline)),
+            "queue": queue_json(snapshot, Rates.of(snapshot, baseline)),
         }

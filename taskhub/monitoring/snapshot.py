@@ -1,6 +1,6 @@
-"""A queue's state at one moment, for ``taskhub status``: depth, workers, rates, failures.
+"""A queue's state at one moment, as JSON and with rates: ``taskhub status`` and the dashboard.
 
-Queue plugins fill a :class:`QueueSnapshot` from their own store
+Queue plugins fill a :class:`taskhub.jobs.QueueSnapshot` from their own store
 (:meth:`taskhub.components.QueueBackend.snapshot`); this module only shapes it
 and derives rates, so the CLI never imports a queue library.
 
@@ -12,13 +12,12 @@ seconds, so a rate is only as fresh as the workers' last reports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 
 from pydantic import with_config
 from typing_extensions import TypedDict
 
-from taskhub.jobs import JobInfo, iso
+from taskhub.jobs import QueueSnapshot, WorkerStatus, iso
 
 # The JSON shapes below are the only definition of what ``--json`` and the dashboard's
 # summary write: taskhub.web.openapi documents them from these very classes.
@@ -67,67 +66,42 @@ class QueueJson(TypedDict):
     recent_failures: list[DeadLetterJson]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    """One worker as it last reported itself; ``None`` where it has not (yet)."""
-
-    worker_id: str
-    running: int  # jobs in the active list claimed by this worker, read from the jobs
-    last_seen: datetime | None = None  # when it last wrote its stats
-    complete: int | None = None  # counters since the worker started
-    failed: int | None = None  # out of attempts: dead letters
-    retried: int | None = None  # attempts that failed with attempts left
-    aborted: int | None = None
-    uptime: float | None = None  # seconds, on the worker's clock, at its last report
-
-    def to_json(self) -> WorkerJson:
-        return {
-            "worker_id": self.worker_id,
-            "running": self.running,
-            "last_seen": iso(self.last_seen),
-            "complete": self.complete,
-            "failed": self.failed,
-            "retried": self.retried,
-            "aborted": self.aborted,
-            "uptime": self.uptime,
-        }
+def worker_json(worker: WorkerStatus) -> WorkerJson:
+    return {
+        "worker_id": worker.worker_id,
+        "running": worker.running,
+        "last_seen": iso(worker.last_seen),
+        "complete": worker.complete,
+        "failed": worker.failed,
+        "retried": worker.retried,
+        "aborted": worker.aborted,
+        "uptime": worker.uptime,
+    }
 
 
-@dataclass(frozen=True, slots=True)
-class QueueSnapshot:
-    """Counts read together; ``scheduled`` is waiting for a retry delay or an execution limit."""
-
-    queue: str
-    taken_at: datetime
-    queued: int
-    active: int
-    scheduled: int
-    dead: int
-    workers: list[WorkerStatus] = field(default_factory=list)
-    recent_failures: list[JobInfo] = field(default_factory=list)  # newest dead letters first
-
-    def to_json(self, rates: Rates | None = None) -> QueueJson:
-        return {
-            "queue": self.queue,
-            "taken_at": iso(self.taken_at),
-            "queued": self.queued,
-            "active": self.active,
-            "scheduled": self.scheduled,
-            "dead": self.dead,
-            "workers": [worker.to_json() for worker in self.workers],
-            "rates": (rates or Rates.of(self)).to_json(),
-            "recent_failures": [
-                {
-                    "job_id": job.job_id,
-                    "task": job.task,
-                    "user_id": job.user_id,
-                    "attempts": job.attempts,
-                    "failed_at": iso(job.completed_at),
-                    "error": job.error_summary,
-                }
-                for job in self.recent_failures
-            ],
-        }
+def queue_json(snapshot: QueueSnapshot, rates: Rates | None = None) -> QueueJson:
+    """``taskhub status --json`` and the dashboard's ``queue``."""
+    return {
+        "queue": snapshot.queue,
+        "taken_at": iso(snapshot.taken_at),
+        "queued": snapshot.queued,
+        "active": snapshot.active,
+        "scheduled": snapshot.scheduled,
+        "dead": snapshot.dead,
+        "workers": [worker_json(worker) for worker in snapshot.workers],
+        "rates": (rates or Rates.of(snapshot)).to_json(),
+        "recent_failures": [
+            {
+                "job_id": job.job_id,
+                "task": job.task,
+                "user_id": job.user_id,
+                "attempts": job.attempts,
+                "failed_at": iso(job.completed_at),
+                "error": job.error_summary,
+            }
+            for job in snapshot.recent_failures
+        ],
+    }
 
 
 @dataclass(frozen=True, slots=True)

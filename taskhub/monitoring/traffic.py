@@ -31,7 +31,7 @@ from typing_extensions import TypedDict
 
 from taskhub.limits.admission import Decision, Outcome
 from taskhub.limits.policy import RequestContext, Rule
-from taskhub.store.clients import guarded
+from taskhub.store.clients import redis_call
 from taskhub.store.outage import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class SeriesJson(TypedDict):
 
 @with_config(extra="forbid")
 class TrafficJson(TypedDict):
-    """What the dashboard's summary says of traffic (documented by taskhub.web.openapi)."""
+    """Admitted and refused submissions per second, and the keys refused most."""
 
     until: int
     window_s: int
@@ -232,7 +232,7 @@ class TrafficRecorder:
                 pipe.hmget(self.second_key(second), "admitted", "refused")
             for m in (minute - 1, minute):
                 pipe.zrevrange(self.minute_key(m), 0, top * 5 - 1, withscores=True)
-            replies = await guarded(pipe.execute())
+            replies = await redis_call(pipe.execute())
         admitted = [int(a or 0) for a, _ in replies[:history]]
         refused = [int(r or 0) for _, r in replies[:history]]
         merged: dict[str, float] = {}

@@ -57,7 +57,7 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
 
 
-async def guarded(call: Awaitable[T]) -> T:
+async def redis_call(call: Awaitable[T]) -> T:
     """Await ``call``; Redis being unreachable becomes BackendUnavailable, bugs stay bugs."""
     try:
         return await call

@@ -14,72 +14,61 @@ these run out: at most the Retry-After they answered with.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
-from urllib.parse import unquote
-
-from sanic import Request, Sanic
-from sanic.response import HTTPResponse
+from urllib.parse import parse_qs, unquote
 
 from taskhub.bearer import bearer_credentials, bearer_token_ok
-from taskhub.builtin.sanic.request_id import tracked
 from taskhub.errors import BackendUnavailable
-from taskhub.limits.admin import UnknownRule, reset_body, show_body
-from taskhub.web.responses import error_response, json_response
-
-if TYPE_CHECKING:
-    from taskhub.hub.kernel import Hub
+from taskhub.http import HttpRequest, HttpResponse
+from taskhub.limits.admin import LimitsAdmin, UnknownRule, reset_body, show_body
+from taskhub.web.responses import error_response, json_response, unavailable
 
 logger = logging.getLogger(__name__)
 
-ROUTE = "/admin/limits/<key:path>"
+PREFIX = "/admin/limits/"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskhub admin"'}
+LIMITER_DOWN = "the limiter's Redis is unreachable; retry shortly"
 
 
-def add_admin_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
-    """Add the routes if the config enables them; needs ``hub.admission`` built."""
-    settings = hub.settings.limits.admin
-    if not settings.enabled:
-        return
-    admin = hub.build_limits_admin()
-    token = settings.token
-    unavailable = {"Retry-After": str(retry_after)}
+class LimitsEndpoint:
+    """Both methods of ``/admin/limits/{key}``."""
 
-    def refusal(request: Request) -> HTTPResponse | None:
+    def __init__(self, admin: LimitsAdmin, token: str, retry_after_s: int) -> None:
+        self.admin = admin
+        self.token = token
+        self.retry_after_s = retry_after_s
+
+    def refusal(self, request: HttpRequest) -> HttpResponse | None:
         header = request.headers.get("authorization")
         if bearer_credentials(header) is None:
             message = "send the admin token: Authorization: Bearer <token>"
             return error_response(401, "unauthorized", message, CHALLENGE)
-        if not bearer_token_ok(header, token):
+        if not bearer_token_ok(header, self.token):
             return error_response(403, "forbidden", "wrong admin token")
         return None
 
-    async def limits(request: Request, key: str) -> HTTPResponse:
-        denied = refusal(request)
+    async def __call__(self, request: HttpRequest, key: str) -> HttpResponse:
+        denied = self.refusal(request)
         if denied is not None:
             return denied
         try:
             subject = unquote(key, errors="strict")
         except UnicodeDecodeError:
             return error_response(400, "bad_request", "the key is not percent-encoded UTF-8")
-        rule = request.get_args(keep_blank_values=True).get("rule")
+        rule = parse_qs(request.query, keep_blank_values=True).get("rule", [None])[0]
         try:
             if request.method == "DELETE":
-                resets = await admin.reset(subject, rule)
+                resets = await self.admin.reset(subject, rule)
                 body = reset_body(subject, resets)
                 logger.info(
                     "admin reset of %r (%s) from %s: %d key(s) deleted",
                     subject,
                     rule or "every rule",
-                    request.ip,
+                    request.client,
                     body["deleted"],
                 )
                 return json_response(200, body)
-            return json_response(200, show_body(subject, await admin.show(subject, rule)))
+            return json_response(200, show_body(subject, await self.admin.show(subject, rule)))
         except UnknownRule as exc:
             return error_response(400, "unknown_rule", str(exc))
         except BackendUnavailable:
-            message = "the limiter's Redis is unreachable; retry shortly"
-            return error_response(503, "unavailable", message, unavailable)
-
-    app.add_route(tracked(limits), ROUTE, methods=["GET", "DELETE"], name="admin_limits")
-    logger.info("admin endpoint on: GET and DELETE /admin/limits/{key}")
+            return unavailable(self.retry_after_s, LIMITER_DOWN)

@@ -1,7 +1,7 @@
-"""Authentication on the Sanic server: the configured authenticator, bound once.
+"""Authentication of the task endpoints: the configured authenticator, bound once.
 
 With ``auth: {type: none}`` (or any authenticator whose ``enabled`` is False)
-:func:`request_guard` returns None and the handlers skip authentication: the
+:func:`request_auth` returns None and the handlers skip authentication: the
 request path then does nothing for it.
 """
 
@@ -9,32 +9,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sanic import Request
-from sanic.response import HTTPResponse
-
 from taskhub.components import Authenticator, Principal, Unauthenticated
+from taskhub.http import HttpRequest, HttpResponse
 from taskhub.web.responses import error_response
 
-Guard = Callable[[Request], Principal | HTTPResponse]
+RequestAuth = Callable[[HttpRequest], Principal | HttpResponse]
 
 
-def request_guard(authenticator: Authenticator) -> Guard | None:
+def request_auth(authenticator: Authenticator) -> RequestAuth | None:
     """A function from a request to its principal or to the 401 that refuses it."""
     if not authenticator.enabled:
         return None
     authenticate = authenticator.authenticate
     challenge = {"WWW-Authenticate": authenticator.challenge}
 
-    def guard(request: Request) -> Principal | HTTPResponse:
+    def authenticated(request: HttpRequest) -> Principal | HttpResponse:
         try:
             return authenticate(request.headers)
         except Unauthenticated as exc:
             return error_response(401, "unauthorized", exc.message, challenge)
 
-    return guard
+    return authenticated
 
 
-def forbidden(bound: str, user_id: str) -> HTTPResponse:
+def forbidden(bound: str, user_id: str) -> HttpResponse:
     """403 for a key bound to ``bound`` that submits for someone else."""
     message = f"this API key is bound to user {bound!r} and cannot submit for {user_id!r}"
     return error_response(403, "forbidden", message)

@@ -18,24 +18,16 @@ import hashlib
 import logging
 import re
 from importlib import resources
-from typing import TYPE_CHECKING
-
-from sanic import Request, Sanic
-from sanic.response import HTTPResponse
 
 from taskhub.bearer import bearer_token_ok
-from taskhub.builtin.sanic.request_id import tracked
 from taskhub.errors import BackendUnavailable, UsageError
+from taskhub.http import HttpRequest, HttpResponse
 from taskhub.monitoring.dashboard import Dashboard
-from taskhub.web.responses import error_response, json_response
-
-if TYPE_CHECKING:
-    from taskhub.hub.kernel import Hub
+from taskhub.web.responses import NO_STORE, error_response, json_response, unavailable
 
 logger = logging.getLogger(__name__)
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="taskhub dashboard"'}
-NO_STORE = {"Cache-Control": "no-store"}
 MAX_JOB_ID = 256  # longer than any id a queue makes
 
 
@@ -61,66 +53,54 @@ def page() -> tuple[bytes, dict[str, str]]:
     return text.encode(), headers
 
 
-def add_dashboard_routes(app: Sanic, hub: Hub, retry_after: int) -> None:
-    """Add the routes if the config enables them; needs ``hub.traffic`` started."""
-    settings = hub.settings.dashboard
-    if not settings.enabled:
-        return
-    assert hub.traffic is not None
-    dashboard = Dashboard(hub.traffic, hub.queue)
-    token = settings.token
-    body, page_headers = page()
-    unavailable_headers = {"Retry-After": str(retry_after), **NO_STORE}
+class DashboardEndpoints:
+    """The page, its summary and its one action (retry a dead letter)."""
 
-    def refusal(request: Request) -> HTTPResponse | None:
-        if bearer_token_ok(request.headers.get("authorization"), token):
+    def __init__(self, dashboard: Dashboard, token: str, retry_after_s: int) -> None:
+        self.dashboard = dashboard
+        self.token = token
+        self.retry_after_s = retry_after_s
+        body, headers = page()
+        self.page_body, self.page_headers = body, headers
+
+    def refusal(self, request: HttpRequest) -> HttpResponse | None:
+        if bearer_token_ok(request.headers.get("authorization"), self.token):
             return None
         message = "send the dashboard token: Authorization: Bearer <dashboard.token>"
         return error_response(401, "unauthorized", message, {**CHALLENGE, **NO_STORE})
 
-    def unavailable() -> HTTPResponse:
-        message = "the task store is unreachable; retry shortly"
-        return error_response(503, "unavailable", message, unavailable_headers)
+    def unavailable(self) -> HttpResponse:
+        return unavailable(self.retry_after_s, headers=NO_STORE)
 
-    async def show(request: Request) -> HTTPResponse:
-        return HTTPResponse(body, headers=page_headers, content_type="text/html; charset=utf-8")
+    async def show(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(
+            200, self.page_body, dict(self.page_headers), "text/html; charset=utf-8"
+        )
 
-    async def summary(request: Request) -> HTTPResponse:
-        denied = refusal(request)
+    async def summary(self, request: HttpRequest) -> HttpResponse:
+        denied = self.refusal(request)
         if denied is not None:
             return denied
         try:
-            return json_response(200, await dashboard.summary(), NO_STORE)
+            return json_response(200, await self.dashboard.summary(), NO_STORE)
         except BackendUnavailable:
-            return unavailable()
+            return self.unavailable()
         except UsageError as exc:  # a queue plugin without snapshot()
             return error_response(501, "not_implemented", str(exc), NO_STORE)
 
-    async def retry(request: Request, job_id: str) -> HTTPResponse:
-        denied = refusal(request)
+    async def retry(self, request: HttpRequest, job_id: str) -> HttpResponse:
+        denied = self.refusal(request)
         if denied is not None:
             return denied
         if len(job_id) > MAX_JOB_ID:
             message = f"job_id is {len(job_id)} characters long; ids have at most {MAX_JOB_ID}"
             return error_response(400, "bad_request", message, NO_STORE)
         try:
-            moved = await dashboard.retry(job_id)
+            moved = await self.dashboard.retry(job_id)
         except BackendUnavailable:
-            return unavailable()
+            return self.unavailable()
         if not moved:
             message = "no such dead letter (retried already, purged or expired)"
             return error_response(404, "not_found", message, NO_STORE)
-        logger.info("dead letter %s queued again from the dashboard (%s)", job_id, request.ip)
+        logger.info("dead letter %s queued again from the dashboard (%s)", job_id, request.client)
         return json_response(200, {"status": "queued", "job_id": job_id}, NO_STORE)
-
-    app.add_route(tracked(show), "/dashboard", methods=["GET"], name="dashboard")
-    app.add_route(
-        tracked(summary), "/dashboard/api/summary", methods=["GET"], name="dashboard_summary"
-    )
-    app.add_route(
-        tracked(retry),
-        "/dashboard/api/failed/<job_id:str>/retry",
-        methods=["POST"],
-        name="dashboard_retry",
-    )
-    logger.info("dashboard on: GET /dashboard")

@@ -11,16 +11,26 @@ written down once.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import TypeAdapter
 
-from taskhub import __version__
-from taskhub.jobs import JobStatus
 from taskhub.limits.admin import LimitsReset, LimitsShown
 from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.request_id import HEADER as REQUEST_ID
 from taskhub.monitoring.request_id import MAX_LENGTH as REQUEST_ID_LENGTH
+from taskhub.version import __version__
+from taskhub.web.models import (
+    Conflict,
+    Error,
+    Health,
+    Job,
+    NotReady,
+    Queued,
+    RateLimited,
+    Ready,
+    Requeued,
+)
 from taskhub.web.submission import IDEMPOTENCY_KEY, TaskRequest
 
 REF = "#/components/schemas/{model}"
@@ -31,96 +41,6 @@ SECURITY_SCHEME = "apiKey"
 ADMIN_SCHEME = "adminToken"
 DASHBOARD_SCHEME = "dashboardToken"
 METHODS = ("get", "post", "delete")
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Queued(_Body):
-    """200 from ``POST /task``: the job is stored."""
-
-    status: Literal["queued"]
-    job_id: str
-    task: str
-    replayed: Literal[True] = Field(
-        True, description="present only when an Idempotency-Key named an existing job"
-    )
-
-
-class FieldProblem(_Body):
-    field: str = Field(description='dotted path of the field, e.g. "payload.count"')
-    message: str
-
-
-class Error(_Body):
-    """Every error: a code for programs, a sentence for people."""
-
-    error: str = Field(description="a stable code, e.g. invalid_json, queue_full, not_found")
-    message: str
-    problems: list[FieldProblem] = Field(
-        default_factory=list, description="422 only: one entry per invalid field"
-    )
-
-
-class RateLimited(_Body):
-    """429: a rate-limit rule refused."""
-
-    error: Literal["rate_limited"]
-    message: str
-    policy: str = Field(description="the refusing rule with the longest wait")
-    refused_by: list[str] = Field(description="every refusing rule")
-    retry_after: int = Field(ge=1, description="seconds, as in Retry-After")
-
-
-class Job(_Body):
-    """A job's state (``GET /task/{job_id}``). Times are ISO-8601 UTC with milliseconds."""
-
-    job_id: str
-    task: str
-    user_id: str
-    status: JobStatus
-    attempts: int = Field(ge=0)
-    max_attempts: int = Field(ge=0)
-    queued_at: str | None
-    retry_at: str | None
-    started_at: str | None
-    completed_at: str | None
-    result: Any = Field(description="what the handler returned")
-    error: str | None = Field(description="the last failure's traceback")
-
-
-class Conflict(_Body):
-    """409 from ``DELETE /task/{job_id}``: the job had already finished."""
-
-    error: Literal["conflict"]
-    message: str
-    job: Job
-
-
-class Health(_Body):
-    status: Literal["ok"]
-
-
-Check = Literal["ok", "unavailable", "timeout"]
-
-
-class Ready(_Body):
-    status: Literal["ready"]
-    checks: dict[str, Check] = Field(description="each dependency checked: redis, queue, ...")
-
-
-class NotReady(_Body):
-    status: Literal["not_ready"]
-    reason: str = Field(description='the failed checks, e.g. "redis: unavailable"')
-    checks: dict[str, Check]
-
-
-class Requeued(_Body):
-    """200 from the dashboard's retry: the dead letter is queued again."""
-
-    status: Literal["queued"]
-    job_id: str
 
 
 RESPONSE_MODELS: tuple[type[Any], ...] = (

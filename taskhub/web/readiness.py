@@ -9,40 +9,30 @@ never hangs on a dead server.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
 
 from taskhub.errors import BackendUnavailable
-from taskhub.store.clients import guarded
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from taskhub.hub.kernel import Hub
-
-logger = logging.getLogger(__name__)
+from taskhub.store.clients import redis_call
 
 OK = "ok"
+Check = Callable[[], Awaitable[Any]]
 
 
-async def readiness(hub: Hub, timeout: float) -> dict[str, str]:
+def pinger(client: Redis) -> Check:
+    """A check that PINGs ``client``."""
+    return lambda: redis_call(client.ping())
+
+
+async def readiness(checks: Mapping[str, Check], timeout: float) -> dict[str, str]:
     """Each check's outcome: ``"ok"``, ``"unavailable"`` or ``"timeout"``; all run at once."""
-    checks: dict[str, Callable[[], Awaitable[Any]]] = {}
-    if hub.redis is not None:
-        checks["redis"] = _pinger(hub.redis)
-    if hub.limiter_redis is not None:
-        checks["limiter_redis"] = _pinger(hub.limiter_redis)
-    checks["queue"] = hub.queue.check
     outcomes = await asyncio.gather(*(_run(check, timeout) for check in checks.values()))
     return dict(zip(checks, outcomes, strict=True))
 
 
-def _pinger(client: Redis) -> Callable[[], Awaitable[Any]]:
-    return lambda: guarded(client.ping())
-
-
-async def _run(check: Callable[[], Awaitable[Any]], timeout: float) -> str:
+async def _run(check: Check, timeout: float) -> str:
     try:
         async with asyncio.timeout(timeout):
             await check()

@@ -1,52 +1,45 @@
-"""JSON responses, errors included, for every route of the Sanic server."""
+"""The responses every route shares: JSON bodies, errors, and the 503 of an unreachable store.
+
+Every error body is ``{"error": code, "message": message}``: a stable code for
+programs and a sentence for people. Nothing here ever carries a traceback.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from sanic.helpers import has_message_body
-from sanic.response import HTTPResponse
 
-JSON = "application/json"
+from taskhub.http import JSON, HttpResponse
 
-
-class JsonResponse(HTTPResponse):
-    """An HTTPResponse whose plain-ASCII headers are encoded as they are.
-
-    Sanic strips CR, LF and NUL from every header name and value of every
-    response, which costs more than the rest of a refusal's headers put
-    together. A value that is printable ASCII has none of those, so only a
-    value that is not goes through Sanic's own sanitising.
-    """
-
-    __slots__ = ()
-
-    @property
-    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
-        if has_message_body(self.status):
-            self.headers.setdefault("content-type", self.content_type)
-        sanitize = self._sanitize_header_value
-        for name, raw in self.headers.items():
-            value = raw if isinstance(raw, str) else f"{raw}"
-            if name.isascii() and name.isprintable() and value.isascii() and value.isprintable():
-                yield name.encode(), value.encode()
-            else:
-                yield (
-                    sanitize(name).encode("ascii"),
-                    sanitize(value).encode(errors="surrogateescape"),
-                )
+STORE_DOWN = "the task store is unreachable; retry shortly"
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def json_response(
-    status: int, body: Mapping[str, Any], headers: dict[str, str] | None = None
-) -> HTTPResponse:
-    return JsonResponse(orjson.dumps(body), status=status, headers=headers, content_type=JSON)
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps(body), dict(headers) if headers else {}, JSON)
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> HTTPResponse:
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> HttpResponse:
     """``{"error": code, "message": message}``: a code for programs, a sentence for people."""
     return json_response(status, {"error": code, "message": message}, headers)
+
+
+def retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
+
+
+def unavailable(
+    seconds: int, message: str = STORE_DOWN, headers: Mapping[str, str] | None = None
+) -> HttpResponse:
+    """503 with Retry-After: Redis (or the queue's store) cannot be reached right now."""
+    return error_response(503, "unavailable", message, {**retry_after(seconds), **(headers or {})})
+
+
+def not_found(message: str = "no such job (or it has expired)") -> HttpResponse:
+    return error_response(404, "not_found", message)

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from taskhub.components import TaskSpec
+from taskhub.jobs import MAX_USER_ID, TaskSpec
+from taskhub.web.models import FieldProblem
 
-MAX_USER_ID = 256
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
@@ -42,12 +42,6 @@ class TaskRequest(BaseModel):
         if _CONTROL.search(value):
             raise ValueError("must not contain control characters")
         return value
-
-
-@dataclass(frozen=True)
-class FieldProblem:
-    field: str
-    message: str
 
 
 @dataclass
@@ -90,7 +84,11 @@ class SubmissionParser:
         if spec is None:
             choices = ", ".join(sorted(self.tasks))
             raise _invalid(
-                [FieldProblem("task", f"unknown task {name!r}; choose one of: {choices}")]
+                [
+                    FieldProblem(
+                        field="task", message=f"unknown task {name!r}; choose one of: {choices}"
+                    )
+                ]
             )
         payload: Any = request.payload
         model = spec.handler.Payload
@@ -119,7 +117,7 @@ def unstorable_payload(reason: str) -> SubmissionError:
     Queues raise it from ``prepare``, so the check costs nothing on the usual path.
     """
     message = reason[:1].lower() + reason[1:]
-    return _invalid([FieldProblem("payload", f"cannot be stored: {message}")])
+    return _invalid([FieldProblem(field="payload", message=f"cannot be stored: {message}")])
 
 
 def _invalid(problems: list[FieldProblem]) -> SubmissionError:
@@ -140,7 +138,7 @@ def _field_problems(exc: ValidationError, prefix: str = "") -> list[FieldProblem
         else:
             message = error["msg"][:1].lower() + error["msg"][1:]
             message = message.removeprefix("value error, ")
-        problems.append(FieldProblem(name, message))
+        problems.append(FieldProblem(field=name, message=message))
     return problems
 
 

@@ -8,15 +8,15 @@ loader (``auth.keys[].key``), so ``taskhub check``, errors and logs print ``***`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, field_validator
 
-from taskhub import Authenticator, Options, Principal, Unauthenticated, hookimpl
+from taskhub import Authenticator, Headers, Options, Principal, Unauthenticated, hookimpl
 from taskhub.bearer import bearer_credentials, digest
-from taskhub.config.models import HEADER_NAME
-from taskhub.web.submission import MAX_USER_ID
+from taskhub.http import HEADER_NAME
+from taskhub.jobs import MAX_USER_ID
 
 MIN_KEY_LENGTH = 16
 AUTHORIZATION = "authorization"
@@ -77,7 +77,7 @@ class ApiKeyAuth(Authenticator):
         how = "Authorization: Bearer <key>" if self._bearer else f"{self.config.header}: <key>"
         self._missing = f"send an API key: {how}"
 
-    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    def authenticate(self, headers: Headers) -> Principal:
         value = headers.get(self._header)
         given = bearer_credentials(value) if self._bearer else (value or "").strip()
         if not given:

@@ -6,9 +6,9 @@ path does no work for it, not even a call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-from taskhub import Authenticator, Principal, hookimpl
+from taskhub import Authenticator, Headers, Principal, hookimpl
 
 ANONYMOUS = Principal("anonymous")
 
@@ -17,7 +17,7 @@ class NoAuth(Authenticator):
     name = "none"
     enabled = False
 
-    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    def authenticate(self, headers: Headers) -> Principal:
         return ANONYMOUS
 
 

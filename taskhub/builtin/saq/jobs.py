@@ -20,8 +20,7 @@ from saq.job import Job, Status
 from saq.utils import now
 
 from taskhub.builtin.saq.redis_queue import SEEN_MS, Fence, HardenedRedisQueue, Move
-from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus
-from taskhub.monitoring.snapshot import QueueSnapshot, WorkerStatus
+from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, QueueSnapshot, WorkerStatus
 
 # Ids taskhub hands out are uuid4 hex; anything outside this never names a job.
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")

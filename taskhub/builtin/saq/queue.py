@@ -20,22 +20,33 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from pydantic import Field
 
-from taskhub import Options, PreparedJob, QueueBackend, TaskSpec, hookimpl
+from taskhub import (
+    Attempts,
+    AttemptTimeout,
+    Heartbeat,
+    Options,
+    PluginContext,
+    PreparedJob,
+    QueueBackend,
+    RetryBackoff,
+    RetryDelay,
+    TaskSpec,
+    UnstorablePayload,
+    hookimpl,
+)
 from taskhub.builtin.saq import jobs as saq_jobs
 from taskhub.builtin.saq.jobs import job_info
 from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq.worker import HubWorker
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo
 from taskhub.monitoring import request_id
-from taskhub.store.clients import guarded
+from taskhub.store.clients import redis_call
 from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
-from taskhub.web.submission import unstorable_payload
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from taskhub.hub.kernel import Hub
-    from taskhub.monitoring.snapshot import QueueSnapshot
+    from taskhub.jobs import QueueSnapshot
 
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
@@ -70,15 +81,11 @@ class SaqQueue(QueueBackend):
     class Config(Options):
         name: str = Field("tasks", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="queue name")
         concurrency: int = Field(10, ge=1, le=10_000, description="jobs run at once per worker")
-        timeout: int = Field(60, ge=1, le=86_400, description="seconds one attempt may run")
-        retries: int = Field(3, ge=1, le=100, description="attempts in total, SAQ's meaning")
-        retry_delay: float = Field(1, ge=0, le=86_400, description="seconds before the 1st retry")
-        retry_backoff: float = Field(
-            60, ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling"
-        )
-        heartbeat: float = Field(
-            10, ge=0.1, le=3_600, description="seconds without a beat before a job is re-run"
-        )
+        timeout: AttemptTimeout = 60
+        retries: Attempts = 3
+        retry_delay: RetryDelay = 1
+        retry_backoff: RetryBackoff = 60
+        heartbeat: Heartbeat = 10
         ttl: int = Field(
             600, ge=-1, description="seconds a finished job is kept (0 forever, -1 not at all)"
         )
@@ -185,7 +192,7 @@ class SaqQueue(QueueBackend):
         try:
             stored = orjson.dumps(job)
         except orjson.JSONEncodeError as exc:  # JSON the parser took, e.g. an int over 64 bits
-            raise unstorable_payload(str(exc)) from None
+            raise UnstorablePayload(str(exc)) from None
         return PreparedJob(job_id=key, keys=keys, args=[stored, "0"], shard=shard)
 
     def redis_queue(self, client: Redis, shard: int = 0) -> HardenedRedisQueue:
@@ -193,23 +200,23 @@ class SaqQueue(QueueBackend):
         name = self._names[shard]
         return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl)
 
-    def beat_interval(self, hub: Hub) -> float:
+    def beat_interval(self, context: PluginContext) -> float:
         """A third of the shortest heartbeat any task has: two beats may be lost."""
-        beats = [spec.heartbeat for spec in hub.tasks.values() if spec.heartbeat is not None]
+        beats = [spec.heartbeat for spec in context.tasks.values() if spec.heartbeat is not None]
         return min([self.config.heartbeat, *beats]) / 3
 
-    async def work(self, hub: Hub, stop: asyncio.Event) -> None:
-        client = hub.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT)
+    async def work(self, context: PluginContext, stop: asyncio.Event) -> None:
+        client = context.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT)
         shards = [self.redis_queue(client, i) for i in range(self.shards.count)]
         for shard in shards:
             await shard.connect()
         worker = HubWorker(
             shards[0],
             shards=shards,
-            beat_interval=self.beat_interval(hub),
-            runner=hub.runner,
-            specs=hub.tasks,
-            metrics=hub.job_metrics,
+            beat_interval=self.beat_interval(context),
+            runner=context.runner,
+            specs=context.tasks,
+            metrics=context.job_counters,
             functions=[],  # jobs run through ``specs``
             concurrency=self.config.concurrency,
             timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]
@@ -229,23 +236,22 @@ class SaqQueue(QueueBackend):
 
     # ------------------------------------------------------------------ inspection
 
-    async def open(self, hub: Hub) -> None:
-        assert hub.redis is not None
-        # They share the hub's client; the hub closes it.
-        self._jobs = [self.redis_queue(hub.redis, i) for i in range(self.shards.count)]
+    async def open(self, context: PluginContext) -> None:
+        # They share the process's client; the kernel closes it.
+        self._jobs = [self.redis_queue(context.redis, i) for i in range(self.shards.count)]
 
     async def status(self, job_id: str) -> JobInfo | None:
         queue = self._queue_of(job_id)
-        return None if queue is None else await guarded(saq_jobs.status(queue, job_id))
+        return None if queue is None else await redis_call(saq_jobs.status(queue, job_id))
 
     async def abort(self, job_id: str) -> AbortResult:
         queue = self._queue_of(job_id)
         if queue is None:
             return AbortResult(AbortOutcome.UNKNOWN)
-        return await guarded(saq_jobs.abort(queue, job_id))
+        return await redis_call(saq_jobs.abort(queue, job_id))
 
     async def check(self) -> None:
-        await guarded(self._queues()[0].redis.exists(self._layouts[0][0]))
+        await redis_call(self._queues()[0].redis.exists(self._layouts[0][0]))
 
     async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
         shards = await self._each(lambda queue: queue.dead_entries(limit))
@@ -261,7 +267,7 @@ class SaqQueue(QueueBackend):
                 if queue is not None:
                     wanted.setdefault(queue, []).append(job_id)
             retries = (saq_jobs.retry_dead(queue, ids) for queue, ids in wanted.items())
-            moved = await guarded(asyncio.gather(*retries))
+            moved = await redis_call(asyncio.gather(*retries))
         return [job_id for shard in moved for job_id in shard]
 
     async def purge_dead(self) -> int:
@@ -281,8 +287,8 @@ class SaqQueue(QueueBackend):
         """``call`` on every shard at once (one shard: just the call)."""
         queues = self._queues()
         if len(queues) == 1:
-            return [await guarded(call(queues[0]))]
-        return list(await guarded(asyncio.gather(*(call(queue) for queue in queues))))
+            return [await redis_call(call(queues[0]))]
+        return list(await redis_call(asyncio.gather(*(call(queue) for queue in queues))))
 
     def _queue_of(self, job_id: str) -> HardenedRedisQueue | None:
         """The shard a job id names (ids carry their shard); None: no job of this queue."""

@@ -352,7 +352,7 @@ class HardenedRedisQueue(RedisQueue):
     async def beat(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)
         if ids:
-            await self.guarded(self._beat(keys=[self.beats_key], args=ids))
+            await self.skip_if_down(self._beat(keys=[self.beats_key], args=ids))
 
     async def move(
         self,
@@ -458,20 +458,20 @@ class HardenedRedisQueue(RedisQueue):
         # The lock lapses a little before the next round, so no worker's round is skipped
         # for a lock that is about to expire: recovery stays within heartbeat + interval.
         lock_ms = max(1, int(lock * 900))
-        rows = await self.guarded(
+        rows = await self.skip_if_down(
             self._inspect(keys=[self._sweep, self._active, self.beats_key], args=[lock_ms])
         )
         swept = []
         for job_id, raw, age in rows or []:
             if raw is None:  # listed but gone (deleted): drop the stale entry
-                await self.guarded(self._forget(job_id))
+                await self.skip_if_down(self._forget(job_id))
                 continue
             job = self.deserialize(raw)
             assert job is not None
             limit_ms = int((job.heartbeat or self.heartbeat) * 1000)
             if age < 0 or age <= limit_ms:
                 continue
-            if await self.guarded(self._recover(job, raw, limit_ms)):
+            if await self.skip_if_down(self._recover(job, raw, limit_ms)):
                 swept.append(job_id.decode())
         return swept
 
@@ -504,17 +504,17 @@ class HardenedRedisQueue(RedisQueue):
         return moved
 
     async def schedule(self, lock: int = 1) -> list[str]:
-        due = await self.guarded(self._due(keys=[self._incomplete, self._queued]))
+        due = await self.skip_if_down(self._due(keys=[self._incomplete, self._queued]))
         return [job_id.decode() for job_id in due or []]
 
     async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
-        await self.guarded(super().write_worker_info(worker_id, info, ttl))
+        await self.skip_if_down(super().write_worker_info(worker_id, info, ttl))
 
     async def jobs(self, job_keys: Iterable[str]) -> list[Job | None]:
-        """SAQ's abort upkeep reads running jobs through this: guarded like the rest."""
-        return await self.guarded(super().jobs(job_keys)) or []
+        """SAQ's abort upkeep reads running jobs through this: skipped in an outage too."""
+        return await self.skip_if_down(super().jobs(job_keys)) or []
 
-    async def guarded(self, call: Awaitable[T]) -> T | None:
+    async def skip_if_down(self, call: Awaitable[T]) -> T | None:
         """Upkeep during an outage: note it once and skip this round."""
         try:
             result = await call

@@ -48,9 +48,8 @@ from taskhub.monitoring.log_context import job_scope
 from taskhub.store.clients import is_unavailable
 
 if TYPE_CHECKING:
-    from taskhub.components import TaskSpec
-    from taskhub.hub.runner import TaskRunner
-    from taskhub.monitoring.metrics import JobMetrics
+    from taskhub.context import JobCounters, JobRunner
+    from taskhub.jobs import TaskSpec
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,9 +118,9 @@ class HubWorker(Worker):
         queue: HardenedRedisQueue,
         *,
         beat_interval: float,
-        runner: TaskRunner,
+        runner: JobRunner,
         specs: dict[str, TaskSpec],
-        metrics: JobMetrics | None = None,
+        metrics: JobCounters | None = None,
         shards: Sequence[HardenedRedisQueue] = (),
         **kwargs: Any,
     ) -> None:
@@ -238,11 +237,11 @@ class HubWorker(Worker):
         job, raw = taken
         queue = shard_of(job)
         if self.event.is_set():  # stopping: not ours to start
-            await queue.guarded(queue.move(job, Move.FRONT, Fence.STORED, raw))
+            await queue.skip_if_down(queue.move(job, Move.FRONT, Fence.STORED, raw))
             return False
         if await self._deferred(job, raw):
             return True
-        if not await queue.guarded(queue.claim(job, raw, self.id)):
+        if not await queue.skip_if_down(queue.claim(job, raw, self.id)):
             return True  # aborted or swept meanwhile, or Redis is away (the sweep re-queues it)
         me = asyncio.current_task()
         assert me is not None
@@ -266,7 +265,7 @@ class HubWorker(Worker):
         at = now() / 1000 + wait_ms / 1000
         job.scheduled = int(at)
         queue = shard_of(job)
-        await queue.guarded(queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
+        await queue.skip_if_down(queue.move(job, Move.LATER, Fence.STORED, raw, score=at))
         logger.debug("job %s over its execution limit: runs in %d ms", job.key, wait_ms)
         return True
 

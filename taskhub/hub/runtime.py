@@ -1,0 +1,276 @@
+"""One process running the hub in a role: the :class:`~taskhub.PluginContext` plugins see.
+
+Starting pushes each step's undo onto one ``AsyncExitStack``, so stopping (after
+SIGINT or SIGTERM, a failed start, or a worker that died) undoes exactly what
+started, in reverse: the ``shutdown`` hook, then the server drains its requests,
+the worker finishes or hands back its jobs, sinks flush, connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from redis.asyncio import Redis
+
+from taskhub.components import QueueBackend, Sink
+from taskhub.config.models import Settings
+from taskhub.context import HttpHandler, JobCounters, JobRunner, Role, RoleError
+from taskhub.errors import StartupError
+from taskhub.hub.describe import log_banner
+from taskhub.hub.kernel import Hub
+from taskhub.hub.runner import TaskRunner
+from taskhub.jobs import TaskSpec
+from taskhub.limits.admission import Admission
+from taskhub.monitoring.exporter import QueueDepth, WorkerExporter
+from taskhub.monitoring.metrics import JobMetrics, RequestMetrics
+from taskhub.monitoring.traffic import TrafficRecorder, traffic_prefix
+from taskhub.web.app import ApiParts, HttpApi, build_api
+from taskhub.web.readiness import Check, pinger
+
+logger = logging.getLogger("taskhub")
+
+
+class Runtime:
+    """Starts, runs and stops one process; implements :class:`taskhub.PluginContext`."""
+
+    def __init__(self, hub: Hub, role: Role) -> None:
+        self.hub = hub
+        self._role = role
+        self.stop = asyncio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self.worker: asyncio.Task[None] | None = None
+        self.admission: Admission | None = None
+        self.traffic: TrafficRecorder | None = None  # the dashboard's counts, when it is on
+        self._http: HttpApi | None = None
+        self._runner: TaskRunner | None = None
+        self._job_metrics: JobMetrics | None = None
+        self._request_metrics: RequestMetrics | None = None
+        self._queue_depth: QueueDepth | None = None
+        self._exporter: WorkerExporter | None = None
+
+    # ------------------------------------------------------------- PluginContext
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def settings(self) -> Settings:
+        return self.hub.settings
+
+    @property
+    def tasks(self) -> Mapping[str, TaskSpec]:
+        return self.hub.tasks
+
+    @property
+    def default_task(self) -> str:
+        return self.hub.default_task
+
+    @property
+    def redis(self) -> Redis:
+        client = self.hub.connections.redis
+        if client is None:
+            raise RoleError("context.redis is ready once the queue opens (queue.open)")
+        return client
+
+    def connect_redis(self, *, blocking_timeout: float = 0.0) -> Redis:
+        return self.hub.connections.connect(blocking_timeout=blocking_timeout)
+
+    @property
+    def http(self) -> HttpHandler:
+        if self._http is None:
+            raise RoleError(_missing("http", "a server process (taskhub run or serve)"))
+        return self._http
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            raise RoleError(_missing("runner", "a worker process (taskhub run or worker)"))
+        return self._runner
+
+    @property
+    def job_counters(self) -> JobCounters | None:
+        if not self._role & Role.WORKER:
+            raise RoleError(_missing("job_counters", "a worker process (taskhub run or worker)"))
+        return self._job_metrics
+
+    # ------------------------------------------------------------- running
+
+    async def run(self, on_started: Callable[[asyncio.Event], None] | None = None) -> None:
+        """Start, serve until SIGINT/SIGTERM (or a worker failure), then stop cleanly.
+
+        ``on_started(stop)`` runs once everything serves; setting ``stop`` shuts down
+        as a signal does (a supervised process uses both: see :mod:`taskhub.cli.supervisor`).
+        """
+        self.hub.check_role(self._role)
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for signum in signals:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            async with self._stack:
+                try:
+                    await self._start()
+                    if on_started is not None:
+                        on_started(self.stop)
+                    await self._serve()
+                finally:
+                    self.stop.set()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+        worker = self.worker
+        if worker is not None and worker.done() and not worker.cancelled() and worker.exception():
+            raise StartupError(f"the worker stopped: {worker.exception()}")
+
+    async def _serve(self) -> None:
+        """Until stopped, or until the worker ends (it only does by failing)."""
+        waiter = asyncio.create_task(self.stop.wait())
+        waiting = {waiter, self.worker} if self.worker else {waiter}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            logger.warning("%s again: exiting now, without waiting for work in flight", name)
+            os._exit(1)
+        logger.info("%s received: shutting down (send it again to exit at once)", name)
+        self.stop.set()
+
+    async def _start(self) -> None:
+        """Each step, then its undo on the stack: stopping is the same list, backwards."""
+        hub, stack, role = self.hub, self._stack, self._role
+        stack.push_async_callback(hub.connections.aclose)
+        hub.connections.shared()
+        await hub.queue.open(self)
+        stack.push_async_callback(self._closed)
+        stack.push_async_callback(hub.queue.close)
+        self._start_metrics()
+        if role & Role.WORKER:
+            self._runner = TaskRunner(hub.sinks, hub.build_execution_gate())
+            await self._open_sinks()
+            stack.push_async_callback(self._worker_finished)
+        if role & Role.SERVER:
+            self.admission = hub.build_admission()
+            self._start_traffic()
+            self._http = await asyncio.to_thread(build_api, self._api_parts(self.admission))
+            await hub.server.start(self)
+            stack.push_async_callback(hub.server.stop)
+        stack.push_async_callback(self._lifecycle, "shutdown", True)
+        await self._lifecycle("startup")
+        log_banner(hub.settings, hub.components, role, self._metrics_address)
+        if role & Role.WORKER:
+            self.worker = asyncio.create_task(hub.queue.work(self, self.stop), name="worker")
+
+    def _start_metrics(self) -> None:
+        """Bind the counters this role updates; a worker alone also gets its own port."""
+        metrics = self.hub.settings.metrics
+        if not metrics.enabled:
+            return
+        if self._role & Role.SERVER:
+            self._request_metrics = RequestMetrics(self.hub.rules)
+            self._queue_depth = QueueDepth(self.hub.queue, metrics.depth_timeout)
+        if self._role & Role.WORKER:
+            self._job_metrics = JobMetrics(self.hub.tasks)
+        if self._role is Role.WORKER:
+            exporter = self._exporter = WorkerExporter(metrics.worker_host, metrics.worker_port)
+            exporter.start()
+            self._stack.push_async_callback(asyncio.to_thread, exporter.stop)
+
+    @property
+    def _metrics_address(self) -> str | None:
+        return self._exporter.address if self._exporter is not None else None
+
+    async def _open_sinks(self) -> None:
+        for index, sink in enumerate(self.hub.sinks):
+            try:
+                await sink.open()
+            except OSError as exc:
+                raise StartupError(f"sinks[{index}] ({sink.name}): {exc}") from exc
+            self._stack.push_async_callback(_close_sink, index, sink)
+
+    def _start_traffic(self) -> None:
+        """Count admissions for the dashboard: only while it is on, so off costs nothing."""
+        settings = self.hub.settings
+        if not settings.dashboard.enabled:
+            return
+        prefix = traffic_prefix(settings.redis.key_prefix, settings.redis.cluster)
+        self.traffic = TrafficRecorder(self.redis, prefix, self.hub.rules)
+        self.traffic.start()
+        # Stopped after the server (pushed before it): the last requests' counts too.
+        self._stack.push_async_callback(self.traffic.stop)
+
+    def _api_parts(self, admission: Admission) -> ApiParts:
+        hub = self.hub
+        checks: dict[str, Check] = {"redis": pinger(self.redis)}
+        limiter = hub.connections.limiter_redis
+        if limiter is not None:
+            checks["limiter_redis"] = pinger(limiter)
+        checks["queue"] = hub.queue.check
+        admin = hub.settings.limits.admin.enabled
+        return ApiParts(
+            admission=admission,
+            submissions=hub.submissions,
+            authenticator=hub.authenticator,
+            queue=hub.queue,
+            settings=hub.settings,
+            ready_checks=checks,
+            options=hub.server.api_options(),
+            request_metrics=self._request_metrics,
+            queue_depth=self._queue_depth,
+            traffic=self.traffic,
+            limits_admin=hub.build_limits_admin(admission.deny_cache) if admin else None,
+        )
+
+    async def _worker_finished(self) -> None:
+        """After the server has stopped: the worker finishes or hands back its jobs."""
+        if self.worker is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.worker
+
+    async def _lifecycle(self, hook_name: str, quiet: bool = False) -> None:
+        try:
+            for result in getattr(self.hub.registry.manager.hook, hook_name)(hub=self):
+                if inspect.isawaitable(result):
+                    await result
+        except Exception:
+            if not quiet:
+                raise
+            logger.exception("a %s hook failed", hook_name)
+
+    async def _closed(self) -> None:
+        logger.info("taskhub stopped")
+
+
+@contextlib.asynccontextmanager
+async def opened_queue(hub: Hub) -> AsyncIterator[QueueBackend]:
+    """The queue alone, opened as a server opens it, for one-shot commands (``taskhub jobs``,
+    ``taskhub status``); closed with its connection after."""
+    runtime = Runtime(hub, Role.SERVER)
+    hub.connections.shared()
+    try:
+        await hub.queue.open(runtime)
+        try:
+            yield hub.queue
+        finally:
+            await hub.queue.close()
+    finally:
+        await hub.connections.aclose()
+
+
+async def _close_sink(index: int, sink: Sink) -> None:
+    try:
+        await sink.close()
+    except Exception:
+        logger.exception("sinks[%d] (%s) failed to close", index, sink.name)
+
+
+def _missing(name: str, where: str) -> str:
+    return f"PluginContext.{name} exists only in {where}, once the kernel has built it"

@@ -1,0 +1,105 @@
+"""The bodies of the HTTP API's answers, as pydantic models: their one definition.
+
+The server writes these bodies as plain dicts (building them through pydantic
+would cost the hot path); the OpenAPI document is made from these models, and
+the schemathesis test checks live answers against it, so the two cannot drift.
+:class:`FieldProblem` is also what validation errors are built from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskhub.jobs import JobStatus
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Queued(_Body):
+    """200 from ``POST /task``: the job is stored."""
+
+    status: Literal["queued"]
+    job_id: str
+    task: str
+    replayed: Literal[True] = Field(
+        True, description="present only when an Idempotency-Key named an existing job"
+    )
+
+
+class FieldProblem(_Body):
+    field: str = Field(description='dotted path of the field, e.g. "payload.count"')
+    message: str
+
+
+class Error(_Body):
+    """Every error: a code for programs, a sentence for people."""
+
+    error: str = Field(description="a stable code, e.g. invalid_json, queue_full, not_found")
+    message: str
+    problems: list[FieldProblem] = Field(
+        default_factory=list, description="422 only: one entry per invalid field"
+    )
+
+
+class RateLimited(_Body):
+    """429: a rate-limit rule refused."""
+
+    error: Literal["rate_limited"]
+    message: str
+    policy: str = Field(description="the refusing rule with the longest wait")
+    refused_by: list[str] = Field(description="every refusing rule")
+    retry_after: int = Field(ge=1, description="seconds, as in Retry-After")
+
+
+class Job(_Body):
+    """A job's state (``GET /task/{job_id}``). Times are ISO-8601 UTC with milliseconds."""
+
+    job_id: str
+    task: str
+    user_id: str
+    status: JobStatus
+    attempts: int = Field(ge=0)
+    max_attempts: int = Field(ge=0)
+    queued_at: str | None
+    retry_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    result: Any = Field(description="what the handler returned")
+    error: str | None = Field(description="the last failure's traceback")
+
+
+class Conflict(_Body):
+    """409 from ``DELETE /task/{job_id}``: the job had already finished."""
+
+    error: Literal["conflict"]
+    message: str
+    job: Job
+
+
+class Health(_Body):
+    status: Literal["ok"]
+
+
+Check = Literal["ok", "unavailable", "timeout"]
+
+
+class Ready(_Body):
+    status: Literal["ready"]
+    checks: dict[str, Check] = Field(description="each dependency checked: redis, queue, ...")
+
+
+class NotReady(_Body):
+    status: Literal["not_ready"]
+    reason: str = Field(description='the failed checks, e.g. "redis: unavailable"')
+    checks: dict[str, Check]
+
+
+class Requeued(_Body):
+    """200 from the dashboard's retry: the dead letter is queued again."""
+
+    status: Literal["queued"]
+    job_id: str
