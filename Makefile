@@ -31,9 +31,16 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 bench: $(VENV)/.bench-installed
 	TASKHUB_BENCH_LOCKED=1 flock $(BENCH_LOCK) $(BIN)/python -m bench $(BENCH_ARGS)
 
-lint: $(VENV)/.installed
+# Style, types (mypy strict on taskhub/) and the import contracts between the layers.
+$(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $@
+
+lint: $(VENV)/.lint-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -58,9 +58,9 @@ from taskhub.jobs import (
     TaskSpec,
     WorkerStatus,
 )
-from taskhub.limits.admission import Decision, Outcome
+from taskhub.limits.admission import Decision
 from taskhub.limits.headers import rate_limit_headers, retry_after
-from taskhub.limits.policy import RequestContext, RuleResult
+from taskhub.limits.policy import Outcome, RequestContext, RuleResult
 from taskhub.store.clients import redis_call
 from taskhub.store.sharding import Shards
 from taskhub.version import __version__

@@ -20,7 +20,7 @@ HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP token
 class Headers(Protocol):
     """Request headers, looked up case-insensitively by lower-case name."""
 
-    def get(self, name: str, default: str | None = None, /) -> str | None: ...
+    def get(self, name: str, /) -> str | None: ...
 
 
 @dataclass(slots=True)

@@ -44,7 +44,9 @@ class Handler(Protocol):
 
     name: ClassVar[str]
     Payload: ClassVar[type[BaseModel] | None]
-    config: BaseModel
+
+    @property
+    def config(self) -> BaseModel: ...
 
     async def run(self, task: Task) -> Any: ...
 

@@ -4,6 +4,7 @@ and true of the live server (schemathesis)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,6 +211,28 @@ def test_the_server_serves_the_document_and_its_docs(live_server: tuple[str, Nam
     assert docs.status_code == 200
     assert docs.headers["content-type"].startswith("text/html")
     assert "openapi.json" in docs.text
+
+
+def test_the_docs_page_loads_nothing_from_elsewhere(live_server: tuple[str, Namespace]) -> None:
+    """Every script and stylesheet of /docs comes from this server (none from a CDN), each
+    is served with its content type, and the CSP allows no other origin."""
+    url, _ = live_server
+    docs = httpx.get(f"{url}/docs", timeout=10)
+    sources = re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', docs.text)
+    assert sources, docs.text
+    assert not re.search(r"(?:https?:)?//", docs.text), "an absolute URL in the page"
+    csp = docs.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "http" not in csp and "unsafe-eval" not in csp
+    for source in sources:
+        asset = httpx.get(f"{url}/{source}", timeout=10)
+        assert asset.status_code == 200, source
+        kind = "text/css" if source.endswith(".css") else "text/javascript"
+        assert asset.headers["content-type"].startswith(kind), source
+        assert not re.search(rb"""(?:src|href)=["']https?://""", asset.content), source
+    assert len(httpx.get(f"{url}/docs/swagger-ui-bundle.js", timeout=10).content) > 100_000
+    missing = httpx.get(f"{url}/docs/../openapi.json.bak", timeout=10)
+    assert missing.status_code == 404
+    assert httpx.get(f"{url}/docs/secrets.txt", timeout=10).status_code == 404
 
 
 CHECKS = [

@@ -104,7 +104,7 @@ class ComponentSection(BaseModel):
 
 
 class SinkSection(ComponentSection):
-    type: str  # type: ignore[assignment]  # a sink entry must say which sink
+    type: str  # a sink entry must say which sink
 
 
 # A job's options, bounded once: a task's entry overrides the queue's defaults with them.

@@ -73,12 +73,15 @@ def build_components(
     tasks: dict[str, TaskSpec] = {}
     for name, section in settings.tasks.items():
         handler = build(TaskHandler, section, ("tasks", name), default_type=name)
-        tasks[name] = TaskSpec(name, handler, **job_options(section), cost=section.cost)
+        if handler is not None:
+            tasks[name] = TaskSpec(name, handler, **job_options(section), cost=section.cost)
     problems += cross_key_problems(
-        settings, raw, rules=rules, execution_rules=execution_rules, shards=shards, tasks=tasks
+        settings, raw, rules=rules, execution_rules=execution_rules, shards=shards
     )
     if problems:
         raise ConfigError(raw.source, problems)
+    # No problem means every section built.
+    assert queue is not None and server is not None and authenticator is not None
     return Components(
         rules=rules,
         execution_rules=execution_rules,
@@ -86,7 +89,7 @@ def build_components(
         shards=shards,
         server=server,
         authenticator=authenticator,
-        sinks=sinks,
+        sinks=[sink for sink in sinks if sink is not None],
         tasks=tasks,
         default_task=settings.default_task,
     )
@@ -173,18 +176,21 @@ class _Builder:
         loc: Loc,
         overrides: Mapping[str, Any] | None = None,
         default_type: str | None = None,
-    ) -> C:
+    ) -> C | None:
+        """The component, or None when its section has a problem (collected)."""
         kind = base.kind
         name = section.type or default_type or KINDS[kind].default or ""
         try:
             cls = self.registry.get(kind, name)
         except UnknownComponentError as exc:
             self.problems.append(self.raw.problem((*loc, "type"), str(exc)))
-            return None  # type: ignore[return-value]  # the caller raises ConfigError
+            return None
         options = {**section.options, **(overrides or {})}
         try:
             config = cls.Config.model_validate(options)
         except ValidationError as exc:
             self.problems.extend(problems_from(exc, cls.Config, loc, self.raw))
-            return None  # type: ignore[return-value]
-        return cls(config)  # type: ignore[return-value]
+            return None
+        if not issubclass(cls, base):  # the registry checked it; this tells mypy
+            raise TypeError(f"{cls!r} is not a {base.__name__}")
+        return cls(config)

@@ -7,13 +7,12 @@ queue's jobs, a task that costs more than a rule ever allows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from taskhub.config.models import Settings
 from taskhub.config.paths import Loc
 from taskhub.config.raw import RawConfig
 from taskhub.errors import Problem
-from taskhub.jobs import TaskSpec
 from taskhub.limits.policy import Rule
 from taskhub.store.sharding import Shards
 
@@ -28,7 +27,6 @@ def cross_key_problems(
     rules: Sequence[Rule],
     execution_rules: Sequence[Rule],
     shards: Shards,
-    tasks: Mapping[str, TaskSpec],
 ) -> list[Problem]:
     problems: list[Problem] = []
     limits = settings.limits
@@ -53,11 +51,11 @@ def cross_key_problems(
                 "shard, so it needs queue.shard_by: user"
             )
             problems.append(raw.problem(("limits", "admission", index), message))
-    for name, spec in tasks.items():
+    for name, task in settings.tasks.items():
         for rule in (*rules, *execution_rules):
-            if spec.cost > rule.policy.limit:
+            if task.cost > rule.policy.limit:
                 message = (
-                    f"cost {spec.cost} is more than rule {rule.name!r} ever allows "
+                    f"cost {task.cost} is more than rule {rule.name!r} ever allows "
                     f"({rule.policy.limit}), so this task could never be admitted"
                 )
                 problems.append(raw.problem(("tasks", name, "cost"), message))

@@ -194,7 +194,7 @@ class Admission:
 
     async def _run(self, keys: list[Any], args: list[Any]) -> list[Any]:
         try:
-            reply = await self._script(keys=keys, args=args)
+            reply: list[Any] = await self._script(keys=keys, args=args)
         except Exception as exc:
             self._outage.absorb(exc)
             raise BackendUnavailable("Redis is unreachable") from exc

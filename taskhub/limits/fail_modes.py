@@ -78,5 +78,6 @@ class FailModeScript:
         if self.fail_mode == "open":
             return None
         if self._local is not None:
-            return await self._local(keys=keys, args=args)
+            reply: list[Any] = await self._local(keys=keys, args=args)
+            return reply
         raise BackendUnavailable("the limiter's Redis is unreachable")

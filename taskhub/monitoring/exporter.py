@@ -49,7 +49,7 @@ def exposition_registry() -> CollectorRegistry:
     """This process's registry, or one merging every process's files in multiprocess mode."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped upstream
         return registry
     return REGISTRY
 
@@ -67,7 +67,7 @@ def multiprocess_dir() -> Iterator[Path]:
 
 def process_dead(directory: Path, pid: int) -> None:
     """Forget a dead process's live gauges; its counters stay, so totals never drop."""
-    mark_process_dead(pid, str(directory))
+    mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 class QueueDepth(Collector):

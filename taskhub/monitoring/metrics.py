@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
 
-from taskhub.limits.admission import Decision, Outcome
+from taskhub.limits.admission import Decision
+from taskhub.limits.policy import Outcome
 
 if TYPE_CHECKING:
     from taskhub.limits.policy import Rule

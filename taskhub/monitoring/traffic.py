@@ -29,8 +29,8 @@ from pydantic import with_config
 from redis.asyncio import Redis
 from typing_extensions import TypedDict
 
-from taskhub.limits.admission import Decision, Outcome
-from taskhub.limits.policy import RequestContext, Rule
+from taskhub.limits.admission import Decision
+from taskhub.limits.policy import Outcome, RequestContext, Rule
 from taskhub.store.clients import redis_call
 from taskhub.store.outage import OutageLog
 
@@ -85,6 +85,12 @@ class RefusedKey:
 
     def to_json(self) -> RefusedKeyJson:
         return {"rule": self.rule, "key": self.key, "refusals": self.refusals}
+
+
+def refused_key(member: str, score: float) -> RefusedKey:
+    """A ranked ``rule:key`` member of the refusals sorted set."""
+    rule, _, key = member.partition(":")
+    return RefusedKey(rule, key, int(score))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +198,8 @@ class TrafficRecorder:
         second, minute = self.second_key(now), self.minute_key(now // 60)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(second, "admitted", admitted).hincrby(second, "refused", refused)
+                pipe.hincrby(second, "admitted", admitted)
+                pipe.hincrby(second, "refused", refused)
                 pipe.expire(second, SECOND_TTL)
                 for key, count in keys.items():
                     pipe.zincrby(minute, count, key)
@@ -229,7 +236,7 @@ class TrafficRecorder:
         minute = now // 60
         async with self.redis.pipeline(transaction=False) as pipe:
             for second in seconds:
-                pipe.hmget(self.second_key(second), "admitted", "refused")
+                pipe.hmget(self.second_key(second), ["admitted", "refused"])
             for m in (minute - 1, minute):
                 pipe.zrevrange(self.minute_key(m), 0, top * 5 - 1, withscores=True)
             replies = await redis_call(pipe.execute())
@@ -249,7 +256,5 @@ class TrafficRecorder:
             refused_per_s=sum(refused[-span:]) / span,
             admitted=admitted,
             refused=refused,
-            top_refused=[
-                RefusedKey(*name.split(":", 1), int(score)) for name, score in ranked_keys
-            ],
+            top_refused=[refused_key(name, score) for name, score in ranked_keys],
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -15,12 +15,15 @@ from taskhub.errors import BackendUnavailable
 from taskhub.store.cluster_client import ClusterClient
 from taskhub.store.urls import is_embedded
 
+if TYPE_CHECKING:
+    from fakeredis import FakeServer
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Embedded servers live as long as the process, one per memory:// URL, so that the
 # HTTP server and the worker of `taskhub run` share the same data.
-_embedded: dict[str, object] = {}
+_embedded: dict[str, FakeServer] = {}
 
 _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.ConnectionError,  # includes AuthenticationError and BusyLoadingError
@@ -83,7 +86,8 @@ def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:
     if settings.cluster:
         # Duck-typed: every command taskhub sends exists on both (see ClusterClient).
         return cast(Redis, ClusterClient.for_settings(settings, timeouts))
-    return Redis.from_url(settings.url, health_check_interval=30, **timeouts)
+    client: Redis = Redis.from_url(settings.url, health_check_interval=30, **timeouts)
+    return client
 
 
 def _embedded_client(url: str) -> Redis:

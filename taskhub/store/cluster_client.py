@@ -18,7 +18,7 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 
@@ -36,7 +36,7 @@ class ClusterClient(RedisCluster):
     def for_settings(cls, settings: RedisSettings, options: dict[str, Any]) -> ClusterClient:
         """Seeded with ``url`` and ``nodes``; the password and TLS come from ``url``."""
         seeds = [ClusterNode(*address_of(url)) for url in settings.nodes]
-        return cls.from_url(settings.url, startup_nodes=seeds, **options)
+        return cast(ClusterClient, cls.from_url(settings.url, startup_nodes=seeds, **options))
 
     def pubsub(self, **_: Any) -> _NoPubSub:
         return _NoPubSub()
@@ -44,11 +44,11 @@ class ClusterClient(RedisCluster):
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         return super().pipeline(shard_hint=shard_hint)
 
-    @property
-    def connection_pool(self) -> _ClosedWithClient:
+    @property  # a cluster has a pool per node, closed with the client
+    def connection_pool(self) -> _ClosedWithClient:  # type: ignore[override]
         return _ClosedWithClient()
 
-    async def info(self, section: str | None = None, *args: str, **kwargs: Any) -> Any:
+    async def info(self, section: str | None = None, *args: list[str], **kwargs: Any) -> Any:
         kwargs.setdefault("target_nodes", RedisCluster.RANDOM)
         return await super().info(section, *args, **kwargs)
 

@@ -208,8 +208,10 @@ def log_moves(old: list[RedisPipeline | None], new: list[RedisPipeline | None]) 
         if was is not now and was is not None:
             route = (_name(was), _name(now) if now is not None else "nobody")
             moved[route] = moved.get(route, 0) + 1
-    for (was, now), count in moved.items():
-        logger.warning("Redis Cluster: %d slot(s) of %s are now served by %s", count, was, now)
+    for (source, target), count in moved.items():
+        logger.warning(
+            "Redis Cluster: %d slot(s) of %s are now served by %s", count, source, target
+        )
 
 
 def _name(node: RedisPipeline) -> str:

@@ -226,7 +226,7 @@ class RedisPipeline:
             tls = ssl.create_default_context() if kind is SSLConnection else None
             host, port = params.get("host", "localhost"), params.get("port", 6379)
             transport, stream = await loop.create_connection(new_stream, host, port, ssl=tls)
-        stream.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        stream.transport = transport
         try:
             await self._handshake(stream)
         except BaseException:

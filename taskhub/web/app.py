@@ -80,8 +80,10 @@ class HttpApi:
         rid = request_id.accept(request.headers.get("x-request-id"))
         request_id.current.set(rid)
         try:
-            match = self.router.find(request.method, request.path)
-            if match is None:
+            handler = self.router.fixed(request.method, request.path)
+            if handler is not None:
+                response = await handler(request)
+            elif (match := self.router.find(request.method, request.path)) is None:
                 response = error_response(
                     404, "not_found", f"Requested URL {request.path} not found"
                 )

@@ -31,7 +31,13 @@ PAGE = b"""<!doctype html>
 </body>
 </html>
 """
-INIT = b'SwaggerUIBundle({url: document.getElementById("ui").dataset.spec, dom_id: "#ui"});\n'
+# validatorUrl null: Swagger UI would otherwise send the spec's URL to validator.swagger.io.
+INIT = b"""SwaggerUIBundle({
+  url: document.getElementById("ui").dataset.spec,
+  dom_id: "#ui",
+  validatorUrl: null,
+});
+"""
 # The page's own files, and their content types: nothing else is served.
 ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",

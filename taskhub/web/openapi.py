@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
 from taskhub.limits.admin import LimitsReset, LimitsShown
 from taskhub.monitoring.dashboard import Summary
@@ -111,8 +112,13 @@ REQUEST_ID_PARAMETER = {
     ),
     "schema": {"type": "string"},
 }
-RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-RATE_HEADERS += ("RateLimit-Policy", "RateLimit")
+RATE_HEADERS = (
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit-Policy",
+    "RateLimit",
+)
 
 
 def _headers(*names: str) -> dict[str, Any]:
@@ -397,7 +403,9 @@ def build_spec(
     ``metrics``, ``admin`` and ``dashboard`` say whether ``GET /metrics``,
     ``/admin/limits/{key}`` and ``/dashboard`` are served.
     """
-    adapters = [("TaskRequest", "validation", TypeAdapter(TaskRequest))]
+    adapters: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        ("TaskRequest", "validation", TypeAdapter(TaskRequest))
+    ]
     adapters += [(m.__name__, "serialization", TypeAdapter(m)) for m in RESPONSE_MODELS]
     _, schemas = TypeAdapter.json_schemas(adapters, ref_template=REF)
     paths = _paths()
@@ -429,19 +437,3 @@ def build_spec(
         "paths": paths,
         "components": components,
     }
-
-
-DOCS_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>taskhub API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css">
-</head>
-<body>
-<div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "openapi.json", dom_id: "#ui"});</script>
-</body>
-</html>
-"""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from taskhub.components import Authenticator, QueueBackend
+from taskhub.components import Authenticator, Principal, QueueBackend
 from taskhub.errors import BackendUnavailable, UnstorablePayload
 from taskhub.http import JSON, HttpRequest, HttpResponse
-from taskhub.jobs import AbortOutcome
-from taskhub.limits.admission import Admission, Decision, Outcome
+from taskhub.jobs import AbortOutcome, JobInfo
+from taskhub.limits.admission import Admission, Decision
 from taskhub.limits.headers import rate_limit_headers, retry_after
-from taskhub.limits.policy import RequestContext
+from taskhub.limits.policy import Outcome, RequestContext
 from taskhub.monitoring.metrics import RequestMetrics
 from taskhub.monitoring.traffic import TrafficRecorder
 from taskhub.web.auth import forbidden, may_see, request_auth
@@ -161,32 +161,35 @@ class JobEndpoints:
         self.auth = request_auth(authenticator)
         self.retry_after_s = retry_after_s
 
-    async def status(self, request: HttpRequest, job_id: str) -> HttpResponse:
-        principal = None
-        if self.auth is not None:
-            principal = self.auth(request)
-            if isinstance(principal, HttpResponse):
-                return principal
+    def principal(self, request: HttpRequest) -> Principal | HttpResponse | None:
+        """Who asks (None without authentication), or the 401 that refuses them."""
+        return None if self.auth is None else self.auth(request)
+
+    async def visible(self, principal: Principal | None, job_id: str) -> JobInfo | HttpResponse:
+        """The job, or the 404/503 to answer instead: another user's job is not found."""
         try:
             job = await self.queue.status(job_id)
         except BackendUnavailable:
             return unavailable(self.retry_after_s)
         if job is None or not may_see(principal, job.user_id):
             return not_found()
-        return json_response(200, job.to_json())
+        return job
+
+    async def status(self, request: HttpRequest, job_id: str) -> HttpResponse:
+        principal = self.principal(request)
+        if isinstance(principal, HttpResponse):
+            return principal
+        job = await self.visible(principal, job_id)
+        return job if isinstance(job, HttpResponse) else json_response(200, job.to_json())
 
     async def abort(self, request: HttpRequest, job_id: str) -> HttpResponse:
-        if self.auth is not None:
-            principal = self.auth(request)
-            if isinstance(principal, HttpResponse):
-                return principal
-            if principal.user_id is not None:
-                try:
-                    job = await self.queue.status(job_id)
-                except BackendUnavailable:
-                    return unavailable(self.retry_after_s)
-                if job is None or not may_see(principal, job.user_id):
-                    return not_found()
+        principal = self.principal(request)
+        if isinstance(principal, HttpResponse):
+            return principal
+        if principal is not None and principal.user_id is not None:  # only their own jobs
+            job = await self.visible(principal, job_id)
+            if isinstance(job, HttpResponse):
+                return job
         try:
             result = await self.queue.abort(job_id)
         except BackendUnavailable:

@@ -17,6 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 from pydantic import Field
 from sanic import Request, Sanic
@@ -126,14 +127,16 @@ class SanicServer(Server):
     def api_options(self) -> ApiOptions:
         return ApiOptions(self.config.unavailable_retry_after, self.config.ready_timeout)
 
-    def build_app(self, api: HttpHandler) -> Sanic:
+    def build_app(self, api: HttpHandler) -> Sanic[SanicConfig, SimpleNamespace]:
         c = self.config
         sanic_config = SanicConfig()
-        sanic_config.REQUEST_MAX_SIZE = c.body_limit
-        sanic_config.KEEP_ALIVE_TIMEOUT = c.keep_alive_timeout
-        sanic_config.REQUEST_TIMEOUT = c.request_timeout
-        sanic_config.ACCESS_LOG = False
-        sanic_config.FALLBACK_ERROR_FORMAT = "json"
+        sanic_config.update(  # Sanic takes fractions of a second, though typed int
+            REQUEST_MAX_SIZE=c.body_limit,
+            KEEP_ALIVE_TIMEOUT=c.keep_alive_timeout,
+            REQUEST_TIMEOUT=c.request_timeout,
+            ACCESS_LOG=False,
+            FALLBACK_ERROR_FORMAT="json",
+        )
         number = next(_app_numbers)
         app = Sanic(
             "taskhub" if number == 1 else f"taskhub_{number}",
@@ -177,13 +180,15 @@ class SanicServer(Server):
         app = self.build_app(context.http)
         sock = self.listen_socket or self.bind()
         server = await app.create_server(sock=sock, backlog=c.backlog, access_log=False)
-        assert server is not None
+        assert server is not None, (
+            "create_server returns None only with return_asyncio_server=False"
+        )
         await server.startup()
         await server.before_start()
         await server.start_serving()
         await server.after_start()
         self._server = server
-        host, port = server.server.sockets[0].getsockname()[:2]
+        host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self._address = f"http://{shown}:{port}"
 

@@ -112,8 +112,11 @@ async def snapshot(queue: HardenedRedisQueue, failures: int) -> QueueSnapshot:
     worker's own report, which is up to one report interval old.
     """
     async with queue.redis.pipeline(transaction=True) as pipe:
-        pipe.llen(queue._queued).lrange(queue._active, 0, -1).zcard(queue._incomplete)
-        pipe.zcard(queue.dead_key).zrevrange(queue.dead_key, 0, max(failures, 1) - 1)
+        pipe.llen(queue._queued)
+        pipe.lrange(queue._active, 0, -1)
+        pipe.zcard(queue._incomplete)
+        pipe.zcard(queue.dead_key)
+        pipe.zrevrange(queue.dead_key, 0, max(failures, 1) - 1)
         pipe.zrangebyscore(queue._stats, now(), "+inf", withscores=True)
         queued, active_ids, incomplete, dead, dead_ids, reports = await pipe.execute()
     taken_at = datetime.now(UTC)

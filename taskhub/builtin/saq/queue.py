@@ -219,9 +219,9 @@ class SaqQueue(QueueBackend):
             metrics=context.job_counters,
             functions=[],  # jobs run through ``specs``
             concurrency=self.config.concurrency,
-            timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},  # type: ignore[typeddict-item]
+            timers={"sweep": self.config.sweep_interval, "schedule": SCHEDULE_INTERVAL},
             dequeue_timeout=DEQUEUE_TIMEOUT,
-            shutdown_grace_period_s=self.config.shutdown_grace,  # type: ignore[arg-type]
+            shutdown_grace_period_s=self.config.shutdown_grace,
         )
         running = asyncio.create_task(worker.start(), name="saq-worker")
         stopping = asyncio.create_task(stop.wait())

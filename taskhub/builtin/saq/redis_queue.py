@@ -324,10 +324,12 @@ class HardenedRedisQueue(RedisQueue):
         return job, taken[1]
 
     async def _take_blocking(self, timeout: float) -> tuple[bytes, bytes] | None:
+        # redis-py types these timeouts as int, but Redis takes fractions of a second.
+        client: Any = self.redis
         if await self.version() < (6, 2, 0):
-            job_id = await self.redis.brpoplpush(self._queued, self._active, timeout)  # type: ignore[arg-type]
+            job_id = await client.brpoplpush(self._queued, self._active, timeout)
         else:
-            job_id = await self.redis.blmove(self._queued, self._active, timeout, "LEFT", "RIGHT")
+            job_id = await client.blmove(self._queued, self._active, timeout, "LEFT", "RIGHT")
         if job_id is None:
             return None
         raw = await self.redis.get(job_id)
@@ -430,7 +432,8 @@ class HardenedRedisQueue(RedisQueue):
                 args.extend(job_args)
             results, taken = await self._step(keys=keys, args=args)
         except BaseException as exc:  # every caller sees the failure, as if alone
-            for future in (*(done for _, _, done in moves), *takers):
+            waiting: list[asyncio.Future[Any]] = [done for _, _, done in moves]
+            for future in (*waiting, *takers):
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
@@ -477,8 +480,10 @@ class HardenedRedisQueue(RedisQueue):
 
     async def _forget(self, job_id: bytes) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self._active, 0, job_id).zrem(self._incomplete, job_id)
-            await pipe.zrem(self.beats_key, job_id).execute()
+            pipe.lrem(self._active, 0, job_id)  # type: ignore[arg-type]  # bytes are fine
+            pipe.zrem(self._incomplete, job_id)
+            pipe.zrem(self.beats_key, job_id)
+            await pipe.execute()
 
     async def _recover(self, job: Job, raw: bytes, limit_ms: int) -> bool:
         """Re-queue (or finish) a job whose worker is gone, if it is still stale."""
@@ -528,8 +533,11 @@ class HardenedRedisQueue(RedisQueue):
         """Jobs by state, in one round trip: waiting in line, running, not yet finished
         (waiting, scheduled for a retry, or running) and dead letters."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self._queued).llen(self._active)
-            counts = await pipe.zcard(self._incomplete).zcard(self.dead_key).execute()
+            pipe.llen(self._queued)
+            pipe.llen(self._active)
+            pipe.zcard(self._incomplete)
+            pipe.zcard(self.dead_key)
+            counts = await pipe.execute()
         return dict(zip(("queued", "active", "incomplete", "dead"), map(int, counts), strict=True))
 
     # ------------------------------------------------------------------ dead letters

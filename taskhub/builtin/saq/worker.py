@@ -33,13 +33,13 @@ import random
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 from saq import Worker
 from saq.job import Job, Status
-from saq.types import WorkerInfo
+from saq.types import Context, WorkerInfo
 from saq.utils import cancel_tasks, now
 
 from taskhub.builtin.saq.redis_queue import REQUEST_ID, SEEN_MS, Fence, HardenedRedisQueue, Move
@@ -107,7 +107,7 @@ async def read_jobs(shard: HardenedRedisQueue, jobs: list[Job]) -> list[Job | No
     return await shard.jobs(job.key for job in jobs)
 
 
-class HubWorker(Worker):
+class HubWorker(Worker[Context]):
     """SAQ's worker loop with taskhub's outcomes, heartbeats and hand-back on shutdown."""
 
     SIGNALS = []  # noqa: RUF012  # the hub handles SIGINT/SIGTERM for every component
@@ -119,7 +119,7 @@ class HubWorker(Worker):
         *,
         beat_interval: float,
         runner: JobRunner,
-        specs: dict[str, TaskSpec],
+        specs: Mapping[str, TaskSpec],
         metrics: JobCounters | None = None,
         shards: Sequence[HardenedRedisQueue] = (),
         **kwargs: Any,
@@ -257,7 +257,7 @@ class HubWorker(Worker):
         """Reschedule a job over its execution limit for when it may run; no attempt used."""
         spec = self.specs.get(job.function)
         user_id = (job.kwargs or {}).get("user_id", "")
-        if spec is None or self.runner.gate is None:
+        if spec is None:
             return False
         wait_ms = await self.runner.wait_ms(spec, job_id=job.key, user_id=user_id)
         if wait_ms <= 0:
