@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from helpers import (
+
+from bench.cluster import LocalCluster
+from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
+from taskhub.config.models import RedisSettings
+from taskhub.store.clients import connect
+from tests.helpers import (
     REDIS_URL,
     START_REDIS_HINT,
     Namespace,
@@ -18,11 +23,6 @@ from helpers import (
     config_dict,
     write_config,
 )
-
-from bench.cluster import LocalCluster
-from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
-from taskhub.config.models import RedisSettings
-from taskhub.store.clients import connect
 
 
 @pytest.fixture(scope="session")

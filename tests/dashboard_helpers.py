@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from helpers import Namespace, config_dict, delivery_plugins
+
+from tests.helpers import Namespace, config_dict, delivery_plugins
 
 TOKEN = "test-dashboard-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from helpers import Namespace
-from models import Expected
 from redis.asyncio.cluster import RedisCluster
 
 from taskhub.builtin.saq.queue import SaqQueue
@@ -15,6 +13,8 @@ from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import Limiter, TaskSpec
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
+from tests.helpers import Namespace
+from tests.models import Expected
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 # Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test

@@ -6,10 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Namespace, config_dict, run_cli, write_config
 from pydantic import TypeAdapter
 
 from taskhub.limits.admin import LimitsReset, LimitsShown
+from tests.helpers import Namespace, config_dict, run_cli, write_config
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from helpers import Namespace, config_dict, delivery_plugins, wait_until
-from test_lifecycle import TASKS
+
+from tests.helpers import Namespace, config_dict, delivery_plugins, wait_until
+from tests.test_lifecycle import TASKS
 
 TASK_RETRIES = {**TASKS, "broken": {"retries": 1}}
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import config_on
-from dashboard_helpers import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
-from helpers import config_dict, get_job, run_cli, wait_until, write_config
 from pydantic import TypeAdapter
 
 from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot
 from taskhub.monitoring.dashboard import Dashboard, Summary
 from taskhub.monitoring.traffic import TrafficRecorder
+from tests.conftest import config_on
+from tests.dashboard_helpers import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
+from tests.helpers import config_dict, get_job, run_cli, wait_until, write_config
 
 ROUTES = (
     ("GET", "/dashboard"),

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import CAPACITY, TOKEN, dashboard_config, submit
-from helpers import ROOT, get_job, wait_until
 from playwright.sync_api import Page, sync_playwright
+
+from tests.dashboard_helpers import CAPACITY, TOKEN, dashboard_config, submit
+from tests.helpers import ROOT, get_job, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import config_on
-from helpers import (
+
+from tests.conftest import config_on
+from tests.helpers import (
     ROOT,
     Namespace,
     PrivateRedis,

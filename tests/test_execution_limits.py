@@ -8,7 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
 
 JOBS = 100
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import httpx
 import redis
-from helpers import Namespace, config_dict, crash_queue, wait_until
-from replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
 
 from bench.cluster import LocalCluster, Node
 from taskhub.store.sharding import Shards
+from tests.helpers import Namespace, config_dict, crash_queue, wait_until
+from tests.replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
 
 CLIENTS = 12
 WARM_UP = 1.5  # seconds of load before the kill

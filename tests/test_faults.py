@@ -30,16 +30,16 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from helpers import Namespace, PrivateRedis, config_dict, crash_queue, wait_until
-from replies import (
+
+from taskhub.web.submission import idempotent_job_id
+from tests.helpers import Namespace, PrivateRedis, config_dict, crash_queue, wait_until
+from tests.replies import (
     Reply,
     assert_503s_are_well_formed,
     assert_quiet,
     completions,
     submit,
 )
-
-from taskhub.web.submission import idempotent_job_id
 
 # --------------------------------------------------------------------------- Redis restarted
 

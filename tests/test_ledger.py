@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import redis
-from helpers import (
+
+from tests.helpers import (
     Namespace,
     TaskhubProcess,
     config_dict,

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from helpers import (
+
+from tests.helpers import (
     Namespace,
     TaskhubProcess,
     config_dict,

@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
 
 USERS = 50
 CLIENTS = 16

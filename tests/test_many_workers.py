@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import config_on
-from helpers import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
+
+from tests.conftest import config_on
+from tests.helpers import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
 
 JOBS = 300
 LEDGER_PLUGIN = """

@@ -10,15 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import (
-    TaskhubProcess,
-    config_dict,
-    delivery_plugins,
-    free_port,
-    store_queued,
-    wait_until,
-    write_config,
-)
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +20,15 @@ from taskhub.hub.kernel import Hub
 from taskhub.hub.runner import TaskRunner
 from taskhub.monitoring.exporter import QueueDepth, render
 from taskhub.monitoring.metrics import JobMetrics
+from tests.helpers import (
+    TaskhubProcess,
+    config_dict,
+    delivery_plugins,
+    free_port,
+    store_queued,
+    wait_until,
+    write_config,
+)
 
 HEARTBEAT = 0.5  # the ``queue`` fixture's
 

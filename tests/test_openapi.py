@@ -11,7 +11,6 @@ import httpx
 import jsonschema_rs
 import orjson
 import schemathesis
-from helpers import Namespace, config_dict
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
@@ -19,6 +18,7 @@ from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.snapshot import QueueJson
 from taskhub.web.openapi import Conflict, Job, Queued, build_spec
 from taskhub.web.submission import TaskRequest
+from tests.helpers import Namespace, config_dict
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {

@@ -6,11 +6,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, limiter_plugin, run_cli
 
 from taskhub import hookspecs
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.hub.plugins import load_plugins
+from tests.helpers import ROOT, limiter_plugin, run_cli
 
 
 def write_plugin(directory: Path, filename: str, source: str) -> Path:

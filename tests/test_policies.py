@@ -12,9 +12,6 @@ from ipaddress import ip_network
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import client_on
-from helpers import Namespace
-from limiter_harness import admission_on, queued_key
 
 from taskhub.builtin.limiters.concurrency import Concurrency
 from taskhub.builtin.limiters.fixed_window import FixedWindow
@@ -29,6 +26,9 @@ from taskhub.limits.headers import rate_limit_headers
 from taskhub.limits.policy import RequestContext, Rule, RuleResult
 from taskhub.store.clients import connect
 from taskhub.web.client_ip import ClientAddress
+from tests.conftest import client_on
+from tests.helpers import Namespace
+from tests.limiter_harness import admission_on, queued_key
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 T0 = 4_000_000_000_000

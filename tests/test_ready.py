@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import httpx
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
 
 
 def get(url: str) -> httpx.Response:

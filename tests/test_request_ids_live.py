@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 import httpx
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
 
 HEX_ID = re.compile(r"[0-9a-f]{16}")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ROOT, Namespace, PrivateRedis, config_dict, free_port, wait_until
+
+from tests.helpers import ROOT, Namespace, PrivateRedis, config_dict, free_port, wait_until
 
 CANDIDATES = [
     os.environ.get("TASKHUB_SEED_REFERENCE", ""),

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis
-from helpers import (
+
+from tests.helpers import (
     Namespace,
     TaskhubProcess,
     config_dict,

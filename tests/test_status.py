@@ -12,8 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import config_on
-from helpers import (
+
+from taskhub.jobs import QueueSnapshot, WorkerStatus
+from taskhub.monitoring.snapshot import Rates
+from tests.conftest import config_on
+from tests.helpers import (
     Namespace,
     config_dict,
     delivery_plugins,
@@ -22,9 +25,6 @@ from helpers import (
     wait_until,
     write_config,
 )
-
-from taskhub.jobs import QueueSnapshot, WorkerStatus
-from taskhub.monitoring.snapshot import Rates
 
 TASKS = {"log_completion": {}, "sleepy": {}, "broken": {"retries": 1}}
 QUEUED = 3

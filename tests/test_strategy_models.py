@@ -22,11 +22,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import Namespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from limiter_harness import T0, admission_for, decide, keys_of
-from models import GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
 
 from taskhub.builtin.limiters.fixed_window import FixedWindow
 from taskhub.builtin.limiters.gcra import Gcra
@@ -35,6 +32,9 @@ from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect
+from tests.helpers import Namespace
+from tests.limiter_harness import T0, admission_for, decide, keys_of
+from tests.models import GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
 
 MAX_EXAMPLES = 100
 PROFILE = settings(

@@ -23,7 +23,9 @@ import httpx
 import orjson
 import pytest
 import redis
-from helpers import (
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import (
     Namespace,
     TaskhubProcess,
     config_dict,
@@ -34,7 +36,6 @@ from helpers import (
     wait_until,
     write_config,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 SERVING = "server processes serving"
 SERVER_PLUGIN = """

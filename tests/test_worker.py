@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import redis
-from helpers import Namespace, config_dict, delivery_plugins, get_job, wait_until
+
+from tests.helpers import Namespace, config_dict, delivery_plugins, get_job, wait_until
 
 # A handler that hangs on its first attempt, so the test can kill the worker mid-job.
 HANG_ONCE = """
