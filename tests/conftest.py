@@ -14,7 +14,7 @@ from bench.cluster import LocalCluster
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect
-from tests.helpers import (
+from tests.support.processes import (
     REDIS_URL,
     START_REDIS_HINT,
     Namespace,

@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from taskhub.limits.admin import LimitsReset, LimitsShown
-from tests.helpers import Namespace, config_dict, run_cli, write_config
+from tests.support.processes import Namespace, config_dict, run_cli, write_config
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -16,7 +16,7 @@ from bench.cluster import LocalCluster, Node
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import is_unavailable
 from taskhub.store.cluster_router import ClusterPipeline, CrossSlotKeys, slot_of
-from tests.helpers import wait_until
+from tests.support.processes import wait_until
 
 INCR = "return redis.call('INCR', KEYS[1])"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import Namespace, config_dict, delivery_plugins, wait_until
+from tests.support.processes import Namespace, config_dict, delivery_plugins, wait_until
 from tests.test_lifecycle import TASKS
 
 TASK_RETRIES = {**TASKS, "broken": {"retries": 1}}

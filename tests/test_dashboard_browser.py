@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.dashboard_helpers import CAPACITY, TOKEN, dashboard_config, submit
-from tests.helpers import ROOT, get_job, wait_until
+from tests.support.dashboard import CAPACITY, TOKEN, dashboard_config, submit
+from tests.support.processes import ROOT, get_job, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

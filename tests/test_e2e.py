@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import config_on
-from tests.helpers import (
+from tests.support.processes import (
     ROOT,
     Namespace,
     PrivateRedis,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
+from tests.support.processes import Namespace, PrivateRedis, config_dict, wait_until
 
 JOBS = 100
 

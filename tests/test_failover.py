@@ -35,8 +35,14 @@ import redis
 
 from bench.cluster import LocalCluster, Node
 from taskhub.store.sharding import Shards
-from tests.helpers import Namespace, config_dict, crash_queue, wait_until
-from tests.replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
+from tests.support.processes import Namespace, config_dict, crash_queue, wait_until
+from tests.support.replies import (
+    Reply,
+    assert_503s_are_well_formed,
+    assert_quiet,
+    completions,
+    submit,
+)
 
 CLIENTS = 12
 WARM_UP = 1.5  # seconds of load before the kill

@@ -32,8 +32,8 @@ import pytest
 import redis
 
 from taskhub.web.submission import idempotent_job_id
-from tests.helpers import Namespace, PrivateRedis, config_dict, crash_queue, wait_until
-from tests.replies import (
+from tests.support.processes import Namespace, PrivateRedis, config_dict, crash_queue, wait_until
+from tests.support.replies import (
     Reply,
     assert_503s_are_well_formed,
     assert_quiet,

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.helpers import (
+from tests.support.processes import (
     Namespace,
     TaskhubProcess,
     config_dict,

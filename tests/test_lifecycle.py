@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import (
+from tests.support.processes import (
     Namespace,
     TaskhubProcess,
     config_dict,

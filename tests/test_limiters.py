@@ -23,8 +23,8 @@ from taskhub.components import Limiter
 from taskhub.limits.admission import Admission
 from taskhub.limits.policy import RequestContext
 from tests.conftest import client_on
-from tests.limiter_harness import SPEC, T0, admission_for, decide, keys_of, queued_key
-from tests.models import (
+from tests.support.limiter_harness import SPEC, T0, admission_for, decide, keys_of, queued_key
+from tests.support.limiter_models import (
     Expected,
     GcraModel,
     RateLimiterRedisModel,

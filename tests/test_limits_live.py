@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
+from tests.support.processes import Namespace, PrivateRedis, config_dict, wait_until
 
 USERS = 50
 CLIENTS = 16

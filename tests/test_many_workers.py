@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import config_on
-from tests.helpers import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
+from tests.support.processes import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
 
 JOBS = 300
 LEDGER_PLUGIN = """

@@ -20,7 +20,7 @@ from taskhub.hub.kernel import Hub
 from taskhub.hub.runner import TaskRunner
 from taskhub.monitoring.exporter import QueueDepth, render
 from taskhub.monitoring.metrics import JobMetrics
-from tests.helpers import (
+from tests.support.processes import (
     TaskhubProcess,
     config_dict,
     delivery_plugins,

@@ -18,7 +18,7 @@ from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.snapshot import QueueJson
 from taskhub.web.openapi import Conflict, Job, Queued, build_spec
 from taskhub.web.submission import TaskRequest
-from tests.helpers import Namespace, config_dict
+from tests.support.processes import Namespace, config_dict
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {

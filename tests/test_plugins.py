@@ -10,7 +10,7 @@ import pytest
 from taskhub import hookspecs
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.hub.plugins import load_plugins
-from tests.helpers import ROOT, limiter_plugin, run_cli
+from tests.support.processes import ROOT, limiter_plugin, run_cli
 
 
 def write_plugin(directory: Path, filename: str, source: str) -> Path:

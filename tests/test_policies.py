@@ -27,8 +27,8 @@ from taskhub.limits.policy import RequestContext, Rule, RuleResult
 from taskhub.store.clients import connect
 from taskhub.web.client_ip import ClientAddress
 from tests.conftest import client_on
-from tests.helpers import Namespace
-from tests.limiter_harness import admission_on, queued_key
+from tests.support.limiter_harness import admission_on, queued_key
+from tests.support.processes import Namespace
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 T0 = 4_000_000_000_000

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
+from tests.support.processes import Namespace, PrivateRedis, config_dict, wait_until
 
 
 def get(url: str) -> httpx.Response:

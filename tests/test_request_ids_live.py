@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import Namespace, PrivateRedis, config_dict, wait_until
+from tests.support.processes import Namespace, PrivateRedis, config_dict, wait_until
 
 HEX_ID = re.compile(r"[0-9a-f]{16}")
 

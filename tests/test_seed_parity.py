@@ -18,7 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ROOT, Namespace, PrivateRedis, config_dict, free_port, wait_until
+from tests.support.processes import (
+    ROOT,
+    Namespace,
+    PrivateRedis,
+    config_dict,
+    free_port,
+    wait_until,
+)
 
 CANDIDATES = [
     os.environ.get("TASKHUB_SEED_REFERENCE", ""),

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 import redis
 
-from tests.helpers import (
+from tests.support.processes import (
     Namespace,
     TaskhubProcess,
     config_dict,

@@ -41,7 +41,7 @@ from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
 from taskhub.store.sharding import SHARD_BY, Shards
 from tests.conftest import config_on
-from tests.helpers import Namespace, config_dict, wait_until, write_config
+from tests.support.processes import Namespace, config_dict, wait_until, write_config
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 USERS = [f"user-{n}" for n in range(200)] + ["{tag}", "a:b", "ü", "x" * 256, ""]

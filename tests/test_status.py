@@ -16,7 +16,7 @@ import pytest
 from taskhub.jobs import QueueSnapshot, WorkerStatus
 from taskhub.monitoring.snapshot import Rates
 from tests.conftest import config_on
-from tests.helpers import (
+from tests.support.processes import (
     Namespace,
     config_dict,
     delivery_plugins,

@@ -32,9 +32,14 @@ from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect
-from tests.helpers import Namespace
-from tests.limiter_harness import T0, admission_for, decide, keys_of
-from tests.models import GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
+from tests.support.limiter_harness import T0, admission_for, decide, keys_of
+from tests.support.limiter_models import (
+    GcraModel,
+    RateLimiterRedisModel,
+    SlidingWindowModel,
+    TokenBucketModel,
+)
+from tests.support.processes import Namespace
 
 MAX_EXAMPLES = 100
 PROFILE = settings(

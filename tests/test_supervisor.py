@@ -25,7 +25,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import (
+from tests.support.processes import (
     Namespace,
     TaskhubProcess,
     config_dict,

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.helpers import Namespace, config_dict, delivery_plugins, get_job, wait_until
+from tests.support.processes import Namespace, config_dict, delivery_plugins, get_job, wait_until
 
 # A handler that hangs on its first attempt, so the test can kill the worker mid-job.
 HANG_ONCE = """

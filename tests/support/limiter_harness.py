@@ -13,8 +13,8 @@ from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import Limiter, TaskSpec
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
-from tests.helpers import Namespace
-from tests.models import Expected
+from tests.support.limiter_models import Expected
+from tests.support.processes import Namespace
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 # Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test

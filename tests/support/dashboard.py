@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import Namespace, config_dict, delivery_plugins
+from tests.support.processes import Namespace, config_dict, delivery_plugins
 
 TOKEN = "test-dashboard-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from taskhub.web.submission import idempotent_job_id
-from tests.helpers import TaskhubProcess
+from tests.support.processes import TaskhubProcess
 
 TRANSPORT_ERROR = -1  # the taskhub server itself could not be reached or hung up
 

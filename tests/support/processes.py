@@ -30,7 +30,7 @@ from bench.procs import free_port, pings, server_options, wait_until
 if TYPE_CHECKING:
     from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("TASKHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_REDIS_HINT = (
     "start one with `redis-server --daemonize yes --port 6379 --save '' --appendonly no` "
