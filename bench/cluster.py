@@ -17,7 +17,8 @@ from pathlib import Path
 
 import redis
 
-from bench.procs import free_port, pings, server_options, wait_until
+from tests.support.processes import free_port, wait_until
+from tests.support.redis_servers import pings, server_options
 
 NODE_TIMEOUT_MS = 1500
 SIZE = 6  # --cluster-replicas 1: three masters, three replicas

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +24,7 @@ import orjson
 import redis
 import yaml
 
-# free_port and wait_until live in the harness (bench/procs.py) and are re-exported here.
-from bench.procs import free_port, pings, server_options, wait_until
+from tests.support.redis_servers import pings, server_options
 
 if TYPE_CHECKING:
     from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
@@ -37,6 +36,22 @@ START_REDIS_HINT = (
     "(Debian: apt-get install redis-server), or run .ci/run, which does both; "
     "or point TASKHUB_TEST_REDIS_URL at another server"
 )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; returns its last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
 
 
 LIMITER_PLUGIN = """
