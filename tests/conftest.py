@@ -10,10 +10,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from bench.cluster import LocalCluster
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect
+from tests.support.cluster import LocalCluster
 from tests.support.processes import (
     REDIS_URL,
     START_REDIS_HINT,

@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import redis
 
-from bench.cluster import LocalCluster, Node
 from taskhub.store.sharding import Shards
+from tests.support.cluster import LocalCluster, Node
 from tests.support.processes import Namespace, config_dict, crash_queue, wait_until
 from tests.support.replies import (
     Reply,
