@@ -14,15 +14,10 @@ from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect
 from tests.support.cluster import LocalCluster
-from tests.support.processes import (
-    REDIS_URL,
-    START_REDIS_HINT,
-    Namespace,
-    PrivateRedis,
-    TaskhubProcess,
-    config_dict,
-    write_config,
-)
+from tests.support.configs import config_dict, write_config
+from tests.support.namespaces import Namespace
+from tests.support.processes import TaskhubProcess
+from tests.support.redis_servers import REDIS_URL, START_REDIS_HINT, PrivateRedis
 
 
 @pytest.fixture(scope="session")

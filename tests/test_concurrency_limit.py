@@ -6,7 +6,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import Namespace, config_dict, delivery_plugins, wait_until
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import wait_until
 from tests.test_lifecycle import TASKS
 
 TASK_RETRIES = {**TASKS, "broken": {"retries": 1}}

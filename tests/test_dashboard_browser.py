@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from tests.support.configs import ROOT
 from tests.support.dashboard import CAPACITY, TOKEN, dashboard_config, submit
-from tests.support.processes import ROOT, get_job, wait_until
+from tests.support.http_requests import get_job
+from tests.support.processes import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -35,7 +35,9 @@ import redis
 
 from taskhub.store.sharding import Shards
 from tests.support.cluster import LocalCluster, Node
-from tests.support.processes import Namespace, config_dict, crash_queue, wait_until
+from tests.support.configs import config_dict, crash_queue
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
 from tests.support.replies import (
     Reply,
     assert_503s_are_well_formed,

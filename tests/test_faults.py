@@ -32,7 +32,10 @@ import pytest
 import redis
 
 from taskhub.web.submission import idempotent_job_id
-from tests.support.processes import Namespace, PrivateRedis, config_dict, crash_queue, wait_until
+from tests.support.configs import config_dict, crash_queue
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 from tests.support.replies import (
     Reply,
     assert_503s_are_well_formed,

@@ -12,7 +12,7 @@ import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.support.processes import Namespace
+from tests.support.namespaces import Namespace
 
 BODY_LIMIT = 65_536
 

@@ -12,16 +12,11 @@ from typing import Any
 
 import httpx
 
-from tests.support.processes import (
-    Namespace,
-    TaskhubProcess,
-    config_dict,
-    delivery_plugins,
-    get_job,
-    run_cli,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import config_dict, write_config
+from tests.support.http_requests import get_job
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import TaskhubProcess, run_cli, wait_until
 
 TASKS = {
     "log_completion": {},

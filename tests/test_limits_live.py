@@ -14,7 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.processes import Namespace, PrivateRedis, config_dict, wait_until
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 
 USERS = 50
 CLIENTS = 16

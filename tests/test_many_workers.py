@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from tests.conftest import config_on
-from tests.support.processes import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
+from tests.support.configs import crash_queue, write_config
+from tests.support.namespaces import Namespace
+from tests.support.processes import TaskhubProcess, wait_until
 
 JOBS = 300
 LEDGER_PLUGIN = """

@@ -20,15 +20,10 @@ from taskhub.hub.kernel import Hub
 from taskhub.hub.runner import TaskRunner
 from taskhub.monitoring.exporter import QueueDepth, render
 from taskhub.monitoring.metrics import JobMetrics
-from tests.support.processes import (
-    TaskhubProcess,
-    config_dict,
-    delivery_plugins,
-    free_port,
-    store_queued,
-    wait_until,
-    write_config,
-)
+from tests.support.configs import config_dict, write_config
+from tests.support.jobs import store_queued
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import TaskhubProcess, free_port, wait_until
 
 HEARTBEAT = 0.5  # the ``queue`` fixture's
 

@@ -18,7 +18,8 @@ from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.snapshot import QueueJson
 from taskhub.web.openapi import Conflict, Job, Queued, build_spec
 from taskhub.web.submission import TaskRequest
-from tests.support.processes import Namespace, config_dict
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {

@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.config.models import RedisSettings
 from taskhub.store.pipeline import RedisPipeline, encode_command
-from tests.support.processes import PrivateRedis
+from tests.support.redis_servers import PrivateRedis
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

@@ -10,7 +10,9 @@ import pytest
 from taskhub import hookspecs
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.hub.plugins import load_plugins
-from tests.support.processes import ROOT, limiter_plugin, run_cli
+from tests.support.configs import ROOT
+from tests.support.plugin_sources import limiter_plugin
+from tests.support.processes import run_cli
 
 
 def write_plugin(directory: Path, filename: str, source: str) -> Path:

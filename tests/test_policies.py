@@ -28,7 +28,7 @@ from taskhub.store.clients import connect
 from taskhub.web.client_ip import ClientAddress
 from tests.conftest import client_on
 from tests.support.limiter_harness import admission_on, queued_key
-from tests.support.processes import Namespace
+from tests.support.namespaces import Namespace
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 T0 = 4_000_000_000_000

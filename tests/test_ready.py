@@ -6,7 +6,10 @@ import time
 
 import httpx
 
-from tests.support.processes import Namespace, PrivateRedis, config_dict, wait_until
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 
 
 def get(url: str) -> httpx.Response:

@@ -41,7 +41,9 @@ from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
 from taskhub.store.sharding import SHARD_BY, Shards
 from tests.conftest import config_on
-from tests.support.processes import Namespace, config_dict, wait_until, write_config
+from tests.support.configs import config_dict, write_config
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 USERS = [f"user-{n}" for n in range(200)] + ["{tag}", "a:b", "ü", "x" * 256, ""]

@@ -39,7 +39,7 @@ from tests.support.limiter_models import (
     SlidingWindowModel,
     TokenBucketModel,
 )
-from tests.support.processes import Namespace
+from tests.support.namespaces import Namespace
 
 MAX_EXAMPLES = 100
 PROFILE = settings(

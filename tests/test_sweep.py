@@ -15,7 +15,7 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
 from taskhub.builtin.saq.redis_queue import Fence, HardenedRedisQueue, Move
-from tests.support.processes import store_queued
+from tests.support.jobs import store_queued
 
 HEARTBEAT = 0.5
 

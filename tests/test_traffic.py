@@ -13,7 +13,8 @@ from taskhub.limits.admission import Decision, Outcome
 from taskhub.limits.policy import RequestContext, Rule, RuleResult
 from taskhub.monitoring.traffic import MINUTE_TTL, SECOND_TTL, TrafficRecorder, traffic_prefix
 from tests.conftest import client_on
-from tests.support.processes import Namespace, free_port
+from tests.support.namespaces import Namespace
+from tests.support.processes import free_port
 
 NOW = 1_800_000_030.5  # half past second ...030, in minute 30_000_000
 BUCKET = TokenBucket(TokenBucket.Config())

@@ -18,7 +18,7 @@ from taskhub.builtin.saq import worker as saq_worker
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from taskhub.builtin.saq.worker import HubWorker, outcome
 from taskhub.hub.runner import TaskRunner
-from tests.support.processes import store_queued
+from tests.support.jobs import store_queued
 
 HEARTBEAT = 5.0
 

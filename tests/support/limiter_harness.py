@@ -14,7 +14,7 @@ from taskhub.components import Limiter, TaskSpec
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
 from tests.support.limiter_models import Expected
-from tests.support.processes import Namespace
+from tests.support.namespaces import Namespace
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 # Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test
