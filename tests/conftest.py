@@ -11,8 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
-from taskhub.config.models import RedisSettings
-from taskhub.store.clients import connect
+from tests.support.backends import client_on
 from tests.support.cluster import LocalCluster
 from tests.support.configs import config_dict, write_config
 from tests.support.namespaces import Namespace
@@ -46,24 +45,6 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis
     conn = client_on("single", request)
     yield conn
     await conn.aclose()
-
-
-def config_on(kind: str, ns: Namespace, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """``config_dict`` on the ``single`` shared Redis or on the ``cluster``."""
-    if kind == "cluster":
-        config = config_dict(ns, request.getfixturevalue("cluster").url)
-        config["redis"]["cluster"] = True
-        return config
-    return config_dict(ns, request.getfixturevalue("redis_url"))
-
-
-def client_on(kind: str, request: pytest.FixtureRequest) -> aioredis.Redis:
-    """A client on the ``single`` shared Redis, the ``cluster``, or ``memory``."""
-    if kind == "cluster":
-        return connect(RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True))
-    if kind == "memory":
-        return connect(RedisSettings(url=f"memory://{request.node.nodeid}"))
-    return connect(RedisSettings(url=request.getfixturevalue("redis_url")))
 
 
 @pytest.fixture
@@ -148,7 +129,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
 def cluster() -> Iterator[LocalCluster]:
     """A local Redis Cluster (3 masters, 3 replicas), started on first use, shared by the
     session: tests keep to their own keys, and a test that kills or promotes nodes
-    must leave every slot served (see bench/cluster.py)."""
+    must leave every slot served (see tests/support/cluster.py)."""
     try:
         local = LocalCluster.start()
     except FileNotFoundError as exc:

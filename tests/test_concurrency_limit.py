@@ -8,11 +8,10 @@ import httpx
 
 from tests.support.configs import config_dict
 from tests.support.namespaces import Namespace
-from tests.support.plugin_sources import delivery_plugins
+from tests.support.plugin_sources import DELIVERY_TASKS, delivery_plugins
 from tests.support.processes import wait_until
-from tests.test_lifecycle import TASKS
 
-TASK_RETRIES = {**TASKS, "broken": {"retries": 1}}
+TASK_RETRIES = {**DELIVERY_TASKS, "broken": {"retries": 1}}
 
 
 def post(url: str, user: str = "u1", task: str = "log_completion") -> httpx.Response:

@@ -16,7 +16,7 @@ from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot
 from taskhub.monitoring.dashboard import Dashboard, Summary
 from taskhub.monitoring.traffic import TrafficRecorder
-from tests.conftest import config_on
+from tests.support.backends import config_on
 from tests.support.configs import config_dict, write_config
 from tests.support.dashboard import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
 from tests.support.http_requests import get_job

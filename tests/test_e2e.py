@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import config_on
+from tests.support.backends import config_on
 from tests.support.configs import ROOT, config_dict, write_config
 from tests.support.namespaces import Namespace
 from tests.support.plugin_sources import limiter_plugin

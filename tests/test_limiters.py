@@ -22,7 +22,7 @@ from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
 from taskhub.limits.admission import Admission
 from taskhub.limits.policy import RequestContext
-from tests.conftest import client_on
+from tests.support.backends import client_on
 from tests.support.limiter_harness import SPEC, T0, admission_for, decide, keys_of, queued_key
 from tests.support.limiter_models import (
     Expected,

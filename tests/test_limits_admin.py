@@ -21,9 +21,9 @@ from taskhub.limits.deny_cache import DenyCache
 from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import Rule
 from tests.support.configs import config_dict, write_config
+from tests.support.limiter_harness import SPEC, bucket, ctx
 from tests.support.namespaces import Namespace
 from tests.support.processes import free_port, run_cli
-from tests.test_policies import SPEC, bucket, ctx
 
 SLOW = {"refill": 1, "period": 3600}  # one token an hour: nothing refills during a test
 

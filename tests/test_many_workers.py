@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import config_on
+from tests.support.backends import config_on
 from tests.support.configs import crash_queue, write_config
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, wait_until

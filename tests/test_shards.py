@@ -40,7 +40,7 @@ from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
 from taskhub.store.sharding import SHARD_BY, Shards
-from tests.conftest import config_on
+from tests.support.backends import config_on
 from tests.support.configs import config_dict, write_config
 from tests.support.namespaces import Namespace
 from tests.support.processes import wait_until

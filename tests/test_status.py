@@ -15,7 +15,7 @@ import pytest
 
 from taskhub.jobs import QueueSnapshot, WorkerStatus
 from taskhub.monitoring.snapshot import Rates
-from tests.conftest import config_on
+from tests.support.backends import config_on
 from tests.support.configs import config_dict, write_config
 from tests.support.http_requests import get_job
 from tests.support.namespaces import Namespace

@@ -12,7 +12,7 @@ from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.limits.admission import Decision, Outcome
 from taskhub.limits.policy import RequestContext, Rule, RuleResult
 from taskhub.monitoring.traffic import MINUTE_TTL, SECOND_TTL, TrafficRecorder, traffic_prefix
-from tests.conftest import client_on
+from tests.support.backends import client_on
 from tests.support.namespaces import Namespace
 from tests.support.processes import free_port
 

@@ -93,3 +93,13 @@ def delivery_plugins(directory: Path) -> str:
     plugins.mkdir(parents=True, exist_ok=True)
     (plugins / "delivery_handlers.py").write_text(DELIVERY_HANDLERS)
     return str(plugins)
+
+
+# The tasks section that names every delivery handler (flaky and broken with retries).
+DELIVERY_TASKS = {
+    "log_completion": {},
+    "sleepy": {},
+    "flaky": {"retries": 3, "retry_delay": 0.4, "retry_backoff": 10},
+    "later": {"retries": 2},
+    "broken": {"retries": 2, "retry_delay": 0.1},
+}
