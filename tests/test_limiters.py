@@ -2,8 +2,8 @@
 
 The admission script accepts a clock override, so these tests drive Redis's
 decisions with simulated time and compare every decision, remaining count,
-reset and retry with the models in ``models.py``. They run on the real Redis
-and on the embedded fakeredis, which must agree.
+reset and retry with the models in ``tests/support/limiter_models.py``. They run
+on the real Redis and on the embedded fakeredis, which must agree.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Hypothesis draws a strategy's options and a request sequence (non-decreasing
 simulated times, gaps from 0 ms to three of the strategy's time scales, costs
 1 to 3, two users) and every decision, remaining, reset and retry from the
-admission script must equal the model's in ``models.py``. Each strategy runs on
-the real Redis and on the embedded fakeredis.
+admission script must equal the model's in ``tests/support/limiter_models.py``.
+Each strategy runs on the real Redis and on the embedded fakeredis.
 
 The profile is fixed (``derandomize``, no example database), so every run and
 CI try the same examples. Each example has its own user ids and deletes its
