@@ -1,4 +1,12 @@
-"""Shared fixtures. Tests that need Redis use the real one and fail (never skip) without it."""
+"""Shared fixtures. Tests that need Redis use the real one and fail (never skip) without it.
+
+Every test that needs Redis carries the ``redis`` marker, so ``make test-fast``
+(``-m "not redis"``) runs the rest in seconds with no Redis at all. The marker is
+put on at collection, on every test whose fixtures include one of REDIS_FIXTURES
+directly or through other fixtures; a test that gets one only at run time
+(``request.getfixturevalue``) without the marker fails, naming itself
+(tests/support/fixture_marker.py). A test that starts a redis-server or opens a
+connection by itself, with none of these fixtures, is marked by hand."""
 
 from __future__ import annotations
 
@@ -14,9 +22,32 @@ from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from tests.support.backends import client_on
 from tests.support.cluster import LocalCluster
 from tests.support.configs import config_dict, write_config
+from tests.support.fixture_marker import FixtureMarker
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess
 from tests.support.redis_servers import REDIS_URL, START_REDIS_HINT, PrivateRedis
+
+# The fixtures below that reach a Redis (the shared one, a private redis-server, the
+# local cluster) or start taskhub processes that do; test modules' own fixtures that
+# use them are covered through them, and so are test modules' own ``client`` fixtures.
+REDIS_FIXTURES = frozenset(
+    {
+        "redis_url",
+        "sync_redis",
+        "client",
+        "queue",
+        "ns",
+        "live_server",
+        "private_redis",
+        "aof_redis",
+        "spawn",
+        "cluster",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(FixtureMarker("redis", REDIS_FIXTURES), "taskhub-redis-marker")
 
 
 @pytest.fixture(scope="session")
