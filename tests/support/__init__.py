@@ -1,1 +1,1 @@
-"""What the tests share (and the benchmark's private Redis and cluster): helpers, no tests."""
+"""Helpers the tests share, no tests; bench/ imports its ports, redis options and cluster here."""
