@@ -1,6 +1,6 @@
 """Pure pieces of the harness: wrk's output, medians, ratios and verdicts.
 
-Nothing here starts a process, so ``tests/test_bench_parsing.py`` checks it fast.
+Nothing here starts a process, so ``bench/tests/test_bench_parsing.py`` checks it fast.
 """
 
 from __future__ import annotations

@@ -11,37 +11,17 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import redis
+
+from tests.support.processes import free_port
+from tests.support.redis_servers import server_options
 
 
 class BenchError(RuntimeError):
     """A row cannot be measured (a process did not start, a tool is missing)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it is truthy or ``timeout`` passes; returns its last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
-
-
-def pings(client: redis.Redis) -> bool:
-    with contextlib.suppress(redis.ConnectionError):
-        return bool(client.ping())
-    return False
 
 
 def port_open(port: int) -> bool:
@@ -130,25 +110,6 @@ class Proc:
                 self.proc.wait(5)
         self._out.close()
         return self.proc.returncode
-
-
-def server_options(port: int, directory: Path, *, aof: bool = False) -> list[str]:
-    """redis-server's options for a private server on loopback, keeping nothing on disk
-    unless ``aof`` (then every write is fsynced before Redis replies). The tests'
-    private servers use it too."""
-    persistence = ["yes", "--appendfsync", "always"] if aof else ["no"]
-    return [
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        *persistence,
-        "--dir",
-        str(directory),
-    ]
 
 
 class PrivateRedis:

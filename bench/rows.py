@@ -22,9 +22,10 @@ import redis
 from bench import configs, profile, wrk
 from bench.enqueue import enqueue_jobs
 from bench.measure import Metric, WrkResult, pair_order, summarize
-from bench.procs import BenchError, PrivateRedis, Proc, free_port, rss_kib
+from bench.procs import BenchError, PrivateRedis, Proc, rss_kib
 from bench.profile import CpuShares
 from bench.watch import LogWatcher, RssSampler
+from tests.support.processes import free_port
 
 Figures = dict[str, Any]
 Runner = Callable[[], Figures]

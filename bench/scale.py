@@ -22,15 +22,16 @@ from typing import Any
 import redis
 
 from bench import configs, wrk
-from bench.cluster import LocalCluster
 from bench.enqueue import enqueue_jobs
 from bench.measure import Metric, failed, summarize
-from bench.procs import BenchError, Proc, free_port, wait_until
+from bench.procs import BenchError, Proc
 from bench.profile import CpuShares, process_tree
 from bench.rows import Bench, Figures
 from bench.scaling import per_core_second, project, shards_per_master
 from bench.watch import LogWatcher
 from taskhub.store.sharding import Shards
+from tests.support.cluster import LocalCluster
+from tests.support.processes import free_port, wait_until
 
 # Two shards per master. A shard is one slot, so it loads one master: at least one per
 # master. Six also spread evenly over 1, 2, 3 or 6 masters, so a cluster can grow by

@@ -1,7 +1,7 @@
 """The scale row's pure parts: how a queue's shards sit on the masters, rates per
 core-second of CPU, and what those imply for a machine with more cores.
 
-Nothing here starts a process, so ``tests/test_bench_parsing.py`` checks it fast.
+Nothing here starts a process, so ``bench/tests/test_bench_parsing.py`` checks it fast.
 """
 
 from __future__ import annotations

@@ -1,4 +1,12 @@
-"""Shared fixtures. Tests that need Redis use the real one and fail (never skip) without it."""
+"""Shared fixtures. Tests that need Redis use the real one and fail (never skip) without it.
+
+Every test that needs Redis carries the ``redis`` marker, so ``make test-fast``
+(``-m "not redis"``) runs the rest in seconds with no Redis at all. The marker is
+put on at collection, on every test whose fixtures include one of REDIS_FIXTURES
+directly or through other fixtures; a test that gets one only at run time
+(``request.getfixturevalue``) without the marker fails, naming itself
+(tests/support/fixture_marker.py). A test that starts a redis-server or opens a
+connection by itself, with none of these fixtures, is marked by hand."""
 
 from __future__ import annotations
 
@@ -9,20 +17,37 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from helpers import (
-    REDIS_URL,
-    START_REDIS_HINT,
-    Namespace,
-    PrivateRedis,
-    TaskhubProcess,
-    config_dict,
-    write_config,
+
+from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
+from tests.support.backends import client_on
+from tests.support.cluster import LocalCluster
+from tests.support.configs import config_dict, write_config
+from tests.support.fixture_marker import FixtureMarker
+from tests.support.namespaces import Namespace
+from tests.support.processes import TaskhubProcess
+from tests.support.redis_servers import REDIS_URL, START_REDIS_HINT, PrivateRedis
+
+# The fixtures below that reach a Redis (the shared one, a private redis-server, the
+# local cluster) or start taskhub processes that do; test modules' own fixtures that
+# use them are covered through them, and so are test modules' own ``client`` fixtures.
+REDIS_FIXTURES = frozenset(
+    {
+        "redis_url",
+        "sync_redis",
+        "client",
+        "queue",
+        "ns",
+        "live_server",
+        "private_redis",
+        "aof_redis",
+        "spawn",
+        "cluster",
+    }
 )
 
-from bench.cluster import LocalCluster
-from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
-from taskhub.config.models import RedisSettings
-from taskhub.store.clients import connect
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(FixtureMarker("redis", REDIS_FIXTURES), "taskhub-redis-marker")
 
 
 @pytest.fixture(scope="session")
@@ -51,24 +76,6 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis
     conn = client_on("single", request)
     yield conn
     await conn.aclose()
-
-
-def config_on(kind: str, ns: Namespace, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """``config_dict`` on the ``single`` shared Redis or on the ``cluster``."""
-    if kind == "cluster":
-        config = config_dict(ns, request.getfixturevalue("cluster").url)
-        config["redis"]["cluster"] = True
-        return config
-    return config_dict(ns, request.getfixturevalue("redis_url"))
-
-
-def client_on(kind: str, request: pytest.FixtureRequest) -> aioredis.Redis:
-    """A client on the ``single`` shared Redis, the ``cluster``, or ``memory``."""
-    if kind == "cluster":
-        return connect(RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True))
-    if kind == "memory":
-        return connect(RedisSettings(url=f"memory://{request.node.nodeid}"))
-    return connect(RedisSettings(url=request.getfixturevalue("redis_url")))
 
 
 @pytest.fixture
@@ -153,7 +160,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
 def cluster() -> Iterator[LocalCluster]:
     """A local Redis Cluster (3 masters, 3 replicas), started on first use, shared by the
     session: tests keep to their own keys, and a test that kills or promotes nodes
-    must leave every slot served (see bench/cluster.py)."""
+    must leave every slot served (see tests/support/cluster.py)."""
     try:
         local = LocalCluster.start()
     except FileNotFoundError as exc:

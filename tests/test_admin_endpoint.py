@@ -6,10 +6,12 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Namespace, config_dict, run_cli, write_config
 from pydantic import TypeAdapter
 
 from taskhub.limits.admin import LimitsReset, LimitsShown
+from tests.support.configs import config_dict, write_config
+from tests.support.namespaces import Namespace
+from tests.support.processes import run_cli
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

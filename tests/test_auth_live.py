@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Namespace, config_dict
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
 
 ALICE = "alice-key-0123456789abcdef"
 CI = "ci-key-0123456789abcdef-xyz"

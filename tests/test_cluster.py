@@ -11,12 +11,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import wait_until
 
-from bench.cluster import LocalCluster, Node
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import is_unavailable
 from taskhub.store.cluster_router import ClusterPipeline, CrossSlotKeys, slot_of
+from tests.support.cluster import LocalCluster, Node
+from tests.support.processes import wait_until
 
 INCR = "return redis.call('INCR', KEYS[1])"
 

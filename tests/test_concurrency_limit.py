@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from helpers import Namespace, config_dict, delivery_plugins, wait_until
-from test_lifecycle import TASKS
 
-TASK_RETRIES = {**TASKS, "broken": {"retries": 1}}
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import DELIVERY_TASKS, delivery_plugins
+from tests.support.processes import wait_until
+
+TASK_RETRIES = {**DELIVERY_TASKS, "broken": {"retries": 1}}
 
 
 def post(url: str, user: str = "u1", task: str = "log_completion") -> httpx.Response:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT
 
 from taskhub.cli.main import main
 from taskhub.components import Limiter, RatePolicy
@@ -17,6 +16,7 @@ from taskhub.config.secrets import mask_url
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
 from taskhub.hub.plugins import load_plugins
+from tests.support.configs import ROOT
 
 
 def hub_from(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Hub:

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import config_on
-from dashboard_helpers import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
-from helpers import config_dict, get_job, run_cli, wait_until, write_config
 from pydantic import TypeAdapter
 
 from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot
 from taskhub.monitoring.dashboard import Dashboard, Summary
 from taskhub.monitoring.traffic import TrafficRecorder
+from tests.support.backends import config_on
+from tests.support.configs import config_dict, write_config
+from tests.support.dashboard import AUTH, CAPACITY, TOKEN, dashboard_config, submit, summary
+from tests.support.http_requests import get_job
+from tests.support.processes import run_cli, wait_until
 
 ROUTES = (
     ("GET", "/dashboard"),

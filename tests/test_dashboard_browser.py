@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
-from dashboard_helpers import CAPACITY, TOKEN, dashboard_config, submit
-from helpers import ROOT, get_job, wait_until
 from playwright.sync_api import Page, sync_playwright
+
+from tests.support.configs import ROOT
+from tests.support.dashboard import CAPACITY, TOKEN, dashboard_config, submit
+from tests.support.http_requests import get_job
+from tests.support.processes import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

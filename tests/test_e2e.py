@@ -13,18 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import config_on
-from helpers import (
-    ROOT,
-    Namespace,
-    PrivateRedis,
-    TaskhubProcess,
-    config_dict,
-    limiter_plugin,
-    run_cli,
-    wait_until,
-    write_config,
-)
+
+from tests.support.backends import config_on
+from tests.support.configs import ROOT, config_dict, write_config
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import limiter_plugin
+from tests.support.processes import TaskhubProcess, run_cli, wait_until
+from tests.support.redis_servers import PrivateRedis
 
 RATE_HEADERS = (
     "Retry-After",

@@ -8,7 +8,11 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 
 JOBS = 100
 

@@ -32,11 +32,19 @@ from typing import Any
 
 import httpx
 import redis
-from helpers import Namespace, config_dict, crash_queue, wait_until
-from replies import Reply, assert_503s_are_well_formed, assert_quiet, completions, submit
 
-from bench.cluster import LocalCluster, Node
 from taskhub.store.sharding import Shards
+from tests.support.cluster import LocalCluster, Node
+from tests.support.configs import config_dict, crash_queue
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.replies import (
+    Reply,
+    assert_503s_are_well_formed,
+    assert_quiet,
+    completions,
+    submit,
+)
 
 CLIENTS = 12
 WARM_UP = 1.5  # seconds of load before the kill

@@ -30,16 +30,19 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from helpers import Namespace, PrivateRedis, config_dict, crash_queue, wait_until
-from replies import (
+
+from taskhub.web.submission import idempotent_job_id
+from tests.support.configs import config_dict, crash_queue
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
+from tests.support.replies import (
     Reply,
     assert_503s_are_well_formed,
     assert_quiet,
     completions,
     submit,
 )
-
-from taskhub.web.submission import idempotent_job_id
 
 # --------------------------------------------------------------------------- Redis restarted
 

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from helpers import Namespace
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
+from tests.support.namespaces import Namespace
 
 BODY_LIMIT = 65_536
 

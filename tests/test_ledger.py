@@ -17,14 +17,11 @@ from pathlib import Path
 
 import httpx
 import redis
-from helpers import (
-    Namespace,
-    TaskhubProcess,
-    config_dict,
-    crash_queue,
-    delivery_plugins,
-    wait_until,
-)
+
+from tests.support.configs import config_dict, crash_queue
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import TaskhubProcess, wait_until
 
 NORMAL_USERS, NORMAL_REQUESTS = 90, 20  # within the limit: all admitted
 HEAVY_USERS, HEAVY_REQUESTS = 5, 40  # over it: 25 admitted each, then 429s

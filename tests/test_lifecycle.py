@@ -11,24 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from helpers import (
-    Namespace,
-    TaskhubProcess,
-    config_dict,
-    delivery_plugins,
-    get_job,
-    run_cli,
-    wait_until,
-    write_config,
-)
 
-TASKS = {
-    "log_completion": {},
-    "sleepy": {},
-    "flaky": {"retries": 3, "retry_delay": 0.4, "retry_backoff": 10},
-    "later": {"retries": 2},
-    "broken": {"retries": 2, "retry_delay": 0.1},
-}
+from tests.support.configs import config_dict, write_config
+from tests.support.http_requests import get_job
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import DELIVERY_TASKS, delivery_plugins
+from tests.support.processes import TaskhubProcess, run_cli, wait_until
 
 
 def delivery_config(tmp_path: Path, ns: Namespace, redis_url: str, **queue: Any) -> dict:
@@ -41,7 +29,11 @@ def delivery_config(tmp_path: Path, ns: Namespace, redis_url: str, **queue: Any)
         **queue,
     }
     return config_dict(
-        ns, redis_url, plugins_dir=delivery_plugins(tmp_path), tasks=TASKS, queue=queue_section
+        ns,
+        redis_url,
+        plugins_dir=delivery_plugins(tmp_path),
+        tasks=DELIVERY_TASKS,
+        queue=queue_section,
     )
 
 

@@ -2,8 +2,8 @@
 
 The admission script accepts a clock override, so these tests drive Redis's
 decisions with simulated time and compare every decision, remaining count,
-reset and retry with the models in ``models.py``. They run on the real Redis
-and on the embedded fakeredis, which must agree.
+reset and retry with the models in ``tests/support/limiter_models.py``. They run
+on the real Redis and on the embedded fakeredis, which must agree.
 """
 
 from __future__ import annotations
@@ -14,15 +14,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import client_on
-from limiter_harness import SPEC, T0, admission_for, decide, keys_of, queued_key
-from models import (
-    Expected,
-    GcraModel,
-    RateLimiterRedisModel,
-    SlidingWindowModel,
-    TokenBucketModel,
-)
 
 from taskhub.builtin.limiters.fixed_window import FixedWindow
 from taskhub.builtin.limiters.gcra import Gcra
@@ -31,6 +22,15 @@ from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
 from taskhub.limits.admission import Admission
 from taskhub.limits.policy import RequestContext
+from tests.support.backends import client_on
+from tests.support.limiter_harness import SPEC, T0, admission_for, decide, keys_of, queued_key
+from tests.support.limiter_models import (
+    Expected,
+    GcraModel,
+    RateLimiterRedisModel,
+    SlidingWindowModel,
+    TokenBucketModel,
+)
 
 
 @pytest.fixture(params=["single", "memory", "cluster"])

@@ -10,8 +10,6 @@ import json
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import Namespace, config_dict, free_port, run_cli, write_config
-from test_policies import SPEC, bucket, ctx
 
 from taskhub.builtin.limiters.concurrency import Concurrency
 from taskhub.builtin.limiters.fixed_window import FixedWindow
@@ -22,6 +20,10 @@ from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.deny_cache import DenyCache
 from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import Rule
+from tests.support.configs import config_dict, write_config
+from tests.support.limiter_harness import SPEC, bucket, ctx
+from tests.support.namespaces import Namespace
+from tests.support.processes import free_port, run_cli
 
 SLOW = {"refill": 1, "period": 3600}  # one token an hour: nothing refills during a test
 

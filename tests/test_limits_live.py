@@ -13,7 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 
 USERS = 50
 CLIENTS = 16

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import config_on
-from helpers import Namespace, TaskhubProcess, crash_queue, wait_until, write_config
+
+from tests.support.backends import config_on
+from tests.support.configs import crash_queue, write_config
+from tests.support.namespaces import Namespace
+from tests.support.processes import TaskhubProcess, wait_until
 
 JOBS = 300
 LEDGER_PLUGIN = """

@@ -10,15 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import (
-    TaskhubProcess,
-    config_dict,
-    delivery_plugins,
-    free_port,
-    store_queued,
-    wait_until,
-    write_config,
-)
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +20,10 @@ from taskhub.hub.kernel import Hub
 from taskhub.hub.runner import TaskRunner
 from taskhub.monitoring.exporter import QueueDepth, render
 from taskhub.monitoring.metrics import JobMetrics
+from tests.support.configs import config_dict, write_config
+from tests.support.jobs import store_queued
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import TaskhubProcess, free_port, wait_until
 
 HEARTBEAT = 0.5  # the ``queue`` fixture's
 

@@ -12,7 +12,6 @@ import httpx
 import jsonschema_rs
 import orjson
 import schemathesis
-from helpers import Namespace, config_dict
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
@@ -20,6 +19,8 @@ from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.snapshot import QueueJson
 from taskhub.web.openapi import Conflict, Job, Queued, build_spec
 from taskhub.web.submission import TaskRequest
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {

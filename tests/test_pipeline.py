@@ -8,13 +8,13 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import PrivateRedis
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.config.models import RedisSettings
 from taskhub.store.pipeline import RedisPipeline, encode_command
+from tests.support.redis_servers import PrivateRedis
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

@@ -6,11 +6,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, limiter_plugin, run_cli
 
 from taskhub import hookspecs
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.hub.plugins import load_plugins
+from tests.support.configs import ROOT
+from tests.support.plugin_sources import limiter_plugin
+from tests.support.processes import run_cli
 
 
 def write_plugin(directory: Path, filename: str, source: str) -> Path:

@@ -12,32 +12,20 @@ from ipaddress import ip_network
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import client_on
-from helpers import Namespace
-from limiter_harness import admission_on, queued_key
 
 from taskhub.builtin.limiters.concurrency import Concurrency
 from taskhub.builtin.limiters.fixed_window import FixedWindow
-from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.builtin.saq.queue import SaqQueue
-from taskhub.builtin.tasks.log_completion import LogCompletion
-from taskhub.components import TaskSpec
 from taskhub.config.models import RedisSettings
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.deny_cache import DenyCache
 from taskhub.limits.headers import rate_limit_headers
-from taskhub.limits.policy import RequestContext, Rule, RuleResult
+from taskhub.limits.policy import Rule, RuleResult
 from taskhub.store.clients import connect
 from taskhub.web.client_ip import ClientAddress
-
-SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
-T0 = 4_000_000_000_000
-
-
-def bucket(capacity: int, block: float = 0, refill: float = 1, period: float = 60) -> TokenBucket:
-    return TokenBucket(
-        TokenBucket.Config(capacity=capacity, refill=refill, period=period, block=block)
-    )
+from tests.support.backends import client_on
+from tests.support.limiter_harness import SPEC, T0, admission_on, bucket, ctx, queued_key
+from tests.support.namespaces import Namespace
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -49,10 +37,6 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis
 
 def admission(client: aioredis.Redis, ns: Namespace, *rules: Rule, **options) -> Admission:
     return admission_on(client, ns, rules, SaqQueue.Config(name=ns.queue, **options))
-
-
-def ctx(user: str = "u1", ip: str = "", **headers: str) -> RequestContext:
-    return RequestContext(user_id=user, task=SPEC.name, client_ip=ip, headers=headers)
 
 
 async def test_a_refusal_by_the_second_rule_leaves_the_first_untouched(client, ns) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 
 import httpx
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 
 
 def get(url: str) -> httpx.Response:

@@ -7,7 +7,11 @@ import re
 from typing import Any
 
 import httpx
-from helpers import Namespace, PrivateRedis, config_dict, wait_until
+
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.redis_servers import PrivateRedis
 
 HEX_ID = re.compile(r"[0-9a-f]{16}")
 

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ROOT, Namespace, PrivateRedis, config_dict, free_port, wait_until
+
+from tests.support.configs import ROOT, config_dict
+from tests.support.namespaces import Namespace
+from tests.support.processes import free_port, wait_until
+from tests.support.redis_servers import PrivateRedis
 
 CANDIDATES = [
     os.environ.get("TASKHUB_SEED_REFERENCE", ""),

@@ -15,14 +15,11 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis
-from helpers import (
-    Namespace,
-    TaskhubProcess,
-    config_dict,
-    open_request,
-    read_response,
-    wait_until,
-)
+
+from tests.support.configs import config_dict
+from tests.support.http_requests import open_request, read_response
+from tests.support.namespaces import Namespace
+from tests.support.processes import TaskhubProcess, wait_until
 
 BODY = orjson.dumps({"user_id": "in-flight"})
 

@@ -19,9 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import config_on
 from fakeredis import FakeAsyncRedis, FakeServer
-from helpers import Namespace, config_dict, wait_until, write_config
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -42,6 +40,10 @@ from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
 from taskhub.store.sharding import SHARD_BY, Shards
+from tests.support.backends import config_on
+from tests.support.configs import config_dict, write_config
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 USERS = [f"user-{n}" for n in range(200)] + ["{tag}", "a:b", "ü", "x" * 256, ""]

@@ -12,19 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import config_on
-from helpers import (
-    Namespace,
-    config_dict,
-    delivery_plugins,
-    get_job,
-    run_cli,
-    wait_until,
-    write_config,
-)
 
 from taskhub.jobs import QueueSnapshot, WorkerStatus
 from taskhub.monitoring.snapshot import Rates
+from tests.support.backends import config_on
+from tests.support.configs import config_dict, write_config
+from tests.support.http_requests import get_job
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import run_cli, wait_until
 
 TASKS = {"log_completion": {}, "sleepy": {}, "broken": {"retries": 1}}
 QUEUED = 3

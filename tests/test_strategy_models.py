@@ -3,8 +3,8 @@
 Hypothesis draws a strategy's options and a request sequence (non-decreasing
 simulated times, gaps from 0 ms to three of the strategy's time scales, costs
 1 to 3, two users) and every decision, remaining, reset and retry from the
-admission script must equal the model's in ``models.py``. Each strategy runs on
-the real Redis and on the embedded fakeredis.
+admission script must equal the model's in ``tests/support/limiter_models.py``.
+Each strategy runs on the real Redis and on the embedded fakeredis.
 
 The profile is fixed (``derandomize``, no example database), so every run and
 CI try the same examples. Each example has its own user ids and deletes its
@@ -22,11 +22,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import Namespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from limiter_harness import T0, admission_for, decide, keys_of
-from models import GcraModel, RateLimiterRedisModel, SlidingWindowModel, TokenBucketModel
 
 from taskhub.builtin.limiters.fixed_window import FixedWindow
 from taskhub.builtin.limiters.gcra import Gcra
@@ -35,6 +32,14 @@ from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.components import Limiter
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect
+from tests.support.limiter_harness import T0, admission_for, decide, keys_of
+from tests.support.limiter_models import (
+    GcraModel,
+    RateLimiterRedisModel,
+    SlidingWindowModel,
+    TokenBucketModel,
+)
+from tests.support.namespaces import Namespace
 
 MAX_EXAMPLES = 100
 PROFILE = settings(

@@ -23,18 +23,12 @@ import httpx
 import orjson
 import pytest
 import redis
-from helpers import (
-    Namespace,
-    TaskhubProcess,
-    config_dict,
-    open_request,
-    read_response,
-    run_cli,
-    serving_pid,
-    wait_until,
-    write_config,
-)
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.configs import config_dict, write_config
+from tests.support.http_requests import open_request, read_response, serving_pid
+from tests.support.namespaces import Namespace
+from tests.support.processes import TaskhubProcess, run_cli, wait_until
 
 SERVING = "server processes serving"
 SERVER_PLUGIN = """

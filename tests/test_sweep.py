@@ -10,12 +10,12 @@ import asyncio
 
 import orjson
 import pytest
-from helpers import store_queued
 from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
 from taskhub.builtin.saq.redis_queue import Fence, HardenedRedisQueue, Move
+from tests.support.jobs import store_queued
 
 HEARTBEAT = 0.5
 

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import client_on
-from helpers import Namespace, free_port
 
 from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.limits.admission import Decision, Outcome
 from taskhub.limits.policy import RequestContext, Rule, RuleResult
 from taskhub.monitoring.traffic import MINUTE_TTL, SECOND_TTL, TrafficRecorder, traffic_prefix
+from tests.support.backends import client_on
+from tests.support.namespaces import Namespace
+from tests.support.processes import free_port
 
 NOW = 1_800_000_030.5  # half past second ...030, in minute 30_000_000
 BUCKET = TokenBucket(TokenBucket.Config())

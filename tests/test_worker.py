@@ -10,7 +10,12 @@ from pathlib import Path
 
 import httpx
 import redis
-from helpers import Namespace, config_dict, delivery_plugins, get_job, wait_until
+
+from tests.support.configs import config_dict
+from tests.support.http_requests import get_job
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
+from tests.support.processes import wait_until
 
 # A handler that hangs on its first attempt, so the test can kill the worker mid-job.
 HANG_ONCE = """

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from helpers import store_queued
 from saq.job import Job, Status
 
 from taskhub import Task, TaskHandler, TaskSpec
@@ -19,6 +18,7 @@ from taskhub.builtin.saq import worker as saq_worker
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from taskhub.builtin.saq.worker import HubWorker, outcome
 from taskhub.hub.runner import TaskRunner
+from tests.support.jobs import store_queued
 
 HEARTBEAT = 5.0
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helpers import TaskhubProcess
 
 from taskhub.web.submission import idempotent_job_id
+from tests.support.processes import TaskhubProcess
 
 TRANSPORT_ERROR = -1  # the taskhub server itself could not be reached or hung up
 

@@ -2,7 +2,7 @@
 
 The tests start one per session, only when a test asks for it (the ``cluster``
 fixture in conftest), and the scale row of the benchmark starts its own; it
-lives here, beside the harness's other processes, so both import one copy. A
+lives here, beside the tests' other redis-servers, and bench imports it. A
 short node timeout keeps a failover test quick. Every node keeps nothing on
 disk, and the whole directory goes at the end.
 """
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import redis
 
-from bench.procs import free_port, pings, server_options, wait_until
+from tests.support.processes import free_port, wait_until
+from tests.support.redis_servers import pings, server_options
 
 NODE_TIMEOUT_MS = 1500
 SIZE = 6  # --cluster-replicas 1: three masters, three replicas

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from helpers import Namespace, config_dict, delivery_plugins
+
+from tests.support.configs import config_dict
+from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
 
 TOKEN = "test-dashboard-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -6,20 +6,31 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from helpers import Namespace
-from models import Expected
 from redis.asyncio.cluster import RedisCluster
 
+from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.builtin.saq.queue import SaqQueue
 from taskhub.builtin.tasks.log_completion import LogCompletion
 from taskhub.components import Limiter, TaskSpec
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
+from tests.support.limiter_models import Expected
+from tests.support.namespaces import Namespace
 
 SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
 # Simulated Redis clock, ms: far in the future, so no key expires in real time mid-test
 # (strategies set absolute expiries on the decision clock).
 T0 = 4_000_000_000_000
+
+
+def bucket(capacity: int, block: float = 0, refill: float = 1, period: float = 60) -> TokenBucket:
+    return TokenBucket(
+        TokenBucket.Config(capacity=capacity, refill=refill, period=period, block=block)
+    )
+
+
+def ctx(user: str = "u1", ip: str = "", **headers: str) -> RequestContext:
+    return RequestContext(user_id=user, task=SPEC.name, client_ip=ip, headers=headers)
 
 
 def admission_for(client: aioredis.Redis, ns: Namespace, limiter: Limiter) -> Admission:

@@ -1,0 +1,1 @@
+"""taskhub's test suite: a package, so that its modules and tests.support import by full name."""

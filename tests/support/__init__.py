@@ -1,0 +1,1 @@
+"""Helpers the tests share, no tests; bench/ imports its ports, redis options and cluster here."""
