@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 bench: $(VENV)/.bench-installed
 	TASKHUB_BENCH_LOCKED=1 flock $(BENCH_LOCK) $(BIN)/python -m bench $(BENCH_ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into site/: --strict fails on any warning,
+# a broken link or anchor, or an asset loaded from another host (docs/hooks/offline.py).
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Style, types (mypy strict on taskhub/) and the import contracts between the layers.
 $(VENV)/.lint-installed: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
@@ -49,4 +58,4 @@ lint: $(VENV)/.lint-installed
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import textwrap
 from pathlib import Path
 
@@ -231,13 +233,30 @@ def test_cli_lists_plugins_and_their_components(tmp_path: Path) -> None:
     assert "(plugins_dir)\n  limiter: daily_quota" in result.stdout
 
 
-def test_every_hook_is_documented_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
-    hooks = [
-        name
+def hook_sections() -> dict[str, str]:
+    """The hook reference's sections, by heading: ``register_limiters(register)`` -> text."""
+    page = (ROOT / "docs" / "plugins" / "hooks.md").read_text()
+    parts = re.split(r"^### `([^`]+)`$", page, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_every_hook_is_documented_in_the_hook_reference() -> None:
+    hooks = {
+        name: getattr(hookspecs, name)
         for name in dir(hookspecs)
         if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")
-    ]
+    }
     assert len(hooks) == 8
-    for name in hooks:
-        assert f"### `{name}(" in readme, f"hook {name} is not documented in README.md"
+    assert {kind.hook.__name__ for kind in hookspecs.KINDS.values()} <= hooks.keys()
+    sections = hook_sections()
+    for name, spec in hooks.items():
+        # The heading is the hook's real signature, and the section quotes its docstring.
+        heading = f"{name}({', '.join(inspect.signature(spec).parameters)})"
+        assert heading in sections, f"docs/plugins/hooks.md has no section `{heading}`"
+        summary = (spec.__doc__ or "").replace("``", "`").strip()
+        assert summary and summary in sections[heading], f"{heading}: not its docstring"
+        assert f"def {name}(" in sections[heading], f"{heading}: no example"
+    extra = sections.keys() - {
+        f"{n}({', '.join(inspect.signature(s).parameters)})" for n, s in hooks.items()
+    }
+    assert not extra, f"sections for hooks that do not exist: {extra}"

@@ -36,7 +36,7 @@ def register_handlers(register):
 """
 
 
-# The recovery bound with these settings (README, "Delivery guarantees"): heartbeat +
+# The recovery bound with these settings (docs/delivery.md): heartbeat +
 # sweep_interval, plus the dequeue and a little scheduling slack.
 HEARTBEAT, SWEEP_INTERVAL = 1, 1
 RECOVERY_BOUND = HEARTBEAT + SWEEP_INTERVAL + 1.0

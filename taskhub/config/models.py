@@ -43,12 +43,36 @@ ClusterNodeUrl = Annotated[str, AfterValidator(lambda url: check_cluster_url(che
 class RedisSettings(StrictModel):
     """Where limiter state and the queue live."""
 
-    cluster: bool = False  # before url and nodes: their checks depend on it
-    url: str = Field("memory://", validate_default=True)
-    nodes: list[ClusterNodeUrl] = Field(default_factory=list, description="more seed nodes")
-    key_prefix: str = Field("taskhub", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    connect_timeout: float = Field(2.0, gt=0, le=60)
-    socket_timeout: float = Field(2.0, gt=0, le=60)
+    cluster: bool = Field(  # before url and nodes: their checks depend on it
+        False,
+        description="url is a node of a Redis Cluster (redis:// or rediss://, db 0 only); "
+        "every key then carries its shard's hash tag",
+    )
+    url: str = Field(
+        "memory://",
+        validate_default=True,
+        description="where limiter state and the queue live: redis://, rediss:// (TLS), "
+        "unix://, or memory:// (embedded fakeredis: one process, nothing durable)",
+    )
+    nodes: list[ClusterNodeUrl] = Field(
+        default_factory=list,
+        description="more seed nodes of the cluster (redis://host:port), in case url is "
+        "down; needs cluster: true",
+    )
+    key_prefix: str = Field(
+        "taskhub",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="first part of every limiter key: <prefix>:<rule>:<strategy>:<key>",
+    )
+    connect_timeout: float = Field(
+        2.0, gt=0, le=60, description="seconds to open a connection to Redis"
+    )
+    socket_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="seconds to wait for an answer; a slower Redis counts as unreachable (503)",
+    )
 
     @field_validator("url")
     @classmethod
@@ -96,7 +120,9 @@ class ComponentSection(BaseModel):
     """``type`` picks the component; every other key is one of its options."""
 
     model_config = ConfigDict(extra="allow")
-    type: str | None = None
+    type: str | None = Field(
+        None, description="the component, by the name its plugin registers; null: the default"
+    )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -104,34 +130,73 @@ class ComponentSection(BaseModel):
 
 
 class SinkSection(ComponentSection):
-    type: str  # a sink entry must say which sink
+    type: str = Field(description="the sink, by the name its plugin registers")  # required
 
 
 # A job's options, bounded once: a task's entry overrides the queue's defaults with them.
 Attempts = Annotated[
-    int, Field(ge=1, le=100, description="attempts in total (SAQ's retries: 1 never retries)")
+    int,
+    Field(
+        ge=1,
+        le=100,
+        description="attempts in total, SAQ's retries: failures, timeouts, RetryLater and "
+        "crashes use one each; 1 never retries",
+    ),
 ]
 AttemptTimeout = Annotated[
-    int, Field(ge=0, le=86_400, description="seconds one attempt may run; 0: no limit")
+    int,
+    Field(
+        ge=0,
+        le=86_400,
+        description="seconds one attempt may run before it is cancelled and counts as "
+        "failed; 0: no limit",
+    ),
 ]
-RetryDelay = Annotated[float, Field(ge=0, le=86_400, description="seconds before the first retry")]
+RetryDelay = Annotated[
+    float, Field(ge=0, le=86_400, description="seconds before the first retry after a failure")
+]
 RetryBackoff = Annotated[
-    float, Field(ge=0, le=86_400, description="cap on the doubling retry delay; 0: no doubling")
+    float,
+    Field(
+        ge=0,
+        le=86_400,
+        description="cap in seconds on the retry delay, which doubles with each failed "
+        "attempt; 0: no doubling",
+    ),
 ]
 Heartbeat = Annotated[
     float,
-    Field(ge=0.1, le=3_600, description="seconds without a beat before a job counts as lost"),
+    Field(
+        ge=0.1,
+        le=3_600,
+        description="seconds without a heartbeat after which a running job counts as lost "
+        "and is run again",
+    ),
 ]
 
 
 class JobOptions(BaseModel):
     """How a task's jobs run; each unset option takes the queue's default."""
 
-    retries: Attempts | None = None
-    timeout: AttemptTimeout | None = None
-    retry_delay: RetryDelay | None = None
-    retry_backoff: RetryBackoff | None = None
-    heartbeat: Heartbeat | None = None
+    retries: Attempts | None = Field(
+        None, description="attempts in total for this task; null: the queue's retries"
+    )
+    timeout: AttemptTimeout | None = Field(
+        None, description="seconds one attempt may run (0: no limit); null: the queue's timeout"
+    )
+    retry_delay: RetryDelay | None = Field(
+        None, description="seconds before the first retry; null: the queue's retry_delay"
+    )
+    retry_backoff: RetryBackoff | None = Field(
+        None,
+        description="cap in seconds on the doubling retry delay (0: no doubling); "
+        "null: the queue's retry_backoff",
+    )
+    heartbeat: Heartbeat | None = Field(
+        None,
+        description="seconds without a heartbeat before a running job counts as lost; "
+        "null: the queue's heartbeat",
+    )
 
 
 # Options of a task entry that the kernel keeps for the queue; handlers may not declare them.
@@ -142,15 +207,26 @@ class TaskSection(ComponentSection, JobOptions):
     """A task clients may submit: its handler (``type``, default the task's own name),
     job options, and the handler's own options."""
 
-    cost: int = Field(1, ge=1, le=1_000_000, description="what one submission weighs")
+    cost: int = Field(
+        1, ge=1, le=1_000_000, description="what one submission weighs in every rate-limit rule"
+    )
 
 
 class RuleSection(ComponentSection):
     """One rate-limit rule: a strategy (``type`` and its options) counted per ``key``."""
 
-    name: str | None = Field(None, pattern=RULE_NAME)
-    key: str = "user"
-    shadow: bool = False
+    name: str | None = Field(
+        None,
+        pattern=RULE_NAME,
+        description="unique across admission and execution; in headers, 429 bodies, logs and "
+        "Redis keys; null: from key (user, ip, task, global, or the header's name)",
+    )
+    key: str = Field(
+        "user",
+        description="what the rule counts by: user, ip, task, constant (one key for "
+        "everyone) or header:<Name>",
+    )
+    shadow: bool = Field(False, description="evaluate, charge and report, but never refuse")
 
     @field_validator("key")
     @classmethod
@@ -172,8 +248,15 @@ class RuleSection(ComponentSection):
 
 
 class DenyCacheSettings(StrictModel):
-    enabled: bool = True
-    max_keys: int = Field(10_000, ge=1, le=10_000_000)
+    """Each server process answers a key Redis refused until its refusal ends, from memory."""
+
+    enabled: bool = Field(True, description="answer refused keys from memory until they may pass")
+    max_keys: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="refused keys kept per server process; the least recently refused go first",
+    )
 
 
 class TokenEndpoint(StrictModel):
@@ -185,8 +268,12 @@ class TokenEndpoint(StrictModel):
     section: ClassVar[str]
     token_variable: ClassVar[str]
 
-    enabled: bool = False
-    token: str = ""
+    enabled: bool = Field(False, description="serve the routes; off, they do not exist (404)")
+    token: str = Field(
+        "",
+        description="what clients send as Authorization: Bearer <token>; required when "
+        "enabled, 16+ characters, read it from the environment",
+    )
 
     @model_validator(mode="after")
     def _token_when_enabled(self) -> TokenEndpoint:
@@ -207,7 +294,7 @@ class AdminSettings(TokenEndpoint):
 
 
 class DashboardSettings(TokenEndpoint):
-    """``GET /dashboard`` and its data endpoints (README, "Dashboard")."""
+    """``GET /dashboard`` and its data endpoints, behind a token of their own."""
 
     section = "dashboard"
     token_variable = "TASKHUB_DASHBOARD_TOKEN"
@@ -216,14 +303,39 @@ class DashboardSettings(TokenEndpoint):
 class LimitsSettings(StrictModel):
     """Rate-limit policies at admission and at execution, and how the limiter fails."""
 
-    admission: list[RuleSection] | None = None
-    execution: list[RuleSection] = Field(default_factory=list)
-    shadow: bool = False
-    fail_mode: Literal["closed", "open", "local"] = "closed"
-    redis_url: str | None = None
-    deny_cache: DenyCacheSettings = Field(default_factory=DenyCacheSettings)
-    trusted_proxies: list[IPv4Network | IPv6Network] = Field(default_factory=list)
-    admin: AdminSettings = Field(default_factory=AdminSettings)
+    admission: list[RuleSection] | None = Field(
+        None,
+        description="the rules every POST /task must pass, decided in one script; "
+        "null: the limiter shorthand (one rule per user)",
+    )
+    execution: list[RuleSection] = Field(
+        default_factory=list,
+        description="rules a worker applies before it runs a job (keys: user, task, constant)",
+    )
+    shadow: bool = Field(False, description="every rule in shadow mode: report, never refuse")
+    fail_mode: Literal["closed", "open", "local"] = Field(
+        "closed",
+        description="while limits.redis_url is unreachable: closed answers 503, open admits "
+        "without limits, local limits in each process",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="the limiter's own Redis (one server, never a cluster); null: redis.url, "
+        "where decision and enqueue are one script",
+    )
+    deny_cache: DenyCacheSettings = Field(
+        default_factory=DenyCacheSettings,
+        description="answer refused keys from memory until Redis would admit them",
+    )
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="proxies (addresses or CIDR networks) whose X-Forwarded-For is believed "
+        "for key: ip",
+    )
+    admin: AdminSettings = Field(
+        default_factory=AdminSettings,
+        description="GET and DELETE /admin/limits/{key}: a key's state, and resetting it",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -250,17 +362,36 @@ class MetricsSettings(StrictModel):
     """Prometheus metrics: ``/metrics`` on the HTTP server, and a port of its own for a
     worker started alone (``taskhub worker``), which has no HTTP server."""
 
-    enabled: bool = True
-    worker_host: str = Field("127.0.0.1", min_length=1)
-    worker_port: int = Field(9109, ge=0, le=65_535, description="0 picks a free port")
+    enabled: bool = Field(
+        True, description="serve Prometheus metrics: GET /metrics, and the worker's port"
+    )
+    worker_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address where taskhub worker serves /metrics (it has no HTTP server)",
+    )
+    worker_port: int = Field(
+        9109, ge=0, le=65_535, description="port of taskhub worker's /metrics; 0 picks a free one"
+    )
     depth_timeout: float = Field(
-        0.25, gt=0, le=10, description="seconds a scrape waits for the queue depth"
+        0.25,
+        gt=0,
+        le=10,
+        description="seconds a scrape waits for the queue depth from Redis before leaving it out",
     )
 
 
 class LoggingSettings(StrictModel):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    """What taskhub logs to stderr, and how each line looks."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the lowest level logged (--debug makes it DEBUG)"
+    )
+    format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one readable line; json: one object per line, with request_id, "
+        "job_id, user_id and task",
+    )
 
 
 def _default_sinks() -> list[SinkSection]:
@@ -274,20 +405,57 @@ def _default_tasks() -> dict[str, TaskSection]:
 class Settings(StrictModel):
     """The whole config file."""
 
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-    plugins_dir: str | None = "plugins"
-    plugins: list[str] = Field(default_factory=list)
-    server: ComponentSection = Field(default_factory=ComponentSection)
-    auth: ComponentSection = Field(default_factory=ComponentSection)
-    limiter: ComponentSection | None = None
-    limits: LimitsSettings = Field(default_factory=LimitsSettings)
-    queue: ComponentSection = Field(default_factory=ComponentSection)
-    sinks: list[SinkSection] = Field(default_factory=_default_sinks)
-    tasks: dict[str, TaskSection] = Field(default_factory=_default_tasks, min_length=1)
-    default_task: str = "log_completion"
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    logging: LoggingSettings = Field(default_factory=LoggingSettings)
-    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    redis: RedisSettings = Field(
+        default_factory=RedisSettings, description="where limiter state and the queue live"
+    )
+    plugins_dir: str | None = Field(
+        "plugins",
+        description="every *.py file and package in it is a plugin (relative to the working "
+        "directory); null: none",
+    )
+    plugins: list[str] = Field(
+        default_factory=list, description="more plugin modules, by dotted import path"
+    )
+    server: ComponentSection = Field(
+        default_factory=ComponentSection, description="the HTTP server and its options"
+    )
+    auth: ComponentSection = Field(
+        default_factory=ComponentSection,
+        description="who may use POST /task and GET/DELETE /task/{id}, and its options",
+    )
+    limiter: ComponentSection | None = Field(
+        None,
+        description="shorthand for one rule per user: a strategy and its options; null: "
+        "token_bucket, unless limits.admission lists the rules",
+    )
+    limits: LimitsSettings = Field(
+        default_factory=LimitsSettings,
+        description="policies, fail mode, deny cache, shadow mode, execution limits, admin",
+    )
+    queue: ComponentSection = Field(
+        default_factory=ComponentSection,
+        description="the queue, its worker and the jobs' default options",
+    )
+    sinks: list[SinkSection] = Field(
+        default_factory=_default_sinks, description="where completions go: each gets every one"
+    )
+    tasks: dict[str, TaskSection] = Field(
+        default_factory=_default_tasks,
+        min_length=1,
+        description="the tasks clients may submit, by name (a letter, then letters, digits, "
+        "_ . -; 64 at most)",
+    )
+    default_task: str = Field("log_completion", description='the task of a request without "task"')
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus metrics"
+    )
+    logging: LoggingSettings = Field(
+        default_factory=LoggingSettings, description="log level and line format"
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings,
+        description="GET /dashboard, a live page of traffic, queue and dead letters",
+    )
 
     @field_validator("tasks")
     @classmethod

@@ -26,9 +26,21 @@ class ApiKey(Options):
     """One key: ``key`` (from the environment), a ``name`` for logs, and optionally the
     ``user_id`` it is bound to."""
 
-    key: str = Field(min_length=MIN_KEY_LENGTH, max_length=1024)
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-    user_id: str | None = Field(None, min_length=1, max_length=MAX_USER_ID)
+    key: str = Field(
+        min_length=MIN_KEY_LENGTH,
+        max_length=1024,
+        description="the key clients send; read it from the environment; unique",
+    )
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
+        description="labels the key in logs and the start-up line; unique",
+    )
+    user_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_USER_ID,
+        description="the one user this key may submit for and read the jobs of; null: any",
+    )
 
 
 class ApiKeyAuth(Authenticator):
@@ -37,9 +49,9 @@ class ApiKeyAuth(Authenticator):
     class Config(Options):
         header: str = Field(
             "Authorization",
-            description="Authorization (as Bearer <key>) or a header holding the bare key",
+            description="Authorization (sent as Bearer <key>) or a header holding the bare key",
         )
-        keys: list[ApiKey] = Field(min_length=1)
+        keys: list[ApiKey] = Field(min_length=1, description="the keys that are let in")
 
         @field_validator("header")
         @classmethod

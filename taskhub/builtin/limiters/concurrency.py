@@ -59,11 +59,21 @@ class Concurrency(Limiter):
     holds_slot = True
 
     class Config(Options):
-        limit: int = Field(5, ge=1, le=1_000_000, description="unfinished jobs per key")
-        lease: float = Field(
-            3_600, ge=1, le=31_536_000, description="seconds before a lost job's slot frees"
+        limit: int = Field(
+            5,
+            ge=1,
+            le=1_000_000,
+            description="jobs of a key admitted and not yet finished (one slot each)",
         )
-        retry_after: float = Field(1, ge=0.001, le=3_600, description="Retry-After when full, s")
+        lease: float = Field(
+            3_600,
+            ge=1,
+            le=31_536_000,
+            description="seconds after which a slot frees even if its job never finished",
+        )
+        retry_after: float = Field(
+            1, ge=0.001, le=3_600, description="Retry-After in seconds when every slot is held"
+        )
 
     config: Config
 

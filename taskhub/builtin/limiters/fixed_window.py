@@ -58,10 +58,19 @@ class FixedWindow(Limiter):
     lua = LUA
 
     class Config(Options):
-        points: int = Field(20, ge=1, le=1_000_000_000, description="requests per window")
-        duration: int = Field(60, ge=1, le=31_536_000, description="window length, seconds")
+        points: int = Field(20, ge=1, le=1_000_000_000, description="requests admitted per window")
+        duration: int = Field(
+            60,
+            ge=1,
+            le=31_536_000,
+            description="window length in seconds, from a key's first request",
+        )
         block_duration: int = Field(
-            1, ge=0, le=86_400, description="seconds blocked when a window first goes over"
+            1,
+            ge=0,
+            le=86_400,
+            description="seconds that replace the rest of the window when it first goes over; "
+            "0: none",
         )
 
     config: Config

@@ -75,10 +75,15 @@ class Gcra(Limiter):
 
     class Config(Options):
         max_burst: int = Field(
-            19, ge=0, le=1_000_000_000, description="requests beyond one allowed in a burst"
+            19,
+            ge=0,
+            le=1_000_000_000,
+            description="requests allowed at once beyond the first (a burst of max_burst + 1)",
         )
-        rate: int = Field(20, ge=1, le=1_000_000_000, description="requests per period")
-        period: float = Field(60, gt=0, le=31_536_000, description="seconds")
+        rate: int = Field(20, ge=1, le=1_000_000_000, description="requests per period, sustained")
+        period: float = Field(
+            60, gt=0, le=31_536_000, description="seconds over which rate requests are allowed"
+        )
 
     config: Config
 

@@ -143,12 +143,23 @@ class SlidingWindow(Limiter):
     lua = LUA
 
     class Config(Options):
-        limit: int = Field(20, ge=1, le=1_000_000_000, description="requests per window")
+        limit: int = Field(
+            20,
+            ge=1,
+            le=1_000_000_000,
+            description="requests admitted per window (weighted estimate)",
+        )
         period: float = Field(
-            60, ge=0.001, le=31_536_000, description="window length, seconds (whole ms)"
+            60,
+            ge=0.001,
+            le=31_536_000,
+            description="window length in seconds, a whole number of ms",
         )
         block: float = Field(
-            0, ge=0, le=86_400, description="seconds blocked after a refusal (whole ms)"
+            0,
+            ge=0,
+            le=86_400,
+            description="seconds a key stays blocked after a refusal (whole ms); 0: none",
         )
 
         @field_validator("period", "block")

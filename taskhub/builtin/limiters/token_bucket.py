@@ -65,10 +65,21 @@ class TokenBucket(Limiter):
     lua = LUA
 
     class Config(Options):
-        capacity: int = Field(20, ge=1, le=1_000_000_000, description="burst size")
-        refill: float = Field(20, gt=0, le=1_000_000_000, description="tokens per period")
-        period: float = Field(60, gt=0, le=31_536_000, description="seconds")
-        block: float = Field(1, ge=0, le=86_400, description="seconds blocked after a refusal")
+        capacity: int = Field(
+            20, ge=1, le=1_000_000_000, description="tokens a full bucket holds: the burst size"
+        )
+        refill: float = Field(
+            20, gt=0, le=1_000_000_000, description="tokens added per period, continuously"
+        )
+        period: float = Field(
+            60, gt=0, le=31_536_000, description="seconds over which refill tokens come back"
+        )
+        block: float = Field(
+            1,
+            ge=0,
+            le=86_400,
+            description="seconds a key stays blocked after a refused request; 0: none",
+        )
 
     config: Config
 

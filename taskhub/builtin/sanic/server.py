@@ -93,17 +93,35 @@ class SanicServer(Server):
     name = "sanic"
 
     class Config(Options):
-        host: str = Field("127.0.0.1", min_length=1)
-        port: int = Field(3000, ge=0, le=65_535, description="0 picks a free port")
-        body_limit: int = Field(65_536, ge=256, le=64 * 1024 * 1024, description="bytes")
-        keep_alive_timeout: float = Field(5, ge=0, le=3_600, description="seconds")
-        request_timeout: float = Field(30, gt=0, le=3_600, description="seconds")
-        graceful_shutdown: float = Field(
-            5, ge=0, le=3_600, description="seconds to finish requests in flight"
+        host: str = Field(
+            "127.0.0.1", min_length=1, description="listen address (taskhub run/serve --host)"
         )
-        backlog: int = Field(1024, ge=1, le=65_535)
+        port: int = Field(
+            3000, ge=0, le=65_535, description="listen port (--port); 0 picks a free port"
+        )
+        body_limit: int = Field(
+            65_536,
+            ge=256,
+            le=64 * 1024 * 1024,
+            description="largest request body in bytes; a larger one gets 413",
+        )
+        keep_alive_timeout: float = Field(
+            5, ge=0, le=3_600, description="seconds an idle keep-alive connection stays open"
+        )
+        request_timeout: float = Field(
+            30, gt=0, le=3_600, description="seconds a request may take to arrive (else 408)"
+        )
+        graceful_shutdown: float = Field(
+            5, ge=0, le=3_600, description="seconds to finish requests in flight on SIGTERM"
+        )
+        backlog: int = Field(
+            1024, ge=1, le=65_535, description="connections the listen queue holds"
+        )
         unavailable_retry_after: int = Field(
-            1, ge=1, le=3_600, description="Retry-After on 503, seconds"
+            1,
+            ge=1,
+            le=3_600,
+            description="Retry-After in seconds of a 503 (Redis unreachable, queue full)",
         )
         ready_timeout: float = Field(
             1, gt=0, le=60, description="seconds each GET /ready check may take"

@@ -79,33 +79,60 @@ class SaqQueue(QueueBackend):
     enqueue_lua = ENQUEUE_LUA
 
     class Config(Options):
-        name: str = Field("tasks", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="queue name")
-        concurrency: int = Field(10, ge=1, le=10_000, description="jobs run at once per worker")
+        name: str = Field(
+            "tasks",
+            pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+            description="SAQ queue name: keys saq:<name>:* and saq:job:<name>:*",
+        )
+        concurrency: int = Field(
+            10, ge=1, le=10_000, description="jobs one worker process runs at once"
+        )
         timeout: AttemptTimeout = 60
         retries: Attempts = 3
         retry_delay: RetryDelay = 1
         retry_backoff: RetryBackoff = 60
         heartbeat: Heartbeat = 10
         ttl: int = Field(
-            600, ge=-1, description="seconds a finished job is kept (0 forever, -1 not at all)"
+            600,
+            ge=-1,
+            description="seconds a completed or aborted job stays visible "
+            "(0: forever, -1: not at all)",
         )
         dead_letter_ttl: int = Field(
-            WEEK, ge=0, description="seconds a job out of attempts is kept (0 forever)"
+            WEEK,
+            ge=0,
+            description="seconds a dead letter (a job out of attempts) is kept; 0: forever",
         )
         sweep_interval: int = Field(
-            5, ge=1, le=3_600, description="seconds between looks for jobs of dead workers"
+            5,
+            ge=1,
+            le=3_600,
+            description="seconds between looks for jobs whose worker stopped beating",
         )
         shutdown_grace: float = Field(
-            10, ge=0, le=3_600, description="seconds to finish jobs in flight on shutdown"
+            10,
+            ge=0,
+            le=3_600,
+            description="seconds a stopping worker gives jobs in flight; the rest go back queued",
         )
         max_depth: int = Field(
-            0, ge=0, le=1_000_000_000, description="most unfinished jobs; 0 for no bound"
+            0,
+            ge=0,
+            le=1_000_000_000,
+            description="most jobs admitted and not finished (above it: 503 queue_full), split "
+            "over the shards; 0: no bound",
         )
         shards: int = Field(
-            1, ge=1, le=MAX_SHARDS, description="queues the jobs spread over, a hash slot each"
+            1,
+            ge=1,
+            le=MAX_SHARDS,
+            description="queues the jobs spread over, each in one hash slot; "
+            "1 keeps keys as they are",
         )
         shard_by: ShardBy = Field(
-            "user", description="user: a user's jobs in one shard; or in turn"
+            "user",
+            description="user: a user's limits and jobs in his home shard; "
+            "round_robin: jobs in turn",
         )
 
     config: Config

@@ -23,8 +23,12 @@ class FileLog(Sink):
     name = "file_log"
 
     class Config(Options):
-        path: str = Field("task.log", min_length=1, description="relative to the working directory")
-        fsync: bool = Field(False, description="fsync after each batch (durable, slower)")
+        path: str = Field(
+            "task.log",
+            min_length=1,
+            description="the file completions are appended to, relative to the working directory",
+        )
+        fsync: bool = Field(False, description="fsync after each batch of lines: durable, slower")
 
     config: Config
 
