@@ -1,4 +1,4 @@
 """Configuration: the YAML models, loading, ``${VAR}`` interpolation, problems, secrets.
 
-May import: pydantic, yaml and taskhub.errors; nothing else of taskhub.
+May import: pydantic, yaml and the leaf modules taskhub.errors and taskhub.http.
 """
