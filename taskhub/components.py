@@ -114,6 +114,7 @@ class Limiter(Component):
         return []
 
     def policy(self) -> RatePolicy:
+        """What the strategy allows, for the ``RateLimit-Policy`` header and cost checks."""
         raise NotImplementedError
 
     def keys(self, prefix: str, subject: str) -> list[str]:
@@ -131,6 +132,11 @@ class TaskHandler(Component):
     Payload: ClassVar[type[BaseModel] | None] = None
 
     async def run(self, task: Task) -> Any:
+        """Do the task; what it returns is the job's result (JSON, or a pydantic model).
+
+        Raise to fail the attempt (it is retried while attempts remain), or
+        :class:`taskhub.RetryLater` to run it again after a delay.
+        """
         raise NotImplementedError
 
 
@@ -143,6 +149,7 @@ class Sink(Component):
         """Acquire resources (files, connections) before the first completion."""
 
     async def emit(self, completion: Completion) -> None:
+        """Record one completion; before the job is marked complete, so at least once."""
         raise NotImplementedError
 
     async def close(self) -> None:

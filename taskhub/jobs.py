@@ -86,6 +86,8 @@ class RetryLater(Exception):  # a request to the worker, not an error
 
 
 class JobStatus(enum.StrEnum):
+    """Where a job is in its life, as ``GET /task/{id}`` and the CLI show it."""
+
     QUEUED = "queued"  # waiting for a worker (or for a retry's delay to pass)
     ACTIVE = "active"  # a worker runs it
     ABORTING = "aborting"  # abort requested; the worker running it stops it shortly
@@ -142,6 +144,8 @@ class JobInfo:
 
 
 class AbortOutcome(enum.Enum):
+    """What an abort request did, which decides its HTTP answer (200, 202, 409 or 404)."""
+
     ABORTED = "aborted"  # it was waiting: removed from the queue
     ABORTING = "aborting"  # it is running: its worker cancels it within about a second
     FINISHED = "finished"  # too late: it had already finished
@@ -150,6 +154,8 @@ class AbortOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class AbortResult:
+    """An abort's outcome, and the job as it stands after it (None: no such job)."""
+
     outcome: AbortOutcome
     job: JobInfo | None = None
 

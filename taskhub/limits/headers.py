@@ -42,6 +42,7 @@ def retry_after(decision: Decision) -> int:
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """Every rate-limit header a decision's response carries (none when no rule decided)."""
     rule = decision.deciding
     if rule is None:
         return {}
