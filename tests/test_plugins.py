@@ -239,3 +239,22 @@ def test_every_hook_is_documented_in_the_readme() -> None:
     assert len(hooks) == 8
     for name in hooks:
         assert f"### `{name}(" in readme, f"hook {name} is not documented in README.md"
+
+
+def test_a_plugin_file_is_imported_once_per_process(tmp_path: Path) -> None:
+    """The CLI loads ./plugins for its commands, then the config loads them again."""
+    imports = tmp_path / "imports.log"
+    write_plugin(
+        tmp_path / "plugins",
+        "counted.py",
+        f"""
+        with open({str(imports)!r}, "a") as log:
+            log.write("imported\\n")
+        """,
+    )
+    first = load_plugins(tmp_path / "plugins", (), entry_points=False)
+    second = load_plugins(tmp_path / "plugins", (), entry_points=False)
+    assert imports.read_text() == "imported\n"
+    assert first.manager.get_plugin(first.plugins[-1].name) is second.manager.get_plugin(
+        second.plugins[-1].name
+    )

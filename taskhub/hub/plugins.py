@@ -5,6 +5,9 @@ installed distributions (entry-point group ``taskhub``), the ``plugins_dir``
 folder, and dotted module paths listed in config. All of them go through the
 same hooks. Any failure (an import error, a bad registration, two plugins
 claiming one name) is a :class:`PluginError` that names the plugin.
+
+A plugin file is imported once per process, as ``import`` would: loading the
+same ``plugins_dir`` again reuses its modules instead of running them twice.
 """
 
 from __future__ import annotations
@@ -92,15 +95,7 @@ class PluginRegistry:
             if info is not None:
                 info.components.setdefault(kind.name, []).append(cls.name)
 
-        try:
-            impl.function(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"Plugin {impl.plugin_name!r} failed in {kind.hook.__name__}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        call_impl(kind.hook.__name__, impl, register=register)
 
     def _add(self, kind: Kind, cls: Any, plugin: str) -> None:
         base, kind_name = kind.base, kind.name
@@ -151,6 +146,18 @@ class PluginRegistry:
         return self._by_kind[kind][name]
 
 
+def call_impl(hook_name: str, impl: pluggy.HookImpl, **kwargs: object) -> object:
+    """Call one plugin's implementation of a hook; a failure is a PluginError naming it."""
+    try:
+        return impl.function(**kwargs)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"Plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def load_plugins(
     plugins_dir: Path | None = None,
     modules: Iterable[str] = (),
@@ -158,6 +165,16 @@ def load_plugins(
     entry_points: bool = True,
 ) -> PluginRegistry:
     """Load every plugin source and return the registry of their components."""
+    return PluginRegistry(*plugin_manager(plugins_dir, modules, entry_points=entry_points))
+
+
+def plugin_manager(
+    plugins_dir: Path | None = None,
+    modules: Iterable[str] = (),
+    *,
+    entry_points: bool = True,
+) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """Import every plugin source and register it: the manager, and each plugin's origin."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     plugins: list[PluginInfo] = []
@@ -194,7 +211,7 @@ def load_plugins(
             f"Plugin {name!r} implements a hook taskhub does not define ({problem}). "
             f"Known hooks: {', '.join(_hook_names())}"
         ) from exc
-    return PluginRegistry(manager, plugins)
+    return manager, plugins
 
 
 def _hook_names() -> list[str]:
@@ -222,14 +239,19 @@ def _plugin_files(directory: Path) -> list[Path]:
 
 
 def _import_file(path: Path) -> ModuleType:
-    """Import a plugin file or package under a private namespace, without touching sys.path."""
+    """Import a plugin file or package under a private namespace, without touching sys.path;
+    once per process, as ``import`` would (the CLI and the config may both name it)."""
     module_name = f"{LOCAL_PACKAGE}.{path.stem if path.is_file() else path.name}"
+    source = path / "__init__.py" if path.is_dir() else path
+    imported = sys.modules.get(module_name)
+    if imported is not None and Path(imported.__file__ or "").resolve() == source.resolve():
+        return imported
     if path.is_dir():
         spec = importlib.util.spec_from_file_location(
-            module_name, path / "__init__.py", submodule_search_locations=[str(path)]
+            module_name, source, submodule_search_locations=[str(path)]
         )
     else:
-        spec = importlib.util.spec_from_file_location(module_name, path)
+        spec = importlib.util.spec_from_file_location(module_name, source)
     if spec is None or spec.loader is None:  # pragma: no cover - only for exotic files
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
