@@ -269,10 +269,11 @@ def _guarded_import(label: str, load: Any) -> Any:
     try:
         return load()
     except Exception as exc:
-        raise PluginError(f"Plugin {label!r} failed to import: {_describe(exc)}") from exc
+        raise PluginError(f"Plugin {label!r} failed to import: {describe_error(exc)}") from exc
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """``Type: message (file, line N)``: where in its code a plugin (or anything) failed."""
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
