@@ -8,7 +8,8 @@ for anything the user must fix in the command line, the config or a plugin; 1
 when a component cannot start or fails while running, and for an unexpected
 exception (named with its command); 130 on Ctrl-C. Errors print as one readable
 line; ``--debug`` adds the traceback. The commands are click's, in a
-:class:`~taskhub.cli.group.Group` that gives each of them ``--debug``.
+:class:`~taskhub.cli.group.Group` that gives each of them ``--debug``; plugins add
+theirs through ``register_commands`` (:mod:`taskhub.cli.plugins`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import socket
 import sys
 import traceback
 from collections.abc import Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -42,13 +42,14 @@ from taskhub.cli.group import (
 )
 from taskhub.cli.jobs import jobs
 from taskhub.cli.limits import limits
+from taskhub.cli.plugins import add_plugin_commands, plugins_command
 from taskhub.cli.status import status
 from taskhub.cli.supervised import SupervisorLink
 from taskhub.config.secrets import secret_values
 from taskhub.context import Role
 from taskhub.errors import ConfigError, PluginError, TaskhubError, UsageError
 from taskhub.hub.kernel import Hub
-from taskhub.hub.plugins import PluginRegistry, describe_error, load_plugins
+from taskhub.hub.plugins import command_plugins, describe_error
 from taskhub.hub.runtime import Runtime
 from taskhub.monitoring import log_format
 from taskhub.version import __version__
@@ -139,30 +140,11 @@ def check_command(config: str) -> int:
     return 0
 
 
-@click.command("plugins", help="list plugins and the components each registers")
-@click.argument("config", metavar="CONFIG", required=False, help="also load this config's plugins")
-def plugins_command(config: str | None) -> int:
-    registry: PluginRegistry
-    if config:
-        registry = Hub.from_file(config).registry
-    else:
-        default_dir = Path("plugins")
-        registry = load_plugins(default_dir if default_dir.is_dir() else None)
-    for info in registry.plugins:
-        sys.stdout.write(f"{info.name} ({info.source})\n")
-        if not info.components:
-            sys.stdout.write("  (registers no components)\n")
-        for kind, names in info.components.items():
-            sys.stdout.write(f"  {kind}: {', '.join(names)}\n")
-    return 0
-
-
 BUILTIN_COMMANDS = (
     run_command,
     serve_command,
     worker_command,
     check_command,
-    plugins_command,
     jobs,
     limits,
     status,
@@ -170,15 +152,17 @@ BUILTIN_COMMANDS = (
 
 
 def build_cli() -> Group:
-    """The ``taskhub`` command and its subcommands."""
+    """The ``taskhub`` command: the built-in commands, then those plugins add."""
 
     @click.group("taskhub", cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="taskhub", message="%(prog)s %(version)s")
     def cli() -> None:
         """Admit tasks over HTTP, rate-limit them per user, run them on workers."""
 
-    for command in BUILTIN_COMMANDS:
+    manager, plugins = command_plugins()
+    for command in (*BUILTIN_COMMANDS, plugins_command(manager, plugins)):
         cli.add_command(command)
+    add_plugin_commands(cli, manager, plugins)
     return cli
 
 

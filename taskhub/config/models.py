@@ -30,6 +30,7 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
+DEFAULT_PLUGINS_DIR = "plugins"  # relative to the working directory; the CLI loads it first
 MIN_TOKEN_LENGTH = 16  # bearer tokens of the admin endpoint and the dashboard
 
 
@@ -275,7 +276,7 @@ class Settings(StrictModel):
     """The whole config file."""
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
-    plugins_dir: str | None = "plugins"
+    plugins_dir: str | None = DEFAULT_PLUGINS_DIR
     plugins: list[str] = Field(default_factory=list)
     server: ComponentSection = Field(default_factory=ComponentSection)
     auth: ComponentSection = Field(default_factory=ComponentSection)

@@ -6,8 +6,10 @@ folder, and dotted module paths listed in config. All of them go through the
 same hooks. Any failure (an import error, a bad registration, two plugins
 claiming one name) is a :class:`PluginError` that names the plugin.
 
-A plugin file is imported once per process, as ``import`` would: loading the
-same ``plugins_dir`` again reuses its modules instead of running them twice.
+The command line loads plugins before it knows a config (:func:`command_plugins`),
+so that they can add commands. A plugin file is imported once per process, as
+``import`` would: the config loading the same ``plugins_dir`` again reuses its
+modules instead of running them twice.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pydantic import BaseModel
 
 from taskhub import hookspecs
 from taskhub.components import Component, Limiter, TaskHandler
-from taskhub.config.models import JOB_OPTIONS
+from taskhub.config.models import DEFAULT_PLUGINS_DIR, JOB_OPTIONS
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.hookspecs import KINDS, Kind
 
@@ -72,6 +74,7 @@ class PluginInfo:
     name: str
     source: str
     components: dict[str, list[str]] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)  # filled by the CLI (register_commands)
 
 
 class PluginRegistry:
@@ -166,6 +169,13 @@ def load_plugins(
 ) -> PluginRegistry:
     """Load every plugin source and return the registry of their components."""
     return PluginRegistry(*plugin_manager(plugins_dir, modules, entry_points=entry_points))
+
+
+def command_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """The plugins that may add commands, loaded before the command line is parsed: the
+    built-ins, entry points and ``./plugins`` (a config's own are not known yet)."""
+    default_dir = Path(DEFAULT_PLUGINS_DIR)
+    return plugin_manager(default_dir if default_dir.is_dir() else None)
 
 
 def plugin_manager(
