@@ -28,9 +28,10 @@ from taskhub.limits.admin import (
 @asynccontextmanager
 async def opened_admin(path: str) -> AsyncIterator[LimitsAdmin]:
     hub = Hub.from_file(path)
-    limits, redis = hub.settings.limits, hub.settings.redis
-    setting = "limits.redis_url" if limits.redis_url else "redis.url"
-    refuse_embedded(path, setting, limits.redis_url or redis.url, "rate-limit counters")
+    settings = hub.settings
+    setting = "limits.redis_url" if settings.limits.redis_url else "redis.url"
+    url = settings.limits.redis_url or settings.redis.url
+    refuse_embedded(path, setting, url, "rate-limit counters")
     admin = hub.build_limits_admin()
     try:
         yield admin
