@@ -3,6 +3,11 @@
 Registration hooks run once at start-up and hand component classes to
 ``register``. Lifecycle hooks may return an awaitable; the kernel awaits it.
 Nothing on the request or job path goes through a hook call.
+
+``register_commands`` runs as the command line starts, before it is parsed and so
+before any config is read: only the built-ins, installed entry points and the
+``./plugins`` folder can add commands, not a config's own ``plugins_dir`` or
+``plugins`` list.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from taskhub.components import (
 )
 
 if TYPE_CHECKING:
+    import click
+
     from taskhub.context import PluginContext
 
 PROJECT = "taskhub"
@@ -60,6 +67,11 @@ def register_queues(register: Callable[[type[QueueBackend]], None]) -> None:
 @hookspec
 def register_authenticators(register: Callable[[type[Authenticator]], None]) -> None:
     """Register authenticators for the task endpoints (``auth: {type: ...}``)."""
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add ``taskhub`` subcommands with ``@cli.command()``; a config's own plugins cannot."""
 
 
 @hookspec

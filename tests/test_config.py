@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from taskhub.cli.main import main
+from taskhub.cli.status import status
 from taskhub.components import Limiter, RatePolicy
 from taskhub.config.loader import load_text
 from taskhub.config.models import parse_settings
@@ -16,6 +17,7 @@ from taskhub.config.secrets import mask_url
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
 from taskhub.hub.plugins import load_plugins
+from taskhub.version import __version__
 from tests.support.configs import ROOT
 
 
@@ -331,10 +333,10 @@ def test_debug_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run"], "the following arguments are required: CONFIG"),
+        (["run"], "Missing argument 'CONFIG'."),
         (["run", "c.yaml", "--port", "70000"], "70000 is not a port"),
         (["run", "c.yaml", "--port", "abc"], "'abc' is not a number"),
-        (["launch", "c.yaml"], "invalid choice: 'launch'"),
+        (["launch", "c.yaml"], "No such command 'launch'. The commands are: check, jobs,"),
     ],
 )
 def test_bad_flags_exit_2(
@@ -344,6 +346,48 @@ def test_bad_flags_exit_2(
         main(argv)
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["jobs", "retry", "c.yaml"], "give the IDs of the dead letters to retry, or --all"),
+        (["jobs", "retry", "c.yaml", "abc", "--all"], "give job IDs or --all, not both"),
+    ],
+)
+def test_retry_needs_ids_or_all_before_opening_anything(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)  # c.yaml does not exist: the usage error comes first
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_and_version_exit_0_and_hide_the_supervisor_flags(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"taskhub {__version__}\n"
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for command in ("run", "serve", "worker", "check", "plugins", "jobs", "limits", "status"):
+        assert f"\n  {command} " in listed
+    assert main(["serve", "-h"]) == 0
+    usage = capsys.readouterr().out
+    assert "--workers N" in usage and "--debug" in usage and "CONFIG  YAML config file" in usage
+    assert "--listen-fd" not in usage and "--link-fd" not in usage
+
+
+@pytest.mark.parametrize(
+    ("argv", "watch"),
+    [([], None), (["--watch"], 2.0), (["--watch", "--json"], 2.0), (["--watch", "0.5"], 0.5)],
+)
+def test_status_watch_takes_an_optional_number_of_seconds(
+    argv: list[str], watch: float | None
+) -> None:
+    with status.make_context("status", ["c.yaml", *argv]) as ctx:
+        assert ctx.params["watch"] == watch
 
 
 def test_embedded_redis_needs_run_not_serve(

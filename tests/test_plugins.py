@@ -246,7 +246,7 @@ def test_every_hook_is_documented_in_the_hook_reference() -> None:
         for name in dir(hookspecs)
         if hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT}_spec")
     }
-    assert len(hooks) == 8
+    assert len(hooks) == 9
     assert {kind.hook.__name__ for kind in hookspecs.KINDS.values()} <= hooks.keys()
     sections = hook_sections()
     for name, spec in hooks.items():
@@ -260,3 +260,22 @@ def test_every_hook_is_documented_in_the_hook_reference() -> None:
         f"{n}({', '.join(inspect.signature(s).parameters)})" for n, s in hooks.items()
     }
     assert not extra, f"sections for hooks that do not exist: {extra}"
+
+
+def test_a_plugin_file_is_imported_once_per_process(tmp_path: Path) -> None:
+    """The CLI loads ./plugins for its commands, then the config loads them again."""
+    imports = tmp_path / "imports.log"
+    write_plugin(
+        tmp_path / "plugins",
+        "counted.py",
+        f"""
+        with open({str(imports)!r}, "a") as log:
+            log.write("imported\\n")
+        """,
+    )
+    first = load_plugins(tmp_path / "plugins", (), entry_points=False)
+    second = load_plugins(tmp_path / "plugins", (), entry_points=False)
+    assert imports.read_text() == "imported\n"
+    assert first.manager.get_plugin(first.plugins[-1].name) is second.manager.get_plugin(
+        second.plugins[-1].name
+    )

@@ -1,4 +1,6 @@
-"""A ``taskhub GROUP ACTION CONFIG ...`` command group, as ``jobs`` and ``limits`` are.
+"""What every ``taskhub`` command shares: the click :class:`Group` that gives each of
+them ``--debug`` (a plugin's too), the CONFIG argument, range-checked numbers, and
+the ``taskhub GROUP ACTION CONFIG`` groups (``jobs``, ``limits``).
 
 Each action opens what it works on from the config (the queue, the limiter's
 Redis), runs, and closes it again. Redis being unreachable is a one-line error
@@ -7,57 +9,126 @@ and exit code 1, like any component that cannot start.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar
 
+import click
+
 from taskhub.errors import BackendUnavailable, StartupError, UsageError
+from taskhub.monitoring import log_format
 from taskhub.store.urls import is_embedded
 
 T = TypeVar("T")
-Action = Callable[[T, argparse.Namespace], Coroutine[Any, Any, int]]
+Opener = Callable[[str], AbstractAsyncContextManager[T]]
+
+# Keys of the context's meta, which every context of one command line shares: where
+# main() finds, when a command fails, whether it had --debug and which command it was.
+DEBUG = "taskhub.debug"
+COMMAND = "taskhub.command"
+# Libraries that log every job or request at INFO; quiet unless --debug.
+CHATTY_LOGGERS = ("saq", "sanic.root", "sanic.access", "sanic.server")
+
+config_argument = click.argument("config", metavar="CONFIG", help="YAML config file")
 
 
-class CommandGroup(Generic[T]):
-    """``taskhub NAME`` and its actions; ``opener(config_path)`` gives what they act on."""
+def configure_logging(
+    level: str,
+    debug: bool,
+    kind: log_format.LogFormat = "text",
+    secrets: Iterable[str] = (),
+) -> None:
+    log_format.install(kind, secrets)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
-    def __init__(
-        self,
-        commands: Any,
-        common: argparse.ArgumentParser,
-        name: str,
-        help_text: str,
-        opener: Callable[[str], AbstractAsyncContextManager[T]],
-    ) -> None:
-        self.common = common
-        self.opener = opener
-        group = commands.add_parser(name, help=help_text, parents=[common])
-        self.actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(self, name: str, help_text: str, run: Action[T]) -> argparse.ArgumentParser:
-        """Add an action taking CONFIG; add its own arguments to the parser returned."""
-        sub = self.actions.add_parser(
-            name, help=help_text, description=help_text, parents=[self.common]
+def debugging() -> bool:
+    """Whether this command line has ``--debug`` (for a command that passes it on)."""
+    return bool(click.get_current_context().meta.get(DEBUG))
+
+
+def _note(ctx: click.Context, param: click.Parameter, debug: bool) -> None:
+    ctx.meta[COMMAND] = ctx.command_path
+    ctx.meta[DEBUG] = ctx.meta.get(DEBUG) or debug
+    if debug:
+        configure_logging("INFO", debug=True)
+
+
+def _take_debug(command: click.Command) -> None:
+    if not any("--debug" in param.opts for param in command.params):
+        command.params.append(
+            click.Option(
+                ["--debug"],
+                is_flag=True,
+                expose_value=False,
+                callback=_note,
+                help="DEBUG logs and full tracebacks",
+            )
         )
-        sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-        sub.set_defaults(handler=lambda args: asyncio.run(opened_run(self.opener, args, run)))
-        return sub
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _take_debug(sub)
 
 
-async def opened_run(
-    opener: Callable[[str], AbstractAsyncContextManager[T]],
-    args: argparse.Namespace,
-    run: Action[T],
-) -> int:
-    """Run one action on what ``opener`` opens from ``args.config``, closing it after.
+class Group(click.Group):
+    """A group whose every command takes ``--debug``, however it was added (a plugin's
+    too), and whose "no such command" error lists the commands there are."""
+
+    group_class = type  # ``@group.group()`` makes a Group too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _take_debug(cmd)
+        super().add_command(cmd, name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            known = f"The commands are: {', '.join(self.list_commands(ctx))}."
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, f"{exc.message} {known}", self.commands, ctx
+            ) from None
+
+
+class ActionGroup(Group, Generic[T]):
+    """``taskhub NAME ACTION CONFIG ...``; ``opener(CONFIG)`` gives what actions act on."""
+
+    def __init__(self, name: str, help: str, opener: Opener[T]) -> None:
+        super().__init__(name, help=help)
+        self.opener = opener
+
+    def action(self, help: str) -> Callable[[Callable[..., Awaitable[int]]], click.Command]:
+        """Make ``async run(opened, **options)`` an action taking CONFIG (and its options)."""
+
+        def decorate(run: Callable[..., Awaitable[int]]) -> click.Command:
+            @functools.wraps(run)
+            def command(config: str, **options: Any) -> int:
+                return self.act(config, functools.partial(run, **options))
+
+            return self.command(help=help)(config_argument(command))
+
+        return decorate
+
+    def act(self, config: str, run: Callable[[T], Awaitable[int]]) -> int:
+        return asyncio.run(opened_run(self.opener, config, run))
+
+
+async def opened_run(opener: Opener[T], config: str, run: Callable[[T], Awaitable[int]]) -> int:
+    """Run one action on what ``opener`` opens from ``config``, closing it after.
 
     Also for a lone command (``taskhub status``), so that it fails as the groups do.
     """
-    async with opener(args.config) as opened:
+    async with opener(config) as opened:
         try:
-            return await run(opened, args)
+            return await run(opened)
         except BackendUnavailable as exc:
             raise StartupError(f"Redis is unreachable: {exc.__cause__ or exc}") from exc
 
@@ -85,19 +156,22 @@ def columns(rows: Sequence[Sequence[str]]) -> list[str]:
 N = TypeVar("N", int, float)
 
 
-def number_in(
-    kind: Callable[[str], N], low: N, high: N, *, noun: str, out_of_range: str
-) -> Callable[[str], N]:
-    """An argparse ``type`` for a number within ``[low, high]``, with messages that say
-    what was wrong: "'x' is not <noun>", or ``out_of_range`` formatted with ``value``."""
+class NumberIn(click.ParamType[N]):
+    """A number within ``[low, high]``, with messages that say what was wrong:
+    "'x' is not <noun>", or ``out_of_range`` formatted with ``value``."""
 
-    def parse(text: str) -> N:
+    def __init__(self, kind: type[N], low: N, high: N, *, noun: str, out_of_range: str) -> None:
+        self.kind: type[N] = kind
+        self.low: N = low
+        self.high: N = high
+        self.name = noun
+        self.out_of_range = out_of_range
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> N:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(out_of_range.format(value=value))
-        return value
-
-    return parse
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not {self.name}", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(self.out_of_range.format(value=number), param, ctx)
+        return number

@@ -7,15 +7,14 @@ through the queue's own interface, so they work for any queue plugin.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
+import click
 import orjson
 
-from taskhub.cli.group import CommandGroup, columns, refuse_embedded
+from taskhub.cli.group import ActionGroup, columns, config_argument, refuse_embedded
 from taskhub.components import QueueBackend
 from taskhub.errors import UsageError
 from taskhub.hub import runtime
@@ -23,23 +22,6 @@ from taskhub.hub.kernel import Hub
 from taskhub.jobs import JobInfo, iso
 
 ERROR_WIDTH = 60
-
-
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``jobs`` and its actions to the top-level subparsers."""
-    jobs = CommandGroup(
-        commands, common, "jobs", "list, re-queue or purge failed jobs (dead letters)", opened_queue
-    )
-    sub = jobs.action("failed", "list dead letters, oldest first", failed)
-    sub.add_argument("--json", action="store_true", help="one JSON object per line")
-    sub.add_argument("--limit", type=int, default=None, help="show at most this many")
-    sub = jobs.action("retry", "queue dead letters again, with fresh attempts", retry)
-    which = sub.add_mutually_exclusive_group(required=True)
-    which.add_argument("ids", metavar="ID", nargs="*", default=[], help="job ids to retry")
-    which.add_argument("--all", action="store_true", help="retry every dead letter")
-    jobs.action("purge", "delete every dead letter", purge)
-    sub = jobs.action("show", "print one job's state as JSON", show)
-    sub.add_argument("id", metavar="ID", help="job id")
 
 
 @asynccontextmanager
@@ -50,9 +32,15 @@ async def opened_queue(path: str) -> AsyncIterator[QueueBackend]:
         yield queue
 
 
-async def failed(queue: QueueBackend, args: argparse.Namespace) -> int:
-    letters = await queue.dead_letters(args.limit)
-    if args.json:
+jobs = ActionGroup("jobs", "list, re-queue or purge failed jobs (dead letters)", opened_queue)
+
+
+@jobs.action("list dead letters, oldest first")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.option("--limit", type=int, default=None, help="show at most this many")
+async def failed(queue: QueueBackend, as_json: bool, limit: int | None) -> int:
+    letters = await queue.dead_letters(limit)
+    if as_json:
         for job in letters:
             sys.stdout.write(orjson.dumps(job.to_json()).decode() + "\n")
     elif not letters:
@@ -82,30 +70,44 @@ def shorten(text: str) -> str:
     return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
 
 
-async def retry(queue: QueueBackend, args: argparse.Namespace) -> int:
-    if args.all:
-        moved = await queue.retry_dead(None)
-    else:
+@jobs.command(help="queue dead letters again, with fresh attempts")
+@config_argument
+@click.argument("ids", metavar="[ID]...", nargs=-1, help="job ids to retry")
+@click.option("--all", "every", is_flag=True, help="retry every dead letter")
+def retry(config: str, ids: tuple[str, ...], every: bool) -> int:
+    if every and ids:
+        raise click.UsageError("give job IDs or --all, not both")
+    if not (every or ids):
+        raise click.UsageError("give the IDs of the dead letters to retry, or --all")
+    return jobs.act(config, lambda queue: requeue(queue, list(dict.fromkeys(ids)) or None))
+
+
+async def requeue(queue: QueueBackend, ids: list[str] | None) -> int:
+    """Queue ``ids`` again (every dead letter when None), after checking each is one."""
+    if ids is not None:
         known = {job.job_id for job in await queue.dead_letters()}
-        unknown = [job_id for job_id in args.ids if job_id not in known]
+        unknown = [job_id for job_id in ids if job_id not in known]
         if unknown:
             raise UsageError(f"not a dead letter: {', '.join(unknown)} (see `taskhub jobs failed`)")
-        moved = await queue.retry_dead(list(dict.fromkeys(args.ids)))
+    moved = await queue.retry_dead(ids)
     sys.stdout.write(f"re-queued {len(moved)} job(s)\n")
     for job_id in moved:
         sys.stdout.write(f"  {job_id}\n")
     return 0
 
 
-async def purge(queue: QueueBackend, args: argparse.Namespace) -> int:
+@jobs.action("delete every dead letter")
+async def purge(queue: QueueBackend) -> int:
     count = await queue.purge_dead()
     sys.stdout.write(f"purged {count} dead letter(s)\n")
     return 0
 
 
-async def show(queue: QueueBackend, args: argparse.Namespace) -> int:
-    job = await queue.status(args.id)
+@jobs.action("print one job's state as JSON")
+@click.argument("job_id", metavar="ID", help="job id")
+async def show(queue: QueueBackend, job_id: str) -> int:
+    job = await queue.status(job_id)
     if job is None:
-        raise UsageError(f"no job {args.id!r} (unknown, malformed, or expired)")
+        raise UsageError(f"no job {job_id!r} (unknown, malformed, or expired)")
     sys.stdout.write(orjson.dumps(job.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

@@ -7,15 +7,15 @@ leaves alone, and why, is in :mod:`taskhub.limits.admin`).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TypeVar
 
+import click
 import orjson
 
-from taskhub.cli.group import CommandGroup, columns, refuse_embedded
+from taskhub.cli.group import ActionGroup, columns, refuse_embedded
 from taskhub.hub.kernel import Hub
 from taskhub.limits.admin import (
     LimitsAdmin,
@@ -25,31 +25,13 @@ from taskhub.limits.admin import (
 )
 
 
-def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``limits`` and its actions to the top-level subparsers."""
-    limits = CommandGroup(
-        commands, common, "limits", "show or reset one key's rate-limit state", opened_admin
-    )
-    sub = limits.action("show", "print a key's state under every rule; changes nothing", show)
-    key_arguments(sub)
-    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    sub = limits.action("reset", "delete a key's state under every rule (or one)", reset)
-    key_arguments(sub)
-
-
-def key_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "key", metavar="KEY", help="what rules count by: a user id, IP, header value or task name"
-    )
-    sub.add_argument("--rule", metavar="NAME", help="only this rule")
-
-
 @asynccontextmanager
 async def opened_admin(path: str) -> AsyncIterator[LimitsAdmin]:
     hub = Hub.from_file(path)
-    limits, redis = hub.settings.limits, hub.settings.redis
-    setting = "limits.redis_url" if limits.redis_url else "redis.url"
-    refuse_embedded(path, setting, limits.redis_url or redis.url, "rate-limit counters")
+    settings = hub.settings
+    setting = "limits.redis_url" if settings.limits.redis_url else "redis.url"
+    url = settings.limits.redis_url or settings.redis.url
+    refuse_embedded(path, setting, url, "rate-limit counters")
     admin = hub.build_limits_admin()
     try:
         yield admin
@@ -57,22 +39,39 @@ async def opened_admin(path: str) -> AsyncIterator[LimitsAdmin]:
         await admin.redis.aclose()
 
 
-def no_rules(admin: LimitsAdmin, args: argparse.Namespace) -> bool:
+limits = ActionGroup("limits", "show or reset one key's rate-limit state", opened_admin)
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def key_arguments(action: F) -> F:
+    """KEY and --rule, which every action takes."""
+    key_help = "what rules count by: a user id, IP, header value or task name"
+    action = click.option("--rule", metavar="NAME", help="only this rule")(action)
+    return click.argument("key", metavar="KEY", help=key_help)(action)
+
+
+def no_rules(admin: LimitsAdmin, rule: str | None) -> bool:
     """Say so when the config limits nothing (a rule name still gets its error)."""
-    if admin.rules or args.rule is not None:
+    if admin.rules or rule is not None:
         return False
+    config = click.get_current_context().params["config"]
     sys.stdout.write(
-        f"{args.config} has no rate limits: limits.admission and limits.execution are empty\n"
+        f"{config} has no rate limits: limits.admission and limits.execution are empty\n"
     )
     return True
 
 
-async def show(admin: LimitsAdmin, args: argparse.Namespace) -> int:
-    states = await admin.show(args.key, args.rule)
-    if args.json:
-        body = show_body(args.key, states)
+@limits.action("print a key's state under every rule; changes nothing")
+@key_arguments
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+async def show(admin: LimitsAdmin, key: str, rule: str | None, as_json: bool) -> int:
+    states = await admin.show(key, rule)
+    if as_json:
+        body = show_body(key, states)
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif not no_rules(admin, args):
+    elif not no_rules(admin, rule):
         sys.stdout.write(state_table(states))
     return 0
 
@@ -118,13 +117,15 @@ def ttl(ms: int) -> str:
     return {-2: "absent", -1: "no expiry"}.get(ms) or duration(ms)
 
 
-async def reset(admin: LimitsAdmin, args: argparse.Namespace) -> int:
-    resets = await admin.reset(args.key, args.rule)
-    if no_rules(admin, args):
+@limits.action("delete a key's state under every rule (or one)")
+@key_arguments
+async def reset(admin: LimitsAdmin, key: str, rule: str | None) -> int:
+    resets = await admin.reset(key, rule)
+    if no_rules(admin, rule):
         return 0
     rows = [(r.rule.name, r.rule.stage, outcome(r)) for r in resets]
     total = sum(r.deleted for r in resets)
-    sys.stdout.write("\n".join(columns(rows)) + f"\ndeleted {total} key(s) for {args.key!r}\n")
+    sys.stdout.write("\n".join(columns(rows)) + f"\ndeleted {total} key(s) for {key!r}\n")
     return 0
 
 

@@ -5,23 +5,24 @@
 
 Exit codes: 0 after a clean run or shutdown (SIGINT and SIGTERM included); 2
 for anything the user must fix in the command line, the config or a plugin; 1
-when a component cannot start or fails while running. Errors print as one
-readable message; ``--debug`` adds the traceback.
+when a component cannot start or fails while running, and for an unexpected
+exception (named with its command); 130 on Ctrl-C. Errors print as one readable
+line; ``--debug`` adds the traceback. The commands are click's, in a
+:class:`~taskhub.cli.group.Group` that gives each of them ``--debug``; plugins add
+theirs through ``register_commands`` (:mod:`taskhub.cli.plugins`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import os
 import socket
 import sys
 import traceback
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
+import click
 import yaml
 
 try:
@@ -29,28 +30,31 @@ try:
 except ImportError:  # pragma: no cover - a dependency everywhere but Windows
     uvloop = None  # type: ignore[assignment]
 
-from taskhub.cli import jobs as jobs_cli
-from taskhub.cli import limits as limits_cli
-from taskhub.cli import status as status_cli
 from taskhub.cli import supervisor
-from taskhub.cli.group import number_in
+from taskhub.cli.group import (
+    COMMAND,
+    DEBUG,
+    Group,
+    NumberIn,
+    config_argument,
+    configure_logging,
+    debugging,
+)
+from taskhub.cli.jobs import jobs
+from taskhub.cli.limits import limits
+from taskhub.cli.plugins import add_plugin_commands, plugins_command
+from taskhub.cli.status import status
 from taskhub.cli.supervised import SupervisorLink
 from taskhub.config.secrets import secret_values
 from taskhub.context import Role
-from taskhub.errors import ConfigError, PluginError, StartupError, TaskhubError, UsageError
+from taskhub.errors import ConfigError, PluginError, TaskhubError, UsageError
 from taskhub.hub.kernel import Hub
-from taskhub.hub.plugins import PluginRegistry, load_plugins
+from taskhub.hub.plugins import command_plugins, describe_error
 from taskhub.hub.runtime import Runtime
 from taskhub.monitoring import log_format
 from taskhub.version import __version__
 
-logger = logging.getLogger("taskhub")
-
-# Libraries that log every job or request at INFO; quiet unless --debug.
-CHATTY_LOGGERS = ("saq", "sanic.root", "sanic.access", "sanic.server")
-
-
-port_number = number_in(
+PORT_NUMBER = NumberIn(
     int,
     0,
     65_535,
@@ -60,7 +64,7 @@ port_number = number_in(
 
 
 MAX_PROCESSES = 4 * (os.cpu_count() or 1)
-process_count = number_in(
+PROCESS_COUNT = NumberIn(
     int,
     1,
     MAX_PROCESSES,
@@ -71,115 +75,173 @@ process_count = number_in(
     ),
 )
 
+host_option = click.option("--host", metavar="HOST", help="listen address (overrides server.host)")
+port_option = click.option(
+    "--port", type=PORT_NUMBER, metavar="PORT", help="listen port (overrides server.port)"
+)
+workers_option = click.option(
+    "--workers",
+    type=PROCESS_COUNT,
+    default=1,
+    metavar="N",
+    help="server processes sharing the port (serve only; default 1: this process)",
+)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="taskhub",
-        description="Admit tasks over HTTP, rate-limit them per user, run them on workers.",
+
+@click.command("run", help="run the HTTP server and a worker in one process")
+@config_argument
+@host_option
+@port_option
+@workers_option
+def run_command(config: str, host: str | None, port: int | None, workers: int) -> int:
+    return run_hub(Role.BOTH, config, host=host, port=port, workers=workers)
+
+
+@click.command("serve", help="run the HTTP server alone")
+@config_argument
+@host_option
+@port_option
+@workers_option
+# How `serve --workers N` hands each child its socket and its link.
+@click.option("--listen-fd", type=int, hidden=True)
+@click.option("--link-fd", type=int, hidden=True)
+def serve_command(
+    *,  # click passes every parameter by name
+    config: str,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    listen_fd: int | None,
+    link_fd: int | None,
+) -> int:
+    return run_hub(
+        Role.SERVER, config, host=host, port=port, workers=workers, fds=(listen_fd, link_fd)
     )
-    parser.add_argument("--version", action="version", version=f"taskhub {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="DEBUG logs and full tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> Any:
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
-        sub.set_defaults(handler=handler)
-        return sub
 
-    for name, help_text, role in (
-        ("run", "run the HTTP server and a worker in one process", Role.BOTH),
-        ("serve", "run the HTTP server alone", Role.SERVER),
-    ):
-        sub = command(name, help_text, lambda args, role=role: run_hub(args, role))
-        sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-        sub.add_argument("--host", help="listen address (overrides server.host)")
-        sub.add_argument("--port", type=port_number, help="listen port (overrides server.port)")
-        sub.add_argument(
-            "--workers",
-            type=process_count,
-            default=1,
-            metavar="N",
-            help="server processes sharing the port (serve only; default 1: this process)",
-        )
-        if role is Role.SERVER:  # how `serve --workers N` hands each child its socket
-            sub.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
-            sub.add_argument("--link-fd", type=int, help=argparse.SUPPRESS)
-    sub = command("worker", "run a worker alone", lambda args: run_hub(args, Role.WORKER))
-    sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-    sub.add_argument(
-        "--metrics-port",
-        type=port_number,
-        help="port of the worker's /metrics (overrides metrics.worker_port)",
-    )
-    sub = command("check", "validate a config and print it resolved, secrets masked", check)
-    sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-    sub = command("plugins", "list plugins and the components each registers", list_plugins)
-    sub.add_argument("config", metavar="CONFIG", nargs="?", help="also load this config's plugins")
-    jobs_cli.add_commands(commands, common)
-    limits_cli.add_commands(commands, common)
-    status_cli.add_command(commands, common)
-    return parser
+@click.command("worker", help="run a worker alone")
+@config_argument
+@click.option(
+    "--metrics-port",
+    type=PORT_NUMBER,
+    metavar="PORT",
+    help="port of the worker's /metrics (overrides metrics.worker_port)",
+)
+def worker_command(config: str, metrics_port: int | None) -> int:
+    return run_hub(Role.WORKER, config, metrics_port=metrics_port)
+
+
+@click.command("check", help="validate a config and print it resolved, secrets masked")
+@config_argument
+def check_command(config: str) -> int:
+    hub = Hub.from_file(config)
+    sys.stdout.write(f"# {config}: valid. Resolved, with defaults and secrets masked:\n")
+    sys.stdout.write(yaml.safe_dump(hub.resolved(), sort_keys=False, allow_unicode=True))
+    return 0
+
+
+BUILTIN_COMMANDS = (
+    run_command,
+    serve_command,
+    worker_command,
+    check_command,
+    jobs,
+    limits,
+    status,
+)
+
+
+def build_cli() -> Group:
+    """The ``taskhub`` command: the built-in commands, then those plugins add."""
+
+    @click.group("taskhub", cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="taskhub", message="%(prog)s %(version)s")
+    def cli() -> None:
+        """Admit tasks over HTTP, rate-limit them per user, run them on workers."""
+
+    manager, plugins = command_plugins()
+    for command in (*BUILTIN_COMMANDS, plugins_command(manager, plugins)):
+        cli.add_command(command)
+    add_plugin_commands(cli, manager, plugins)
+    return cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging("INFO", args.debug)
+    args = list(sys.argv[1:] if argv is None else argv)
+    configure_logging("INFO", debug=False)
+    ctx: click.Context | None = None
     try:
-        return int(args.handler(args))
-    except (ConfigError, PluginError, UsageError) as exc:
-        return report(exc, args.debug, 2)
-    except StartupError as exc:
-        return report(exc, args.debug, 1)
-    except KeyboardInterrupt:
+        cli = build_cli()
+        ctx = cli.make_context("taskhub", args)
+        with ctx:
+            result = cli.invoke(ctx)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:  # --help, --version
+        return exc.exit_code
+    except click.UsageError as exc:  # a bad command line: usage, hint and what was wrong
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except (KeyboardInterrupt, click.Abort):
         return 130
+    except Exception as exc:
+        meta = ctx.meta if ctx is not None else {}
+        # Before the command line is parsed (a plugin that fails to load), look for --debug.
+        debug = bool(meta.get(DEBUG, "--debug" in args))
+        return report(exc, debug, meta.get(COMMAND, "taskhub"))
 
 
-def report(exc: TaskhubError, debug: bool, code: int) -> int:
+def report(exc: Exception, debug: bool, command: str) -> int:
+    """Print what went wrong as one line (after the traceback, with --debug); return the
+    exit code: 2 for what the user must fix, 1 for what failed."""
     if debug:
         sys.stderr.write(log_format.masked("".join(traceback.format_exception(exc))))
-    sys.stderr.write(log_format.masked(f"taskhub: error: {exc}\n"))
-    return code
+    if isinstance(exc, click.ClickException):
+        message = exc.format_message()
+    elif isinstance(exc, TaskhubError):
+        message = str(exc)
+    else:  # a bug, in taskhub or a plugin's command
+        hint = "" if debug else " (--debug shows the traceback)"
+        message = f"`{command}` failed: {describe_error(exc)}{hint}"
+    sys.stderr.write(log_format.masked(f"taskhub: error: {message}\n"))
+    if isinstance(exc, ConfigError | PluginError | UsageError):
+        return 2
+    return exc.exit_code if isinstance(exc, click.ClickException) else 1
 
 
-def configure_logging(
-    level: str,
-    debug: bool,
-    kind: log_format.LogFormat = "text",
-    secrets: Iterable[str] = (),
-) -> None:
-    log_format.install(kind, secrets)
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else level)
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
-
-
-def run_hub(args: argparse.Namespace, role: Role) -> int:
-    overrides = {
-        key: value
-        for key, value in (
-            ("host", getattr(args, "host", None)),
-            ("port", getattr(args, "port", None)),
-        )
-        if value is not None
-    }
-    hub = Hub.from_file(args.config, server_overrides=overrides)
-    metrics_port = getattr(args, "metrics_port", None)
+def run_hub(
+    role: Role,
+    config: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int = 1,
+    metrics_port: int | None = None,
+    fds: tuple[int | None, int | None] = (None, None),
+) -> int:
+    overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    hub = Hub.from_file(config, server_overrides=overrides)
     if metrics_port is not None:
         hub.settings.metrics.worker_port = metrics_port
     logs = hub.settings.logging
-    configure_logging(logs.level, args.debug, logs.format, secret_values(hub.raw))
-    workers = getattr(args, "workers", 1)
+    configure_logging(logs.level, debugging(), logs.format, secret_values(hub.raw))
     if workers > 1:
-        return serve_processes(hub, args, role, workers)
+        return serve_processes(hub, role, workers, [config, *option_args(host=host, port=port)])
     hub.check_role(role)
-    link = adopt_supervisor_fds(hub, args)
+    link = adopt_supervisor_fds(hub, *fds)
     run_async(Runtime(hub, role).run(on_started=link.started if link else None))
     return 0
 
 
-def serve_processes(hub: Hub, args: argparse.Namespace, role: Role, workers: int) -> int:
+def option_args(**options: object) -> list[str]:
+    """``--name value`` for each option given, and ``--debug`` if this command line has it."""
+    args = []
+    for name, value in options.items():
+        if value is not None:
+            args += [f"--{name}", str(value)]
+    return [*args, "--debug"] if debugging() else args
+
+
+def serve_processes(hub: Hub, role: Role, workers: int, child_args: list[str]) -> int:
     """``serve --workers N``: check what every child would check, bind, then supervise."""
     if role is not Role.SERVER:
         raise UsageError(
@@ -196,12 +258,6 @@ def serve_processes(hub: Hub, args: argparse.Namespace, role: Role, workers: int
             "redis://127.0.0.1:6379), or run one process with `taskhub run`"
         )
     hub.check_role(role)
-    child_args = [args.config]
-    for flag, value in (("--host", args.host), ("--port", args.port)):
-        if value is not None:
-            child_args += [flag, str(value)]
-    if args.debug:
-        child_args.append("--debug")
     return supervisor.serve(
         hub.server.bind(),
         child_args,
@@ -211,9 +267,10 @@ def serve_processes(hub: Hub, args: argparse.Namespace, role: Role, workers: int
     )
 
 
-def adopt_supervisor_fds(hub: Hub, args: argparse.Namespace) -> SupervisorLink | None:
+def adopt_supervisor_fds(
+    hub: Hub, listen_fd: int | None, link_fd: int | None
+) -> SupervisorLink | None:
     """In a child of ``serve --workers N``: serve on the inherited socket, and keep the link."""
-    listen_fd, link_fd = getattr(args, "listen_fd", None), getattr(args, "link_fd", None)
     if listen_fd is None and link_fd is None:
         return None
     if listen_fd is None or link_fd is None:
@@ -230,29 +287,6 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
     factory = uvloop.new_event_loop if uvloop is not None else None
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)
-
-
-def check(args: argparse.Namespace) -> int:
-    hub = Hub.from_file(args.config)
-    sys.stdout.write(f"# {args.config}: valid. Resolved, with defaults and secrets masked:\n")
-    sys.stdout.write(yaml.safe_dump(hub.resolved(), sort_keys=False, allow_unicode=True))
-    return 0
-
-
-def list_plugins(args: argparse.Namespace) -> int:
-    registry: PluginRegistry
-    if args.config:
-        registry = Hub.from_file(args.config).registry
-    else:
-        default_dir = Path("plugins")
-        registry = load_plugins(default_dir if default_dir.is_dir() else None)
-    for info in registry.plugins:
-        sys.stdout.write(f"{info.name} ({info.source})\n")
-        if not info.components:
-            sys.stdout.write("  (registers no components)\n")
-        for kind, names in info.components.items():
-            sys.stdout.write(f"  {kind}: {', '.join(names)}\n")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,15 +7,14 @@ read through the queue's :meth:`~taskhub.components.QueueBackend.snapshot`
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from datetime import datetime
-from typing import Any
 
+import click
 import orjson
 
-from taskhub.cli.group import columns, number_in, opened_run
+from taskhub.cli.group import NumberIn, columns, config_argument, opened_run
 from taskhub.cli.jobs import opened_queue, shorten
 from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot, iso
@@ -26,7 +25,7 @@ DEFAULT_WATCH = 2.0
 CLEAR = "\x1b[H\x1b[2J"
 
 
-seconds = number_in(
+SECONDS = NumberIn(
     float,
     0.1,
     3600.0,
@@ -35,49 +34,44 @@ seconds = number_in(
 )
 
 
-def add_command(commands: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``status`` to the top-level subparsers."""
-    help_text = "show queue depth, workers, rates and recent failures"
-    sub = commands.add_parser("status", help=help_text, description=help_text, parents=[common])
-    sub.add_argument("config", metavar="CONFIG", help="YAML config file")
-    sub.add_argument(
-        "--watch",
-        metavar="SECONDS",
-        type=seconds,
-        nargs="?",
-        const=DEFAULT_WATCH,
-        help=f"refresh every SECONDS (default {DEFAULT_WATCH:g}) until Ctrl-C",
-    )
-    sub.add_argument("--json", action="store_true", help="print JSON (one line per refresh)")
-    sub.add_argument(
-        "--failures", type=int, default=5, metavar="N", help="newest dead letters shown (5)"
-    )
-    sub.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace) -> int:
+@click.command(help="show queue depth, workers, rates and recent failures")
+@config_argument
+@click.option(
+    "--watch",
+    metavar="[SECONDS]",
+    type=SECONDS,
+    is_flag=False,
+    flag_value=DEFAULT_WATCH,
+    help=f"refresh every SECONDS (default {DEFAULT_WATCH:g}) until Ctrl-C",
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON (one line per refresh)")
+@click.option("--failures", type=int, default=5, metavar="N", help="newest dead letters shown (5)")
+def status(config: str, watch: float | None, as_json: bool, failures: int) -> int:
     try:
-        return asyncio.run(opened_run(opened_queue, args, status))
+        return asyncio.run(
+            opened_run(opened_queue, config, lambda queue: look(queue, watch, as_json, failures))
+        )
     except KeyboardInterrupt:  # how --watch ends
         return 0
 
 
-async def status(queue: QueueBackend, args: argparse.Namespace) -> int:
+async def look(queue: QueueBackend, watch: float | None, as_json: bool, failures: int) -> int:
+    """Print the queue once, or every ``watch`` seconds until interrupted."""
     baseline: QueueSnapshot | None = None
     while True:
-        snapshot = await queue.snapshot(max(args.failures, 0))
+        snapshot = await queue.snapshot(max(failures, 0))
         # Under --watch, rates are measured from the first look on.
         rates = Rates.of(snapshot, baseline)
         baseline = baseline or snapshot
-        if args.json:
+        if as_json:
             sys.stdout.write(orjson.dumps(queue_json(snapshot, rates)).decode() + "\n")
         else:
-            clear = CLEAR if args.watch is not None and sys.stdout.isatty() else ""
+            clear = CLEAR if watch is not None and sys.stdout.isatty() else ""
             sys.stdout.write(clear + render(snapshot, rates))
         sys.stdout.flush()
-        if args.watch is None:
+        if watch is None:
             return 0
-        await asyncio.sleep(args.watch)
+        await asyncio.sleep(watch)
 
 
 def render(snapshot: QueueSnapshot, rates: Rates) -> str:
@@ -112,12 +106,12 @@ def render(snapshot: QueueSnapshot, rates: Rates) -> str:
     lines += ["", *rate_lines(rates), ""]
     if snapshot.recent_failures:
         lines.append(f"{snapshot.dead} dead letter(s); newest:")
-        header = ("ID", "TASK", "FAILED AT", "ERROR")
-        rows = [header] + [
+        failures: list[tuple[str, ...]] = [("ID", "TASK", "FAILED AT", "ERROR")]
+        failures += [
             (job.job_id, job.task, iso(job.completed_at) or "-", shorten(job.error_summary))
             for job in snapshot.recent_failures
         ]
-        lines += columns(rows)
+        lines += columns(failures)
     else:
         lines.append(f"{snapshot.dead} dead letter(s)")
     return "\n".join(lines) + "\n"

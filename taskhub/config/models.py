@@ -30,6 +30,7 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "memory")
 TASK_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 RULE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"
 KEY_SOURCES = ("user", "ip", "task", "constant", "header:<Name>")
+DEFAULT_PLUGINS_DIR = "plugins"  # relative to the working directory; the CLI loads it first
 MIN_TOKEN_LENGTH = 16  # bearer tokens of the admin endpoint and the dashboard
 
 
@@ -409,7 +410,7 @@ class Settings(StrictModel):
         default_factory=RedisSettings, description="where limiter state and the queue live"
     )
     plugins_dir: str | None = Field(
-        "plugins",
+        DEFAULT_PLUGINS_DIR,
         description="every *.py file and package in it is a plugin (relative to the working "
         "directory); null: none",
     )

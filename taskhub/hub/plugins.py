@@ -5,6 +5,11 @@ installed distributions (entry-point group ``taskhub``), the ``plugins_dir``
 folder, and dotted module paths listed in config. All of them go through the
 same hooks. Any failure (an import error, a bad registration, two plugins
 claiming one name) is a :class:`PluginError` that names the plugin.
+
+The command line loads plugins before it knows a config (:func:`command_plugins`),
+so that they can add commands. A plugin file is imported once per process, as
+``import`` would: the config loading the same ``plugins_dir`` again reuses its
+modules instead of running them twice.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pydantic import BaseModel
 
 from taskhub import hookspecs
 from taskhub.components import Component, Limiter, TaskHandler
-from taskhub.config.models import JOB_OPTIONS
+from taskhub.config.models import DEFAULT_PLUGINS_DIR, JOB_OPTIONS
 from taskhub.errors import PluginError, UnknownComponentError
 from taskhub.hookspecs import KINDS, Kind
 
@@ -69,6 +74,7 @@ class PluginInfo:
     name: str
     source: str
     components: dict[str, list[str]] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)  # filled by the CLI (register_commands)
 
 
 class PluginRegistry:
@@ -92,15 +98,7 @@ class PluginRegistry:
             if info is not None:
                 info.components.setdefault(kind.name, []).append(cls.name)
 
-        try:
-            impl.function(register=register)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"Plugin {impl.plugin_name!r} failed in {kind.hook.__name__}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        call_impl(kind.hook.__name__, impl, register=register)
 
     def _add(self, kind: Kind, cls: Any, plugin: str) -> None:
         base, kind_name = kind.base, kind.name
@@ -151,6 +149,18 @@ class PluginRegistry:
         return self._by_kind[kind][name]
 
 
+def call_impl(hook_name: str, impl: pluggy.HookImpl, **kwargs: object) -> object:
+    """Call one plugin's implementation of a hook; a failure is a PluginError naming it."""
+    try:
+        return impl.function(**kwargs)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"Plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def load_plugins(
     plugins_dir: Path | None = None,
     modules: Iterable[str] = (),
@@ -158,6 +168,30 @@ def load_plugins(
     entry_points: bool = True,
 ) -> PluginRegistry:
     """Load every plugin source and return the registry of their components."""
+    return PluginRegistry(*plugin_manager(plugins_dir, modules, entry_points=entry_points))
+
+
+def command_plugins() -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """The plugins that may add commands, loaded before the command line is parsed: entry
+    points and ``./plugins`` (a config's own are not known yet). The built-ins add none, and
+    importing them (Sanic, SAQ) would cost every ``taskhub --help`` about 100 ms."""
+    return plugin_manager(default_plugins_dir(), builtins=False)
+
+
+def default_plugins_dir() -> Path | None:
+    """``./plugins``, if the working directory has one."""
+    default_dir = Path(DEFAULT_PLUGINS_DIR)
+    return default_dir if default_dir.is_dir() else None
+
+
+def plugin_manager(
+    plugins_dir: Path | None = None,
+    modules: Iterable[str] = (),
+    *,
+    entry_points: bool = True,
+    builtins: bool = True,
+) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """Import every plugin source and register it: the manager, and each plugin's origin."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     plugins: list[PluginInfo] = []
@@ -171,7 +205,7 @@ def load_plugins(
             raise PluginError(f"Plugin {name!r} is loaded twice: {exc}") from exc
         plugins.append(PluginInfo(name=name, source=source))
 
-    for module_name in BUILTIN_MODULES:
+    for module_name in BUILTIN_MODULES if builtins else ():
         add(importlib.import_module(module_name), module_name, "built-in")
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -194,7 +228,7 @@ def load_plugins(
             f"Plugin {name!r} implements a hook taskhub does not define ({problem}). "
             f"Known hooks: {', '.join(_hook_names())}"
         ) from exc
-    return PluginRegistry(manager, plugins)
+    return manager, plugins
 
 
 def _hook_names() -> list[str]:
@@ -222,14 +256,19 @@ def _plugin_files(directory: Path) -> list[Path]:
 
 
 def _import_file(path: Path) -> ModuleType:
-    """Import a plugin file or package under a private namespace, without touching sys.path."""
+    """Import a plugin file or package under a private namespace, without touching sys.path;
+    once per process, as ``import`` would (the CLI and the config may both name it)."""
     module_name = f"{LOCAL_PACKAGE}.{path.stem if path.is_file() else path.name}"
+    source = path / "__init__.py" if path.is_dir() else path
+    imported = sys.modules.get(module_name)
+    if imported is not None and Path(imported.__file__ or "").resolve() == source.resolve():
+        return imported
     if path.is_dir():
         spec = importlib.util.spec_from_file_location(
-            module_name, path / "__init__.py", submodule_search_locations=[str(path)]
+            module_name, source, submodule_search_locations=[str(path)]
         )
     else:
-        spec = importlib.util.spec_from_file_location(module_name, path)
+        spec = importlib.util.spec_from_file_location(module_name, source)
     if spec is None or spec.loader is None:  # pragma: no cover - only for exotic files
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
@@ -247,10 +286,11 @@ def _guarded_import(label: str, load: Any) -> Any:
     try:
         return load()
     except Exception as exc:
-        raise PluginError(f"Plugin {label!r} failed to import: {_describe(exc)}") from exc
+        raise PluginError(f"Plugin {label!r} failed to import: {describe_error(exc)}") from exc
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """``Type: message (file, line N)``: where in its code a plugin (or anything) failed."""
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
