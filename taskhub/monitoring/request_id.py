@@ -6,7 +6,7 @@ request (or running its job) can carry it without passing it around.
 
 from __future__ import annotations
 
-import os
+import random
 from contextvars import ContextVar
 
 HEADER = "X-Request-ID"
@@ -15,9 +15,17 @@ MAX_LENGTH = 128
 current: ContextVar[str | None] = ContextVar("taskhub_request_id", default=None)
 
 
+_bits = random.Random().getrandbits  # seeded from the OS once, in every process
+
+
 def new_request_id() -> str:
-    """16 random hex characters: unique enough to find one request's lines."""
-    return os.urandom(8).hex()
+    """16 random hex characters: unique enough to find one request's lines.
+
+    An id names log lines; it guards nothing, so it need not be unguessable, and a
+    Mersenne Twister draw costs a tenth of the ``getrandom`` system call ``os.urandom``
+    makes for every request (6-10% of a refused request's time).
+    """
+    return f"{_bits(64):016x}"
 
 
 def is_sane(value: str) -> bool:
