@@ -9,6 +9,7 @@ from __future__ import annotations
 from taskhub.bearer import bearer_credentials, bearer_token_ok
 from taskhub.components import (
     Authenticator,
+    HttpServerOptions,
     Limiter,
     Options,
     PreparedJob,
@@ -81,6 +82,7 @@ __all__ = [
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
+    "HttpServerOptions",
     "JobCounters",
     "JobInfo",
     "JobOptions",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import UsageError
 from taskhub.http import ApiOptions, Headers
@@ -29,6 +29,7 @@ __all__ = [
     "Authenticator",
     "Completion",
     "Component",
+    "HttpServerOptions",
     "Limiter",
     "Options",
     "PreparedJob",
@@ -266,6 +267,45 @@ class QueueBackend(Component):
         """Release connections."""
 
 
+class HttpServerOptions(Options):
+    """The options every HTTP server takes, under the same names: a server plugin's
+    ``Config`` subclasses this, so configs move between servers unchanged, and the
+    options the API itself reads (Retry-After, readiness timeout, body limit) mean the
+    same whatever serves it."""
+
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="listen address (taskhub run/serve --host)"
+    )
+    port: int = Field(
+        3000, ge=0, le=65_535, description="listen port (--port); 0 picks a free port"
+    )
+    body_limit: int = Field(
+        65_536,
+        ge=256,
+        le=64 * 1024 * 1024,
+        description="largest request body in bytes; a larger one gets 413",
+    )
+    keep_alive_timeout: float = Field(
+        5, ge=0, le=3_600, description="seconds an idle keep-alive connection stays open"
+    )
+    request_timeout: float = Field(
+        30, gt=0, le=3_600, description="seconds a request may take to arrive (else 408)"
+    )
+    graceful_shutdown: float = Field(
+        5, ge=0, le=3_600, description="seconds to finish requests in flight on SIGTERM"
+    )
+    backlog: int = Field(1024, ge=1, le=65_535, description="connections the listen queue holds")
+    unavailable_retry_after: int = Field(
+        1,
+        ge=1,
+        le=3_600,
+        description="Retry-After in seconds of a 503 (Redis unreachable, queue full)",
+    )
+    ready_timeout: float = Field(
+        1, gt=0, le=60, description="seconds each GET /ready check may take"
+    )
+
+
 class Server(Component):
     """Serves taskhub's HTTP API (``context.http``): an adapter between a web server
     and the API, which decides every status code, body and header
@@ -289,12 +329,16 @@ class Server(Component):
 
     def api_options(self) -> ApiOptions:
         """The API's settings that live in the server's config (Retry-After of a 503,
-        the readiness check's timeout); the defaults unless the server has such options."""
+        the readiness check's timeout): from :class:`HttpServerOptions`, else the defaults."""
+        if isinstance(self.config, HttpServerOptions):
+            return ApiOptions(self.config.unavailable_retry_after, self.config.ready_timeout)
         return ApiOptions()
 
     @property
     def shutdown_grace(self) -> float:
         """How long :meth:`stop` may take to finish requests in flight, in seconds."""
+        if isinstance(self.config, HttpServerOptions):
+            return self.config.graceful_shutdown
         return 30.0
 
     async def start(self, context: PluginContext) -> None:

@@ -59,7 +59,11 @@ def resolved(settings: Settings, raw: RawConfig, hub: Components) -> dict[str, A
 
 
 def log_banner(
-    settings: Settings, hub: Components, role: Role, metrics_address: str | None = None
+    settings: Settings,
+    hub: Components,
+    role: Role,
+    address: str | None,
+    metrics_address: str | None = None,
 ) -> None:
     """What this process runs, once it runs: one line per fact, no secret in any."""
     roles = "+".join(r.name.lower() for r in (Role.SERVER, Role.WORKER) if r & role and r.name)
@@ -78,7 +82,10 @@ def log_banner(
                 "limit %s per %s%s: %s", rule.name, rule.key_spec, shadow, describe(rule.limiter)
             )
         logger.info("auth: %s", hub.authenticator.summary())
-        logger.info("listening on %s", hub.server.address)
+        if address is not None:
+            logger.info("listening on %s", address)
+        else:
+            logger.info("serving the HTTP API through the host application (ASGI)")
     running = [*(hub.rules if role & Role.SERVER else ())]
     running += hub.execution_rules if role & Role.WORKER else []
     per_shard = per_shard_rules(settings, hub.shards, running)

@@ -39,10 +39,12 @@ logger = logging.getLogger("taskhub")
 class Runtime:
     """Starts, runs and stops one process; implements :class:`taskhub.PluginContext`."""
 
-    def __init__(self, hub: Hub, role: Role) -> None:
+    def __init__(self, hub: Hub, role: Role, *, serve_http: bool = True) -> None:
         self.hub = hub
         self._role = role
-        self.stop = asyncio.Event()
+        # False: another server (an ASGI one) serves ``http``; the server component stays idle.
+        self._serve_http = serve_http
+        self.stopping = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self.worker: asyncio.Task[None] | None = None
         self.admission: Admission | None = None
@@ -105,44 +107,60 @@ class Runtime:
     async def run(self, on_started: Callable[[asyncio.Event], None] | None = None) -> None:
         """Start, serve until SIGINT/SIGTERM (or a worker failure), then stop cleanly.
 
-        ``on_started(stop)`` runs once everything serves; setting ``stop`` shuts down
-        as a signal does (a supervised process uses both: see :mod:`taskhub.cli.supervisor`).
+        ``on_started(stopping)`` runs once everything serves; setting ``stopping`` shuts
+        down as a signal does (a supervised process uses both: see
+        :mod:`taskhub.cli.supervisor`).
         """
-        self.hub.check_role(self._role)
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
         for signum in signals:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
-            async with self._stack:
-                try:
-                    await self._start()
-                    if on_started is not None:
-                        on_started(self.stop)
-                    await self._serve()
-                finally:
-                    self.stop.set()
+            await self.start()
+            try:
+                if on_started is not None:
+                    on_started(self.stopping)
+                await self._serve()
+            finally:
+                await self.close()
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
+        self.raise_if_worker_failed()
+
+    async def start(self) -> None:
+        """Start what this role runs; if a step fails, undo the steps before it and raise."""
+        self.hub.check_role(self._role)
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop what started, in reverse order; calling it again does nothing."""
+        self.stopping.set()
+        await self._stack.aclose()
+
+    def raise_if_worker_failed(self) -> None:
         worker = self.worker
         if worker is not None and worker.done() and not worker.cancelled() and worker.exception():
             raise StartupError(f"the worker stopped: {worker.exception()}")
 
     async def _serve(self) -> None:
         """Until stopped, or until the worker ends (it only does by failing)."""
-        waiter = asyncio.create_task(self.stop.wait())
+        waiter = asyncio.create_task(self.stopping.wait())
         waiting = {waiter, self.worker} if self.worker else {waiter}
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        if self.stop.is_set():
+        if self.stopping.is_set():
             logger.warning("%s again: exiting now, without waiting for work in flight", name)
             os._exit(1)
         logger.info("%s received: shutting down (send it again to exit at once)", name)
-        self.stop.set()
+        self.stopping.set()
 
     async def _start(self) -> None:
         """Each step, then its undo on the stack: stopping is the same list, backwards."""
@@ -161,13 +179,15 @@ class Runtime:
             self.admission = hub.build_admission()
             self._start_traffic()
             self._http = await asyncio.to_thread(build_api, self._api_parts(self.admission))
-            await hub.server.start(self)
-            stack.push_async_callback(hub.server.stop)
+            if self._serve_http:
+                await hub.server.start(self)
+                stack.push_async_callback(hub.server.stop)
         stack.push_async_callback(self._lifecycle, "shutdown", True)
         await self._lifecycle("startup")
-        log_banner(hub.settings, hub.components, role, self._metrics_address)
+        address = hub.server.address if self._serve_http else None
+        log_banner(hub.settings, hub.components, role, address, self._metrics_address)
         if role & Role.WORKER:
-            self.worker = asyncio.create_task(hub.queue.work(self, self.stop), name="worker")
+            self.worker = asyncio.create_task(hub.queue.work(self, self.stopping), name="worker")
 
     def _start_metrics(self) -> None:
         """Bind the counters this role updates; a worker alone also gets its own port."""

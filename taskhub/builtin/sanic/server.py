@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from pydantic import Field
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
 from sanic.config import Config as SanicConfig
@@ -30,10 +29,10 @@ from sanic.response import HTTPResponse
 from sanic.server import AsyncioServer
 
 from taskhub import (
-    ApiOptions,
     HttpHandler,
     HttpRequest,
     HttpResponse,
+    HttpServerOptions,
     Options,
     PluginContext,
     Server,
@@ -92,40 +91,8 @@ class ApiErrorHandler(ErrorHandler):
 class SanicServer(Server):
     name = "sanic"
 
-    class Config(Options):
-        host: str = Field(
-            "127.0.0.1", min_length=1, description="listen address (taskhub run/serve --host)"
-        )
-        port: int = Field(
-            3000, ge=0, le=65_535, description="listen port (--port); 0 picks a free port"
-        )
-        body_limit: int = Field(
-            65_536,
-            ge=256,
-            le=64 * 1024 * 1024,
-            description="largest request body in bytes; a larger one gets 413",
-        )
-        keep_alive_timeout: float = Field(
-            5, ge=0, le=3_600, description="seconds an idle keep-alive connection stays open"
-        )
-        request_timeout: float = Field(
-            30, gt=0, le=3_600, description="seconds a request may take to arrive (else 408)"
-        )
-        graceful_shutdown: float = Field(
-            5, ge=0, le=3_600, description="seconds to finish requests in flight on SIGTERM"
-        )
-        backlog: int = Field(
-            1024, ge=1, le=65_535, description="connections the listen queue holds"
-        )
-        unavailable_retry_after: int = Field(
-            1,
-            ge=1,
-            le=3_600,
-            description="Retry-After in seconds of a 503 (Redis unreachable, queue full)",
-        )
-        ready_timeout: float = Field(
-            1, gt=0, le=60, description="seconds each GET /ready check may take"
-        )
+    class Config(HttpServerOptions):
+        """Every option an HTTP server shares (:class:`taskhub.HttpServerOptions`)."""
 
     config: Config
 
@@ -137,13 +104,6 @@ class SanicServer(Server):
     @property
     def address(self) -> str:
         return self._address
-
-    @property
-    def shutdown_grace(self) -> float:
-        return self.config.graceful_shutdown
-
-    def api_options(self) -> ApiOptions:
-        return ApiOptions(self.config.unavailable_retry_after, self.config.ready_timeout)
 
     def build_app(self, api: HttpHandler) -> Sanic[SanicConfig, SimpleNamespace]:
         c = self.config
