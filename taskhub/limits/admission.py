@@ -63,7 +63,11 @@ class Decision:
     deciding: RuleResult | None = field(init=False)
 
     def __post_init__(self) -> None:
-        refusing = tuple(r for r in self.rules if r.refuses)
+        rules = self.rules
+        if len(rules) == 1:  # one rule, the common policy: no generator to run
+            refusing: tuple[RuleResult, ...] = rules if rules[0].refuses else ()
+        else:
+            refusing = tuple(r for r in rules if r.refuses)
         object.__setattr__(self, "refusing", refusing)
         object.__setattr__(self, "deciding", _deciding(self.rules, refusing))
 

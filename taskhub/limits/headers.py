@@ -46,14 +46,19 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     rule = decision.deciding
     if rule is None:
         return {}
+    rules = decision.rules
+    policy = rule.policy
+    if len(rules) == 1:  # one rule, the common policy: no generators to run
+        policies, states = _policy_item(rule.name, policy.limit, policy.window), _state_item(rule)
+    else:
+        policies = ", ".join(_policy_item(r.name, r.policy.limit, r.policy.window) for r in rules)
+        states = ", ".join(_state_item(r) for r in rules)
     headers = {
-        "X-RateLimit-Limit": str(rule.policy.limit),
+        "X-RateLimit-Limit": str(policy.limit),
         "X-RateLimit-Remaining": str(rule.remaining),
         "X-RateLimit-Reset": str(math.ceil((decision.now_ms + rule.reset_ms) / 1000)),
-        "RateLimit-Policy": ", ".join(
-            _policy_item(r.name, r.policy.limit, r.policy.window) for r in decision.rules
-        ),
-        "RateLimit": ", ".join(_state_item(r) for r in decision.rules),
+        "RateLimit-Policy": policies,
+        "RateLimit": states,
     }
     if decision.refusing:
         headers["Retry-After"] = str(retry_after(decision))

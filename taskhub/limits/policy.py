@@ -234,18 +234,16 @@ def parse_rules(rules: Sequence[Rule], reply: Sequence[int]) -> tuple[RuleResult
     results = []
     for index, rule in enumerate(rules):
         base = 2 + index * FIELDS_PER_RULE
-        allowed, _limit, remaining, reset_ms, retry_ms = (
-            int(v) for v in reply[base : base + FIELDS_PER_RULE]
-        )
+        allowed, _limit, remaining, reset_ms, retry_ms = reply[base : base + FIELDS_PER_RULE]
         results.append(
             RuleResult(
                 rule.name,
                 rule.policy,
-                bool(allowed),
+                bool(int(allowed)),
                 rule.shadow,
-                remaining,
-                reset_ms,
-                retry_ms,
+                int(remaining),
+                int(reset_ms),
+                int(retry_ms),
             )
         )
     return tuple(results)

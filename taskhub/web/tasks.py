@@ -9,6 +9,8 @@ Redis is down. Every answer carries the rate-limit headers of the decision.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from taskhub.components import Authenticator, Principal, QueueBackend
@@ -30,8 +32,12 @@ from taskhub.web.submission import (
     unstorable_payload,
 )
 
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # no rule keys on a header
+
 
 def is_json_media_type(content_type: str) -> bool:
+    if content_type == JSON:  # what nearly every client sends
+        return True
     media = content_type.split(";", 1)[0].strip().lower()
     return media == JSON or (media.startswith("application/") and media.endswith("+json"))
 
@@ -98,7 +104,11 @@ class SubmitTask:
                 if client_address is not None
                 else ""
             ),
-            headers={name: headers.get(name) or "" for name in self.header_names},
+            headers=(
+                {name: headers.get(name) or "" for name in self.header_names}
+                if self.header_names
+                else NO_HEADERS
+            ),
         )
         metrics = self.metrics
         started = time.perf_counter()

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -181,10 +181,10 @@ class SaqQueue(QueueBackend):
     ) -> PreparedJob:
         c, shards = self.config, self.shards
         if shards.count == 1:  # the common case, on the request path: no lookups
-            shard, key = 0, job_id or uuid.uuid4().hex
+            shard, key = 0, job_id or secrets.token_hex(16)
         else:
             shard = shards.place(user_id, job_id)
-            key = shards.job_id(job_id or uuid.uuid4().hex, shard)
+            key = shards.job_id(job_id or secrets.token_hex(16), shard)
         incomplete, queued, job_prefix, abort_prefix = self._layouts[shard]
         kwargs: dict[str, Any] = {"user_id": user_id}
         if payload is not None:
