@@ -65,6 +65,11 @@ class HttpHandler(Protocol):
 class JobRunner(Protocol):
     """Runs jobs on a worker: the task's handler, then every sink (worker role)."""
 
+    @property
+    def limited(self) -> bool:
+        """Whether execution limits apply; if not, :meth:`wait_ms` is always 0 (skip it)."""
+        ...
+
     async def wait_ms(self, spec: TaskSpec, *, job_id: str, user_id: str) -> int:
         """How long the job must wait for its execution limits; 0 to run it now.
 

@@ -24,6 +24,10 @@ class TaskRunner:
         self.sinks = list(sinks)
         self.gate = gate
 
+    @property
+    def limited(self) -> bool:
+        return self.gate is not None
+
     async def wait_ms(self, spec: TaskSpec, *, job_id: str, user_id: str) -> int:
         """How long a job must wait for its execution limits; 0 to run it now.
 

@@ -255,6 +255,8 @@ class HubWorker(Worker[Context]):
 
     async def _deferred(self, job: Job, raw: bytes) -> bool:
         """Reschedule a job over its execution limit for when it may run; no attempt used."""
+        if not self.runner.limited:  # no execution limits: nothing to ask
+            return False
         spec = self.specs.get(job.function)
         user_id = (job.kwargs or {}).get("user_id", "")
         if spec is None:
