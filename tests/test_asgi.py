@@ -21,6 +21,7 @@ import httpx
 import pytest
 import redis
 import uvloop
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -159,11 +160,18 @@ async def test_lifespan_starts_and_stops_the_hub(
 
 
 async def test_a_host_lifespan_runs_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``FastAPI(lifespan=jobs.lifespan)``: started before the first request, stopped
+    with the host, whatever the server does with signals."""
     caplog.set_level(logging.INFO)
     jobs = create_app(memory_config(tmp_path))
-    async with jobs.lifespan(None), client_of(jobs) as client:
-        assert STARTED in caplog.text
-        assert (await client.get("/health")).status_code == 200
+    host = FastAPI(lifespan=jobs.lifespan)
+    host.mount("/jobs", jobs)
+    lifespan = Lifespan(host)
+    assert (await lifespan.send_event("startup"))["type"] == "lifespan.startup.complete"
+    assert STARTED in caplog.text
+    async with client_of(host) as client:
+        assert (await client.get("/jobs/health")).status_code == 200
+    assert (await lifespan.send_event("shutdown"))["type"] == "lifespan.shutdown.complete"
     assert "taskhub stopped" in caplog.text
 
 
