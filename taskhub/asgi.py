@@ -87,6 +87,7 @@ class ClientGone(Exception):
 
 
 def role_named(role: str) -> Role:
+    """The role an application runs in, by the name the CLI's command gives it."""
     try:
         return ROLES[role]
     except KeyError:
@@ -294,22 +295,17 @@ class TaskhubApp:
             logger.error("%s: this process answers 503 until it restarts", exc)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """``lifespan.startup`` starts the hub, ``lifespan.shutdown`` stops it; each
+        answered ``complete``, or ``failed`` with the reason."""
         while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": failure(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await self.stop()
-                except Exception as exc:
-                    await send({"type": "lifespan.shutdown.failed", "message": failure(exc)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
+            phase = (await receive())["type"].removeprefix("lifespan.")
+            try:
+                await (self.start() if phase == "startup" else self.stop())
+            except Exception as exc:
+                await send({"type": f"lifespan.{phase}.failed", "message": failure(exc)})
+                return
+            await send({"type": f"lifespan.{phase}.complete"})
+            if phase == "shutdown":
                 return
 
     # ------------------------------------------------------------------ requests
@@ -422,6 +418,7 @@ async def respond(send: Send, response: HttpResponse, scope: Scope) -> None:
 
 
 def has_body(status: int) -> bool:
+    """Whether a response of ``status`` carries a body (and so a Content-Type)."""
     return status >= 200 and status not in (204, 304)
 
 
