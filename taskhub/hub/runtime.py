@@ -120,7 +120,7 @@ class Runtime:
             try:
                 if on_started is not None:
                     on_started(self.stopping)
-                await self._serve()
+                await self.until_stopped()
             finally:
                 await self.close()
         finally:
@@ -147,8 +147,9 @@ class Runtime:
         if worker is not None and worker.done() and not worker.cancelled() and worker.exception():
             raise StartupError(f"the worker stopped: {worker.exception()}")
 
-    async def _serve(self) -> None:
-        """Until stopped, or until the worker ends (it only does by failing)."""
+    async def until_stopped(self) -> None:
+        """Until ``stopping`` is set, or until the worker ends (it only does by failing):
+        what a process that serves does between :meth:`start` and :meth:`close`."""
         waiter = asyncio.create_task(self.stopping.wait())
         waiting = {waiter, self.worker} if self.worker else {waiter}
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -32,24 +33,34 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 
 
 class TaskhubProcess:
-    """``python -m taskhub ...`` in a directory, with its output collected as it runs."""
+    """``python -m taskhub ...`` in a directory, with its output collected as it runs;
+    ``module`` runs another (an ASGI server), in its own process group (``kill`` ends
+    the workers it spawns too)."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        module: str = "taskhub",
+    ) -> None:
         self.args = args
         self.cwd = cwd
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.module = module
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self, wait_for: str | None = "listening on ", timeout: float = 20) -> TaskhubProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "taskhub", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=self.module != "taskhub",
         )
         threading.Thread(target=self._collect, daemon=True).start()
         if wait_for:
@@ -98,9 +109,14 @@ class TaskhubProcess:
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.module != "taskhub":  # the server's own workers too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
