@@ -11,7 +11,6 @@ code, body and header. What Sanic refuses before a handler runs (a body over
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import logging
 import socket
@@ -36,8 +35,9 @@ from taskhub import (
     Options,
     PluginContext,
     Server,
-    StartupError,
+    bind_tcp,
     hookimpl,
+    http_url,
 )
 from taskhub.builtin.sanic.response import FastHeadersResponse
 
@@ -136,22 +136,7 @@ class SanicServer(Server):
 
     def bind(self) -> socket.socket:
         """Bind the listening socket ourselves: Sanic reads port 0 as "use 8000"."""
-        c = self.config
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                c.host, c.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError:
-                sock.close()
-                raise
-        except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise StartupError(f"cannot listen on {c.host}:{c.port}: {reason or exc}") from exc
-        return sock
+        return bind_tcp(self.config.host, self.config.port)
 
     async def start(self, context: PluginContext) -> None:
         c = self.config
@@ -166,9 +151,7 @@ class SanicServer(Server):
         await server.start_serving()
         await server.after_start()
         self._server = server
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        self._address = f"http://{shown}:{port}"
+        self._address = http_url(sock)
 
     async def stop(self) -> None:
         server = self._server
