@@ -166,9 +166,10 @@ class HttpConnection(asyncio.Protocol):
             blocked.set_result(None)
 
     def eof_received(self) -> bool:
-        """The client sent all it will: answer what was read, then close."""
-        self.closing = True
-        return self.busy
+        """The client closed its end: it has hung up (a half-close that still waits for
+        answers is rare in HTTP, and Sanic takes it so too). Requests being answered
+        still run to the end, so that what they stored is whole; the answers are dropped."""
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
