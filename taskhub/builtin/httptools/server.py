@@ -102,12 +102,15 @@ def tick(limits: Limits) -> float:
 
 
 async def sweep(shared: Shared, interval: float) -> None:
-    """Tick the connections' clock; close those past their deadline."""
+    """Tick the connections' clock; close those past their deadline. A deadline was set
+    from a clock up to one tick old, so one tick is added before it counts as past: a
+    timeout is never cut short, and ends at most two ticks late."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
-        now = shared.now = loop.time()
-        expired = [c for c in shared.connections if c.deadline < now and not c.busy]
+        shared.now = now = loop.time()
+        past = now - interval
+        expired = [c for c in shared.connections if c.deadline < past and not c.busy]
         for connection in expired:
             connection.expire()
 

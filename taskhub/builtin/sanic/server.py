@@ -21,11 +21,12 @@ from types import SimpleNamespace
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
 from sanic.config import Config as SanicConfig
-from sanic.exceptions import RequestCancelled, SanicException
+from sanic.exceptions import PayloadTooLarge, RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
+from sanic.http import Http, Stage
 from sanic.http.constants import HTTP
 from sanic.response import HTTPResponse
-from sanic.server import AsyncioServer
+from sanic.server import AsyncioServer, HttpProtocol
 
 from taskhub import (
     HttpHandler,
@@ -67,6 +68,39 @@ def sanic_response(response: HttpResponse) -> HTTPResponse:
     )
 
 
+# What Sanic says when a request's head, not its body, is over its size limit: a 413
+# there, a 431 here.
+HEAD_TOO_LARGE = "Request header exceeds the size limit"
+
+
+class ApiRequest(Request):
+    """Refuses a body declared over ``body_limit`` before asking the client for it: Sanic
+    would send ``100 Continue`` first, then the 413."""
+
+    async def receive_body(self) -> None:
+        http = self.stream
+        if isinstance(http, Http) and http.expecting_continue:
+            declared, limit = http.request_bytes, http.request_max_size
+            if declared is not None and limit is not None and declared > limit:
+                http.expecting_continue = False  # no 100 before the answer
+                http.keep_alive = False
+                raise PayloadTooLarge("Request body exceeds the size limit")
+        await super().receive_body()
+
+
+class ApiProtocol(HttpProtocol):
+    """Times a request's head from its first byte: Sanic restarts ``request_timeout`` at
+    every byte received, so a client sending its headers a byte at a time held the
+    connection for ever."""
+
+    def data_received(self, data: bytes) -> None:
+        first = self._time
+        super().data_received(data)
+        http = getattr(self, "_http", None)  # made by the connection's task, once it runs
+        if http is not None and http.stage is Stage.REQUEST:
+            self._time = first
+
+
 class ApiErrorHandler(ErrorHandler):
     """What Sanic refuses on its own (413, 400, 408, ...) and the client hanging up,
     answered by the API."""
@@ -80,6 +114,8 @@ class ApiErrorHandler(ErrorHandler):
         if isinstance(exception, RequestCancelled):  # the client hung up: nobody to answer
             logger.info("client hung up before the answer to %s %s", request.method, request.path)
             status = 499
+        elif isinstance(exception, PayloadTooLarge) and str(exception) == HEAD_TOO_LARGE:
+            status = 431
         elif isinstance(exception, SanicException):
             status = exception.status_code
         else:
@@ -120,6 +156,7 @@ class SanicServer(Server):
             "taskhub" if number == 1 else f"taskhub_{number}",
             config=sanic_config,
             error_handler=ApiErrorHandler(api),
+            request_class=ApiRequest,
             configure_logging=False,
         )
         # Tell Sanic's start-up code rewriter that only HTTP/1.1 is served, so it drops
@@ -142,7 +179,9 @@ class SanicServer(Server):
         c = self.config
         app = self.build_app(context.http)
         sock = self.listen_socket or self.bind()
-        server = await app.create_server(sock=sock, backlog=c.backlog, access_log=False)
+        server = await app.create_server(
+            sock=sock, backlog=c.backlog, access_log=False, protocol=ApiProtocol
+        )
         assert server is not None, (
             "create_server returns None only with return_asyncio_server=False"
         )
