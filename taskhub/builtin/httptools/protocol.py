@@ -1,8 +1,8 @@
 """One HTTP/1.1 connection: llhttp (through httptools) parses, the API answers, in order.
 
-A connection answers one request at a time in one task; requests that arrive meanwhile
-(pipelined) wait in a queue, and reading pauses until they are answered, as does
-answering while the client does not read. Whatever is refused before the API (a head
+A connection answers one request at a time in its one task; requests that arrive
+meanwhile (pipelined) wait in a queue, and reading pauses until they are answered, as
+does answering while the client does not read. Whatever is refused before the API (a head
 over ``header_limit``, a body over ``body_limit``, bytes that are not HTTP, a request
 that does not arrive in time) is answered by the API's ``error`` in its turn, after
 which the connection reads nothing more: it half-closes, discards what still comes for
@@ -105,9 +105,11 @@ class HttpConnection(asyncio.Protocol):
         "paused",
         "queue",
         "request",
+        "runner",
         "shared",
         "transport",
         "url",
+        "waiter",
     )
 
     def __init__(self, shared: Shared) -> None:
@@ -127,8 +129,10 @@ class HttpConnection(asyncio.Protocol):
         self.head_seen = 0  # bytes received while its head was incomplete
         self.request: HttpRequest | None = None  # once its head is whole
         # Answering.
-        self.busy = False  # a task answers a request
-        self.queue: deque[Exchange] = deque()  # read while busy, to answer in order
+        self.busy = False  # the connection's task has requests to answer
+        self.queue: deque[Exchange] = deque()  # read and not yet answered, in order
+        self.runner: asyncio.Task[None] | None = None  # the connection's task
+        self.waiter: asyncio.Future[None] | None = None  # its wait for the next request
         self.paused = False  # reading paused until the queue is answered
         self.blocked: asyncio.Future[None] | None = None  # the client reads too slowly
         self.closing = False  # read nothing more; close once the queue is answered
@@ -151,8 +155,9 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
-        if self.blocked is not None and not self.blocked.done():
-            self.blocked.set_result(None)
+        for future in (self.blocked, self.waiter):
+            if future is not None and not future.done():
+                future.set_result(None)
         if not self.busy:  # else the task forgets it once its request is done
             self.shared.forget(self)
 
@@ -269,14 +274,13 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive() and self.shared.limits.keep_alive_timeout > 0
         if not keep_alive:
             self.closing = True  # nothing after this request is read
-        if self.busy:
-            self.queue.append((request, 0, keep_alive))
-            if not self.paused and self.transport is not None:
-                self.transport.pause_reading()
-                self.paused = True
-        else:
+        self.queue.append((request, 0, keep_alive))
+        if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self.answer((request, 0, keep_alive)))
+            self.wake()
+        elif not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
 
     # ------------------------------------------------------------------ answering
 
@@ -317,51 +321,64 @@ class HttpConnection(asyncio.Protocol):
         else:
             transport.writelines((data, body))
 
-    async def answer(self, exchange: Exchange) -> None:
-        """Answer ``exchange``, then those queued behind it, in order."""
-        shared = self.shared
-        api = shared.api
+    def wake(self) -> None:
+        """Have the connection's task answer what is queued (starting it the first time)."""
+        if self.runner is None:
+            self.runner = asyncio.get_running_loop().create_task(self.run())
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def run(self) -> None:
+        """The connection's task: answer the queue in order, then wait for more, until
+        the connection closes. One task for every request of a connection, not one each."""
         try:
             while True:
-                request, refusal, keep_alive = exchange
-                if refusal:
-                    self.answer_refusal(request, refusal)
+                while self.queue:
+                    if not await self.answer(self.queue.popleft()):
+                        return
+                self.busy = False
+                if not self.idle():
                     return
-                assert request is not None
-                try:
-                    response = await api.handle(request)
-                except Exception:  # the API never raises; if it did, the client gets a 500
-                    logger.exception("the API raised on %s %s", request.method, request.path)
-                    response = api.error(500, request)
+                self.waiter = asyncio.get_running_loop().create_future()
+                await self.waiter
                 if self.lost:
-                    logger.info(
-                        "client hung up before the answer to %s %s", request.method, request.path
-                    )
                     return
-                last = not keep_alive or (
-                    not self.queue and (self.closing or (shared.draining and not self.parsing))
-                )
-                try:
-                    self.send(response, keep_alive=not last, head_only=request.method == "HEAD")
-                except UnicodeEncodeError:  # a header name the API should never make
-                    logger.exception("unencodable header in the answer to %s", request.path)
-                    self.send(api.error(500, request), keep_alive=not last, head_only=False)
-                if last:
-                    assert self.transport is not None
-                    self.transport.close()
-                    return
-                if not self.queue:
-                    return
-                if self.blocked is not None and not await self.writable():
-                    return
-                exchange = self.queue.popleft()
         finally:
             self.busy = False
             self.queue.clear()
+            self.runner = self.waiter = None
             if self.lost:
-                shared.forget(self)
-            elif not self.lingering:
-                self.idle()
+                self.shared.forget(self)
+
+    async def answer(self, exchange: Exchange) -> bool:
+        """Answer one request; False when the connection takes no more."""
+        api = self.shared.api
+        request, refusal, keep_alive = exchange
+        if refusal:
+            self.answer_refusal(request, refusal)
+            return False
+        assert request is not None
+        try:
+            response = await api.handle(request)
+        except Exception:  # the API never raises; if it did, the client gets a 500
+            logger.exception("the API raised on %s %s", request.method, request.path)
+            response = api.error(500, request)
+        if self.lost:
+            logger.info("client hung up before the answer to %s %s", request.method, request.path)
+            return False
+        last = not keep_alive or (
+            not self.queue and (self.closing or (self.shared.draining and not self.parsing))
+        )
+        try:
+            self.send(response, keep_alive=not last, head_only=request.method == "HEAD")
+        except UnicodeEncodeError:  # a header name the API should never make
+            logger.exception("unencodable header in the answer to %s", request.path)
+            self.send(api.error(500, request), keep_alive=not last, head_only=False)
+        if last:
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        return await self.writable()
 
     async def writable(self) -> bool:
         """Wait while the client reads slowly (answer no faster); False once it is gone."""
@@ -369,21 +386,22 @@ class HttpConnection(asyncio.Protocol):
             await self.blocked
         return not self.lost
 
-    def idle(self) -> None:
-        """After an answer: wait for the next request, or close when nothing more comes."""
+    def idle(self) -> bool:
+        """After the answers: wait for the next request (True), or close when nothing
+        more comes."""
         transport = self.transport
-        assert transport is not None
+        if transport is None or transport.is_closing() or self.lingering:
+            return False
         shared = self.shared
-        if transport.is_closing():
-            return
         if self.closing or (shared.draining and not self.parsing):
             transport.close()
-            return
+            return False
         if not self.parsing:
             self.deadline = shared.now + shared.limits.keep_alive_timeout
         if self.paused:
             self.paused = False
             transport.resume_reading()
+        return True
 
     def expire(self) -> None:
         """Past the deadline: a request that has not arrived gets 408; else close."""
