@@ -17,7 +17,6 @@ import select
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
@@ -36,38 +35,36 @@ HEALTH = request("GET", "/health")
 SLOW_CLIENTS = 2_000
 
 
-def serve(
-    directory: Path, ns: Namespace, redis_url: str, server_type: str, **server: object
-) -> TaskhubProcess:
+@contextlib.contextmanager
+def serving(
+    factory: pytest.TempPathFactory, redis_url: str, server_type: str, **server: object
+) -> Iterator[str]:
+    """``taskhub serve`` on ``server_type`` with these server options, in a namespace of its
+    own; its URL. Afterwards it must not have logged a traceback."""
+    ns = Namespace.new()
     config = config_dict(ns, redis_url, server_type=server_type)
     config["server"].update(server)
     # Every user may submit as often as the tests do.
     config["limiter"] = {"type": "token_bucket", "capacity": 10_000, "refill": 10_000, "period": 1}
-    path = write_config(directory, config)
-    return TaskhubProcess(["serve", str(path)], cwd=directory).start()
+    directory = factory.mktemp(server_type)
+    process = TaskhubProcess(["serve", str(write_config(directory, config))], cwd=directory)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield process.start().url
+        assert "Traceback" not in process.output, process.output
+    finally:
+        process.kill()
+        ns.cleanup(client)
+        client.close()
 
 
 @pytest.fixture(scope="module")
 def server(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory, server_type: str
 ) -> Iterator[str]:
-    ns = Namespace.new()
-    process = serve(
-        tmp_path_factory.mktemp(f"http11-{server_type}"),
-        ns,
-        redis_url,
-        server_type,
-        body_limit=BODY_LIMIT,
-        request_timeout=REQUEST_TIMEOUT,
-    )
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield process.url
-        assert "Traceback" not in process.output, process.output
-    finally:
-        process.kill()
-        ns.cleanup(client)
-        client.close()
+    limits = {"body_limit": BODY_LIMIT, "request_timeout": REQUEST_TIMEOUT}
+    with serving(tmp_path_factory, redis_url, server_type, **limits) as url:
+        yield url
 
 
 @pytest.fixture
@@ -301,19 +298,9 @@ def patient_server(
 ) -> Iterator[str]:
     """A server with a long request timeout, so slow clients stay for the whole test."""
     raise_open_files_limit(SLOW_CLIENTS * 2 + 512)
-    ns = Namespace.new()
-    process = serve(
-        tmp_path_factory.mktemp(f"patient-{server_type}"),
-        ns,
-        redis_url,
-        server_type,
-        request_timeout=30,
-        backlog=4096,
-    )
-    try:
-        yield process.url
-    finally:
-        process.kill()
+    options = {"request_timeout": 30, "backlog": 4096}
+    with serving(tmp_path_factory, redis_url, server_type, **options) as url:
+        yield url
 
 
 def test_two_thousand_slow_clients_do_not_slow_the_others(patient_server: str) -> None:

@@ -2,10 +2,10 @@
 
 An adapter and nothing more, like ``sanic``: every request goes to the API
 (:mod:`taskhub.web`) and its answer goes back as it is, with only the framing added
-(:mod:`.wire`). It does a fifth of Sanic's work per request: no routing, middleware,
-signals or request objects of its own, one task per connection's turn of requests
-rather than per request, and timeouts read from a clock the server ticks instead of a
-timer per request (see :mod:`.protocol`).
+(:mod:`.wire`), the same bytes as Sanic's. It takes about half Sanic's CPU per request
+(docs: performance.md, "Choosing a server"): no routing, middleware, signals or request
+objects of its own, one task per connection rather than per request, and timeouts read
+from a clock the server ticks instead of a timer per request (see :mod:`.protocol`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 import socket
 from collections.abc import Callable
 
@@ -29,8 +28,6 @@ from taskhub import (
     http_url,
 )
 from taskhub.builtin.httptools.protocol import HttpConnection, Limits, Shared
-
-logger = logging.getLogger(__name__)
 
 
 class HttptoolsServer(Server):
