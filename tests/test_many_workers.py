@@ -21,6 +21,10 @@ from tests.support.configs import crash_queue, served_by, write_config
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, wait_until
 
+# A process-level test of workers and Redis, and slow: it runs on the default server only,
+# since what it sends over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
+
 JOBS = 300
 LEDGER_PLUGIN = """
 import asyncio
