@@ -20,6 +20,8 @@ from taskhub.components import (
     Sink,
     TaskHandler,
     Unauthenticated,
+    bind_tcp,
+    http_url,
 )
 from taskhub.config.models import (
     Attempts,
@@ -119,7 +121,9 @@ __all__ = [
     "__version__",
     "bearer_credentials",
     "bearer_token_ok",
+    "bind_tcp",
     "hookimpl",
+    "http_url",
     "rate_limit_headers",
     "redis_call",
     "retry_after",

@@ -9,6 +9,7 @@ hooks; the kernel instantiates the ones the config names.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskhub.errors import UsageError
+from taskhub.errors import StartupError, UsageError
 from taskhub.http import ApiOptions, Headers
 from taskhub.jobs import Completion, Task, TaskSpec
 from taskhub.store.sharding import UNSHARDED, Shards
@@ -42,6 +43,8 @@ __all__ = [
     "TaskHandler",
     "TaskSpec",
     "Unauthenticated",
+    "bind_tcp",
+    "http_url",
 ]
 
 
@@ -304,6 +307,34 @@ class HttpServerOptions(Options):
     ready_timeout: float = Field(
         1, gt=0, le=60, description="seconds each GET /ready check may take"
     )
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port), not yet listening: what
+    :meth:`Server.bind` returns. Bound here rather than by a framework, which may read
+    port 0 as its own default; an address in use is a :class:`taskhub.StartupError`."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartupError(f"cannot listen on {host}:{port}: {reason or exc}") from exc
+    return sock
+
+
+def http_url(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket, for :attr:`Server.address`."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
 
 
 class Server(Component):

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
 from tests.support.backends import client_on
 from tests.support.cluster import LocalCluster
-from tests.support.configs import config_dict, write_config
+from tests.support.configs import SERVER_TYPES, config_dict, served_by, write_config
 from tests.support.fixture_marker import FixtureMarker
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess
@@ -48,6 +48,22 @@ REDIS_FIXTURES = frozenset(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(FixtureMarker("redis", REDIS_FIXTURES), "taskhub-redis-marker")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that starts a server (``server_type``, through ``spawn``, ``live_server``
+    or directly) runs on each server plugin, or on those its ``servers`` marker names."""
+    if "server_type" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("servers")
+    names = marker.args if marker else SERVER_TYPES
+    metafunc.parametrize("server_type", names, ids=names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def server_type(request: pytest.FixtureRequest) -> str:
+    """The HTTP server plugin the test's taskhub processes serve with."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -101,12 +117,12 @@ def ns(sync_redis: redis.Redis) -> Iterator[Namespace]:
 
 @pytest.fixture(scope="module")
 def live_server(
-    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory, server_type: str
 ) -> Iterator[tuple[str, Namespace]]:
     """One ``taskhub serve`` on the shared Redis for a whole module, in its own namespace."""
     ns = Namespace.new()
     directory = tmp_path_factory.mktemp("serve")
-    config = write_config(directory, config_dict(ns, redis_url))
+    config = write_config(directory, config_dict(ns, redis_url, server_type))
     process = TaskhubProcess(["serve", str(config)], cwd=directory).start()
     client = redis.Redis.from_url(redis_url)
     try:
@@ -135,8 +151,9 @@ def aof_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
-    """Start ``taskhub COMMAND config`` in a directory; kill whatever still runs afterwards."""
+def spawn(tmp_path: Path, server_type: str) -> Iterator[Callable[..., TaskhubProcess]]:
+    """Start ``taskhub COMMAND config`` in a directory, served by the test's ``server_type``;
+    kill whatever still runs afterwards."""
     started: list[TaskhubProcess] = []
 
     def start(
@@ -147,7 +164,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., TaskhubProcess]]:
     ) -> TaskhubProcess:
         directory = cwd or tmp_path
         directory.mkdir(parents=True, exist_ok=True)
-        process = TaskhubProcess([command, str(write_config(directory, config))], cwd=directory)
+        path = write_config(directory, served_by(config, server_type))
+        process = TaskhubProcess([command, str(path)], cwd=directory)
         started.append(process)
         return process.start(wait_for)
 

@@ -8,11 +8,16 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.configs import config_dict
 from tests.support.namespaces import Namespace
 from tests.support.processes import wait_until
 from tests.support.redis_servers import PrivateRedis
+
+# A process-level test of workers and Redis, and slow: it runs on the default server only,
+# since what it sends over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
 
 JOBS = 100
 

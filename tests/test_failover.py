@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from taskhub.store.sharding import Shards
@@ -45,6 +46,10 @@ from tests.support.replies import (
     completions,
     submit,
 )
+
+# A process-level test of workers and Redis, and slow: it runs on the default server only,
+# since what it sends over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
 
 CLIENTS = 12
 WARM_UP = 1.5  # seconds of load before the kill

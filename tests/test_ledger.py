@@ -16,12 +16,17 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from tests.support.configs import config_dict, crash_queue
 from tests.support.namespaces import Namespace
 from tests.support.plugin_sources import delivery_plugins
 from tests.support.processes import TaskhubProcess, wait_until
+
+# A process-level test of workers and Redis, and slow: it runs on the default server only,
+# since what it sends over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
 
 NORMAL_USERS, NORMAL_REQUESTS = 90, 20  # within the limit: all admitted
 HEAVY_USERS, HEAVY_REQUESTS = 5, 40  # over it: 25 admitted each, then 429s

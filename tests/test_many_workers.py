@@ -17,9 +17,13 @@ import httpx
 import pytest
 
 from tests.support.backends import config_on
-from tests.support.configs import crash_queue, write_config
+from tests.support.configs import crash_queue, served_by, write_config
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, wait_until
+
+# A process-level test of workers and Redis, and slow: it runs on the default server only,
+# since what it sends over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
 
 JOBS = 300
 LEDGER_PLUGIN = """
@@ -59,14 +63,14 @@ def read_ledger(path: Path) -> list[tuple[str, str, int]]:
 
 @pytest.mark.parametrize("on", ["single", "cluster"])
 def test_three_workers_run_every_job_once_and_recover_a_killed_ones(
-    tmp_path: Path, ns: Namespace, on: str, request: pytest.FixtureRequest
+    tmp_path: Path, ns: Namespace, on: str, request: pytest.FixtureRequest, server_type: str
 ) -> None:
     """On the cluster the queue has three shards, so the workers take from all of them."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "ledger.py").write_text(LEDGER_PLUGIN)
     ledger = tmp_path / "ledger.txt"
-    config = config_on(on, ns, request)
+    config = served_by(config_on(on, ns, request), server_type)
     shards = 3 if on == "cluster" else 1
     config.update(
         plugins_dir=str(plugins),

@@ -164,12 +164,14 @@ def test_worker_alone_serves_job_outcomes_on_its_port(spawn, ns, redis_url, tmp_
     assert value(samples, "taskhub_requests_total", outcome="admitted") == 0
 
 
-def test_multiprocess_mode_merges_the_processes_files(ns, redis_url, tmp_path: Path) -> None:
+def test_multiprocess_mode_merges_the_processes_files(
+    ns, redis_url, tmp_path: Path, server_type: str
+) -> None:
     """With PROMETHEUS_MULTIPROC_DIR the values go through files there, and a scrape reads
     them back: what a future ``serve --workers N`` needs."""
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    config = write_config(tmp_path, config_dict(ns, redis_url))
+    config = write_config(tmp_path, config_dict(ns, redis_url, server_type))
     server = TaskhubProcess(
         ["serve", str(config)], cwd=tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(directory)}
     )

@@ -33,7 +33,7 @@ def test_builtins_register_through_the_hooks() -> None:
         "sliding_window",
         "token_bucket",
     ]
-    assert registry.names("server") == ["sanic"]
+    assert registry.names("server") == ["httptools", "sanic"]
     assert registry.names("queue") == ["saq"]
     assert registry.names("sink") == ["console", "file_log"]
     assert registry.names("handler") == ["log_completion"]

@@ -22,6 +22,10 @@ from tests.support.namespaces import Namespace
 from tests.support.plugin_sources import delivery_plugins
 from tests.support.processes import run_cli, wait_until
 
+# A process-level test of workers and Redis, and slow: it runs on the default server only,
+# since what it sends over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
+
 TASKS = {"log_completion": {}, "sleepy": {}, "broken": {"retries": 1}}
 QUEUED = 3
 

@@ -25,7 +25,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.configs import config_dict, write_config
+from tests.support.configs import config_dict, served_by, write_config
 from tests.support.http_requests import open_request, read_response, serving_pid
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, run_cli, wait_until
@@ -61,12 +61,16 @@ SERVER = {"type": "sanic", "host": "127.0.0.1", "port": 0}
 
 
 @pytest.fixture
-def supervise(tmp_path: Path, ns: Namespace, redis_url: str) -> Iterator[Supervise]:
-    """Start ``taskhub serve CONFIG --workers N``; afterwards kill it and every child it had."""
+def supervise(
+    tmp_path: Path, ns: Namespace, redis_url: str, server_type: str
+) -> Iterator[Supervise]:
+    """Start ``taskhub serve CONFIG --workers N`` on ``server_type``; afterwards kill it and
+    every child it had."""
     started: list[TaskhubProcess] = []
 
     def start(count: int = 2, wait: bool = True, **sections: Any) -> TaskhubProcess:
-        config = write_config(tmp_path, config_dict(ns, redis_url, **sections))
+        config = served_by(config_dict(ns, redis_url, **sections), server_type)
+        config = write_config(tmp_path, config)
         process = TaskhubProcess(["serve", str(config), "--workers", str(count)], cwd=tmp_path)
         started.append(process)
         process.start(SERVING if wait else None, timeout=60)
@@ -284,6 +288,7 @@ def test_a_process_that_cannot_start_fails_once_and_no_other_is_started(
     assert "serving" not in result.stderr
 
 
+@pytest.mark.servers("sanic")  # the supervisor's own logic: any server will do
 def test_replacements_that_keep_dying_at_start_are_a_crash_loop(
     supervise: Supervise, tmp_path: Path
 ) -> None:

@@ -50,6 +50,7 @@ BUILTIN_MODULES = (
     "taskhub.builtin.sinks.console",
     "taskhub.builtin.saq.queue",
     "taskhub.builtin.sanic.server",
+    "taskhub.builtin.httptools.server",
     "taskhub.builtin.auth.none",
     "taskhub.builtin.auth.api_key",
 )

@@ -12,12 +12,19 @@ from tests.support.namespaces import Namespace
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def config_dict(ns: Namespace, redis_url: str, **sections: Any) -> dict[str, Any]:
-    """A config on ``redis_url`` in namespace ``ns``; ``sections`` replace whole top-level keys."""
+# Every HTTP server plugin: the tests that talk HTTP run against each (tests/conftest.py).
+SERVER_TYPES = ("sanic", "httptools")
+
+
+def config_dict(
+    ns: Namespace, redis_url: str, server_type: str = "sanic", **sections: Any
+) -> dict[str, Any]:
+    """A config on ``redis_url`` in namespace ``ns``, served by ``server_type``;
+    ``sections`` replace whole top-level keys."""
     config: dict[str, Any] = {
         "redis": {"url": redis_url, "key_prefix": ns.prefix},
         "plugins_dir": str(ROOT / "plugins"),
-        "server": {"type": "sanic", "host": "127.0.0.1", "port": 0, "graceful_shutdown": 2},
+        "server": {"type": server_type, "host": "127.0.0.1", "port": 0, "graceful_shutdown": 2},
         "limiter": {"type": "token_bucket", "capacity": 20, "refill": 20, "period": 60, "block": 1},
         "queue": {"type": "saq", "name": ns.queue, "concurrency": 10, "shutdown_grace": 2},
         "sinks": [{"type": "file_log", "path": "task.log"}],
@@ -26,6 +33,13 @@ def config_dict(ns: Namespace, redis_url: str, **sections: Any) -> dict[str, Any
     }
     config.update(sections)
     return config
+
+
+def served_by(config: dict[str, Any], server_type: str) -> dict[str, Any]:
+    """``config`` with its server section, if it has one, on ``server_type``."""
+    if "server" not in config:
+        return config
+    return {**config, "server": {**config["server"], "type": server_type}}
 
 
 def crash_queue(ns: Namespace) -> dict[str, Any]:

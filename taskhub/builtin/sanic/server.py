@@ -11,7 +11,6 @@ code, body and header. What Sanic refuses before a handler runs (a body over
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import logging
 import socket
@@ -22,11 +21,12 @@ from types import SimpleNamespace
 from sanic import Request, Sanic
 from sanic.application.state import ApplicationServerInfo
 from sanic.config import Config as SanicConfig
-from sanic.exceptions import RequestCancelled, SanicException
+from sanic.exceptions import PayloadTooLarge, RequestCancelled, SanicException
 from sanic.handlers import ErrorHandler
+from sanic.http import Http, Stage
 from sanic.http.constants import HTTP
 from sanic.response import HTTPResponse
-from sanic.server import AsyncioServer
+from sanic.server import AsyncioServer, HttpProtocol
 
 from taskhub import (
     HttpHandler,
@@ -36,8 +36,9 @@ from taskhub import (
     Options,
     PluginContext,
     Server,
-    StartupError,
+    bind_tcp,
     hookimpl,
+    http_url,
 )
 from taskhub.builtin.sanic.response import FastHeadersResponse
 
@@ -67,6 +68,39 @@ def sanic_response(response: HttpResponse) -> HTTPResponse:
     )
 
 
+# What Sanic says when a request's head, not its body, is over its size limit: a 413
+# there, a 431 here.
+HEAD_TOO_LARGE = "Request header exceeds the size limit"
+
+
+class ApiRequest(Request):
+    """Refuses a body declared over ``body_limit`` before asking the client for it: Sanic
+    would send ``100 Continue`` first, then the 413."""
+
+    async def receive_body(self) -> None:
+        http = self.stream
+        if isinstance(http, Http) and http.expecting_continue:
+            declared, limit = http.request_bytes, http.request_max_size
+            if declared is not None and limit is not None and declared > limit:
+                http.expecting_continue = False  # no 100 before the answer
+                http.keep_alive = False
+                raise PayloadTooLarge("Request body exceeds the size limit")
+        await super().receive_body()
+
+
+class ApiProtocol(HttpProtocol):
+    """Times a request's head from its first byte: Sanic restarts ``request_timeout`` at
+    every byte received, so a client sending its headers a byte at a time held the
+    connection for ever."""
+
+    def data_received(self, data: bytes) -> None:
+        first = self._time
+        super().data_received(data)
+        http = getattr(self, "_http", None)  # made by the connection's task, once it runs
+        if http is not None and http.stage is Stage.REQUEST:
+            self._time = first
+
+
 class ApiErrorHandler(ErrorHandler):
     """What Sanic refuses on its own (413, 400, 408, ...) and the client hanging up,
     answered by the API."""
@@ -80,6 +114,8 @@ class ApiErrorHandler(ErrorHandler):
         if isinstance(exception, RequestCancelled):  # the client hung up: nobody to answer
             logger.info("client hung up before the answer to %s %s", request.method, request.path)
             status = 499
+        elif isinstance(exception, PayloadTooLarge) and str(exception) == HEAD_TOO_LARGE:
+            status = 431
         elif isinstance(exception, SanicException):
             status = exception.status_code
         else:
@@ -120,6 +156,7 @@ class SanicServer(Server):
             "taskhub" if number == 1 else f"taskhub_{number}",
             config=sanic_config,
             error_handler=ApiErrorHandler(api),
+            request_class=ApiRequest,
             configure_logging=False,
         )
         # Tell Sanic's start-up code rewriter that only HTTP/1.1 is served, so it drops
@@ -136,28 +173,15 @@ class SanicServer(Server):
 
     def bind(self) -> socket.socket:
         """Bind the listening socket ourselves: Sanic reads port 0 as "use 8000"."""
-        c = self.config
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                c.host, c.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError:
-                sock.close()
-                raise
-        except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise StartupError(f"cannot listen on {c.host}:{c.port}: {reason or exc}") from exc
-        return sock
+        return bind_tcp(self.config.host, self.config.port)
 
     async def start(self, context: PluginContext) -> None:
         c = self.config
         app = self.build_app(context.http)
         sock = self.listen_socket or self.bind()
-        server = await app.create_server(sock=sock, backlog=c.backlog, access_log=False)
+        server = await app.create_server(
+            sock=sock, backlog=c.backlog, access_log=False, protocol=ApiProtocol
+        )
         assert server is not None, (
             "create_server returns None only with return_asyncio_server=False"
         )
@@ -166,9 +190,7 @@ class SanicServer(Server):
         await server.start_serving()
         await server.after_start()
         self._server = server
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        self._address = f"http://{shown}:{port}"
+        self._address = http_url(sock)
 
     async def stop(self) -> None:
         server = self._server
