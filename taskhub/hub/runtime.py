@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import os
@@ -180,9 +181,10 @@ class Runtime:
             self.admission = hub.build_admission()
             self._start_traffic()
             self._http = await asyncio.to_thread(build_api, self._api_parts(self.admission))
-            if self._serve_http:
-                await hub.server.start(self)
-                stack.push_async_callback(hub.server.stop)
+        freeze_startup_objects()
+        if role & Role.SERVER and self._serve_http:
+            await hub.server.start(self)
+            stack.push_async_callback(hub.server.stop)
         stack.push_async_callback(self._lifecycle, "shutdown", True)
         await self._lifecycle("startup")
         address = hub.server.address if self._serve_http else None
@@ -284,6 +286,20 @@ async def opened_queue(hub: Hub) -> AsyncIterator[QueueBackend]:
             await hub.queue.close()
     finally:
         await hub.connections.aclose()
+
+
+def freeze_startup_objects() -> None:
+    """Move what start-up made (modules, config, the API: some 75,000 objects) out of
+    the garbage collector's sight, in every role and whatever the server.
+
+    The requests in flight (a few dozen objects each) fill its youngest generation
+    every few dozen requests, which moves them to the oldest and soon starts a full
+    collection: 35 ms spent going over start-up's objects, in the middle of every
+    request in flight, a few times a second (accepted load: p99 25 ms for a median of
+    2). Frozen, a full collection sees only what came after start-up.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _close_sink(index: int, sink: Sink) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import socket
 from collections.abc import Callable
 
@@ -71,7 +70,6 @@ class HttptoolsServer(Server):
         )
         self._sweeper = asyncio.create_task(sweep(shared, tick(limits)), name="http-timeouts")
         self._address = http_url(sock)
-        freeze_startup_objects()
 
     async def stop(self) -> None:
         server, shared = self._server, self._shared
@@ -93,17 +91,6 @@ class HttptoolsServer(Server):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-
-
-def freeze_startup_objects() -> None:
-    """Move what start-up made (modules, config, the API: some 75,000 objects) out of the
-    garbage collector's sight. The requests in flight (a few dozen objects each) fill
-    its youngest generation every few dozen requests, which moves them to the oldest and
-    soon starts a full collection: 35 ms spent going over start-up's objects, in the
-    middle of every request in flight, a few times a second (accepted load: p99 25 ms
-    for a median of 2). Frozen, a full collection sees only what came after start-up."""
-    gc.collect()
-    gc.freeze()
 
 
 def tick(limits: Limits) -> float:
