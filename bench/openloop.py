@@ -122,6 +122,7 @@ def command(
     headers: Sequence[str] = (),
     seed: int = 1,
     drain: float = 5.0,
+    trace: Path | None = None,
 ) -> list[str]:
     if rate <= 0 or duration <= 0:
         raise ValueError("rate and duration must be positive")
@@ -131,6 +132,8 @@ def command(
         args += ["-b", body, "-u", str(users)]
     for header in headers:
         args += ["-H", header]
+    if trace is not None:
+        args += ["-o", str(trace)]
     return [*args, url]
 
 

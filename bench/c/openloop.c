@@ -8,7 +8,8 @@
  * omission"). Latency ends when the whole response has been read.
  *
  *   openloop -r RATE -d SECONDS [-w WARMUP] [-c CONNECTIONS] [-m METHOD] [-b BODY]
- *            [-u USERS] [-s SEED] [-H 'Name: value']... [-T DRAIN] http://HOST:PORT/PATH
+ *            [-u USERS] [-s SEED] [-H 'Name: value']... [-T DRAIN] [-o TRACE]
+ *            http://HOST:PORT/PATH
  *
  * Requests due in the first WARMUP seconds are sent but not counted. BODY may hold one
  * "%u", replaced in each request by a number drawn at random in 1..USERS. After the last
@@ -16,6 +17,9 @@
  * then count as unanswered, their latency as the time waited so far (a lower bound).
  * Prints one JSON object on stdout: what was due, sent and answered, the achieved rate,
  * the latency percentiles (nearest rank, ms) and the generator's own send lag.
+ * TRACE, if given, gets a line per measured request answered: the ms from the start of
+ * the measured window to when it was due, and its latency in ms (to see when a tail
+ * happened).
  *
  * Build: cc -O2 -o openloop openloop.c (Linux: epoll and timerfd).
  */
@@ -61,12 +65,12 @@ typedef struct {
 static struct {
     double rate, duration, warmup, drain;
     int connections;
-    const char *method, *body, *path;
+    const char *method, *body, *path, *trace;
     char host[256], port[16];
     const char *headers[MAX_HEADERS];
     int header_count;
     uint64_t users, seed;
-} opt = {0, 0, 0, 5.0, 64, NULL, NULL, "/", "", "80", {0}, 0, 1000000, 1};
+} opt = {0, 0, 0, 5.0, 64, NULL, NULL, "/", NULL, "", "80", {0}, 0, 1000000, 1};
 
 static struct addrinfo *address;
 static int64_t t0;
@@ -74,6 +78,7 @@ static double ns_per_request;
 static int64_t total, warm;          /* requests due in all, and in the warm-up */
 static int64_t next_req, due;        /* next request to send; requests due so far */
 static int64_t *latency, *lag;       /* per measured request, ns */
+static int64_t *due_at;              /* with -o: when each answered one was due, ns */
 static int64_t samples, answered, sent, lag_count;
 static int64_t ok, not_ok, failed, connect_errors, protocol_errors, reconnects;
 static int64_t max_backlog, first_answer, last_answer;
@@ -104,7 +109,8 @@ static void die(const char *what) {
 
 static void usage(void) {
     die("usage: openloop -r RATE -d SECONDS [-w WARMUP] [-c CONNECTIONS] [-m METHOD] "
-        "[-b BODY] [-u USERS] [-s SEED] [-H 'Name: value']... [-T DRAIN] http://HOST:PORT/PATH");
+        "[-b BODY] [-u USERS] [-s SEED] [-H 'Name: value']... [-T DRAIN] [-o TRACE] "
+        "http://HOST:PORT/PATH");
 }
 
 static void parse_url(const char *url) {
@@ -334,6 +340,7 @@ static void answer(conn_t *c, int status, int64_t now) {
     c->req = -1;
     set_idle(c);
     if (i < warm) return;
+    if (due_at) due_at[samples] = sched(i) - sched(warm);
     latency[samples++] = now - sched(i);
     if (answered++ == 0) first_answer = now;
     last_answer = now;
@@ -409,6 +416,14 @@ static double pct_ms(int64_t *values, int64_t n, double q) { /* nearest rank */
     return (double)values[rank - 1] / 1e6;
 }
 
+static void write_trace(int64_t count) { /* before the latencies are sorted */
+    FILE *out = fopen(opt.trace, "w");
+    if (!out) die("cannot write the trace file");
+    for (int64_t k = 0; k < count; k++)
+        fprintf(out, "%.3f %.3f\n", (double)due_at[k] / 1e6, (double)latency[k] / 1e6);
+    fclose(out);
+}
+
 static void report(int64_t unanswered, double elapsed) {
     qsort(latency, (size_t)samples, sizeof *latency, by_value);
     qsort(lag, (size_t)lag_count, sizeof *lag, by_value);
@@ -452,7 +467,7 @@ static void report(int64_t unanswered, double elapsed) {
 
 int main(int argc, char **argv) {
     int ch;
-    while ((ch = getopt(argc, argv, "r:d:w:c:m:b:u:s:H:T:")) != -1) {
+    while ((ch = getopt(argc, argv, "r:d:w:c:m:b:u:s:H:T:o:")) != -1) {
         switch (ch) {
         case 'r': opt.rate = atof(optarg); break;
         case 'd': opt.duration = atof(optarg); break;
@@ -463,6 +478,7 @@ int main(int argc, char **argv) {
         case 'u': opt.users = strtoull(optarg, NULL, 10); break;
         case 's': opt.seed = strtoull(optarg, NULL, 10); break;
         case 'T': opt.drain = atof(optarg); break;
+        case 'o': opt.trace = optarg; break;
         case 'H':
             if (opt.header_count == MAX_HEADERS) die("too many -H");
             opt.headers[opt.header_count++] = optarg;
@@ -489,7 +505,8 @@ int main(int argc, char **argv) {
     lag = malloc(sizeof *lag * (size_t)(total - warm + 1));
     conn_t *conns = calloc((size_t)opt.connections, sizeof *conns);
     idle = calloc((size_t)opt.connections, sizeof *idle);
-    if (!latency || !lag || !conns || !idle) die("out of memory");
+    if (opt.trace) due_at = malloc(sizeof *due_at * (size_t)(total - warm + 1));
+    if (!latency || !lag || !conns || !idle || (opt.trace && !due_at)) die("out of memory");
 
     epfd = epoll_create1(EPOLL_CLOEXEC);
     int timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -561,6 +578,7 @@ int main(int argc, char **argv) {
     }
     /* What is still unanswered counts at the time it has waited: a lower bound. */
     int64_t end = now_ns(), unanswered = 0;
+    if (opt.trace) write_trace(samples);
     for (int64_t i = next_req > warm ? next_req : warm; i < total; i++, unanswered++)
         latency[samples++] = end - sched(i); /* never sent */
     for (int k = 0; k < opt.connections; k++) {

@@ -80,10 +80,12 @@ def test_command_passes_every_option():
         users=10,
         headers=["Content-Type: application/json"],
         seed=7,
+        trace=openloop.BUILD / "trace.txt",
     )
     assert args[1:] == [
         *("-r", "2500.5", "-d", "3", "-c", "8", "-w", "0.5", "-s", "7", "-T", "5"),
         *("-b", '{"user_id":"o%u"}', "-u", "10", "-H", "Content-Type: application/json"),
+        *("-o", str(openloop.BUILD / "trace.txt")),
         "http://127.0.0.1:1/task",
     ]
     with pytest.raises(ValueError):
@@ -235,18 +237,25 @@ def test_latency_of_a_server_that_sleeps_is_the_sleep(serve):
 
 
 @needs_cc
-def test_a_stall_counts_for_every_request_it_delayed(serve):
+def test_a_stall_counts_for_every_request_it_delayed(serve, tmp_path):
     # 1000/s over 2 s, and the server stops for 300 ms once: the ~300 requests due
     # meanwhile wait until it is back, up to 300 ms each, so the slowest 1% (20) all
     # waited 280 ms or so. Only 8 were in flight: a closed-loop client, which sends
     # the next request only after an answer, would have had 8 slow ones (0.4%).
     server = serve(stall=0.7, stall_for=0.3)
-    result = openloop.run(server.url, 1000, 2, connections=8)
+    trace = tmp_path / "trace.txt"
+    result = openloop.run(server.url, 1000, 2, connections=8, trace=trace)
     assert server.stalled
     assert result.answered == 2000 and result.errors == 0
     assert result.max_backlog >= 200
     assert 230 <= result.p99_ms <= 400, result
     assert result.p50_ms < 10, result  # most were due before or after it
+    # The trace says which: those due during the stall, waiting the longer the earlier.
+    lines = [tuple(map(float, line.split())) for line in trace.read_text().splitlines()]
+    assert len(lines) == 2000
+    slow = [due for due, latency in lines if latency >= 100]
+    assert 150 <= len(slow) <= 250
+    assert min(slow) >= 600 and max(slow) <= 1100
 
 
 @needs_cc
