@@ -30,7 +30,7 @@ def table(metrics: list[Metric]) -> str:
     for m in metrics:
         a = f"{fmt(m.a_value)} {m.figure}" if m.a_value is not None else "-"
         b = f"{fmt(m.b_value)} {m.figure}" if m.b_value is not None else "-"
-        a = f"{m.a_label}: {a}"
+        a = f"{m.a_label}: {a}" if m.a_label else a
         b = f"{m.b_label}: {b}" if m.b_label else ""
         lines.append([m.row, m.name, m.target_text(), fmt(m.value, m.unit), a, b, m.verdict])
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
