@@ -30,6 +30,7 @@ class Row:
 ROWS: dict[str, Row] = {
     "accepted": Row(rows.accepted, per_server=True),
     "refused": Row(rows.refused, per_server=True),
+    "ceiling": Row(rows.ceiling, per_server=True),
     "alternative": Row(rows.alternative),
     "drain": Row(rows.drain),
     "e2e": Row(rows.end_to_end),

@@ -112,6 +112,14 @@ class Bench:
             f"taskhub-{server}", args, directory, {"TASKHUB_CONFIG": str(config)}
         )
 
+    def ceiling_proc(self, server: str, directory: Path) -> tuple[Proc, str]:
+        """``server`` answering taskhub's refusal as a constant (``bench/ceiling.py``)."""
+        if server in servers.PLUGINS:
+            args = ["-m", "bench.ceiling", server, "{port}"]
+        else:
+            args = servers.asgi_command(server, servers.CEILING_ASGI, "{port}")
+        return self.python_proc(f"ceiling-{server}", args, directory)
+
     def seed_env(self, port: int, task_log: Path, *, worker: bool) -> dict[str, str]:
         # The seed runs its worker unless PROCESS=0 (the harness unsets PROCESS at start).
         env = {"PORT": str(port), "REDIS_URL": self.redis.url, "TASK_LOG": str(task_log)}
@@ -353,6 +361,16 @@ def refused(bench: Bench, server: str) -> list[Metric]:
     start_b = partial(bench.python_proc, "bare_429", args, directory)
     row = server_row("refused", server)
     return refusals(bench, row, server, directory, start_b, "bare Sanic 429", 0.8)
+
+
+def ceiling(bench: Bench, server: str) -> list[Metric]:
+    """The refusals of taskhub on ``server`` vs the same server answering the same
+    refusal as a constant (``bench/ceiling.py``): how close taskhub comes to what that
+    server can do at all."""
+    directory = bench.scratch(f"ceiling-{server}")
+    start_b = partial(bench.ceiling_proc, server, directory)
+    row = server_row("ceiling", server)
+    return refusals(bench, row, server, directory, start_b, f"{server} ceiling", None)
 
 
 def note_non_2xx(metrics: list[Metric], pairs: list[dict[str, Any]]) -> list[Metric]:

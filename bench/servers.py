@@ -15,8 +15,10 @@ PLUGINS = ("sanic", "httptools")  # taskhub serve with server.type: NAME
 ASGI = ("uvicorn", "granian")  # taskhub.asgi under the ASGI server NAME
 SERVERS = (*PLUGINS, *ASGI)
 DEFAULT = PLUGINS[0]
-# taskhub's ASGI app in the server role alone (bench/asgi_app.py).
+# taskhub's ASGI app in the server role alone (bench/asgi_app.py), and the bare ASGI
+# app that answers the constant refusal (bench/ceiling.py).
 TASKHUB_ASGI = "bench.asgi_app:app"
+CEILING_ASGI = "bench.ceiling:app"
 
 
 def registered_servers(plugins_output: str) -> list[str]:

@@ -74,6 +74,7 @@ def test_default_run_has_a_row_per_available_server_and_notes_the_others():
     assert labels(planned) == [
         "accepted[sanic]",
         "refused[sanic]",
+        "ceiling[sanic]",
         "alternative",
         "drain",
         "e2e",
@@ -106,10 +107,10 @@ def test_only_a_row_runs_it_on_the_chosen_servers():
 
 
 def test_a_server_named_but_missing_is_planned_as_skipped():
-    planned, notes = plan("refused[sanic,granian]", None, ONLY_SANIC)
+    planned, notes = plan("ceiling[sanic,granian]", None, ONLY_SANIC)
     assert planned == [
-        Planned("refused[sanic]", "refused", "sanic"),
-        Planned("refused[granian]", "refused", "granian", skip="no asgi"),
+        Planned("ceiling[sanic]", "ceiling", "sanic"),
+        Planned("ceiling[granian]", "ceiling", "granian", skip="no asgi"),
     ]
     assert notes == []
     planned, notes = plan("accepted", "httptools", ONLY_SANIC)
