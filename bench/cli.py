@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, servers, wrk
+from bench import openloop, report, servers, wrk
 from bench.measure import Metric, failed, skipped
 from bench.plan import DEFAULT_ROWS, ROWS, PlanError, Planned, plan
 from bench.procs import BenchError, PrivateRedis
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--servers",
         help=f"comma-separated servers of the per-server rows, among {','.join(servers.SERVERS)} "
         "(default: every one this machine has)",
+    )
+    parser.add_argument(
+        "--openloop-rate",
+        type=float,
+        help="requests/s of the open-loop rows (default: half the seed's maximum accepted "
+        "rate, from this run's accepted rows or measured first)",
     )
     parser.add_argument("--pairs", type=int, default=3, help="A/B pairs per row (default 3)")
     parser.add_argument(
@@ -142,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs < 1:
         print("--pairs must be at least 1")
         return 2
+    if args.openloop_rate is not None and args.openloop_rate <= 0:
+        print("--openloop-rate must be positive")
+        return 2
     missing = server_availability()
     try:
         rows, notes = plan(args.only, args.servers, missing)
@@ -195,6 +204,7 @@ def run(
             drain_jobs=args.drain_jobs,
             memory_users=args.users,
             profile_to=args.out if args.profile else None,
+            openloop_rate=args.openloop_rate,
         )
         print(f"private redis-server on port {redis.port}; scratch {work}", flush=True)
         for item in rows:
@@ -238,6 +248,9 @@ def run(
             "wrk": f"-t{wrk.THREADS} -c{wrk.CONNECTIONS} --latency",
             "seed": seed or seed_missing,
             "servers": {name: reason or "available" for name, reason in missing.items()},
+            "openloop_rate": bench.openloop_rate,
+            "openloop_basis": bench.openloop_basis,
+            "openloop_connections": openloop.CONNECTIONS,
         },
     }
     print()

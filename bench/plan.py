@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bench import rows, servers
+from bench import latency, rows, servers
 from bench.measure import Metric
 from bench.scale import scale
 
@@ -26,11 +26,12 @@ class Row:
     default: bool = True  # in a run without --only
 
 
-# The default run's order.
+# The default run's order: the open-loop rows take the seed's rate from accepted's.
 ROWS: dict[str, Row] = {
     "accepted": Row(rows.accepted, per_server=True),
     "refused": Row(rows.refused, per_server=True),
     "ceiling": Row(rows.ceiling, per_server=True),
+    "openloop": Row(latency.openloop_row, per_server=True),
     "alternative": Row(rows.alternative),
     "drain": Row(rows.drain),
     "e2e": Row(rows.end_to_end),

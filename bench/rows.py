@@ -54,7 +54,11 @@ class Bench:
     drain_jobs: int = 10_000
     memory_users: int = 1_000_000
     profile_to: Path | None = None  # where py-spy profiles of the HTTP rows go, if anywhere
+    openloop_rate: float | None = None  # the open-loop rows' rate; None: half the seed's
+    openloop_basis: str = ""  # how that rate was chosen, when the harness chose it
     python: Path = field(default_factory=lambda: Path(sys.executable))
+    # The seed's 200s/s in each accepted pair of this run: its maximum accepted rate.
+    seed_rates: list[float] = field(default_factory=list)
     _runs: int = 0
 
     @property
@@ -304,12 +308,13 @@ def accepted(bench: Bench, server: str) -> list[Metric]:
     """``wrk -t1 -c32`` POST /task for users drawn among 1M: taskhub on ``server`` vs
     the seed with PROCESS=0 (no worker in either; both queues grow). The figure is 2xx
     answers per second (``ok_per_s``; all are 200 unless wrk counts non-2xx), and wrk's
-    p99."""
+    p99. The seed's figures are kept as its maximum rate, for the open-loop rows."""
     row = server_row("accepted", server)
     directory = bench.scratch(f"accepted-{server}")
     load = bench.wrk_load(wrk.random_users_script(directory))
     start_a = partial(bench.taskhub_on, server, directory)
     pairs = http_row(bench, row, start_a, seed_start(bench, directory), load)
+    bench.seed_rates += [p["B"]["ok_per_s"] for p in pairs if p.get("B")]
     metrics = rate_and_p99(row, servers.label(server), "seed (PROCESS=0)", pairs, 3.0, 0.5)
     return note_missing_seed(bench, metrics)
 

@@ -75,6 +75,7 @@ def test_default_run_has_a_row_per_available_server_and_notes_the_others():
         "accepted[sanic]",
         "refused[sanic]",
         "ceiling[sanic]",
+        "openloop[sanic]",
         "alternative",
         "drain",
         "e2e",
@@ -113,8 +114,8 @@ def test_a_server_named_but_missing_is_planned_as_skipped():
         Planned("ceiling[granian]", "ceiling", "granian", skip="no asgi"),
     ]
     assert notes == []
-    planned, notes = plan("accepted", "httptools", ONLY_SANIC)
-    assert planned == [Planned("accepted[httptools]", "accepted", "httptools", skip="no plugin")]
+    planned, notes = plan("openloop", "httptools", ONLY_SANIC)
+    assert planned == [Planned("openloop[httptools]", "openloop", "httptools", skip="no plugin")]
     assert notes == []
 
 
