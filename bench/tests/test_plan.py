@@ -1,12 +1,12 @@
-"""Which rows a run measures (bench/plan.py), on which servers (bench/servers.py), and
-the lines of the per-server rows (bench/rows.py)."""
+"""Which rows a run measures (bench/plan.py), on which servers (bench/servers.py), the
+lines of the per-server rows (bench/rows.py) and their panels in the chart."""
 
 import re
 
 import pytest
 
-from bench import servers
-from bench.measure import skipped
+from bench import report, servers
+from bench.measure import Metric, skipped
 from bench.plan import DEFAULT_ROWS, PlanError, Planned, plan, split_rows
 from bench.rows import rate_and_p99, server_row
 
@@ -150,3 +150,19 @@ def test_per_server_rows_and_their_lines():
         "(not run)",
         "granian is not installed",
     )
+
+
+def test_the_chart_has_a_panel_per_row_with_servers_and_one_for_the_rest():
+    def line(row: str, figure: str) -> Metric:
+        return Metric(row, "m", "info", None, "x", "a", value=1.0, figure=figure)
+
+    metrics = [
+        line("accepted[sanic]", "200s/s"),
+        line("drain", "jobs/s"),
+        line("accepted[uvicorn]", "p99 ms"),
+        line("openloop[sanic]", "p99 ms"),
+    ]
+    grouped = report.panels(metrics)
+    assert list(grouped) == ["accepted", "other rows", "openloop"]
+    assert [label for label, _ in grouped["accepted"]] == ["sanic\n200s/s", "uvicorn\np99 ms"]
+    assert [label for label, _ in grouped["other rows"]] == ["drain\njobs/s"]
