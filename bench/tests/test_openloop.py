@@ -206,9 +206,9 @@ def test_it_holds_its_rate_and_fills_in_the_body(serve):
         2,
         warmup=0.5,
         connections=16,
-        body='{"user_id":"o%u"}',
+        body=openloop.TASK_BODY,  # the open-loop rows' own body
         users=50,
-        headers=["Content-Type: application/json"],
+        headers=[openloop.JSON_HEADER],
     )
     assert result.rate_error <= 0.02, result
     assert (result.due, result.sent, result.answered, result.ok) == (4000, 4000, 4000, 4000)
