@@ -24,16 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, wrk
-from bench.measure import Metric, failed
+from bench import openloop, report, servers, wrk
+from bench.measure import Metric, failed, skipped
+from bench.plan import DEFAULT_ROWS, ROWS, PlanError, Planned, plan
 from bench.procs import BenchError, PrivateRedis
-from bench.rows import ROWS, Bench
-from bench.scale import scale
-
-# Rows run only when named with --only: the scale row starts its own Redis Cluster and
-# answers another question (how taskhub grows with processes, not how it compares).
-EXTRA_ROWS = {"scale": scale}
-ALL_ROWS = {**ROWS, **EXTRA_ROWS}
+from bench.rows import Bench
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = Path("/tmp/taskhub-bench.lock")
@@ -43,10 +38,24 @@ PUBLISHED = ROOT / "docs" / "bench.png"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    extra = [name for name in ROWS if name not in DEFAULT_ROWS]
+    per_server = [name for name, row in ROWS.items() if row.per_server]
     parser.add_argument(
         "--only",
-        help=f"comma-separated rows to run (default: {','.join(ROWS)}; "
-        f"also {','.join(EXTRA_ROWS)})",
+        help=f"comma-separated rows to run (default: {','.join(DEFAULT_ROWS)}; "
+        f"also {','.join(extra)}); {', '.join(per_server)} run once per server, "
+        "or on those named in brackets: accepted[sanic] or accepted[sanic,uvicorn]",
+    )
+    parser.add_argument(
+        "--servers",
+        help=f"comma-separated servers of the per-server rows, among {','.join(servers.SERVERS)} "
+        "(default: every one this machine has)",
+    )
+    parser.add_argument(
+        "--openloop-rate",
+        type=float,
+        help="requests/s of the open-loop rows (default: half the seed's maximum accepted "
+        "rate, from this run's accepted rows or measured first)",
     )
     parser.add_argument("--pairs", type=int, default=3, help="A/B pairs per row (default 3)")
     parser.add_argument(
@@ -127,27 +136,52 @@ def git_commit() -> str:
     return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def server_availability() -> dict[str, str]:
+    """Why each server cannot run here ("" when it can), from ``taskhub plugins`` and
+    the modules installed beside this Python."""
+    with tempfile.TemporaryDirectory(prefix="taskhub-bench-plugins-") as empty:
+        return servers.availability(Path(sys.executable).parent / "taskhub", Path(empty))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rows = list(ROWS) if not args.only else [r.strip() for r in args.only.split(",") if r.strip()]
-    unknown = [r for r in rows if r not in ALL_ROWS]
-    if unknown:
-        print(f"unknown row(s): {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
-        return 2
     if args.pairs < 1:
         print("--pairs must be at least 1")
         return 2
+    if args.openloop_rate is not None and args.openloop_rate <= 0:
+        print("--openloop-rate must be positive")
+        return 2
+    missing = server_availability()
+    try:
+        rows, notes = plan(args.only, args.servers, missing)
+    except PlanError as exc:
+        print(exc)
+        return 2
+    for note in notes:
+        print(note, flush=True)
     wrk.wrk_binary()
     os.environ.pop("PROCESS", None)  # the seed runs its worker unless PROCESS=0
     seed, seed_missing = find_seed(args.seed)
     if seed is None:
         print(f"seed baseline missing: {seed_missing}", flush=True)
     with bench_lock():
-        return run(args, rows, seed, seed_missing)
+        return run(args, rows, seed, seed_missing, missing)
+
+
+def run_row(bench: Bench, item: Planned) -> list[Metric]:
+    if item.skip:
+        print(f"  [{item.label}] not run: {item.skip}", flush=True)
+        return [skipped(item.label, item.skip)]
+    row = ROWS[item.row]
+    return row.run(bench, item.server) if row.per_server else row.run(bench)
 
 
 def run(
-    args: argparse.Namespace, rows: list[str], seed: list[str] | None, seed_missing: str
+    args: argparse.Namespace,
+    rows: list[Planned],
+    seed: list[str] | None,
+    seed_missing: str,
+    missing: dict[str, str],
 ) -> int:
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -170,13 +204,14 @@ def run(
             drain_jobs=args.drain_jobs,
             memory_users=args.users,
             profile_to=args.out if args.profile else None,
+            openloop_rate=args.openloop_rate,
         )
         print(f"private redis-server on port {redis.port}; scratch {work}", flush=True)
-        for row in rows:
-            row_started = time.monotonic()
+        for item in rows:
+            row, row_started = item.label, time.monotonic()
             print(f"== {row}", flush=True)
             try:
-                metrics += ALL_ROWS[row](bench)
+                metrics += run_row(bench, item)
             except BenchError as exc:
                 print(f"  [{row}] failed: {exc}", flush=True)
                 metrics.append(failed(row, str(exc)))
@@ -212,6 +247,10 @@ def run(
             "memory_users": args.users,
             "wrk": f"-t{wrk.THREADS} -c{wrk.CONNECTIONS} --latency",
             "seed": seed or seed_missing,
+            "servers": {name: reason or "available" for name, reason in missing.items()},
+            "openloop_rate": bench.openloop_rate,
+            "openloop_basis": bench.openloop_basis,
+            "openloop_connections": openloop.CONNECTIONS,
         },
     }
     print()

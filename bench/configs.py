@@ -26,17 +26,18 @@ def config(
     queue: dict[str, Any] | None = None,
     cluster: bool = False,
     log_level: str = "WARNING",
+    server: str = "sanic",
 ) -> dict[str, Any]:
     """Only the file_log sink (no console), WARNING logs, the default limiter (a token
     bucket of 20 per 60 s per user) unless ``capacity`` says otherwise; ``cluster``
-    when ``redis_url`` is a node of a Redis Cluster."""
+    when ``redis_url`` is a node of a Redis Cluster; the server plugin ``server``."""
     redis: dict[str, Any] = {"url": redis_url, "key_prefix": KEY_PREFIX}
     if cluster:
         redis["cluster"] = True
     return {
         "redis": redis,
         "plugins_dir": None,
-        "server": {"type": "sanic", "host": "127.0.0.1", "port": port},
+        "server": {"type": server, "host": "127.0.0.1", "port": port},
         "limiter": {"type": "token_bucket", "capacity": capacity, "refill": capacity},
         "queue": {"type": "saq", "name": QUEUE, "concurrency": CONCURRENCY, **(queue or {})},
         "sinks": [{"type": "file_log", "path": str(task_log)}],

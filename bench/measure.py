@@ -157,8 +157,14 @@ def summarize(
     return metric
 
 
-def failed(row: str, message: str) -> Metric:
+def failed(row: str, message: str, status: Verdict = "ERROR") -> Metric:
     """The line of a row (or part of one) that could not be measured, saying why."""
-    metric = Metric(row, "(row failed)", "info", None, "", "", status="ERROR")
+    name = "(row failed)" if status == "ERROR" else "(not run)"
+    metric = Metric(row, name, "info", None, "", "", status=status)
     metric.note = message.strip().replace("\n", " | ")[:600]
     return metric
+
+
+def skipped(row: str, reason: str) -> Metric:
+    """The line of a row that was asked for and cannot run here (a server missing)."""
+    return failed(row, reason, status="MISSING")

@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bench import configs, profile, wrk
+from bench import configs, profile, servers, wrk
 from bench.enqueue import enqueue_jobs
 from bench.measure import Metric, WrkResult, pair_order, summarize
 from bench.procs import BenchError, PrivateRedis, Proc, rss_kib
@@ -29,6 +30,8 @@ from tests.support.processes import free_port
 
 Figures = dict[str, Any]
 Runner = Callable[[], Figures]
+Load = Callable[[str, float], Figures]  # (server URL, seconds) -> figures of one run
+Start = Callable[[], tuple[Proc, str]]
 
 TASKHUB = "taskhub"
 SEED = "seed"
@@ -51,7 +54,11 @@ class Bench:
     drain_jobs: int = 10_000
     memory_users: int = 1_000_000
     profile_to: Path | None = None  # where py-spy profiles of the HTTP rows go, if anywhere
+    openloop_rate: float | None = None  # the open-loop rows' rate; None: half the seed's
+    openloop_basis: str = ""  # how that rate was chosen, when the harness chose it
     python: Path = field(default_factory=lambda: Path(sys.executable))
+    # The seed's 200s/s in each accepted pair of this run: its maximum accepted rate.
+    seed_rates: list[float] = field(default_factory=list)
     _runs: int = 0
 
     @property
@@ -71,11 +78,20 @@ class Bench:
     # ----------------------------------------------------------------- processes
 
     def taskhub_proc(
-        self, command: str, directory: Path, *, capacity: int = 20, ready: bool = True
+        self,
+        command: str,
+        directory: Path,
+        *,
+        capacity: int = 20,
+        ready: bool = True,
+        server: str = servers.DEFAULT,
     ) -> tuple[Proc, str]:
-        """``taskhub serve|run|worker CONFIG`` in ``directory`` (task.log goes there)."""
+        """``taskhub serve|run|worker CONFIG`` in ``directory`` (task.log goes there),
+        with the server plugin ``server``."""
         port = free_port()
-        settings = configs.config(self.redis.url, port, directory / "task.log", capacity=capacity)
+        settings = configs.config(
+            self.redis.url, port, directory / "task.log", capacity=capacity, server=server
+        )
         config = configs.write(directory / "config.yaml", settings, self.taskhub)
         proc = Proc(
             f"taskhub {command}",
@@ -87,6 +103,26 @@ class Bench:
         if ready:
             proc.wait_ready(f"{url}/health")
         return proc, url
+
+    def taskhub_on(self, server: str, directory: Path) -> tuple[Proc, str]:
+        """taskhub's server role on ``server``: ``taskhub serve`` with that server plugin,
+        or taskhub's ASGI app (``bench/asgi_app.py``) under that ASGI server."""
+        if server in servers.PLUGINS:
+            return self.taskhub_proc("serve", directory, server=server)
+        settings = configs.config(self.redis.url, 0, directory / "task.log")
+        config = configs.write(directory / "config.yaml", settings, self.taskhub)
+        args = servers.asgi_command(server, servers.TASKHUB_ASGI, "{port}")
+        return self.python_proc(
+            f"taskhub-{server}", args, directory, {"TASKHUB_CONFIG": str(config)}
+        )
+
+    def ceiling_proc(self, server: str, directory: Path) -> tuple[Proc, str]:
+        """``server`` answering taskhub's refusal as a constant (``bench/ceiling.py``)."""
+        if server in servers.PLUGINS:
+            args = ["-m", "bench.ceiling", server, "{port}"]
+        else:
+            args = servers.asgi_command(server, servers.CEILING_ASGI, "{port}")
+        return self.python_proc(f"ceiling-{server}", args, directory)
 
     def seed_env(self, port: int, task_log: Path, *, worker: bool) -> dict[str, str]:
         # The seed runs its worker unless PROCESS=0 (the harness unsets PROCESS at start).
@@ -127,6 +163,10 @@ class Bench:
         figures = result.as_dict()
         figures["ok_per_s"] = result.ok / result.seconds if result.seconds else 0.0
         return result, figures
+
+    def wrk_load(self, script: Path) -> Load:
+        """wrk with ``script`` on POST /task, as a load for :func:`http_row`."""
+        return lambda url, duration: self.load(url, script, duration)[1]
 
     def pairs_of(self, row: str, runners: dict[str, Runner | None]) -> list[dict[str, Any]]:
         """Run A and B ``pairs`` times, A first in even pairs and B first in odd ones."""
@@ -173,12 +213,13 @@ def running(*procs: Proc) -> Iterator[None]:
 def http_row(
     bench: Bench,
     row: str,
-    start_a: Callable[[], tuple[Proc, str]],
-    start_b: Callable[[], tuple[Proc, str]] | None,
-    script: Path,
+    start_a: Start,
+    start_b: Start | None,
+    load: Load,
 ) -> list[dict[str, Any]]:
     """Start A and B once (one server process each), warm each up, then measure pairs
-    of wrk runs with the private Redis emptied before every run."""
+    of ``load`` runs (wrk, or the open-loop generator) with the private Redis emptied
+    before every run."""
     procs: dict[str, Proc] = {}
     try:
         urls: dict[str, str] = {}
@@ -189,28 +230,29 @@ def http_row(
             procs[side] = proc
             urls[side] = url
             bench.redis.flush()
-            bench.load(url, script, bench.warmup)
+            load(url, bench.warmup)
 
         def measure(side: str) -> Runner:
             def run() -> Figures:
                 bench.redis.flush()
-                shares = CpuShares({"server": procs[side].pid, "redis": bench.redis.proc.pid})
-                result, figures = bench.load(urls[side], script, bench.duration)
-                figures["cpu_pct"] = shares.done(result.seconds or bench.duration)
+                server = profile.process_tree(procs[side].pid)  # granian has a worker process
+                shares = CpuShares({"server": server, "redis": bench.redis.proc.pid})
+                figures = load(urls[side], bench.duration)
+                figures["cpu_pct"] = shares.done(figures.get("seconds") or bench.duration)
                 return figures
 
             return run
 
         pairs = bench.pairs_of(row, {side: measure(side) for side in urls})
         if bench.profile_to is not None and "A" in urls:
-            profile_server(bench, row, procs["A"], urls["A"], script)
+            profile_server(bench, row, procs["A"], urls["A"], load)
         return pairs
     finally:
         for proc in procs.values():
             proc.stop()
 
 
-def profile_server(bench: Bench, row: str, proc: Proc, url: str, script: Path) -> None:
+def profile_server(bench: Bench, row: str, proc: Proc, url: str, load: Load) -> None:
     """One more run of A's load with py-spy sampling the server; its summary is saved
     beside the results as ``profile-<row>.txt``."""
     assert bench.profile_to is not None
@@ -220,7 +262,7 @@ def profile_server(bench: Bench, row: str, proc: Proc, url: str, script: Path) -
     raw = bench.scratch(f"profile-{row}") / "stacks.txt"
     bench.redis.flush()
     sampler = profile.record(proc.pid, bench.duration - 1, raw)
-    bench.load(url, script, bench.duration)
+    load(url, bench.duration)
     sampler.wait(30)
     bench.profile_to.mkdir(parents=True, exist_ok=True)
     summary = bench.profile_to / f"profile-{row}.txt"
@@ -228,68 +270,26 @@ def profile_server(bench: Bench, row: str, proc: Proc, url: str, script: Path) -
     bench.say(f"  [{row}] profile of taskhub: {summary}")
 
 
-def accepted(bench: Bench) -> list[Metric]:
-    """``wrk -t1 -c32`` POST /task for users drawn among 1M: taskhub serve vs the seed
-    with PROCESS=0 (no worker in either; both queues grow). The figure is 2xx answers
-    per second (``ok_per_s``; all are 200 unless wrk counts non-2xx), and wrk's p99."""
-    directory = bench.scratch("accepted")
-    script = wrk.random_users_script(directory)
-    start_b = None
-    if bench.seed is not None:
-
-        def start_b() -> tuple[Proc, str]:
-            return bench.seed_proc(directory, worker=False)
-
-    pairs = http_row(
-        bench,
-        "accepted",
-        lambda: bench.taskhub_proc("serve", directory),
-        start_b,
-        script,
-    )
-    a, b = "taskhub serve", "seed (PROCESS=0)"
-    rate = Metric("accepted", "requests/s (200s)", ">=", 3.0, "x", a, b, figure="200s/s")
-    p99 = Metric("accepted", "p99 latency", "<=", 0.5, "x", a, b, figure="p99 ms")
-    metrics = [
-        summarize(rate, pairs, "ok_per_s", "ok_per_s"),
-        summarize(p99, pairs, "p99_ms", "p99_ms"),
-    ]
-    return note_missing_seed(bench, note_cpu(note_non_2xx(metrics, pairs), pairs))
+def server_row(name: str, server: str) -> str:
+    """A row's name in the table: ``accepted[sanic]``."""
+    return f"{name}[{server}]"
 
 
-def alternative(bench: Bench) -> list[Metric]:
-    """The same load as ``accepted`` against Starlette + limits + arq under uvicorn
-    (one worker): taskhub's ratio against what a Python user would pick instead."""
-    directory = bench.scratch("alternative")
-    script = wrk.random_users_script(directory)
-    args = [
-        "-m",
-        "uvicorn",
-        "bench.alternative.app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--workers",
-        "1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-    ]
-    pairs = http_row(
-        bench,
-        "alternative",
-        lambda: bench.taskhub_proc("serve", directory),
-        lambda: bench.python_proc("alternative", args, directory, {"REDIS_URL": bench.redis.url}),
-        script,
-    )
-    a, b = "taskhub serve", "starlette+limits+arq"
-    rate = Metric("alternative", "requests/s (200s)", "info", None, "x", a, b, figure="200s/s")
-    p99 = Metric("alternative", "p99 latency", "info", None, "x", a, b, figure="p99 ms")
+def rate_and_p99(
+    row: str,
+    a: str,
+    b: str,
+    pairs: list[dict[str, Any]],
+    rate_target: float | None,
+    p99_target: float | None,
+) -> list[Metric]:
+    """The accepted load's two lines: 200s per second and wrk's p99, A over B (a target
+    of None: information only)."""
+    rate = Metric(row, "requests/s (200s)", ">=", rate_target, "x", a, b, figure="200s/s")
+    p99 = Metric(row, "p99 latency", "<=", p99_target, "x", a, b, figure="p99 ms")
+    for metric, target in ((rate, rate_target), (p99, p99_target)):
+        if target is None:
+            metric.op = "info"
     metrics = [
         summarize(rate, pairs, "ok_per_s", "ok_per_s"),
         summarize(p99, pairs, "p99_ms", "p99_ms"),
@@ -297,34 +297,85 @@ def alternative(bench: Bench) -> list[Metric]:
     return note_cpu(note_non_2xx(metrics, pairs), pairs)
 
 
-def refused(bench: Bench) -> list[Metric]:
-    """Every request for one user (after its first 20, refused: taskhub's deny cache
-    answers them without Redis) vs a bare Sanic endpoint that answers 429, one process
-    each. The figure is all responses per second."""
-    directory = bench.scratch("refused")
-    script = wrk.one_user_script(directory)
+def seed_start(bench: Bench, directory: Path) -> Start | None:
+    """The seed without its worker (``PROCESS=0``), when the seed is there."""
+    if bench.seed is None:
+        return None
+    return partial(bench.seed_proc, directory, worker=False)
+
+
+def accepted(bench: Bench, server: str) -> list[Metric]:
+    """``wrk -t1 -c32`` POST /task for users drawn among 1M: taskhub on ``server`` vs
+    the seed with PROCESS=0 (no worker in either; both queues grow). The figure is 2xx
+    answers per second (``ok_per_s``; all are 200 unless wrk counts non-2xx), and wrk's
+    p99. The seed's figures are kept as its maximum rate, for the open-loop rows."""
+    row = server_row("accepted", server)
+    directory = bench.scratch(f"accepted-{server}")
+    load = bench.wrk_load(wrk.random_users_script(directory))
+    start_a = partial(bench.taskhub_on, server, directory)
+    pairs = http_row(bench, row, start_a, seed_start(bench, directory), load)
+    bench.seed_rates += [p["B"]["ok_per_s"] for p in pairs if p.get("B")]
+    metrics = rate_and_p99(row, servers.label(server), "seed (PROCESS=0)", pairs, 3.0, 0.5)
+    return note_missing_seed(bench, metrics)
+
+
+def alternative(bench: Bench) -> list[Metric]:
+    """The same load as ``accepted`` against Starlette + limits + arq under uvicorn
+    (one worker): taskhub's ratio against what a Python user would pick instead."""
+    directory = bench.scratch("alternative")
+    args = servers.asgi_command("uvicorn", "bench.alternative.app:app", "{port}")
     pairs = http_row(
         bench,
-        "refused",
+        "alternative",
         lambda: bench.taskhub_proc("serve", directory),
-        lambda: bench.python_proc("bare_429", ["-m", "bench.bare_429", "{port}"], directory),
-        script,
+        lambda: bench.python_proc("alternative", args, directory, {"REDIS_URL": bench.redis.url}),
+        bench.wrk_load(wrk.random_users_script(directory)),
     )
-    metric = Metric(
-        "refused",
-        "requests/s (429s)",
-        ">=",
-        0.8,
-        "x",
-        "taskhub serve",
-        "bare Sanic 429",
-        figure="req/s",
-    )
+    return rate_and_p99("alternative", "taskhub serve", "starlette+limits+arq", pairs, None, None)
+
+
+def refusals(
+    bench: Bench,
+    row: str,
+    server: str,
+    directory: Path,
+    start_b: Start,
+    b_label: str,
+    target: float | None,
+) -> list[Metric]:
+    """Every request for one user (after its first 20, refused: taskhub's deny cache
+    answers them without Redis), taskhub on ``server`` against ``start_b``: all
+    responses per second, A over B."""
+    load = bench.wrk_load(wrk.one_user_script(directory))
+    pairs = http_row(bench, row, partial(bench.taskhub_on, server, directory), start_b, load)
+    op = "info" if target is None else ">="
+    metric = Metric(row, "requests/s (429s)", op, target, "x", servers.label(server), b_label)
+    metric.figure = "req/s"
     summarize(metric, pairs, "requests_per_s", "requests_per_s")
-    refusals = [p["A"]["non_2xx"] / max(p["A"]["requests"], 1) for p in pairs if p.get("A")]
-    if refusals:
-        metric.note = f"taskhub's answers were 429 (non-2xx) in {min(refusals):.2%} or more. "
+    refused = [p["A"]["non_2xx"] / max(p["A"]["requests"], 1) for p in pairs if p.get("A")]
+    if refused:
+        metric.note = f"taskhub's answers were 429 (non-2xx) in {min(refused):.2%} or more. "
     return note_cpu([metric], pairs)
+
+
+def refused(bench: Bench, server: str) -> list[Metric]:
+    """The refusals of taskhub on ``server`` vs a bare Sanic endpoint that answers 429
+    (``bench/bare_429.py``), one process each."""
+    directory = bench.scratch(f"refused-{server}")
+    args = ["-m", "bench.bare_429", "{port}"]
+    start_b = partial(bench.python_proc, "bare_429", args, directory)
+    row = server_row("refused", server)
+    return refusals(bench, row, server, directory, start_b, "bare Sanic 429", 0.8)
+
+
+def ceiling(bench: Bench, server: str) -> list[Metric]:
+    """The refusals of taskhub on ``server`` vs the same server answering the same
+    refusal as a constant (``bench/ceiling.py``): how close taskhub comes to what that
+    server can do at all."""
+    directory = bench.scratch(f"ceiling-{server}")
+    start_b = partial(bench.ceiling_proc, server, directory)
+    row = server_row("ceiling", server)
+    return refusals(bench, row, server, directory, start_b, f"{server} ceiling", None)
 
 
 def note_non_2xx(metrics: list[Metric], pairs: list[dict[str, Any]]) -> list[Metric]:
@@ -719,13 +770,3 @@ def memory(bench: Bench) -> list[Metric]:
         f"MEMORY USAGE avg {average or 0:.0f} B; {janitor.deleted} queued jobs deleted"
     )
     return [rss, ttl, size]
-
-
-ROWS: dict[str, Callable[[Bench], list[Metric]]] = {
-    "accepted": accepted,
-    "refused": refused,
-    "alternative": alternative,
-    "drain": drain,
-    "e2e": end_to_end,
-    "memory": memory,
-}
