@@ -14,6 +14,12 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   client has one pool per node, all closed with the client.
 - ``info``: sent to every node by default (a dict of replies); taskhub wants
   one server's, e.g. its version.
+- ``script_load``: sent to the nodes redis-py's node list calls primaries. After a
+  failover redis-py 7.4 re-reads the slot map but keeps its old node object for the
+  promoted replica, typed as a replica still (redis-py#2433, fixed in 4.5 and back
+  since the node list keeps old objects), so a script never reached the new master
+  and every call of it there failed with NOSCRIPT until a restart. Here it goes to
+  the master of every slot, as the slot map has them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from typing import Any, NoReturn, cast
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.typing import ScriptTextT
 
 from taskhub.config.models import RedisSettings
 from taskhub.store.urls import address_of
@@ -45,12 +52,18 @@ class ClusterClient(RedisCluster):
         return super().pipeline(shard_hint=shard_hint)
 
     @property  # a cluster has a pool per node, closed with the client
-    def connection_pool(self) -> _ClosedWithClient:  # type: ignore[override]
+    def connection_pool(self) -> _ClosedWithClient:
         return _ClosedWithClient()
 
-    async def info(self, section: str | None = None, *args: list[str], **kwargs: Any) -> Any:
+    async def info(self, section: str | None = None, *args: str, **kwargs: Any) -> Any:
         kwargs.setdefault("target_nodes", RedisCluster.RANDOM)
         return await super().info(section, *args, **kwargs)
+
+    async def script_load(self, script: ScriptTextT) -> Any:
+        masters = {n[0].name: n[0] for n in self.nodes_manager.slots_cache.values() if n}
+        if not masters:  # no slot map yet: the first command reads it
+            return await super().script_load(script)
+        return await self.execute_command("SCRIPT LOAD", script, target_nodes=[*masters.values()])
 
 
 class _NoPubSub:

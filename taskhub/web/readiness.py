@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -23,7 +23,7 @@ Check = Callable[[], Awaitable[Any]]
 
 def pinger(client: Redis) -> Check:
     """A check that PINGs ``client``."""
-    return lambda: redis_call(client.ping())
+    return lambda: redis_call(cast(Awaitable[bool], client.ping()))
 
 
 async def readiness(checks: Mapping[str, Check], timeout: float) -> dict[str, str]:
