@@ -24,13 +24,12 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.typing import ScriptTextT
 
-from taskhub.config.models import RedisSettings
-from taskhub.store.urls import address_of
+from taskhub.store.connection import ConnectionSettings
 
 NO_PUBSUB = (
     "Redis Cluster has no cluster-wide pubsub in this client: taskhub's queue on a "
@@ -40,10 +39,27 @@ NO_PUBSUB = (
 
 class ClusterClient(RedisCluster):
     @classmethod
-    def for_settings(cls, settings: RedisSettings, options: dict[str, Any]) -> ClusterClient:
-        """Seeded with ``url`` and ``nodes``; the password and TLS come from ``url``."""
-        seeds = [ClusterNode(*address_of(url)) for url in settings.nodes]
-        return cast(ClusterClient, cls.from_url(settings.url, startup_nodes=seeds, **options))
+    def for_settings(cls, connection: ConnectionSettings, blocking_timeout: float) -> ClusterClient:
+        """Seeded with ``url`` and ``nodes``; credentials, TLS and timeouts from ``url``'s
+        settings, the same every other connection to the cluster uses."""
+        kwargs = connection.redis_kwargs(blocking_timeout)
+        del kwargs["host"], kwargs["port"]  # the seeds say where
+        connection_class = kwargs.pop("connection_class", None)
+        context = kwargs.pop("prepared_context", None)
+        seeds = [ClusterNode(host, port) for host, port in connection.seeds]
+        client = cls(startup_nodes=seeds, ssl=connection.tls is not None, **kwargs)
+        if connection_class is not None:
+            client._use_prepared_tls(connection_class, context)
+        return client
+
+    def _use_prepared_tls(self, connection_class: type, context: Any) -> None:
+        """RedisCluster takes TLS settings but no connection class: its nodes, those made
+        so far and those it finds later (from the same kwargs), get the one prepared."""
+        extra = {"prepared_context": context}
+        self.connection_kwargs.update(connection_class=connection_class, **extra)
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
+            node.connection_kwargs.update(extra)
 
     def pubsub(self, **_: Any) -> _NoPubSub:
         return _NoPubSub()
