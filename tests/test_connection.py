@@ -181,3 +181,12 @@ async def test_the_cluster_client_uses_the_context_built_at_load(tmp_path: Path)
     later = client.nodes_manager.connection_kwargs
     assert later["connection_class"] is PreparedSSLConnection
     await client.aclose()
+
+
+def test_every_url_argument_is_documented() -> None:
+    from taskhub.store.connection import URL_ARGUMENTS  # noqa: PLC0415
+    from tests.support.configs import ROOT  # noqa: PLC0415
+
+    page = (ROOT / "docs" / "redis.md").read_text()
+    for name in URL_ARGUMENTS:
+        assert f"`{name}`" in page, name
