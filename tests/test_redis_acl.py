@@ -3,7 +3,6 @@ path works as that user, and a user missing a permission gets an error naming it
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import time
@@ -14,8 +13,9 @@ import pytest
 
 from tests.support.configs import ROOT, config_dict
 from tests.support.dashboard import AUTH, TOKEN
+from tests.support.end_to_end import end_to_end
 from tests.support.namespaces import Namespace
-from tests.support.processes import TaskhubProcess, run_cli, wait_until
+from tests.support.processes import run_cli
 from tests.support.redis_servers import PrivateRedis
 
 pytestmark = pytest.mark.redis  # a private redis-server, started here
@@ -64,22 +64,10 @@ def user_url(server: PrivateRedis, ns: Namespace, **rule: str) -> str:
 def test_the_documented_rule_is_enough_for_everything(tmp_path: Path, server, spawn) -> None:
     ns = Namespace.new()
     config = config_dict(ns, user_url(server, ns), dashboard={"enabled": True, "token": TOKEN})
-    process: TaskhubProcess = spawn(config)
-    response = httpx.post(f"{process.url}/task", json={"user_id": "alice"}, timeout=10)
-    assert response.status_code == 200, (response.text, process.output)
-    job_id = response.json()["job_id"]
-    log = tmp_path / "task.log"
-    assert wait_until(lambda: log.exists() and job_id in log.read_text(), 15), process.output
-    state = httpx.get(f"{process.url}/task/{job_id}", timeout=10).json()
-    assert state["status"] == "complete", state
-    assert httpx.get(f"{process.url}/ready", timeout=10).status_code == 200
+    process = end_to_end(spawn, tmp_path, config)  # submit, run, status, taskhub status
     summary = httpx.get(f"{process.url}/dashboard/api/summary", headers=AUTH, timeout=10)
     assert summary.status_code == 200, summary.text
-    config_path = str(tmp_path / "config.yaml")
-    status = run_cli(["status", config_path, "--json"], tmp_path)
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout.splitlines()[0])["queued"] == 0
-    shown = run_cli(["limits", "show", config_path, "alice"], tmp_path)
+    shown = run_cli(["limits", "show", str(tmp_path / "config.yaml"), "alice"], tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert process.stop() == 0, process.output
     assert "NOPERM" not in process.output and "Traceback" not in process.output

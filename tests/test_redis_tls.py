@@ -11,7 +11,6 @@ context of its own, ignoring ``?ssl_ca_certs=``, and answered 503 to every POST 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import pytest
 
 from tests.support.cluster import LocalCluster
 from tests.support.configs import config_dict
+from tests.support.end_to_end import end_to_end as run_end_to_end
 from tests.support.namespaces import Namespace
-from tests.support.processes import TaskhubProcess, run_cli, wait_until
+from tests.support.processes import TaskhubProcess
 from tests.support.tls import TlsFiles, TlsRedis, self_signed
 
 pytestmark = pytest.mark.redis  # private TLS redis-servers, started here
@@ -51,25 +51,9 @@ def servers() -> Iterator[Callable[..., TlsRedis]]:
 
 
 def end_to_end(spawn: Spawn, directory: Path, url: str, **redis: object) -> TaskhubProcess:
-    """``taskhub run`` on ``url``: ready, a job admitted over HTTP, run by the worker,
-    and shown complete; ``taskhub status`` reads the same Redis."""
-    ns = Namespace.new()
-    config = config_dict(ns, url)
+    config = config_dict(Namespace.new(), url)
     config["redis"].update(redis)
-    process = spawn(config, cwd=directory)
-    ready = httpx.get(f"{process.url}/ready", timeout=10)
-    assert ready.status_code == 200, (ready.text, process.output)
-    response = httpx.post(f"{process.url}/task", json={"user_id": "alice"}, timeout=10)
-    assert response.status_code == 200, (response.text, process.output)
-    job_id = response.json()["job_id"]
-    log = directory / "task.log"
-    assert wait_until(lambda: log.exists() and job_id in log.read_text(), 15), process.output
-    state = httpx.get(f"{process.url}/task/{job_id}", timeout=10).json()
-    assert state["status"] == "complete", state
-    status = run_cli(["status", str(directory / "config.yaml"), "--json"], directory)
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout.splitlines()[0])["queued"] == 0
-    return process
+    return run_end_to_end(spawn, directory, config)
 
 
 def refused(spawn: Spawn, directory: Path, url: str, why: str) -> None:
