@@ -101,6 +101,13 @@ class TlsSettings:
         ).get()
         return dataclasses.replace(self, context=context)
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The context every connection shares; never a default one made on the spot."""
+        if self.context is None:
+            raise RuntimeError("TlsSettings used before built(): no SSL context")
+        return self.context
+
     def _check_files(self) -> None:
         """Each file on its own, so that an error names the URL argument at fault."""
         probe = ssl.create_default_context()
@@ -180,7 +187,7 @@ class ConnectionSettings:
             tls = self.tls
             kwargs.update(
                 connection_class=PreparedSSLConnection,
-                prepared_context=tls.context,
+                prepared_context=tls.ssl_context,
                 ssl_cert_reqs=tls.cert_reqs,
                 ssl_check_hostname=tls.check_hostname,
             )

@@ -218,7 +218,7 @@ class RedisPipeline:
         if connection.path is not None:
             transport, stream = await loop.create_unix_connection(new_stream, connection.path)
         else:
-            tls = connection.tls.context if connection.tls is not None else None
+            tls = connection.tls.ssl_context if connection.tls is not None else None
             host, port = connection.address
             transport, stream = await loop.create_connection(new_stream, host, port, ssl=tls)
             sock = transport.get_extra_info("socket")
