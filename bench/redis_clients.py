@@ -57,9 +57,10 @@ PIPELINE = (
     + """
 import sys, uvloop
 from taskhub.config.models import RedisSettings
+from taskhub.store.connection import connection_settings
 from taskhub.store.pipeline import RedisPipeline
 async def main():
-    pipeline = RedisPipeline(RedisSettings(url=f"redis://127.0.0.1:{sys.argv[1]}/0"))
+    pipeline = RedisPipeline(connection_settings(RedisSettings(url=f"redis://127.0.0.1:{sys.argv[1]}/0")))
     script = pipeline.script("return redis.call('INCR', KEYS[1])")
     await timed(lambda: script(["bench:clients"], []))
     await pipeline.close()

@@ -40,6 +40,10 @@ QUIET = 2.0
 DRAIN_RE = re.compile(r"drained (\d+) jobs in ([\d.]+) s: (\d+) jobs/s")
 
 
+# Set by `make bench`: the alternative row's own interpreter.
+ALTERNATIVE_PYTHON = "TASKHUB_BENCH_ALTERNATIVE_PYTHON"
+
+
 @dataclass
 class Bench:
     root: Path
@@ -142,12 +146,17 @@ class Bench:
         return proc, f"http://127.0.0.1:{port}"
 
     def python_proc(
-        self, name: str, args: list[str], directory: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: list[str],
+        directory: Path,
+        env: dict[str, str] | None = None,
+        python: Path | None = None,
     ) -> tuple[Proc, str]:
         port = free_port()
         proc = Proc(
             name,
-            [str(self.python), *[a.replace("{port}", str(port)) for a in args]],
+            [str(python or self.python), *[a.replace("{port}", str(port)) for a in args]],
             directory / f"{name}.log",
             cwd=self.root,
             env=env,
@@ -319,16 +328,30 @@ def accepted(bench: Bench, server: str) -> list[Metric]:
     return note_missing_seed(bench, metrics)
 
 
+def alternative_python() -> Path:
+    """The alternative stack's own interpreter (``make bench`` makes it; arq pins redis-py
+    below 6, so it cannot share taskhub's environment)."""
+    given = os.environ.get(ALTERNATIVE_PYTHON)
+    if not given:
+        raise BenchError(
+            f"the alternative row needs its own environment: run it through `make bench`, "
+            f"or set {ALTERNATIVE_PYTHON} to a python with bench/alternative/requirements.txt"
+        )
+    return Path(given).absolute()
+
+
 def alternative(bench: Bench) -> list[Metric]:
     """The same load as ``accepted`` against Starlette + limits + arq under uvicorn
     (one worker): taskhub's ratio against what a Python user would pick instead."""
     directory = bench.scratch("alternative")
     args = servers.asgi_command("uvicorn", "bench.alternative.app:app", "{port}")
+    python = alternative_python()
+    env = {"REDIS_URL": bench.redis.url}
     pairs = http_row(
         bench,
         "alternative",
         lambda: bench.taskhub_proc("serve", directory),
-        lambda: bench.python_proc("alternative", args, directory, {"REDIS_URL": bench.redis.url}),
+        lambda: bench.python_proc("alternative", args, directory, env, python),
         bench.wrk_load(wrk.random_users_script(directory)),
     )
     return rate_and_p99("alternative", "taskhub serve", "starlette+limits+arq", pairs, None, None)

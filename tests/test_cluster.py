@@ -14,7 +14,8 @@ import pytest
 
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import is_unavailable
-from taskhub.store.cluster_router import ClusterPipeline, CrossSlotKeys, slot_of
+from taskhub.store.cluster_router import ClusterPipeline, CrossSlotKeys, admission_pipeline, slot_of
+from taskhub.store.connection import connection_settings
 from tests.support.cluster import LocalCluster, Node
 from tests.support.processes import wait_until
 
@@ -23,7 +24,8 @@ INCR = "return redis.call('INCR', KEYS[1])"
 
 @pytest.fixture
 async def router(cluster: LocalCluster) -> AsyncIterator[ClusterPipeline]:
-    pipeline = ClusterPipeline(RedisSettings(url=cluster.url, cluster=True))
+    pipeline = admission_pipeline(connection_settings(RedisSettings(url=cluster.url, cluster=True)))
+    assert isinstance(pipeline, ClusterPipeline)
     yield pipeline
     await pipeline.close()
 

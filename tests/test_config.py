@@ -250,8 +250,20 @@ def test_cluster_settings_are_checked(tmp_path: Path, redis: str, expected: str)
 
 
 def test_a_cluster_url_with_db_0_and_seed_nodes_is_valid(tmp_path: Path) -> None:
-    text = "redis: {cluster: true, url: 'redis://h:7000/0', nodes: ['rediss://a:1']}\n"
-    assert hub_from(tmp_path, text).settings.redis.nodes == ["rediss://a:1"]
+    text = "redis: {cluster: true, url: 'redis://h:7000/0', nodes: ['redis://a:1']}\n"
+    hub = hub_from(tmp_path, text)
+    assert hub.settings.redis.nodes == ["redis://a:1"]
+    assert hub.connections.endpoints.redis is not None
+    assert hub.connections.endpoints.redis.seeds == (("h", 7000), ("a", 1))
+
+
+def test_a_seed_node_is_reached_as_url_is(tmp_path: Path) -> None:
+    text = "redis:\n  cluster: true\n  url: redis://h:7000\n  nodes: ['rediss://u:p@a:1']\n"
+    error = str(errors_of(tmp_path, text))
+    assert "line 4: redis.nodes[0]: rediss://a:1 is rediss:// but redis.url is redis://" in error
+    text = "redis:\n  cluster: true\n  url: redis://h:7000\n  nodes: ['redis://a:1?db=0']\n"
+    error = str(errors_of(tmp_path, text))
+    assert "redis.nodes[0]: redis://a:1: a seed node gives only host and port" in error
 
 
 def test_secret_values_never_appear_in_errors(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.config.models import RedisSettings
+from taskhub.store.cluster_router import admission_pipeline
+from taskhub.store.connection import connection_settings
 from taskhub.store.pipeline import RedisPipeline, encode_command
 from tests.support.redis_servers import PrivateRedis
 
@@ -20,8 +22,8 @@ INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
 def pipeline_for(url: str, **settings: float) -> RedisPipeline:
-    pipeline = RedisPipeline.for_settings(RedisSettings(url=url, **settings))
-    assert pipeline is not None
+    pipeline = admission_pipeline(connection_settings(RedisSettings(url=url, **settings)))
+    assert isinstance(pipeline, RedisPipeline)
     return pipeline
 
 
@@ -31,7 +33,7 @@ def test_commands_are_encoded_as_resp_arrays():
 
 
 def test_the_embedded_redis_has_no_pipeline():
-    assert RedisPipeline.for_settings(RedisSettings(url="memory://")) is None
+    assert admission_pipeline(connection_settings(RedisSettings(url="memory://"))) is None
 
 
 async def test_calls_of_one_turn_leave_in_one_write_and_get_their_own_replies(redis_url, ns):

@@ -20,6 +20,7 @@ import click
 
 from taskhub.errors import BackendUnavailable, StartupError, UsageError
 from taskhub.monitoring import log_format
+from taskhub.store.clients import why_unavailable
 from taskhub.store.urls import is_embedded
 
 T = TypeVar("T")
@@ -130,7 +131,8 @@ async def opened_run(opener: Opener[T], config: str, run: Callable[[T], Awaitabl
         try:
             return await run(opened)
         except BackendUnavailable as exc:
-            raise StartupError(f"Redis is unreachable: {exc.__cause__ or exc}") from exc
+            cause = exc.__cause__
+            raise StartupError(why_unavailable(cause) if cause else str(exc)) from exc
 
 
 def refuse_embedded(path: str, setting: str, url: str, what: str) -> None:

@@ -137,6 +137,12 @@ def check_command(config: str) -> int:
     hub = Hub.from_file(config)
     sys.stdout.write(f"# {config}: valid. Resolved, with defaults and secrets masked:\n")
     sys.stdout.write(yaml.safe_dump(hub.resolved(), sort_keys=False, allow_unicode=True))
+    sys.stdout.write(
+        "---\n# How each Redis is reached: its URL and redis: settings, redis-py's defaults "
+        "filled in.\n"
+    )
+    connections = {"connections": hub.connection_settings()}
+    sys.stdout.write(yaml.safe_dump(connections, sort_keys=False, allow_unicode=True))
     return 0
 
 

@@ -53,7 +53,8 @@ class RedisSettings(StrictModel):
         "memory://",
         validate_default=True,
         description="where limiter state and the queue live: redis://, rediss:// (TLS), "
-        "unix://, or memory:// (embedded fakeredis: one process, nothing durable)",
+        "unix://, or memory:// (embedded fakeredis: one process, nothing durable); TLS and "
+        "login as redis-py's URL arguments (?ssl_ca_certs=...), for every connection",
     )
     nodes: list[ClusterNodeUrl] = Field(
         default_factory=list,

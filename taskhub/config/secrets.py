@@ -2,19 +2,24 @@
 
 A value is secret when its key says so (``password``, ``token``, ``api_key``...),
 when it sits where secrets do (``auth.keys[].key``), or when it came from an
-environment variable whose name says so. URL passwords are always hidden.
+environment variable whose name says so. URL passwords are always hidden, in the
+address (``redis://user:pw@host``) and in the arguments (``?password=``, ``?ssl_password=``).
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from taskhub.config.paths import Loc
 
 SECRET_NAME = re.compile(
     r"(^|_)(password|passwd|pass|secret|token|api_?key|credentials?|private_?key)(_|$)", re.I
+)
+# A URL argument whose name says it is secret (password=, ssl_password=), and its value.
+_SECRET_ARGUMENT = re.compile(
+    r"(?:(?<=^)|(?<=&))([^=&]*(?:password|passwd|secret|token)[^=&]*)=([^&]*)", re.I
 )
 # Secret by position though not by name: the api_key authenticator's keys.
 SECRET_FIELDS = frozenset({("auth", "keys", "key")})
@@ -39,18 +44,34 @@ def is_secret_path(loc: Loc, marked: set[Loc]) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password in a URL, keeping everything else readable."""
+    """Hide the passwords in a URL, keeping everything else readable."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    masked = url
+    if parts.query:  # the text after "?" as written, so only the secrets change
+        query = _SECRET_ARGUMENT.sub(r"\1=***", parts.query)
+        masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        scheme, _, rest = masked.partition("://")
+        masked = f"{scheme}://{user}:***@{host}{rest[len(parts.netloc) :]}"
+    return masked
+
+
+def _url_secrets(url: str) -> set[str]:
+    """The passwords in a URL, as written and decoded."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return set()
+    found = [parts.password or ""]
+    found += [value for _, value in _SECRET_ARGUMENT.findall(parts.query)]
+    return {form for secret in found if secret for form in (secret, unquote(secret))}
 
 
 def mask_secrets(value: Any, loc: Loc, raw: SecretIndex) -> Any:
@@ -83,12 +104,7 @@ def secret_values(raw: SecretIndex) -> set[str]:
                 walk(item, (*loc, index))
         elif isinstance(value, str) and value:
             if "://" in value:
-                try:
-                    password = urlsplit(value).password
-                except ValueError:
-                    password = None
-                if password:
-                    found.update((password, unquote(password)))
+                found.update(_url_secrets(value))
             if raw.is_secret(loc):
                 found.add(value)
 

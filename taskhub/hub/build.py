@@ -28,6 +28,7 @@ from taskhub.config.raw import RawConfig
 from taskhub.errors import ConfigError, Problem, UnknownComponentError
 from taskhub.hookspecs import KINDS
 from taskhub.hub.checks import cross_key_problems
+from taskhub.hub.connections import Endpoints
 from taskhub.hub.plugins import PluginRegistry
 from taskhub.jobs import TaskSpec
 from taskhub.limits.policy import Rule
@@ -49,6 +50,7 @@ class Components:
     sinks: list[Sink]
     tasks: dict[str, TaskSpec]
     default_task: str
+    endpoints: Endpoints  # how every connection reaches redis.url and limits.redis_url
 
 
 def build_components(
@@ -58,6 +60,7 @@ def build_components(
     server_overrides: Mapping[str, Any] | None = None,
 ) -> Components:
     problems: list[Problem] = []
+    endpoints = Endpoints.read(settings, raw, problems)
     build = _Builder(raw, registry, problems)
     rules = _admission_rules(settings, raw, build, problems)
     execution = settings.limits.execution
@@ -92,6 +95,7 @@ def build_components(
         sinks=[sink for sink in sinks if sink is not None],
         tasks=tasks,
         default_task=settings.default_task,
+        endpoints=endpoints,
     )
 
 

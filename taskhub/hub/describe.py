@@ -11,6 +11,7 @@ from taskhub.config.raw import RawConfig
 from taskhub.config.secrets import mask_secrets, mask_url
 from taskhub.context import Role
 from taskhub.hub.build import Components, job_options, per_shard_rules
+from taskhub.hub.connections import Endpoints
 from taskhub.limits.policy import Rule
 from taskhub.store.urls import is_embedded
 from taskhub.version import __version__
@@ -56,6 +57,21 @@ def resolved(settings: Settings, raw: RawConfig, hub: Components) -> dict[str, A
     }
     masked: dict[str, Any] = mask_secrets(resolved, (), raw)
     return masked
+
+
+def connections(settings: Settings, endpoints: Endpoints) -> dict[str, Any]:
+    """How each Redis is reached, for ``taskhub check``: what its URL and ``redis:`` say,
+    redis-py's defaults filled in (TLS verification, hostname check), secrets masked."""
+    shown: dict[str, Any] = {}
+    for key, url, endpoint in (
+        ("redis.url", settings.redis.url, endpoints.redis),
+        ("limits.redis_url", settings.limits.redis_url, endpoints.limiter),
+    ):
+        if endpoint is not None:
+            shown[key] = endpoint.describe()
+        elif url:
+            shown[key] = "embedded (memory://): inside this process, no connection"
+    return shown
 
 
 def log_banner(

@@ -23,7 +23,7 @@ from taskhub.context import Role
 from taskhub.errors import UsageError
 from taskhub.hub.build import build_components, limiter_shards, per_shard_rules
 from taskhub.hub.connections import Connections
-from taskhub.hub.describe import resolved
+from taskhub.hub.describe import connections, resolved
 from taskhub.hub.plugins import PluginRegistry, load_plugins
 from taskhub.jobs import TaskSpec
 from taskhub.limits.admin import LimitsAdmin
@@ -53,7 +53,7 @@ class Hub:
         self.raw = raw
         self.registry = registry
         self.components = build_components(settings, raw, registry, server_overrides)
-        self.connections = Connections(settings)
+        self.connections = Connections(settings, self.components.endpoints)
         self.submissions = SubmissionParser(self.tasks, self.default_task)
 
     @classmethod
@@ -134,6 +134,10 @@ class Hub:
     def resolved(self) -> dict[str, Any]:
         """The effective config, defaults filled in and secrets masked, for ``taskhub check``."""
         return resolved(self.settings, self.raw, self.components)
+
+    def connection_settings(self) -> dict[str, Any]:
+        """How each Redis is reached (address, db, TLS, user, timeouts), secrets masked."""
+        return connections(self.settings, self.components.endpoints)
 
     def check_role(self, role: Role) -> None:
         if self.embedded and role is not Role.BOTH:

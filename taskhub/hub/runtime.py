@@ -232,7 +232,8 @@ class Runtime:
 
     def _api_parts(self, admission: Admission) -> ApiParts:
         hub = self.hub
-        checks: dict[str, Check] = {"redis": pinger(self.redis)}
+        # Through the connection admissions use: the pipeline, where there is one.
+        checks: dict[str, Check] = {"redis": pinger(hub.connections.admission() or self.redis)}
         limiter = hub.connections.limiter_redis
         if limiter is not None:
             checks["limiter_redis"] = pinger(limiter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from redis import exceptions as rx
 from redis.asyncio import Redis
@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from taskhub.config.models import RedisSettings
 from taskhub.errors import BackendUnavailable
 from taskhub.store.cluster_client import ClusterClient
+from taskhub.store.connection import ConnectionSettings, connection_settings
 from taskhub.store.urls import is_embedded
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.ClusterDownError,
     rx.TryAgainError,
     rx.MasterDownError,
+    # An ACL user refused a command or key: like a refused login (AuthenticationError,
+    # above), for an operator to fix, and nothing a retry now would change; 503, not 500.
+    rx.NoPermissionError,
     OSError,
 )
 _UNAVAILABLE_REPLIES = (
@@ -45,6 +49,7 @@ _UNAVAILABLE_REPLIES = (
     # flux (a failover or resharding spreading), so retry shortly rather than a 500.
     "MOVED ",
     "ASK ",
+    "NOPERM ",  # as NoPermissionError, from the pipeline's own reader
 )
 # uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
 # closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
@@ -66,28 +71,41 @@ async def redis_call(call: Awaitable[T]) -> T:
         return await call
     except Exception as exc:
         if is_unavailable(exc):
-            raise BackendUnavailable("Redis is unreachable") from exc
+            raise BackendUnavailable(why_unavailable(exc)) from exc
         raise
 
 
-def connect(settings: RedisSettings, *, blocking_timeout: float = 0.0) -> Redis:
-    """A client for ``settings.url``.
+def why_unavailable(exc: BaseException) -> str:
+    """For a person: a command the ACL user may not send is not an unreachable server."""
+    if isinstance(exc, rx.NoPermissionError) or str(exc).startswith("NOPERM "):
+        text = str(exc).removeprefix("NOPERM ")
+        return (
+            f"Redis refused a command to this user: NOPERM {text}. Its ACL rule lacks "
+            "a command or key pattern taskhub needs (see the docs' 'Running on managed "
+            "and self-hosted Redis')"
+        )
+    return f"Redis is unreachable: {exc or type(exc).__name__}"
+
+
+def connect(
+    settings: RedisSettings | ConnectionSettings, *, blocking_timeout: float = 0.0
+) -> Redis:
+    """A client on connection settings built once at load (the hub's), or on a
+    ``RedisSettings``' url, read now (tests, one-off tools); ``memory://`` is embedded.
 
     ``blocking_timeout`` is the longest blocking command (such as BLMOVE) the client
     will issue; the socket timeout is extended by it so such commands are not cut off.
     """
-    if is_embedded(settings.url):
-        return _embedded_client(settings.url)
-    timeouts: dict[str, Any] = {
-        "socket_connect_timeout": settings.connect_timeout,
-        "socket_timeout": settings.socket_timeout + blocking_timeout,
-        "socket_keepalive": True,
-    }
+    if isinstance(settings, RedisSettings):
+        if is_embedded(settings.url):
+            return _embedded_client(settings.url)
+        built = connection_settings(settings)
+        assert built is not None  # only memory:// has none
+        settings = built
     if settings.cluster:
         # Duck-typed: every command taskhub sends exists on both (see ClusterClient).
-        return cast(Redis, ClusterClient.for_settings(settings, timeouts))
-    client: Redis = Redis.from_url(settings.url, health_check_interval=30, **timeouts)
-    return client
+        return cast(Redis, ClusterClient.for_settings(settings, blocking_timeout))
+    return settings.client(blocking_timeout)
 
 
 def _embedded_client(url: str) -> Redis:

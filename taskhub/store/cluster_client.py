@@ -14,16 +14,22 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   client has one pool per node, all closed with the client.
 - ``info``: sent to every node by default (a dict of replies); taskhub wants
   one server's, e.g. its version.
+- ``script_load``: sent to the nodes redis-py's node list calls primaries. After a
+  failover redis-py 7.4 re-reads the slot map but keeps its old node object for the
+  promoted replica, typed as a replica still (redis-py#2433, fixed in 4.5 and back
+  since the node list keeps old objects), so a script never reached the new master
+  and every call of it there failed with NOSCRIPT until a restart. Here it goes to
+  the master of every slot, as the slot map has them.
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.typing import ScriptTextT
 
-from taskhub.config.models import RedisSettings
-from taskhub.store.urls import address_of
+from taskhub.store.connection import ConnectionSettings
 
 NO_PUBSUB = (
     "Redis Cluster has no cluster-wide pubsub in this client: taskhub's queue on a "
@@ -33,10 +39,27 @@ NO_PUBSUB = (
 
 class ClusterClient(RedisCluster):
     @classmethod
-    def for_settings(cls, settings: RedisSettings, options: dict[str, Any]) -> ClusterClient:
-        """Seeded with ``url`` and ``nodes``; the password and TLS come from ``url``."""
-        seeds = [ClusterNode(*address_of(url)) for url in settings.nodes]
-        return cast(ClusterClient, cls.from_url(settings.url, startup_nodes=seeds, **options))
+    def for_settings(cls, connection: ConnectionSettings, blocking_timeout: float) -> ClusterClient:
+        """Seeded with ``url`` and ``nodes``; credentials, TLS and timeouts from ``url``'s
+        settings, the same every other connection to the cluster uses."""
+        kwargs = connection.redis_kwargs(blocking_timeout)
+        del kwargs["host"], kwargs["port"]  # the seeds say where
+        connection_class = kwargs.pop("connection_class", None)
+        context = kwargs.pop("prepared_context", None)
+        seeds = [ClusterNode(host, port) for host, port in connection.seeds]
+        client = cls(startup_nodes=seeds, ssl=connection.tls is not None, **kwargs)
+        if connection_class is not None:
+            client._use_prepared_tls(connection_class, context)
+        return client
+
+    def _use_prepared_tls(self, connection_class: type, context: Any) -> None:
+        """RedisCluster takes TLS settings but no connection class: its nodes, those made
+        so far and those it finds later (from the same kwargs), get the one prepared."""
+        extra = {"prepared_context": context}
+        self.connection_kwargs.update(connection_class=connection_class, **extra)
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = connection_class
+            node.connection_kwargs.update(extra)
 
     def pubsub(self, **_: Any) -> _NoPubSub:
         return _NoPubSub()
@@ -45,12 +68,18 @@ class ClusterClient(RedisCluster):
         return super().pipeline(shard_hint=shard_hint)
 
     @property  # a cluster has a pool per node, closed with the client
-    def connection_pool(self) -> _ClosedWithClient:  # type: ignore[override]
+    def connection_pool(self) -> _ClosedWithClient:
         return _ClosedWithClient()
 
-    async def info(self, section: str | None = None, *args: list[str], **kwargs: Any) -> Any:
+    async def info(self, section: str | None = None, *args: str, **kwargs: Any) -> Any:
         kwargs.setdefault("target_nodes", RedisCluster.RANDOM)
         return await super().info(section, *args, **kwargs)
+
+    async def script_load(self, script: ScriptTextT) -> Any:
+        masters = {n[0].name: n[0] for n in self.nodes_manager.slots_cache.values() if n}
+        if not masters:  # no slot map yet: the first command reads it
+            return await super().script_load(script)
+        return await self.execute_command("SCRIPT LOAD", script, target_nodes=[*masters.values()])
 
 
 class _NoPubSub:

@@ -28,9 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskhub.config.models import RedisSettings
+from taskhub.store.connection import ConnectionSettings
 from taskhub.store.pipeline import Arg, PipelinedScript, RedisPipeline
-from taskhub.store.urls import Address, address_of
+from taskhub.store.urls import Address
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,8 @@ class CrossSlotKeys(ValueError):
 class ClusterPipeline:
     """RedisPipeline's ``script(source)`` interface, over every master of a cluster."""
 
-    def __init__(self, settings: RedisSettings) -> None:
-        self.settings = settings
-        self._seeds = [settings.url, *settings.nodes]
+    def __init__(self, connection: ConnectionSettings) -> None:
+        self.connection = connection
         self._sources: list[str] = []  # loaded on every node
         self._nodes: dict[Address, RedisPipeline] = {}
         self._slots: list[RedisPipeline | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
@@ -74,18 +73,11 @@ class ClusterPipeline:
         """The pipeline to ``address``, opened on first use (it connects lazily)."""
         node = self._nodes.get(address)
         if node is None:
-            node = self._nodes[address] = RedisPipeline(self._settings_for(address))
+            # The seed's credentials, TLS and timeouts: every node is reached the same way.
+            node = self._nodes[address] = RedisPipeline(self.connection.at(address))
             for source in self._sources:
                 node.script(source)
         return node
-
-    def _settings_for(self, address: Address) -> RedisSettings:
-        """The seed URL's scheme and credentials, another host and port."""
-        scheme, _, rest = self.settings.url.partition("://")
-        credentials = rest.rpartition("@")[0] if "@" in rest else ""
-        host, port = address
-        netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
-        return self.settings.model_copy(update={"url": f"{scheme}://{netloc}", "nodes": []})
 
     def moved(self, slot: int, address: Address) -> RedisPipeline:
         """``MOVED``: the slot's owner is known at once; the rest of the map may be stale."""
@@ -120,7 +112,7 @@ class ClusterPipeline:
 
     async def _read_slots(self) -> list[RedisPipeline | None]:
         """``CLUSTER SLOTS`` from the first node that answers: known masters, then seeds."""
-        candidates = list(dict.fromkeys([*self._masters(), *map(address_of, self._seeds)]))
+        candidates = list(dict.fromkeys([*self._masters(), *self.connection.seeds]))
         errors = []
         for address in candidates:
             try:
@@ -139,6 +131,19 @@ class ClusterPipeline:
     def _masters(self) -> list[Address]:
         serving = {id(node) for node in self._slots if node is not None}
         return [address for address, node in self._nodes.items() if id(node) in serving]
+
+    async def ping(self) -> None:
+        """PING every master on the connection admissions use: ready only if each answers,
+        since each serves some users' admissions."""
+        await self.refresh()
+        masters = {id(node): node for node in self._slots if node is not None}
+        if not masters:
+            raise RedisConnectionError("no Redis Cluster node serves any slot")
+        try:
+            await asyncio.gather(*(node.ping() for node in masters.values()))
+        except (RedisConnectionError, RedisTimeoutError):
+            self.refresh_soon()  # a failover: the next look may find the promoted replica
+            raise
 
     async def close(self) -> None:
         if self._refreshing is not None:
@@ -215,7 +220,7 @@ def log_moves(old: list[RedisPipeline | None], new: list[RedisPipeline | None]) 
 
 
 def _name(node: RedisPipeline) -> str:
-    return "{}:{}".format(*address_of(node.settings.url))
+    return node.connection.name
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -223,9 +228,14 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.debug("reading the Redis Cluster slot map failed: %s", task.exception())
 
 
-def admission_pipeline(settings: RedisSettings) -> RedisPipeline | ClusterPipeline | None:
+def admission_pipeline(
+    connection: ConnectionSettings | None,
+) -> RedisPipeline | ClusterPipeline | None:
     """The admission script's fast path: routed over the masters of a cluster, one
-    connection to a single Redis, none for the embedded one."""
-    if settings.cluster:
-        return ClusterPipeline(settings)
-    return RedisPipeline.for_settings(settings)
+    connection to a single Redis, none for the embedded one (None: fakeredis has no
+    socket)."""
+    if connection is None:
+        return None
+    if connection.cluster:
+        return ClusterPipeline(connection)
+    return RedisPipeline(connection)

@@ -19,19 +19,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import ssl
+import socket
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import AuthenticationError, InvalidResponse, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskhub.config.models import RedisSettings
-from taskhub.store.urls import is_embedded
+from taskhub.store.connection import ConnectionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -142,17 +140,11 @@ class _ReplyStream(asyncio.Protocol):
 class RedisPipeline:
     """One connection that batches the calls of each event-loop turn into one write."""
 
-    def __init__(self, settings: RedisSettings) -> None:
-        self.settings = settings
-        self._params = parse_url(settings.url)
+    def __init__(self, connection: ConnectionSettings) -> None:
+        self.connection = connection
         self._stream: _ReplyStream | None = None
         self._connecting: asyncio.Future[_ReplyStream] | None = None  # the attempt under way
         self._scripts: dict[str, str] = {}  # loaded on every new connection
-
-    @classmethod
-    def for_settings(cls, settings: RedisSettings) -> RedisPipeline | None:
-        """A pipeline for a real Redis; None for the embedded one (fakeredis has no socket)."""
-        return None if is_embedded(settings.url) else cls(settings)
 
     def script(self, source: str) -> PipelinedScript:
         script = PipelinedScript(self, source)
@@ -167,6 +159,10 @@ class RedisPipeline:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         stream.send(encode_command(args), future)
         return await future
+
+    async def ping(self) -> None:
+        """PING on this connection: readiness asks the very connection admissions use."""
+        await self.call("PING")
 
     async def call_asking(self, *args: Arg) -> Any:
         """``ASKING`` then the command, back to back on the connection (a Redis Cluster
@@ -201,7 +197,7 @@ class RedisPipeline:
 
     async def _attempt(self) -> _ReplyStream:
         try:
-            stream = await asyncio.wait_for(self._open(), self.settings.connect_timeout)
+            stream = await asyncio.wait_for(self._open(), self.connection.connect_timeout)
         except TimeoutError:
             raise RedisTimeoutError("timed out connecting to Redis") from None
         except OSError as exc:
@@ -210,20 +206,22 @@ class RedisPipeline:
         return stream
 
     async def _open(self) -> _ReplyStream:
-        params = self._params
+        connection = self.connection
         loop = asyncio.get_running_loop()
-        kind = params.get("connection_class")
         transport: asyncio.BaseTransport
 
         def new_stream() -> _ReplyStream:
-            return _ReplyStream(self.settings.socket_timeout)
+            return _ReplyStream(connection.socket_timeout)
 
-        if kind is UnixDomainSocketConnection:
-            transport, stream = await loop.create_unix_connection(new_stream, params["path"])
+        if connection.path is not None:
+            transport, stream = await loop.create_unix_connection(new_stream, connection.path)
         else:
-            tls = ssl.create_default_context() if kind is SSLConnection else None
-            host, port = params.get("host", "localhost"), params.get("port", 6379)
+            tls = connection.tls.ssl_context if connection.tls is not None else None
+            host, port = connection.address
             transport, stream = await loop.create_connection(new_stream, host, port, ssl=tls)
+            sock = transport.get_extra_info("socket")
+            if connection.keepalive and sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         stream.transport = transport
         try:
             await self._handshake(stream)
@@ -237,14 +235,13 @@ class RedisPipeline:
 
         Loading the scripts here means a restarted Redis costs no NOSCRIPT round trip.
         """
-        params = self._params
+        connection = self.connection
         commands: list[tuple[Arg, ...]] = []
-        if params.get("password") is not None:
-            user = params.get("username")
-            auth = ("AUTH", user, params["password"]) if user else ("AUTH", params["password"])
-            commands.append(auth)
-        if params.get("db"):
-            commands.append(("SELECT", params["db"]))
+        if connection.password is not None:
+            user, password = connection.username, connection.password
+            commands.append(("AUTH", user, password) if user else ("AUTH", password))
+        if connection.db:
+            commands.append(("SELECT", connection.db))
         commands += [("SCRIPT", "LOAD", source) for source in self._scripts.values()]
         assert stream.transport is not None
         loop = asyncio.get_running_loop()

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from taskhub.errors import BackendUnavailable
 from taskhub.store.clients import redis_call
+from taskhub.store.cluster_router import ClusterPipeline
+from taskhub.store.pipeline import RedisPipeline
 
 OK = "ok"
 Check = Callable[[], Awaitable[Any]]
 
 
-def pinger(client: Redis) -> Check:
-    """A check that PINGs ``client``."""
-    return lambda: redis_call(client.ping())
+def pinger(client: Redis | RedisPipeline | ClusterPipeline) -> Check:
+    """A check that PINGs ``client``: for admission, the pipelined connection (every
+    master's, on a cluster) that admissions go out on, so that /ready cannot say ready
+    while they fail (the pipeline once failed TLS where redis-py connected)."""
+    return lambda: redis_call(cast(Awaitable[Any], client.ping()))
 
 
 async def readiness(checks: Mapping[str, Check], timeout: float) -> dict[str, str]:

@@ -4,7 +4,8 @@ The tests start one per session, only when a test asks for it (the ``cluster``
 fixture in conftest), and the scale row of the benchmark starts its own; it
 lives here, beside the tests' other redis-servers, and bench imports it. A
 short node timeout keeps a failover test quick. Every node keeps nothing on
-disk, and the whole directory goes at the end.
+disk, and the whole directory goes at the end. With ``tls`` every node speaks only
+TLS, to clients and on the cluster bus (test_redis_tls.py's cluster).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import redis
 
 from tests.support.processes import free_port, wait_until
 from tests.support.redis_servers import pings, server_options
+from tests.support.tls import TlsFiles, server_tls_options
 
 NODE_TIMEOUT_MS = 1500
-SIZE = 6  # --cluster-replicas 1: three masters, three replicas
+MASTERS = 3  # and, by default, one replica each
 CREATE_TIMEOUT = 30.0
 
 
@@ -31,6 +33,7 @@ class Node:
     bus_port: int
     directory: Path
     proc: subprocess.Popen[bytes] | None = None
+    tls: TlsFiles | None = None
 
     @property
     def address(self) -> str:
@@ -38,10 +41,11 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2, **tls)
 
     def info(self, section: str) -> dict[str, object]:
         with self.client() as client:
@@ -54,17 +58,19 @@ class LocalCluster:
 
     directory: Path
     nodes: list[Node] = field(default_factory=list)
+    tls: TlsFiles | None = None
 
     @classmethod
-    def start(cls) -> LocalCluster:
+    def start(cls, *, tls: TlsFiles | None = None, replicas: int = 1) -> LocalCluster:
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise FileNotFoundError("redis-server and redis-cli are needed for the test cluster")
-        cluster = cls(Path(tempfile.mkdtemp(prefix="taskhub-cluster-")))
+        cluster = cls(Path(tempfile.mkdtemp(prefix="taskhub-cluster-")), tls=tls)
         try:
-            cluster._spawn(binary)
+            cluster._spawn(binary, MASTERS * (1 + replicas))
             addresses = [node.address for node in cluster.nodes]
-            create = ["--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"]
+            create = ["--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+            create += ["--cluster-yes", *(["--tls", "--cacert", str(tls.ca)] if tls else [])]
             subprocess.run(
                 [cli, *create],
                 check=True,
@@ -77,10 +83,10 @@ class LocalCluster:
             raise
         return cluster
 
-    def _spawn(self, binary: str) -> None:
-        for _ in range(SIZE):
+    def _spawn(self, binary: str, size: int) -> None:
+        for _ in range(size):
             port = free_port()
-            node = Node(port, free_port(), self.directory / str(port))
+            node = Node(port, free_port(), self.directory / str(port), tls=self.tls)
             node.directory.mkdir()
             self._run(binary, node)
             self.nodes.append(node)
@@ -95,6 +101,10 @@ class LocalCluster:
         options += ["--cluster-enabled", "yes", "--cluster-port", str(node.bus_port)]
         options += ["--cluster-config-file", "nodes.conf"]
         options += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+        if node.tls is not None:
+            options += server_tls_options(node.tls, node.tls.server, client_certs=False)
+            options += ["--tls-port", str(node.port), "--tls-cluster", "yes"]
+            options += ["--tls-replication", "yes"]
         node.proc = subprocess.Popen(
             [binary, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

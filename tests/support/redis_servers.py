@@ -70,13 +70,16 @@ class PrivateRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self) -> PrivateRedis:
-        """Start, or start again after stop() or kill(), on the same port and directory."""
+    def options(self) -> list[str]:
         options = server_options(self.port, self.directory, aof=self.aof)
         if self.password:
             options += ["--requirepass", self.password]
+        return options
+
+    def start(self) -> PrivateRedis:
+        """Start, or start again after stop() or kill(), on the same port and directory."""
         self.proc = subprocess.Popen(
-            [self.binary, *options],
+            [self.binary, *self.options()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
