@@ -38,6 +38,8 @@ from taskhub.context import (
     PluginContext,
     Role,
     RoleError,
+    ScriptCall,
+    ScriptConnection,
 )
 from taskhub.errors import (
     BackendUnavailable,
@@ -106,6 +108,8 @@ __all__ = [
     "Role",
     "RoleError",
     "RuleResult",
+    "ScriptCall",
+    "ScriptConnection",
     "Server",
     "Shards",
     "Sink",

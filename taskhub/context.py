@@ -26,7 +26,7 @@ Stopping runs the same steps backwards, the ``shutdown`` hook first.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -60,6 +60,25 @@ class HttpHandler(Protocol):
         """The response to a request the server refused before it reached the API:
         413 (body over the limit), 408 (too slow), 400 (not HTTP), 499 (client gone)."""
         ...
+
+
+class ScriptCall(Protocol):
+    """One Lua script on a :class:`ScriptConnection`, called with its keys and arguments."""
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
+
+
+class ScriptConnection(Protocol):
+    """A pipelined connection for Lua scripts: the calls of one event-loop turn leave in
+    one write, each encoded in C, with no connection-pool checkout per call. Connection
+    errors are redis-py's (``ConnectionError``, ``TimeoutError``); a call that fails
+    may or may not have run, as any request whose reply was lost."""
+
+    def script(self, source: str) -> ScriptCall:
+        """The script, loaded on every connection this makes (``EVALSHA`` after)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class JobRunner(Protocol):
@@ -138,6 +157,12 @@ class PluginContext(Protocol):
     def connect_redis(self, *, blocking_timeout: float = 0.0) -> Redis:
         """A new client of your own on ``redis.url``, for blocking commands: its socket
         timeout allows ``blocking_timeout`` more seconds. You close it."""
+        ...
+
+    def connect_scripts(self) -> ScriptConnection | None:
+        """A new pipelined connection of your own on ``redis.url`` for Lua scripts on the
+        hot path (routed by key on a cluster); None on the embedded store, where
+        redis-py's ``register_script`` serves. You close it."""
         ...
 
     @property

@@ -39,6 +39,8 @@ from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
+from taskhub.store.cluster_router import admission_pipeline
+from taskhub.store.connection import connection_settings
 from taskhub.store.sharding import SHARD_BY, Shards
 from tests.support.backends import config_on
 from tests.support.configs import config_dict, write_config
@@ -339,6 +341,7 @@ async def working(queue: SaqQueue, spec: TaskSpec, settings: RedisSettings) -> A
     """``queue.work`` in this process for as long as the block lasts."""
     context = SimpleNamespace(
         connect_redis=lambda blocking_timeout: connect(settings, blocking_timeout=blocking_timeout),
+        connect_scripts=lambda: admission_pipeline(connection_settings(settings)),
         runner=TaskRunner([]),
         tasks={spec.name: spec},
         job_counters=None,

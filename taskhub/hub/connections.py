@@ -92,6 +92,11 @@ class Connections:
             self.pipeline = admission_pipeline(self.endpoints.redis)
         return self.pipeline
 
+    def scripts(self) -> RedisPipeline | ClusterPipeline | None:
+        """A pipelined connection of its own for a component's Lua scripts (None on the
+        embedded store); whoever asks closes it."""
+        return admission_pipeline(self.endpoints.redis)
+
     async def aclose(self) -> None:
         for client in (self.redis, self.limiter_redis):
             if client is not None:

@@ -21,7 +21,14 @@ from redis.asyncio import Redis
 
 from taskhub.components import QueueBackend, Sink
 from taskhub.config.models import Settings
-from taskhub.context import HttpHandler, JobCounters, JobRunner, Role, RoleError
+from taskhub.context import (
+    HttpHandler,
+    JobCounters,
+    JobRunner,
+    Role,
+    RoleError,
+    ScriptConnection,
+)
 from taskhub.errors import StartupError
 from taskhub.hub.describe import log_banner
 from taskhub.hub.kernel import Hub
@@ -84,6 +91,9 @@ class Runtime:
 
     def connect_redis(self, *, blocking_timeout: float = 0.0) -> Redis:
         return self.hub.connections.connect(blocking_timeout=blocking_timeout)
+
+    def connect_scripts(self) -> ScriptConnection | None:
+        return self.hub.connections.scripts()
 
     @property
     def http(self) -> HttpHandler:

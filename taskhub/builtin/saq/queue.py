@@ -30,6 +30,7 @@ from taskhub import (
     QueueBackend,
     RetryBackoff,
     RetryDelay,
+    ScriptConnection,
     TaskSpec,
     UnstorablePayload,
     hookimpl,
@@ -222,10 +223,12 @@ class SaqQueue(QueueBackend):
             raise UnstorablePayload(str(exc)) from None
         return PreparedJob(job_id=key, keys=keys, args=[stored, "0"], shard=shard)
 
-    def redis_queue(self, client: Redis, shard: int = 0) -> HardenedRedisQueue:
+    def redis_queue(
+        self, client: Redis, shard: int = 0, scripts: ScriptConnection | None = None
+    ) -> HardenedRedisQueue:
         c = self.config
         name = self._names[shard]
-        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl)
+        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl, scripts)
 
     def beat_interval(self, context: PluginContext) -> float:
         """A third of the shortest heartbeat any task has: two beats may be lost."""
@@ -234,7 +237,8 @@ class SaqQueue(QueueBackend):
 
     async def work(self, context: PluginContext, stop: asyncio.Event) -> None:
         client = context.connect_redis(blocking_timeout=DEQUEUE_TIMEOUT)
-        shards = [self.redis_queue(client, i) for i in range(self.shards.count)]
+        scripts = context.connect_scripts()  # every job's steps, pipelined
+        shards = [self.redis_queue(client, i, scripts) for i in range(self.shards.count)]
         for shard in shards:
             await shard.connect()
         worker = HubWorker(
@@ -260,6 +264,8 @@ class SaqQueue(QueueBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await running  # re-raises a worker that crashed
             await shards[0].disconnect()  # closes the client every shard shares
+            if scripts is not None:
+                await scripts.close()
 
     # ------------------------------------------------------------------ inspection
 

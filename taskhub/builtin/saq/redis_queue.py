@@ -40,6 +40,7 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now
 
+from taskhub import ScriptCall, ScriptConnection
 from taskhub.store.outage import OutageLog
 
 if TYPE_CHECKING:
@@ -249,14 +250,25 @@ class Move(enum.StrEnum):
 class HardenedRedisQueue(RedisQueue):
     """SAQ's RedisQueue with fenced transitions, a safe sweep and outage guards."""
 
-    def __init__(self, redis: Redis, name: str, heartbeat: float, dead_letter_ttl: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        heartbeat: float,
+        dead_letter_ttl: int,
+        scripts: ScriptConnection | None = None,
+    ) -> None:
         super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
         self.heartbeat = heartbeat
         self.dead_letter_ttl = dead_letter_ttl
         self.beats_key = self.namespace("heartbeats")
         self.dead_key = self.namespace("dead")
         self._outage = OutageLog(f"Redis (queue {name!r})", logger)
-        self._step = redis.register_script(STEP_LUA)
+        # Every job's steps go through one script call per batch: on the pipelined
+        # connection when there is one (a worker's), else on redis-py.
+        self._step: ScriptCall = (
+            scripts.script(STEP_LUA) if scripts is not None else redis.register_script(STEP_LUA)
+        )
         self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
         self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
         self._in_flight = 0  # script calls on the wire
