@@ -101,6 +101,10 @@ class Supervisor:
 
     def run(self) -> int:
         with self._signals():
+            # Said once a signal can no longer kill the supervisor before it has children
+            # to stop (tests and scripts wait for this line, then may signal at once).
+            if self.metrics_dir is not None:
+                logger.info("metrics: multiprocess mode, files in %s", self.metrics_dir)
             try:
                 code = self._start()
                 if code is None:
@@ -308,6 +312,5 @@ def serve(
         directory = stack.enter_context(multiprocess_dir()) if metrics else None
         if directory is not None:
             env[MULTIPROC_ENV] = str(directory)
-            logger.info("metrics: multiprocess mode, files in %s", directory)
         supervisor = Supervisor(command, count, server_socket, grace, env, metrics_dir=directory)
         return supervisor.run()
