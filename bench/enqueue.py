@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from taskhub.hub.kernel import Hub
+from taskhub.hub.runtime import opened_queue
 from taskhub.limits.admission import Outcome
 from taskhub.limits.policy import RequestContext
 
@@ -17,12 +18,10 @@ async def enqueue(config: Path, jobs: int) -> int:
     """Admit ``jobs`` submissions for users u0, u1, ... (one each, so the limiter admits
     every one); returns how many were admitted."""
     hub = Hub.from_file(config)
-    hub.redis = hub.connect_redis()
-    await hub.queue.open(hub)
-    admission = hub.build_admission()
-    spec = hub.tasks[hub.default_task]
     admitted = 0
-    try:
+    async with opened_queue(hub):
+        admission = hub.build_admission()
+        spec = hub.tasks[hub.default_task]
         for start in range(0, jobs, BATCH):
             decisions = await asyncio.gather(
                 *(
@@ -31,8 +30,6 @@ async def enqueue(config: Path, jobs: int) -> int:
                 )
             )
             admitted += sum(d.outcome is Outcome.ADMITTED for d in decisions)
-    finally:
-        await hub.redis.aclose()
     return admitted
 
 

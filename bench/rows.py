@@ -324,7 +324,7 @@ def accepted(bench: Bench, server: str) -> list[Metric]:
     start_a = partial(bench.taskhub_on, server, directory)
     pairs = http_row(bench, row, start_a, seed_start(bench, directory), load)
     bench.seed_rates += [p["B"]["ok_per_s"] for p in pairs if p.get("B")]
-    metrics = rate_and_p99(row, servers.label(server), "seed (PROCESS=0)", pairs, 3.0, 0.5)
+    metrics = rate_and_p99(row, servers.label(server), "seed (PROCESS=0)", pairs, 4.0, 0.5)
     return note_missing_seed(bench, metrics)
 
 
@@ -388,7 +388,7 @@ def refused(bench: Bench, server: str) -> list[Metric]:
     args = ["-m", "bench.bare_429", "{port}"]
     start_b = partial(bench.python_proc, "bare_429", args, directory)
     row = server_row("refused", server)
-    return refusals(bench, row, server, directory, start_b, "bare Sanic 429", 0.8)
+    return refusals(bench, row, server, directory, start_b, "bare Sanic 429", 2.0)
 
 
 def ceiling(bench: Bench, server: str) -> list[Metric]:
@@ -526,7 +526,7 @@ def drain(bench: Bench) -> list[Metric]:
         "drain",
         f"jobs/s ({jobs} jobs, conc {configs.CONCURRENCY})",
         ">=",
-        1.0,
+        1.5,
         "x",
         "taskhub worker",
         "bull drain.js",
@@ -612,7 +612,7 @@ def end_to_end(bench: Bench) -> list[Metric]:
         "e2e",
         f"completed tasks/s ({load_s:g} s load)",
         ">=",
-        2.0,
+        3.0,
         "x",
         "taskhub run",
         "seed + worker",
