@@ -179,7 +179,7 @@ def evicting_master(cluster: LocalCluster) -> Iterator[int]:
 
 
 def test_every_master_of_a_cluster_is_checked_and_one_shard_is_named(
-    tmp_path: Path, cluster: LocalCluster, evicting_master: int
+    tmp_path: Path, cluster: LocalCluster, evicting_master: int, spawn
 ) -> None:
     ns = Namespace.new()
     config = config_dict(ns, cluster.url)
@@ -196,6 +196,8 @@ def test_every_master_of_a_cluster_is_checked_and_one_shard_is_named(
     assert f"is on 127.0.0.1:{home};" in spread, spread
     assert all(f"127.0.0.1:{port}" in spread.split(";")[1] for port in idle), spread
     assert "e.g. 6" in spread and "while the queue is empty" in spread
+    process = spawn(config, command="serve")  # start-up says the same
+    assert process.wait_for(evicting) and process.wait_for(spread.split(" taskhub: ")[1])
 
 
 def test_shards_over_every_master_are_quiet(tmp_path: Path, cluster: LocalCluster) -> None:
