@@ -125,6 +125,11 @@ def test_bad_queue_shards_name_the_field_and_what_is_allowed(tmp_path: Path) -> 
     assert "queue.shards: input should be less than or equal to 1024 (got 1025)" in error
 
 
+def test_a_bad_eviction_setting_names_the_field_and_what_is_allowed(tmp_path: Path) -> None:
+    error = str(errors_of(tmp_path, "redis:\n  url: memory://\n  eviction: ignore\n"))
+    assert "line 3: redis.eviction: input should be 'warn' or 'error'" in error
+
+
 def test_wrong_type_option(tmp_path: Path) -> None:
     error = errors_of(tmp_path, "server:\n  port: lots\n")
     assert "line 2: server.port: input should be a valid integer" in str(error)

@@ -143,6 +143,11 @@ def check_command(config: str) -> int:
     )
     connections = {"connections": hub.connection_settings()}
     sys.stdout.write(yaml.safe_dump(connections, sort_keys=False, allow_unicode=True))
+    sys.stdout.flush()
+    # What the servers say (eviction policy, shards per master): logged, on stderr.
+    findings = asyncio.run(hub.check_redis())
+    findings.log()
+    findings.raise_if_refused(hub.raw.source)
     return 0
 
 

@@ -76,6 +76,15 @@ class RedisSettings(StrictModel):
         description="seconds to wait for an answer; a slower Redis counts as unreachable (503)",
     )
 
+    eviction: Literal["warn", "error"] = Field(
+        "warn",
+        description="a maxmemory-policy other than noeviction on a Redis taskhub uses "
+        "(redis.url, every master of a cluster, limits.redis_url), found at start-up and by "
+        "taskhub check: warn logs what it can lose (queued jobs, job state, limiter state) "
+        "and the fix; error also refuses to start (exit 2). A policy that cannot be read "
+        "(INFO and CONFIG refused, Redis unreachable) is a warning either way",
+    )
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str, info: ValidationInfo) -> str:

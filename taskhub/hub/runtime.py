@@ -177,6 +177,9 @@ class Runtime:
     async def _start(self) -> None:
         """Each step, then its undo on the stack: stopping is the same list, backwards."""
         hub, stack, role = self.hub, self._stack, self._role
+        findings = await hub.check_redis()  # before anything is admitted or taken
+        findings.log()
+        findings.raise_if_refused(hub.raw.source)
         stack.push_async_callback(hub.connections.aclose)
         hub.connections.shared()
         await hub.queue.open(self)

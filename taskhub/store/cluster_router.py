@@ -132,15 +132,24 @@ class ClusterPipeline:
         serving = {id(node) for node in self._slots if node is not None}
         return [address for address, node in self._nodes.items() if id(node) in serving]
 
+    async def masters(self) -> list[RedisPipeline]:
+        """Every master that serves a slot, as the slot map has them (read first if due)."""
+        await self.refresh()
+        masters = list({id(node): node for node in self._slots if node is not None}.values())
+        if not masters:
+            raise RedisConnectionError("no Redis Cluster node serves any slot")
+        return masters
+
+    def owner(self, slot: int) -> RedisPipeline | None:
+        """The master of ``slot`` in the slot map as last read; None if nobody serves it."""
+        return self._slots[slot]
+
     async def ping(self) -> None:
         """PING every master on the connection admissions use: ready only if each answers,
         since each serves some users' admissions."""
-        await self.refresh()
-        masters = {id(node): node for node in self._slots if node is not None}
-        if not masters:
-            raise RedisConnectionError("no Redis Cluster node serves any slot")
+        masters = await self.masters()
         try:
-            await asyncio.gather(*(node.ping() for node in masters.values()))
+            await asyncio.gather(*(node.ping() for node in masters))
         except (RedisConnectionError, RedisTimeoutError):
             self.refresh_soon()  # a failover: the next look may find the promoted replica
             raise

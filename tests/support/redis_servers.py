@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -54,7 +55,14 @@ class PrivateRedis:
     acknowledged, and a restart (same port, same directory) loads it all back.
     """
 
-    def __init__(self, directory: Path, *, aof: bool = False, password: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        aof: bool = False,
+        password: str = "",
+        args: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(f"redis-server is not installed: {START_REDIS_HINT}")
@@ -62,6 +70,7 @@ class PrivateRedis:
         self.directory = directory
         self.aof = aof
         self.password = password
+        self.args = list(args)  # more redis-server options, e.g. ["--maxmemory-policy", ...]
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -74,7 +83,7 @@ class PrivateRedis:
         options = server_options(self.port, self.directory, aof=self.aof)
         if self.password:
             options += ["--requirepass", self.password]
-        return options
+        return [*options, *self.args]
 
     def start(self) -> PrivateRedis:
         """Start, or start again after stop() or kill(), on the same port and directory."""
