@@ -29,7 +29,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from taskhub.store.connection import ConnectionSettings
 from taskhub.store.pipeline import RedisPipeline
 from taskhub.web.submission import idempotent_job_id
 from tests.support.configs import config_dict
-from tests.support.delay_proxy import NO_DELAY, Delay, DelayProxy
+from tests.support.delay_proxy import NO_DELAY, Delay, ProxyProcess
 from tests.support.jobs import store_queued
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, wait_until
@@ -92,13 +92,13 @@ class Phase:
 
 
 @pytest.fixture
-def proxy(private_redis: PrivateRedis) -> Iterator[DelayProxy]:
-    proxy = DelayProxy(("127.0.0.1", private_redis.port)).start()
+def proxy(private_redis: PrivateRedis) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(("127.0.0.1", private_redis.port)).start()
     yield proxy
     proxy.stop()
 
 
-async def run_phases(url: str, proxy: DelayProxy) -> tuple[list[Phase], list[Reply]]:
+async def run_phases(url: str, proxy: ProxyProcess) -> tuple[list[Phase], list[Reply]]:
     """CLIENTS clients submitting back to back through every phase, each with a new key;
     a request in flight across a change of delay belongs to no phase."""
     phases = [Phase(*phase) for phase in PHASES]
@@ -142,7 +142,7 @@ async def decide(url: str, undecided: list[Reply]) -> list[Reply]:
 
 
 def test_a_slow_redis_answers_503_in_time_admits_nothing_twice_and_recovers(
-    tmp_path: Path, private_redis: PrivateRedis, proxy: DelayProxy, spawn
+    tmp_path: Path, private_redis: PrivateRedis, proxy: ProxyProcess, spawn
 ) -> None:
     ns = Namespace.new()
     url = f"redis://{proxy.address}/0?socket_timeout={SOCKET_TIMEOUT}&socket_connect_timeout=1"
@@ -175,6 +175,7 @@ def test_a_slow_redis_answers_503_in_time_admits_nothing_twice_and_recovers(
     client = private_redis.client()
     stored = {key.decode().rsplit(":", 1)[1] for key in client.scan_iter(f"saq:job:{ns.queue}:*")}
     took = sorted(r.answered - r.sent for r in replies)
+    traffic = proxy.traffic()
     slow_took = sorted(r.answered - r.sent for r in slow.replies)
     print(
         f"\nslow redis: requests={len(replies)} "
@@ -183,8 +184,8 @@ def test_a_slow_redis_answers_503_in_time_admits_nothing_twice_and_recovers(
         f"jobs stored={len(stored)} completions={sum(lines.values())} "
         f"slow 503s took median={slow_took[len(slow_took) // 2]:.3f} s "
         f"max={slow_took[-1]:.3f} s; any answer max={took[-1]:.3f} s "
-        f"proxy connections={proxy.connections} bytes to redis={proxy.to_server.bytes} "
-        f"to taskhub={proxy.to_client.bytes}"
+        f"proxy connections={traffic.connections} bytes to redis={traffic.to_server} "
+        f"to taskhub={traffic.to_client}"
     )
 
     # 1, 2: a fast Redis, and one slow within the timeout, admit everything.
@@ -222,7 +223,7 @@ def test_a_slow_redis_answers_503_in_time_admits_nothing_twice_and_recovers(
 
 
 async def test_a_workers_claim_and_outcome_are_asked_again_until_a_slow_redis_answers(
-    private_redis: PrivateRedis, proxy: DelayProxy
+    private_redis: PrivateRedis, proxy: ProxyProcess
 ) -> None:
     """The worker's steps on its pipelined connection, through the proxy: while Redis is
     slower than ``socket_timeout``, a claim and then a completion time out (each may
@@ -240,23 +241,24 @@ async def test_a_workers_claim_and_outcome_are_asked_again_until_a_slow_redis_an
     assert taken is not None
     job, raw = taken
 
-    async def slowly(step: asyncio.Task[bool]) -> bool:
+    async def slowly(step: Callable[[], Awaitable[bool]]) -> bool:
+        """``step`` asked while Redis is slow, then answered once it is fast again."""
         await asyncio.to_thread(proxy.delay, SLOW, SLOW)
+        asking = asyncio.create_task(step())
         await asyncio.sleep(1.0)
-        assert not step.done()  # every ask so far timed out
+        assert not asking.done()  # every ask so far timed out
         await asyncio.to_thread(proxy.delay)
-        return await asyncio.wait_for(step, 5)
+        return await asyncio.wait_for(asking, 5)
 
-    claim = queue.claim(job, raw, "worker-1", persist=10)
-    assert await slowly(asyncio.create_task(claim))
+    assert await slowly(lambda: queue.claim(job, raw, "worker-1", persist=10))
     job.status, job.completed = Status.COMPLETE, 1
-    finish = queue.move(job, Move.FINISH, Fence.RUN, queue.run_fence(job), persist=10)
-    assert await slowly(asyncio.create_task(finish))
+    fence = queue.run_fence(job)
+    assert await slowly(lambda: queue.move(job, Move.FINISH, Fence.RUN, fence, persist=10))
     await asyncio.sleep(SLOW[1] * 2)  # the late copies of the lost asks are in
     done = queue.deserialize(await redis.get(job_id))
     assert done is not None and done.status == Status.COMPLETE and done.attempts == 1
     assert await redis.llen(queue._active) == 0 and await redis.llen(queue._queued) == 0
     assert await redis.zcard(queue._incomplete) == 0 and await redis.zcard(queue.beats_key) == 0
-    assert proxy.connections > 3  # each timeout dropped its connection
+    assert proxy.traffic().connections > 3  # each timeout dropped its connection
     await scripts.close()
     await queue.disconnect()

@@ -6,17 +6,21 @@ as on a real connection. When one side closes, what it sent before is still
 delivered, then the other side is closed: data already "on the wire" arrives,
 as it would over a slow network (so a command whose client gave up may still run).
 
-It runs its own event loop in a thread, so a synchronous test can start it, change
-its delays while processes and clients use it, and stop it.
+DelayProxy runs its own event loop in a thread, so a synchronous test can start it,
+change its delays while processes and clients use it, and stop it. ProxyProcess runs
+one in a process of its own, so that a test's own busy clients (and their hold on the
+GIL) never slow the "network" beyond the delay it was given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from tests.support.processes import free_port
@@ -153,3 +157,72 @@ class DelayProxy:
                 await writer.drain()
             except (ConnectionError, OSError):
                 return
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What went through a proxy so far."""
+
+    connections: int
+    to_server: int  # bytes, client -> upstream
+    to_client: int  # bytes, upstream -> client
+
+
+class ProxyProcess:
+    """A DelayProxy in a process of its own, told what to do over a pipe."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded pytest
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(upstream, self.port, child), daemon=True
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ProxyProcess:
+        self._process.start()
+        assert self._pipe.poll(30) and self._pipe.recv() == "ready", "the proxy did not start"
+        return self
+
+    def delay(self, to_server: Delay = NO_DELAY, to_client: Delay = NO_DELAY) -> None:
+        """As DelayProxy.delay: applied once this returns."""
+        self._ask("delay", to_server, to_client)
+
+    def traffic(self) -> Traffic:
+        traffic: Traffic = self._ask("traffic")
+        return traffic
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            self._ask("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+    def _ask(self, *command: Any) -> Any:
+        self._pipe.send(command)
+        assert self._pipe.poll(10), f"the proxy did not answer {command[0]}"
+        return self._pipe.recv()
+
+
+def _serve(upstream: tuple[str, int], port: int, pipe: Connection) -> None:
+    """The proxy process: a DelayProxy, and the parent's commands until "stop"."""
+    proxy = DelayProxy(upstream, port).start()
+    pipe.send("ready")
+    while True:
+        name, *args = pipe.recv()
+        if name == "delay":
+            proxy.delay(*args)
+            pipe.send(None)
+        elif name == "traffic":
+            pipe.send(Traffic(proxy.connections, proxy.to_server.bytes, proxy.to_client.bytes))
+        else:
+            proxy.stop()
+            pipe.send(None)
+            return
