@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from saq.job import Status
 
 from taskhub.builtin.saq.redis_queue import Fence, HardenedRedisQueue, Move
@@ -262,3 +263,27 @@ async def test_a_workers_claim_and_outcome_are_asked_again_until_a_slow_redis_an
     assert proxy.traffic().connections > 3  # each timeout dropped its connection
     await scripts.close()
     await queue.disconnect()
+
+
+async def test_a_reply_that_comes_after_its_call_timed_out_is_nobodys(
+    private_redis: PrivateRedis, proxy: ProxyProcess
+) -> None:
+    """On the admission pipeline: a call whose reply is late fails with TimeoutError and
+    takes its connection with it, so its late reply can never be read as the next
+    call's; and the late call did run (a 503 may have been admitted)."""
+    pipeline = RedisPipeline(
+        ConnectionSettings("redis", "127.0.0.1", proxy.port, socket_timeout=0.1)
+    )
+    incr = pipeline.script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert await incr(["b"], [0]) == 0  # connected, the script loaded
+    await asyncio.to_thread(proxy.delay, NO_DELAY, (0.3, 0.3))  # only the replies are late
+    with pytest.raises(RedisTimeoutError):
+        await incr(["a"], [1000])
+    await asyncio.to_thread(proxy.delay)
+    assert await incr(["b"], [1]) == 1  # its own reply, not the late 1000
+    await asyncio.sleep(0.5)
+    assert await incr(["b"], [1]) == 2
+    redis = private_redis.client()
+    assert redis.get("a") == b"1000"  # the timed-out call ran all the same
+    redis.close()
+    await pipeline.close()
