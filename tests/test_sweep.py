@@ -167,6 +167,30 @@ async def test_a_stale_queue_entry_of_a_finished_job_never_runs_it_again(
     assert (await stored(queue, job_id)).status == Status.COMPLETE
 
 
+async def test_a_transition_asked_again_after_its_reply_was_lost_changes_nothing(
+    queue: HardenedRedisQueue,
+) -> None:
+    """A worker whose call timed out asks again (the call may have run, its reply lost),
+    and the lost call itself may reach Redis late: either repeat finds the job as the
+    transition leaves it, reports done and changes nothing. Before, a repeated claim
+    took the job for a stale entry and dropped it from the active list (lost for
+    good), and a repeated "later" queued a job the schedule had already queued."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    assert await queue.move(job, Move.CLAIM, Fence.STORED, raw)  # the claim again
+    assert await lists(queue) == ([], [job_id.encode()])
+    claimed = await stored(queue, job_id)
+    assert claimed.status == Status.ACTIVE and claimed.attempts == 1
+    job.status, job.started = Status.QUEUED, 0
+    fence = queue.run_fence(job)
+    assert await queue.move(job, Move.LATER, Fence.RUN, fence, score=1.0)  # due at once
+    assert await queue.schedule() == [job_id]
+    assert await queue.move(job, Move.LATER, Fence.RUN, fence, score=1.0)  # late, or again
+    assert await queue.schedule() == []  # not scheduled a second time
+    assert await lists(queue) == ([job_id.encode()], [])
+
+
 async def test_a_take_gives_the_job_its_first_heartbeat_in_the_same_step(
     queue: HardenedRedisQueue,
 ) -> None:

@@ -17,6 +17,10 @@ Here:
 - every transition is fenced: a worker's by its own (worker id, attempt), the
   sweep's and the API's by the exact stored job they read, so whoever lost a
   race changes nothing;
+- a transition that finds the job exactly as it would leave it changes nothing
+  and reports done, so a worker whose call timed out (the reply lost, the call run
+  or not) asks again until Redis answers, and neither loses the claim or the outcome
+  nor applies it twice (a late copy of the lost call is such a repeat too);
 - dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``;
 - nothing is published: taskhub reads job state and never subscribes (and a
   Redis Cluster would broadcast every PUBLISH to every node).
@@ -41,6 +45,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 from taskhub import ScriptCall, ScriptConnection
+from taskhub.store.clients import is_unavailable
 from taskhub.store.outage import OutageLog
 
 if TYPE_CHECKING:
@@ -50,6 +55,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OUTAGE_BACKOFF = 1.0
+# Seconds between the asks of a worker's transition whose reply was lost (move's persist).
+ASK_AGAIN = 0.2
 # The job's ``meta`` entry listing the sorted sets it holds a slot in (concurrency limits).
 HOLDS = "holds"
 # The worker-info metadata entry saying when the worker wrote it (epoch ms), for status.
@@ -79,6 +86,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function transition(job, kind, fence, action, new, ttl, score, stale)
   local current = redis.call('GET', job)
   if not current then return 0 end
+  -- The job is exactly as this transition leaves it: a repeat, by a caller whose reply
+  -- was lost, or the lost call itself arriving late. It happened once: change nothing.
+  if current == new then return 1 end
   if kind == 'run' then
     local j = cjson.decode(current)
     if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
@@ -351,14 +361,19 @@ class HardenedRedisQueue(RedisQueue):
         taken = await self.take(timeout)
         return taken[0] if taken else None
 
-    async def claim(self, job: Job, raw: bytes, worker_id: str) -> bool:
-        """Start an attempt of a job this worker took; False if it is no longer ours."""
+    async def claim(self, job: Job, raw: bytes, worker_id: str, persist: float = 0) -> bool:
+        """Start an attempt of a job this worker took; False if it is no longer ours.
+        ``persist``: as for ``move``."""
         job.attempts += 1
         job.started = job.touched = now()
         job.worker_id = worker_id
         job.scheduled = 0
         job.status = Status.ACTIVE
-        return await self.move(job, Move.CLAIM, Fence.STORED, raw)
+        return await self.move(job, Move.CLAIM, Fence.STORED, raw, persist=persist)
+
+    def lease(self, job: Job) -> float:
+        """Seconds without a heartbeat before the sweep may take ``job`` from its worker."""
+        return float(job.heartbeat or self.heartbeat)
 
     def run_fence(self, job: Job) -> str:
         return f"{job.worker_id}:{job.attempts}"
@@ -377,15 +392,34 @@ class HardenedRedisQueue(RedisQueue):
         *,
         score: float = 0,
         stale_ms: int = -1,
+        persist: float = 0,
     ) -> bool:
-        """Write ``job`` and move it as ``move`` says, if ``fence`` still holds."""
+        """Write ``job`` and move it as ``move`` says, if ``fence`` still holds.
+
+        ``persist``: seconds to keep asking, the very same transition, while Redis is
+        unreachable (a timeout may hide a transition that ran: its repeat finds the job
+        as it left it and changes nothing); then, or at once without it, the error.
+        """
         ttl = self.dead_letter_ttl if move is Move.DEAD else job.ttl
         ttl_ms = ttl * 1000 if ttl > 0 else ttl
         head = f"{fence.value} {move.value} {ttl_ms} {score!r} {stale_ms}"
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._moves.append((job.id, [head, expected, self.serialize(job)], done))
-        self._start_flush()
-        return await done
+        args = [head, expected, self.serialize(job)]
+        deadline = asyncio.get_running_loop().time() + persist
+        while True:
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._moves.append((job.id, args, done))
+            self._start_flush()
+            try:
+                moved = await done
+            except Exception as exc:
+                if not is_unavailable(exc) or asyncio.get_running_loop().time() >= deadline:
+                    raise
+                self._outage.absorb(exc)  # logged once per outage
+                await asyncio.sleep(ASK_AGAIN)
+                continue
+            if persist:
+                self._outage.succeeded()
+            return moved
 
     # ------------------------------------------------------------------ batching
 
@@ -483,7 +517,7 @@ class HardenedRedisQueue(RedisQueue):
                 continue
             job = self.deserialize(raw)
             assert job is not None
-            limit_ms = int((job.heartbeat or self.heartbeat) * 1000)
+            limit_ms = int(self.lease(job) * 1000)
             if age < 0 or age <= limit_ms:
                 continue
             if await self.skip_if_down(self._recover(job, raw, limit_ms)):

@@ -17,7 +17,9 @@ keeping it anywhere. Here each outcome is one fenced transition
 
 While it runs, the worker beats for every job it holds (``heartbeat / 3``), so a
 live job is never swept and a dead worker's jobs are found within ``heartbeat``
-plus one sweep interval.
+plus one sweep interval. A claim or an outcome whose reply is lost (a slow Redis)
+is asked again for up to ``heartbeat``, so it neither costs an attempt nor re-runs
+the job (a repeat changes nothing: see :mod:`taskhub.builtin.saq.redis_queue`).
 
 A sharded queue (:mod:`taskhub.store.sharding`) is worked as one: each of the worker's
 slots takes from its own shard first, then from the others, and waits on its own
@@ -241,7 +243,10 @@ class HubWorker(Worker[Context]):
             return False
         if await self._deferred(job, raw):
             return True
-        if not await queue.skip_if_down(queue.claim(job, raw, self.id)):
+        # Asked again while Redis is unreachable: a claim whose reply was lost may have
+        # run, and would otherwise cost an attempt that never ran.
+        claim = queue.claim(job, raw, self.id, persist=queue.lease(job))
+        if not await queue.skip_if_down(claim):
             return True  # aborted or swept meanwhile, or Redis is away (the sweep re-queues it)
         me = asyncio.current_task()
         assert me is not None
@@ -406,8 +411,13 @@ class HubWorker(Worker[Context]):
             self.metrics.count(task, "dead")
 
     async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
+        """Record an attempt's outcome, asking again while Redis is unreachable (the job
+        still beats meanwhile): given up, the outcome is lost and the job runs again."""
+        queue = shard_of(job)
         try:
-            moved = await shard_of(job).move(job, move, Fence.RUN, fence, score=score)
+            moved = await queue.move(
+                job, move, Fence.RUN, fence, score=score, persist=queue.lease(job)
+            )
         except Exception as exc:
             # The job stays in the active list without beats, so the sweep re-runs it.
             if is_unavailable(exc):
