@@ -81,7 +81,7 @@ async def check_redis(
     findings = Findings()
     for target, result in zip(targets, results, strict=True):
         if isinstance(result, UNREACHABLE):  # a cluster no node of which answered
-            unread = MasterState(target.connection.name, None, f"it is unreachable ({result})")
+            unread = MasterState(target.connection.name, None, f"it did not answer ({result})")
             _eviction(settings, raw, target, [unread], findings)
         elif isinstance(result, BaseException):
             raise result

@@ -83,7 +83,7 @@ async def master_state(node: RedisPipeline, shards: tuple[int, ...]) -> MasterSt
     except PolicyUnknown as exc:
         return MasterState(name, None, f"it refused to say ({exc})", shards)
     except UNREACHABLE as exc:
-        return MasterState(name, None, f"it is unreachable ({exc or type(exc).__name__})", shards)
+        return MasterState(name, None, f"it did not answer ({exc or type(exc).__name__})", shards)
 
 
 async def eviction_policy(node: RedisPipeline) -> str:
