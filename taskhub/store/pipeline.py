@@ -12,6 +12,11 @@ A call that fails on the connection (reset, timeout) fails every call in
 flight on it with redis-py's ConnectionError or TimeoutError, which the callers
 already read as "Redis is unavailable"; the next call reconnects. Like any
 request whose reply was lost, such a call may or may not have run.
+
+Through Redis Sentinel, every connect first asks the sentinels where the master
+is, then checks with ``ROLE`` that the server reached is it; a READONLY reply
+(the server was demoted under us) drops the connection, so the next call asks
+again and finds the promoted replica without a restart.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.store.connection import ConnectionSettings
+from taskhub.store.sentinel import MasterLocator
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +151,7 @@ class RedisPipeline:
         self._stream: _ReplyStream | None = None
         self._connecting: asyncio.Future[_ReplyStream] | None = None  # the attempt under way
         self._scripts: dict[str, str] = {}  # loaded on every new connection
+        self._locator = MasterLocator(connection) if connection.sentinels is not None else None
 
     def script(self, source: str) -> PipelinedScript:
         script = PipelinedScript(self, source)
@@ -158,7 +165,14 @@ class RedisPipeline:
             stream = await self._connected()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         stream.send(encode_command(args), future)
-        return await future
+        try:
+            return await future
+        except ResponseError as exc:
+            if self._locator is None or not str(exc).startswith("READONLY "):
+                raise
+            # Demoted by a failover: ask the sentinels again on the next call.
+            stream.fail(RedisConnectionError(f"Redis is a replica now: {exc}"))
+            raise RedisConnectionError(f"Redis is a replica now: {exc}") from None
 
     async def ping(self) -> None:
         """PING on this connection: readiness asks the very connection admissions use."""
@@ -207,6 +221,8 @@ class RedisPipeline:
 
     async def _open(self) -> _ReplyStream:
         connection = self.connection
+        if self._locator is not None:  # the master's address is the sentinels' to give
+            connection = connection.at(await self._locator.master())
         loop = asyncio.get_running_loop()
         transport: asyncio.BaseTransport
 
@@ -224,14 +240,15 @@ class RedisPipeline:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         stream.transport = transport
         try:
-            await self._handshake(stream)
+            await self._handshake(stream, connection.name)
         except BaseException:
             transport.abort()
             raise
         return stream
 
-    async def _handshake(self, stream: _ReplyStream) -> None:
-        """AUTH and SELECT, as redis-py does for the URL, and SCRIPT LOAD, before any call.
+    async def _handshake(self, stream: _ReplyStream, name: str) -> None:
+        """AUTH and SELECT, as redis-py does for the URL, ROLE when the sentinels named
+        the server, and SCRIPT LOAD, before any call.
 
         Loading the scripts here means a restarted Redis costs no NOSCRIPT round trip.
         """
@@ -242,6 +259,8 @@ class RedisPipeline:
             commands.append(("AUTH", user, password) if user else ("AUTH", password))
         if connection.db:
             commands.append(("SELECT", connection.db))
+        if self._locator is not None:
+            commands.append(("ROLE",))
         commands += [("SCRIPT", "LOAD", source) for source in self._scripts.values()]
         assert stream.transport is not None
         loop = asyncio.get_running_loop()
@@ -251,11 +270,15 @@ class RedisPipeline:
             future: asyncio.Future[Any] = loop.create_future()
             stream.send(encode_command(command), future)
             try:
-                await future
+                reply = await future
             except ResponseError as exc:  # as redis-py: a refused login means "unavailable"
                 if command[0] != "AUTH":
                     raise
                 raise AuthenticationError(f"Redis refused AUTH: {exc}") from None
+            if command[0] == "ROLE" and reply[0] != b"master":
+                # A sentinel's view lags a switch: it may name a demoted master a moment.
+                role = reply[0].decode()
+                raise RedisConnectionError(f"{name}, named master by the sentinels, is a {role}")
 
     async def close(self) -> None:
         """Close the connection; calls still waiting on it fail as "connection lost"."""
@@ -265,6 +288,8 @@ class RedisPipeline:
         if stream is not None and stream.transport is not None:
             stream.transport.close()
             await asyncio.sleep(0)  # let the transport call connection_lost
+        if self._locator is not None:
+            await self._locator.close()
 
 
 def _retrieved(attempt: asyncio.Future[_ReplyStream]) -> None:

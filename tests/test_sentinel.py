@@ -1,0 +1,92 @@
+"""Redis Sentinel on real servers: 1 master, 1 replica, 3 sentinels (tests/support/sentinel.py).
+
+A real ``taskhub serve`` and ``taskhub worker`` find the master through the
+sentinels, each reached with its own password (not the master's). The master is
+SIGKILLed under load; the sentinels agree it is down (1 s) and promote the
+replica by themselves. The clients and the worker must see what they see on a
+cluster failover (tests/support/failover.py): 503 with Retry-After and never 500,
+recovery without a restart, and every job admitted before (less the
+async-replication window, counted) and after completes, the latter exactly once.
+``PYTEST_ARGS="-s tests/test_sentinel.py" make test`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.configs import config_dict, crash_queue
+from tests.support.failover import CONNECT_TIMEOUT, SOCKET_TIMEOUT, check, run_through_failover
+from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
+from tests.support.replies import assert_quiet, completions
+from tests.support.sentinel import SERVICE, LocalSentinels
+
+# Process-level tests of workers and Redis: on the default server only, since what they
+# send over HTTP (POST /task) the HTTP tests check on every server.
+pytestmark = pytest.mark.servers("sanic")
+
+
+def sentinel_config(sentinels: LocalSentinels, ns: Namespace, **sections: Any) -> dict[str, Any]:
+    config = config_dict(ns, sentinels.master_url(), **sections)
+    config["redis"].update(
+        sentinel={"service": SERVICE, "nodes": sentinels.sentinel_urls},
+        connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+    )
+    return config
+
+
+def test_jobs_go_to_the_master_the_sentinels_name(
+    tmp_path: Path, sentinels: LocalSentinels, spawn
+) -> None:
+    ns = Namespace.new()
+    process = spawn(sentinel_config(sentinels, ns))
+    response = httpx.post(f"{process.url}/task", json={"user_id": "u1"}, timeout=10)
+    assert response.status_code == 200, response.text
+    job = response.json()["job_id"]
+    assert wait_until(lambda: completions(tmp_path / "task.log")[job] == 1, 15)
+    assert httpx.get(f"{process.url}/ready", timeout=10).status_code == 200
+    master = sentinels.master()
+    with master.client() as client:
+        assert ns.keys(client), "no key of this test on the master"
+    assert "master-pw" not in process.output and "sentinel-pw" not in process.output
+    assert f"redis: master {SERVICE!r} through sentinels 127.0.0.1:" in process.output
+    assert process.stop() == 0
+    assert_quiet(process)
+
+
+def test_a_killed_master_means_503_then_recovery_and_no_lost_job(
+    tmp_path: Path, sentinels: LocalSentinels, spawn
+) -> None:
+    ns = Namespace.new()
+    config = sentinel_config(
+        sentinels,
+        ns,
+        limiter={"type": "token_bucket", "capacity": 5, "refill": 5, "period": 60},
+        queue={**crash_queue(ns), "concurrency": 20},
+    )
+    master = sentinels.master()
+    replica = sentinels.replica_of(master)
+    server = spawn(config, "serve", cwd=tmp_path / "server")
+    worker = spawn(config, "worker", cwd=tmp_path / "worker", wait_for="started (worker)")
+    replies, switch = asyncio.run(
+        run_through_failover(
+            server.url, lambda: sentinels.kill(master), lambda: replica.role() == "master"
+        )
+    )
+    print(server.output, "\n=====\n", worker.output)
+    check(replies, switch, tmp_path / "worker" / "task.log", "sentinel failover")
+    assert sentinels.master() is replica  # the sentinels name the promoted replica
+    assert server.proc is not None and server.proc.poll() is None  # never restarted
+    assert worker.proc is not None and worker.proc.poll() is None
+    # the outage is one line when it starts and one when it ends, not one per request
+    assert server.output.count("Redis (admission) is unreachable") == 1, server.output
+    assert server.output.count("Redis (admission) is reachable again") == 1, server.output
+    assert_quiet(server)
+    assert worker.stop() == 0
+    assert_quiet(worker)
