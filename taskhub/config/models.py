@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -171,13 +171,8 @@ def check_redis_url(url: str) -> str:
 
 def check_cluster_url(url: str) -> str:
     """Redis Cluster speaks TCP only and has only db 0: say so at load time."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("redis", "rediss"):
-        raise ValueError(
-            f"unsupported URL {mask_url(url)!r} with cluster: true: a Redis Cluster is "
-            "reached over TCP, use redis:// or rediss://"
-        )
-    db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "0")
+    parts = _over_tcp(url, "with cluster: true: a Redis Cluster", "redis:// or rediss://")
+    db = _db_of(parts) or "0"
     if db != "0":
         raise ValueError(
             f"URL {mask_url(url)!r} selects db {db}, but a Redis Cluster has only db 0: "
@@ -187,13 +182,9 @@ def check_cluster_url(url: str) -> str:
 
 
 def check_sentinel_url(url: str) -> str:
-    """A sentinel speaks TCP and has no databases: say so at load time."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("redis", "rediss"):
-        raise ValueError(
-            f"unsupported URL {mask_url(url)!r} for a sentinel: a sentinel is reached over "
-            "TCP, use redis://host:26379 or rediss://host:26379"
-        )
+    """A sentinel speaks TCP, on a port of its own, and has no databases: say so at load
+    time."""
+    parts = _over_tcp(url, "for a sentinel: a sentinel", "redis://host:26379 or rediss://...")
     try:
         port = parts.port
     except ValueError:
@@ -203,13 +194,25 @@ def check_sentinel_url(url: str) -> str:
             f"URL {mask_url(url)!r} gives no port: give the sentinel's (usually 26379; "
             "without one, 6379 would be the master's)"
         )
-    db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db")
+    db = _db_of(parts)
     if db:
         raise ValueError(
             f"URL {mask_url(url)!r} selects db {db}, but a sentinel has no databases: the "
             "master's db is redis.url's"
         )
     return url
+
+
+def _over_tcp(url: str, what: str, use: str) -> SplitResult:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ValueError(f"unsupported URL {mask_url(url)!r} {what} is reached over TCP, use {use}")
+    return parts
+
+
+def _db_of(parts: SplitResult) -> str | None:
+    """The db a URL selects, in its path or its arguments; None if it names none."""
+    return parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db")
 
 
 class ComponentSection(BaseModel):
