@@ -296,7 +296,7 @@ def test_check_shows_the_sentinels_with_every_password_masked(tmp_path: Path, ca
         ),
         (
             "{url: 'redis://m', sentinel: {nodes: ['redis://s:26379']}}",
-            "redis.sentinel.service: Field required",
+            "redis.sentinel.service: required, but missing",
         ),
         (
             "{url: 'redis://m', sentinel: {service: 'my master', nodes: ['redis://s:26379']}}",
@@ -322,7 +322,7 @@ def test_check_shows_the_sentinels_with_every_password_masked(tmp_path: Path, ca
         ),
         (
             "{url: 'redis://m', sentinel: {service: m, master: x, nodes: ['redis://s:1']}}",
-            "redis.sentinel.master: Extra inputs are not permitted",
+            "redis.sentinel.master: unknown option 'master'",
         ),
     ],
 )

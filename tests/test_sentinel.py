@@ -22,41 +22,80 @@ import pytest
 from tests.support.configs import config_dict, crash_queue
 from tests.support.failover import CONNECT_TIMEOUT, SOCKET_TIMEOUT, check, run_through_failover
 from tests.support.namespaces import Namespace
-from tests.support.processes import wait_until
+from tests.support.processes import TaskhubProcess, free_port, wait_until
 from tests.support.replies import assert_quiet, completions
-from tests.support.sentinel import SERVICE, LocalSentinels
+from tests.support.sentinel import SENTINEL_PASSWORD, SERVICE, LocalSentinels
+from tests.support.tls import TlsFiles
 
 # Process-level tests of workers and Redis: on the default server only, since what they
 # send over HTTP (POST /task) the HTTP tests check on every server.
 pytestmark = pytest.mark.servers("sanic")
 
 
-def sentinel_config(sentinels: LocalSentinels, ns: Namespace, **sections: Any) -> dict[str, Any]:
+def sentinel_config(
+    sentinels: LocalSentinels, ns: Namespace, nodes: list[str] | None = None, **sections: Any
+) -> dict[str, Any]:
     config = config_dict(ns, sentinels.master_url(), **sections)
     config["redis"].update(
-        sentinel={"service": SERVICE, "nodes": sentinels.sentinel_urls},
+        sentinel={"service": SERVICE, "nodes": nodes or sentinels.sentinel_urls},
         connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
     )
     return config
 
 
+def admits_and_runs(process: TaskhubProcess, log: Path) -> None:
+    response = httpx.post(f"{process.url}/task", json={"user_id": "u1"}, timeout=10)
+    assert response.status_code == 200, response.text
+    job = response.json()["job_id"]
+    assert wait_until(lambda: completions(log)[job] == 1, 15), process.output
+    assert httpx.get(f"{process.url}/ready", timeout=10).status_code == 200
+
+
 def test_jobs_go_to_the_master_the_sentinels_name(
     tmp_path: Path, sentinels: LocalSentinels, spawn
 ) -> None:
     ns = Namespace.new()
-    process = spawn(sentinel_config(sentinels, ns))
-    response = httpx.post(f"{process.url}/task", json={"user_id": "u1"}, timeout=10)
-    assert response.status_code == 200, response.text
-    job = response.json()["job_id"]
-    assert wait_until(lambda: completions(tmp_path / "task.log")[job] == 1, 15)
-    assert httpx.get(f"{process.url}/ready", timeout=10).status_code == 200
-    master = sentinels.master()
-    with master.client() as client:
+    # A sentinel nobody runs and one that refuses the login come first: both are skipped.
+    wrong_login = sentinels.sentinels[0].url.replace(SENTINEL_PASSWORD, "not-the-password")
+    nodes = [f"redis://127.0.0.1:{free_port()}", wrong_login, *sentinels.sentinel_urls]
+    process = spawn(sentinel_config(sentinels, ns, nodes))
+    admits_and_runs(process, tmp_path / "task.log")
+    with sentinels.master().client() as client:
         assert ns.keys(client), "no key of this test on the master"
     assert "master-pw" not in process.output and "sentinel-pw" not in process.output
     assert f"redis: master {SERVICE!r} through sentinels 127.0.0.1:" in process.output
     assert process.stop() == 0
+    assert_quiet(process)
+
+
+def test_sentinels_over_tls_with_a_ca_of_their_own(tmp_path: Path, spawn) -> None:
+    tls = TlsFiles.make(tmp_path / "pki")
+    sentinels = LocalSentinels.start(tls=tls)
+    try:
+        nodes = [sentinel.tls_url(tls.ca) for sentinel in sentinels.sentinels]
+        process = spawn(sentinel_config(sentinels, Namespace.new(), nodes))
+        admits_and_runs(process, tmp_path / "task.log")
+        assert process.stop() == 0
+        assert_quiet(process)
+    finally:
+        sentinels.stop()
+
+
+def test_no_sentinel_answering_means_503_and_the_log_says_why(
+    tmp_path: Path, sentinels: LocalSentinels, spawn
+) -> None:
+    wrong_login = [url.replace(SENTINEL_PASSWORD, "nope") for url in sentinels.sentinel_urls]
+    config = sentinel_config(sentinels, Namespace.new(), wrong_login)
+    process = spawn(config, "serve")
+    response = httpx.post(f"{process.url}/task", json={"user_id": "u1"}, timeout=10)
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1"
+    ready = httpx.get(f"{process.url}/ready", timeout=10)
+    assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "unavailable"
+    why = f"Redis (admission) is unreachable: No master found for {SERVICE!r}"
+    assert process.wait_for(why, 5), process.output
+    assert "nope" not in process.output
     assert_quiet(process)
 
 

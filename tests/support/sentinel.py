@@ -6,6 +6,8 @@ and removes the directory. The master, and so the replica, needs a password,
 and the sentinels one of their own, so that a test shows each is reached with its
 own login. Short ``down-after-milliseconds`` and ``failover-timeout`` keep a
 failover test quick: a killed master is replaced in about 2 s, nothing forced.
+With ``tls``, each sentinel also serves clients over TLS on a port of its own (the
+sentinels keep talking to each other, and to the servers, in plaintext).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import redis
 
 from tests.support.processes import free_port, wait_until
 from tests.support.redis_servers import PrivateRedis, pings
+from tests.support.tls import TlsFiles
 
 SERVICE = "taskhub-test"
 MASTER_PASSWORD = "master-pw-1"
@@ -61,10 +64,15 @@ class SentinelProcess:
     port: int
     config: Path
     proc: subprocess.Popen[bytes] | None = None
+    tls_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"redis://:{SENTINEL_PASSWORD}@127.0.0.1:{self.port}"
+
+    def tls_url(self, ca: Path) -> str:
+        assert self.tls_port is not None, "started without tls"
+        return f"rediss://:{SENTINEL_PASSWORD}@127.0.0.1:{self.tls_port}?ssl_ca_certs={ca}"
 
     def client(self) -> redis.Redis:
         return redis.Redis(
@@ -81,7 +89,7 @@ class LocalSentinels:
     sentinels: list[SentinelProcess] = field(default_factory=list)
 
     @classmethod
-    def start(cls) -> LocalSentinels:
+    def start(cls, tls: TlsFiles | None = None) -> LocalSentinels:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is needed for the test sentinels")
@@ -91,25 +99,35 @@ class LocalSentinels:
             group.servers.append(master)
             group.servers.append(ReplicatedRedis(group.directory / "replica", master.port).start())
             for index in range(3):
-                group.sentinels.append(group._sentinel(binary, index, master.port))
+                group.sentinels.append(group._sentinel(binary, index, master.port, tls))
             assert wait_until(group.healthy, START_TIMEOUT, 0.05), "the sentinels did not settle"
         except BaseException:
             group.stop()
             raise
         return group
 
-    def _sentinel(self, binary: str, index: int, master_port: int) -> SentinelProcess:
+    def _sentinel(
+        self, binary: str, index: int, master_port: int, tls: TlsFiles | None
+    ) -> SentinelProcess:
         port = free_port()
+        tls_port = free_port() if tls is not None else None
         config = self.directory / f"sentinel-{index}.conf"
+        tls_lines = ""
+        if tls is not None:
+            tls_lines = (
+                f"tls-port {tls_port}\ntls-cert-file {tls.server.cert}\n"
+                f"tls-key-file {tls.server.key}\ntls-ca-cert-file {tls.ca}\n"
+                "tls-auth-clients no\n"
+            )
         config.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n{tls_lines}"
             f"requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} {QUORUM}\n"
             f"sentinel auth-pass {SERVICE} {MASTER_PASSWORD}\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
         )
-        sentinel = SentinelProcess(port, config)
+        sentinel = SentinelProcess(port, config, tls_port=tls_port)
         sentinel.proc = subprocess.Popen(
             [binary, str(config), "--sentinel"],
             stdout=subprocess.DEVNULL,
