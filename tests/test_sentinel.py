@@ -13,12 +13,19 @@ async-replication window, counted) and after completes, the latter exactly once.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from taskhub.config.models import RedisSettings, SentinelSettings
+from taskhub.store.clients import connect, is_unavailable
+from taskhub.store.cluster_router import admission_pipeline
+from taskhub.store.connection import connection_settings
+from taskhub.store.pipeline import RedisPipeline
 from tests.support.configs import config_dict, crash_queue
 from tests.support.failover import CONNECT_TIMEOUT, SOCKET_TIMEOUT, check, run_through_failover
 from tests.support.namespaces import Namespace
@@ -129,3 +136,60 @@ def test_a_killed_master_means_503_then_recovery_and_no_lost_job(
     assert_quiet(server)
     assert worker.stop() == 0
     assert_quiet(worker)
+
+
+async def test_after_a_switch_both_kinds_of_connection_find_the_new_master(
+    sentinels: LocalSentinels,
+) -> None:
+    """``SENTINEL FAILOVER`` demotes a live master: connections to it now hear READONLY
+    (or are closed). Each kind must read that as "unavailable", never as a bug, and
+    reach the promoted replica on a later call, the same objects, nothing rebuilt."""
+    redis = RedisSettings(
+        url=sentinels.master_url(),
+        sentinel=SentinelSettings(service=SERVICE, nodes=sentinels.sentinel_urls),
+    )
+    settings = connection_settings(redis)
+    assert settings is not None
+    pipeline = admission_pipeline(settings)
+    assert isinstance(pipeline, RedisPipeline)
+    script = pipeline.script("return redis.call('INCR', KEYS[1])")
+    client = connect(settings)
+    old = sentinels.master()
+    try:
+        assert await script(["pipelined"], []) == 1
+        assert await client.incr("pooled") == 1
+        with sentinels.sentinels[0].client() as sentinel:
+            sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        # Until the old master hears it is a replica, it still takes writes, which its
+        # resync then drops: the window async replication leaves (docs/redis.md).
+        assert wait_until(lambda: sentinels.master() is not old, 15), "no switch"
+        named = time.monotonic()
+        assert wait_until(lambda: old.role() == "slave", 15), "the old master stayed one"
+        demoted = time.monotonic()
+        new = sentinels.master()
+
+        seen: list[str] = []
+
+        async def eventually(call: Callable[[], Awaitable[int]]) -> int:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    return await call()
+                except Exception as exc:
+                    assert is_unavailable(exc), f"{type(exc).__name__}: {exc}"
+                    seen.append(f"{type(exc).__name__}: {exc}")
+                    assert time.monotonic() < deadline, f"still failing: {exc}"
+                    await asyncio.sleep(0.05)
+
+        assert await eventually(lambda: script(["pipelined"], [])) == 2
+        assert await eventually(lambda: client.incr("pooled")) == 2
+        print(
+            f"\nsentinel switch: the old master was still one {demoted - named:.1f} s after the "
+            f"sentinels named the new one; seen on the way to the new master: {seen}"
+        )
+        with new.client() as direct:
+            assert direct.mget("pipelined", "pooled") == [b"2", b"2"]
+            assert direct.info("replication")["role"] == "master"
+    finally:
+        await pipeline.close()
+        await client.aclose()
