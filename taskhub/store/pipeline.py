@@ -14,9 +14,10 @@ already read as "Redis is unavailable"; the next call reconnects. Like any
 request whose reply was lost, such a call may or may not have run.
 
 Through Redis Sentinel, every connect first asks the sentinels where the master
-is, then checks with ``ROLE`` that the server reached is it; a READONLY reply
-(the server was demoted under us) drops the connection, so the next call asks
-again and finds the promoted replica without a restart.
+is, then checks with ``ROLE`` that the server reached is it; a switch the
+sentinels announce, or a READONLY reply (the server was demoted under us), drops
+the connection, so the next call asks again and finds the promoted replica
+without a restart.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.store.connection import ConnectionSettings
 from taskhub.store.sentinel import MasterLocator
+from taskhub.store.urls import Address
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class _ReplyStream(asyncio.Protocol):
         self.unsent_futures: list[asyncio.Future[Any]] = []
         self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
+        self.address: Address | None = None  # the server's, as connected to
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,7 +154,9 @@ class RedisPipeline:
         self._stream: _ReplyStream | None = None
         self._connecting: asyncio.Future[_ReplyStream] | None = None  # the attempt under way
         self._scripts: dict[str, str] = {}  # loaded on every new connection
-        self._locator = MasterLocator(connection) if connection.sentinels is not None else None
+        self._locator: MasterLocator | None = None
+        if connection.sentinels is not None:
+            self._locator = MasterLocator(connection, on_switch=self._switched)
 
     def script(self, source: str) -> PipelinedScript:
         script = PipelinedScript(self, source)
@@ -173,6 +178,12 @@ class RedisPipeline:
             # Demoted by a failover: ask the sentinels again on the next call.
             stream.fail(RedisConnectionError(f"Redis is a replica now: {exc}"))
             raise RedisConnectionError(f"Redis is a replica now: {exc}") from None
+
+    def _switched(self, master: Address) -> None:
+        """The sentinels named a new master: leave the old one now, even if it still
+        answers (what it takes until its demotion it loses)."""
+        if self._stream is not None and self._stream.address != master:
+            self._stream.fail(RedisConnectionError("the sentinels switched to a new master"))
 
     async def ping(self) -> None:
         """PING on this connection: readiness asks the very connection admissions use."""
@@ -239,6 +250,7 @@ class RedisPipeline:
             if connection.keepalive and sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         stream.transport = transport
+        stream.address = connection.address
         try:
             await self._handshake(stream, connection.name)
         except BaseException:

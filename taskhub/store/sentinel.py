@@ -12,14 +12,25 @@ a master that sentinel sees as down, and the first that answers moves to the fro
 
 Each sentinel is reached with its own URL's login, TLS and timeouts; the master
 with ``redis.url``'s (its db, ACL user, TLS context built at load).
+
+Both also listen for the sentinels' ``+switch-master`` (:class:`SwitchWatcher`) and
+drop their connections when it names their service: when the old master still runs
+(a manual failover, a partition) it takes writes until a sentinel demotes it, up to
+10 s later, and loses them then; without the watcher, open connections would keep
+writing there. The sentinel that announced the switch is asked first from then on,
+as the others may still name the old master for a moment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.exceptions import RedisError
 
 from taskhub.store.connection import (
     HEALTH_CHECK_INTERVAL,
@@ -28,17 +39,46 @@ from taskhub.store.connection import (
 )
 from taskhub.store.urls import Address
 
+logger = logging.getLogger(__name__)
+
+SWITCH_CHANNEL = "+switch-master"
+POLL = 1.0  # seconds a wait for a switch message lasts, so that close() is prompt
+RETRY = 1.0  # seconds before subscribing again when no sentinel would take it
+
 
 class PreparedSentinelSSLConnection(SentinelManagedConnection, PreparedSSLConnection):
     """A master connection over TLS on the SSL context built at load, as every other's."""
 
 
+class WatchedSentinelPool(SentinelConnectionPool):
+    """redis-py's pool on the master, which also drops every connection (in use or
+    idle) when the sentinels announce a switch, so none keeps writing to the old one."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self.watcher = SwitchWatcher(sentinel_manager, service_name, self._switched)
+
+    async def get_master_address(self) -> Any:
+        self.watcher.start()  # on the first connection, in the loop that uses the pool
+        return await super().get_master_address()  # type: ignore[no-untyped-call]
+
+    def _switched(self, master: Address) -> None:
+        if self.master_address == master:  # already there (connected after the switch)
+            return
+        task = asyncio.get_running_loop().create_task(self.disconnect(inuse_connections=True))
+        task.add_done_callback(_log_failure)
+
+
 class SentinelMasterClient(Redis):
-    """A ``master_for`` client that closes its connections to the sentinels with it."""
+    """A ``master_for`` client that closes its watcher and its connections to the
+    sentinels with it."""
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        pool = self.connection_pool
+        assert isinstance(pool, WatchedSentinelPool)
+        await pool.watcher.close()
         await super().aclose(close_connection_pool)
-        await close_sentinels(self.connection_pool.sentinel_manager)  # type: ignore[attr-defined]
+        await close_sentinels(pool.sentinel_manager)
 
 
 def sentinel_manager(connection: ConnectionSettings) -> Sentinel:
@@ -62,6 +102,7 @@ def master_client(connection: ConnectionSettings, blocking_timeout: float = 0.0)
     client: Redis = sentinel_manager(connection).master_for(
         connection.sentinels.service,
         redis_class=SentinelMasterClient,
+        connection_pool_class=WatchedSentinelPool,
         db=connection.db,
         health_check_interval=HEALTH_CHECK_INTERVAL,
         **kwargs,
@@ -70,21 +111,90 @@ def master_client(connection: ConnectionSettings, blocking_timeout: float = 0.0)
 
 
 class MasterLocator:
-    """Where the master is now, for the admission pipeline: asked on every connect."""
+    """Where the master is now, for the admission pipeline: asked on every connect;
+    ``on_switch`` is called when the sentinels announce a new one."""
 
-    def __init__(self, connection: ConnectionSettings) -> None:
+    def __init__(
+        self, connection: ConnectionSettings, on_switch: Callable[[Address], None]
+    ) -> None:
         assert connection.sentinels is not None
         self.service = connection.sentinels.service
         self.manager = sentinel_manager(connection)
+        self.watcher = SwitchWatcher(self.manager, self.service, on_switch)
 
     async def master(self) -> Address:
         """The master's address; MasterNotFoundError (a ConnectionError: "unavailable")
         while no sentinel names a live one, as during a switch."""
+        self.watcher.start()
         host, port = await self.manager.discover_master(self.service)
         return str(host), int(port)
 
     async def close(self) -> None:
+        await self.watcher.close()
         await close_sentinels(self.manager)
+
+
+class SwitchWatcher:
+    """Subscribed to ``+switch-master`` on one sentinel at a time (the next one when it
+    fails); calls ``on_switch`` with the new master's address when a message names
+    ``service``."""
+
+    def __init__(
+        self, manager: Sentinel, service: str, on_switch: Callable[[Address], None]
+    ) -> None:
+        self.manager = manager
+        self.service = service
+        self.on_switch = on_switch
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="sentinel")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            for sentinel in list(self.manager.sentinels):
+                try:
+                    await self._listen(sentinel)
+                except (RedisError, OSError) as exc:
+                    logger.debug("not watching sentinel %s for switches: %s", sentinel, exc)
+            await asyncio.sleep(RETRY)
+
+    async def _listen(self, sentinel: Redis) -> None:
+        pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(SWITCH_CHANNEL)
+            while True:
+                message = await pubsub.get_message(timeout=POLL)
+                if message is None:
+                    continue
+                # "<service> <old ip> <old port> <new ip> <new port>"
+                words = message["data"].decode().split()
+                if len(words) == 5 and words[0] == self.service:
+                    master = words[3], int(words[4])
+                    logger.info("Redis Sentinel: master %r is now %s:%d", self.service, *master)
+                    self._ask_first(sentinel)
+                    self.on_switch(master)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _ask_first(self, sentinel: Redis) -> None:
+        """The sentinel that announced the switch knows the new master: ask it first."""
+        sentinels = self.manager.sentinels
+        if sentinel in sentinels:
+            sentinels.remove(sentinel)
+            sentinels.insert(0, sentinel)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("dropping connections after a switch failed: %s", task.exception())
 
 
 async def close_sentinels(manager: Sentinel) -> None:
