@@ -26,7 +26,7 @@ from taskhub.store.clients import connect, is_unavailable
 from taskhub.store.cluster_router import admission_pipeline
 from taskhub.store.connection import connection_settings
 from taskhub.store.pipeline import RedisPipeline
-from tests.support.configs import config_dict, crash_queue
+from tests.support.configs import ROOT, config_dict, crash_queue
 from tests.support.failover import CONNECT_TIMEOUT, SOCKET_TIMEOUT, check, run_through_failover
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, free_port, wait_until
@@ -63,14 +63,33 @@ def test_jobs_go_to_the_master_the_sentinels_name(
     tmp_path: Path, sentinels: LocalSentinels, spawn
 ) -> None:
     ns = Namespace.new()
+    # taskhub asks the sentinels as an ACL user allowed only what docs/redis.md lists.
+    rule = ["+sentinel|masters", "+subscribe", "+ping", "&+switch-master"]
+    page = (ROOT / "docs" / "redis.md").read_text()
+    assert "`+sentinel|masters +subscribe +ping`" in page and "`'&+switch-master'`" in page
+    for sentinel in sentinels.sentinels:
+        with sentinel.client() as admin:
+            admin.execute_command("ACL", "SETUSER", "taskhub", "on", ">watch-pw", "-@all", *rule)
+    as_user = [f"redis://taskhub:watch-pw@127.0.0.1:{s.port}" for s in sentinels.sentinels]
     # A sentinel nobody runs and one that refuses the login come first: both are skipped.
     wrong_login = sentinels.sentinels[0].url.replace(SENTINEL_PASSWORD, "not-the-password")
-    nodes = [f"redis://127.0.0.1:{free_port()}", wrong_login, *sentinels.sentinel_urls]
+    nodes = [f"redis://127.0.0.1:{free_port()}", wrong_login, *as_user]
     process = spawn(sentinel_config(sentinels, ns, nodes))
     admits_and_runs(process, tmp_path / "task.log")
+
+    def watching() -> bool:  # subscribed to +switch-master as that user
+        for sentinel in sentinels.sentinels:
+            with sentinel.client() as admin:
+                for info in admin.client_list():
+                    if info["user"] == "taskhub" and info["sub"] == "1":
+                        return True
+        return False
+
+    assert wait_until(watching, 5)
     with sentinels.master().client() as client:
         assert ns.keys(client), "no key of this test on the master"
-    assert "master-pw" not in process.output and "sentinel-pw" not in process.output
+    for secret in ("master-pw", "sentinel-pw", "watch-pw"):
+        assert secret not in process.output
     assert f"redis: master {SERVICE!r} through sentinels 127.0.0.1:" in process.output
     assert process.stop() == 0
     assert_quiet(process)

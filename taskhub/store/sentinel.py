@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 SWITCH_CHANNEL = "+switch-master"
 POLL = 1.0  # seconds a wait for a switch message lasts, so that close() is prompt
 RETRY = 1.0  # seconds before subscribing again when no sentinel would take it
+_announced: dict[str, Address] = {}  # the last switch logged, per service
 
 
 class PreparedSentinelSSLConnection(SentinelManagedConnection, PreparedSSLConnection):
@@ -178,7 +179,9 @@ class SwitchWatcher:
                 words = message["data"].decode().split()
                 if len(words) == 5 and words[0] == self.service:
                     master = words[3], int(words[4])
-                    logger.info("Redis Sentinel: master %r is now %s:%d", self.service, *master)
+                    if _announced.get(self.service) != master:  # once per process
+                        _announced[self.service] = master
+                        logger.info("Redis Sentinel: master %r is now %s:%d", self.service, *master)
                     self._ask_first(sentinel)
                     self.on_switch(master)
         finally:
