@@ -42,7 +42,7 @@ from taskhub.store.urls import Address
 logger = logging.getLogger(__name__)
 
 SWITCH_CHANNEL = "+switch-master"
-POLL = 1.0  # seconds a wait for a switch message lasts, so that close() is prompt
+POLL = 1.0  # seconds one wait for a switch message lasts (then it waits again)
 RETRY = 1.0  # seconds before subscribing again when no sentinel would take it
 _announced: dict[str, Address] = {}  # the last switch logged, per service
 
@@ -176,8 +176,8 @@ class SwitchWatcher:
                 if message is None:
                     continue
                 # "<service> <old ip> <old port> <new ip> <new port>"
-                words = message["data"].decode().split()
-                if len(words) == 5 and words[0] == self.service:
+                words = message["data"].decode(errors="replace").split()
+                if len(words) == 5 and words[0] == self.service and words[4].isdigit():
                     master = words[3], int(words[4])
                     if _announced.get(self.service) != master:  # once per process
                         _announced[self.service] = master
