@@ -7,7 +7,11 @@ replica by themselves. The clients and the worker must see what they see on a
 cluster failover (tests/support/failover.py): 503 with Retry-After and never 500,
 recovery without a restart, and every job admitted before (less the
 async-replication window, counted) and after completes, the latter exactly once.
-``PYTEST_ARGS="-s tests/test_sentinel.py" make test`` prints the figures.
+The others: the sentinels asked as a least-privilege ACL user, over TLS with a CA
+of their own, skipped when dead or refusing, 503 when none answers; and a switch
+while the old master still runs (``SENTINEL FAILOVER``), which every connection
+must leave when the sentinels announce it. ``PYTEST_ARGS="-s tests/test_sentinel.py"
+make test`` prints the figures.
 """
 
 from __future__ import annotations
