@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskhub.config.models import RedisSettings, SentinelSettings
 from taskhub.store.clients import connect, is_unavailable
@@ -35,7 +36,7 @@ from tests.support.failover import CONNECT_TIMEOUT, SOCKET_TIMEOUT, check, run_t
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, free_port, wait_until
 from tests.support.replies import assert_quiet, completions
-from tests.support.sentinel import SENTINEL_PASSWORD, SERVICE, LocalSentinels
+from tests.support.sentinel import SENTINEL_PASSWORD, SERVICE, LocalSentinels, ReplicatedRedis
 from tests.support.tls import TlsFiles
 
 # Process-level tests of workers and Redis: on the default server only, since what they
@@ -216,3 +217,35 @@ async def test_after_a_switch_both_kinds_of_connection_leave_the_old_master(
     finally:
         await pipeline.close()
         await client.aclose()
+
+
+async def test_a_master_demoted_behind_the_sentinels_backs_is_unavailable(
+    tmp_path: Path, sentinels: LocalSentinels
+) -> None:
+    """The master is made a replica by hand, with no sentinel involved (nor their
+    CLIENT KILL): the admission pipeline's next write hears READONLY, which must
+    drop the connection and read as "unavailable" (503), and the reconnect, sent by
+    the sentinels to the same server still, must refuse it on its ROLE."""
+    settings = connection_settings(
+        RedisSettings(
+            url=sentinels.master_url(),
+            sentinel=SentinelSettings(service=SERVICE, nodes=sentinels.sentinel_urls),
+        )
+    )
+    assert settings is not None
+    pipeline = admission_pipeline(settings)
+    assert isinstance(pipeline, RedisPipeline)
+    script = pipeline.script("return redis.call('INCR', KEYS[1])")
+    elsewhere = ReplicatedRedis(tmp_path / "elsewhere").start()
+    try:
+        assert await script(["demoted"], []) == 1
+        with sentinels.master().client() as master:
+            master.replicaof("127.0.0.1", elsewhere.port)
+        with pytest.raises(RedisConnectionError, match="is a replica now: READONLY") as lost:
+            await script(["demoted"], [])
+        assert is_unavailable(lost.value)
+        with pytest.raises(RedisConnectionError, match="named master by the sentinels, is a sl"):
+            await script(["demoted"], [])
+    finally:
+        await pipeline.close()
+        elsewhere.kill()
