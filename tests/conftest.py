@@ -26,6 +26,7 @@ from tests.support.fixture_marker import FixtureMarker
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess
 from tests.support.redis_servers import REDIS_URL, START_REDIS_HINT, PrivateRedis
+from tests.support.sentinel import LocalSentinels
 
 # The fixtures below that reach a Redis (the shared one, a private redis-server, the
 # local cluster) or start taskhub processes that do; test modules' own fixtures that
@@ -42,6 +43,7 @@ REDIS_FIXTURES = frozenset(
         "aof_redis",
         "spawn",
         "cluster",
+        "sentinels",
     }
 )
 
@@ -183,5 +185,14 @@ def cluster() -> Iterator[LocalCluster]:
         local = LocalCluster.start()
     except FileNotFoundError as exc:
         pytest.skip(f"no test cluster: {exc}: {START_REDIS_HINT}")
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def sentinels() -> Iterator[LocalSentinels]:
+    """A master, its replica and 3 sentinels of the test's own (a failover test leaves
+    them changed), all stopped at the end (see tests/support/sentinel.py)."""
+    local = LocalSentinels.start()
     yield local
     local.stop()

@@ -190,3 +190,177 @@ def test_every_url_argument_is_documented() -> None:
     page = (ROOT / "docs" / "redis.md").read_text()
     for name in URL_ARGUMENTS:
         assert f"`{name}`" in page, name
+
+
+SENTINEL = (
+    "redis:\n"
+    "  url: rediss://app:master-pw@mymaster/2?ssl_cert_reqs=none\n"
+    "  sentinel:\n"
+    "    service: mymaster\n"
+    "    nodes:\n"
+    "      - redis://:sentinel-pw@s1:26379\n"
+    "      - rediss://watcher:other-pw@s2:26380?ssl_cert_reqs=none&socket_timeout=0.5\n"
+)
+
+
+def test_sentinel_nodes_have_their_own_login_and_tls_the_master_the_urls(tmp_path: Path) -> None:
+    hub = hub_from(tmp_path, SENTINEL)
+    settings = hub.connections.endpoints.redis
+    assert settings is not None and settings.sentinels is not None and settings.tls is not None
+    assert (settings.username, settings.password, settings.db) == ("app", "master-pw", 2)
+    assert settings.sentinels.service == "mymaster"
+    first, second = settings.sentinels.nodes
+    assert (first.address, first.password, first.tls) == (("s1", 26379), "sentinel-pw", None)
+    assert (second.address, second.username, second.password) == (
+        ("s2", 26380),
+        "watcher",
+        "other-pw",
+    )
+    assert second.tls is not None and second.socket_timeout == 0.5
+    master = settings.at(("10.0.0.9", 6390))  # where the pipeline goes once told
+    assert (master.address, master.password, master.db, master.sentinels) == (
+        ("10.0.0.9", 6390),
+        "master-pw",
+        2,
+        None,
+    )
+
+
+def test_check_shows_the_sentinels_with_every_password_masked(tmp_path: Path, capsys) -> None:
+    from taskhub.cli.main import main  # noqa: PLC0415
+
+    path = tmp_path / "config.yaml"
+    path.write_text(SENTINEL)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    for secret in ("master-pw", "sentinel-pw", "other-pw"):
+        assert secret not in out
+    import yaml  # noqa: PLC0415
+
+    resolved, shown = yaml.safe_load_all(out)
+    assert resolved["redis"]["sentinel"]["nodes"][0] == "redis://:***@s1:26379"
+    redis = shown["connections"]["redis.url"]
+    assert redis["master"].startswith("the one the sentinels name")
+    assert (redis["db"], redis["username"], redis["password"]) == (2, "app", "***")
+    assert redis["tls"] == {"verify": "none", "check_hostname": False}
+    assert redis["sentinel"] == {
+        "service": "mymaster",
+        "nodes": [
+            {
+                "scheme": "redis",
+                "host": "s1",
+                "port": 26379,
+                "tls": "off",
+                "username": "default",
+                "password": "***",
+                "connect_timeout": 2.0,
+                "socket_timeout": 2.0,
+                "keepalive": True,
+            },
+            {
+                "scheme": "rediss",
+                "host": "s2",
+                "port": 26380,
+                "tls": {"verify": "none", "check_hostname": False},
+                "username": "watcher",
+                "password": "***",
+                "connect_timeout": 2.0,
+                "socket_timeout": 0.5,
+                "keepalive": True,
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("redis", "expected"),
+    [
+        (
+            "{cluster: true, url: 'redis://h:7000', sentinel: {service: m, nodes: ['redis://s:26379']}}",
+            "line 1: redis.sentinel: value error, a Redis Cluster fails over by itself and has "
+            "no sentinels: use either sentinel or cluster: true, not both",
+        ),
+        (
+            "{sentinel: {service: m, nodes: ['redis://s:26379']}}",
+            "redis.sentinel: value error, redis.url is 'memory://', but with sentinel it gives "
+            "the master's db, login and TLS: use redis://",
+        ),
+        (
+            "{url: 'unix:///run/r.sock', sentinel: {service: m, nodes: ['redis://s:26379']}}",
+            "redis.sentinel: value error, redis.url is 'unix:///run/r.sock', but with sentinel",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: m, nodes: []}}",
+            "redis.sentinel.nodes: value error, no sentinel to ask for the master: list at "
+            "least one",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {nodes: ['redis://s:26379']}}",
+            "redis.sentinel.service: required, but missing",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: 'my master', nodes: ['redis://s:26379']}}",
+            "redis.sentinel.service: value error, service 'my master' is not a master name",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: m, nodes: ['redis://:pw@s']}}",
+            "redis.sentinel.nodes[0]: value error, URL 'redis://:***@s' gives no port: give "
+            "the sentinel's (usually 26379",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: m, nodes: ['redis://s:1', 'redis://s:2/1']}}",
+            "redis.sentinel.nodes[1]: value error, URL 'redis://s:2/1' selects db 1, but a "
+            "sentinel has no databases",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: m, nodes: ['memory://']}}",
+            "redis.sentinel.nodes[0]: value error, unsupported URL 'memory://' for a sentinel",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: m, nodes: ['redis://s:1?ssl_cert_reqs=none']}}",
+            "redis.sentinel.nodes[0]: URL argument ssl_cert_reqs is for TLS: use rediss://",
+        ),
+        (
+            "{url: 'redis://m', sentinel: {service: m, master: x, nodes: ['redis://s:1']}}",
+            "redis.sentinel.master: unknown option 'master'",
+        ),
+    ],
+)
+def test_a_bad_sentinel_config_is_refused_naming_the_key(
+    tmp_path: Path, capsys, redis: str, expected: str
+) -> None:
+    from taskhub.cli.main import main  # noqa: PLC0415
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"redis: {redis}\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err and "pw" not in err.replace("'pw'", "")
+
+
+def test_a_bad_sentinel_url_argument_names_its_line(tmp_path: Path) -> None:
+    text = (
+        "redis:\n  url: redis://m\n  sentinel:\n    service: m\n    nodes:\n"
+        "      - redis://s1:26379\n      - rediss://s2:26379?ssl_ca_certs=/nowhere/ca.crt\n"
+    )
+    error = str(errors_of(tmp_path, text))
+    assert "line 7: redis.sentinel.nodes[1]: ssl_ca_certs=/nowhere/ca.crt: no such file" in error
+
+
+async def test_the_sentinel_client_uses_the_context_built_at_load(tmp_path: Path) -> None:
+    from taskhub.store.sentinel import PreparedSentinelSSLConnection  # noqa: PLC0415
+
+    hub = hub_from(tmp_path, SENTINEL)
+    endpoint = hub.connections.endpoints.redis
+    assert endpoint is not None and endpoint.tls is not None and endpoint.sentinels is not None
+    client = hub.connections.connect()
+    connection = client.connection_pool.make_connection()
+    assert isinstance(connection, PreparedSentinelSSLConnection)
+    assert connection.ssl_context.get() is endpoint.tls.context
+    assert connection.db == 2 and connection.password == "master-pw"
+    sentinels = client.connection_pool.sentinel_manager.sentinels  # type: ignore[attr-defined]
+    second = sentinels[1].connection_pool.make_connection()
+    assert isinstance(second, PreparedSSLConnection)
+    assert (second.host, second.port, second.username) == ("s2", 26380, "watcher")
+    await client.aclose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -39,6 +39,48 @@ class StrictModel(BaseModel):
 
 
 ClusterNodeUrl = Annotated[str, AfterValidator(lambda url: check_cluster_url(check_redis_url(url)))]
+SentinelNodeUrl = Annotated[
+    str, AfterValidator(lambda url: check_sentinel_url(check_redis_url(url)))
+]
+SERVICE_NAME = re.compile(r"^[^\s]{1,128}$")
+
+
+class SentinelSettings(StrictModel):
+    """Redis Sentinel: which master to ask for, and the sentinels to ask.
+
+    The master itself is reached with ``redis.url``'s db, login, TLS and timeouts;
+    each sentinel with its own URL's, since sentinels often have logins of their own.
+    """
+
+    service: str = Field(
+        description="the master's name, as the sentinels monitor it (sentinel monitor "
+        "<service> ...)",
+    )
+    nodes: list[SentinelNodeUrl] = Field(
+        description="the sentinels: redis://host:26379 or rediss://...; each URL carries "
+        "that sentinel's own login and TLS arguments, not the master's",
+    )
+
+    @field_validator("service")
+    @classmethod
+    def _service_name(cls, service: str) -> str:
+        if not SERVICE_NAME.match(service):
+            raise ValueError(
+                f"service {service!r} is not a master name: 1 to 128 characters, no spaces "
+                "(the <service> of the sentinels' 'sentinel monitor <service> <host> <port> "
+                "<quorum>')"
+            )
+        return service
+
+    @field_validator("nodes")
+    @classmethod
+    def _some_nodes(cls, nodes: list[str]) -> list[str]:
+        if not nodes:
+            raise ValueError(
+                "no sentinel to ask for the master: list at least one (redis://host:26379), "
+                "better three or more on separate machines"
+            )
+        return nodes
 
 
 class RedisSettings(StrictModel):
@@ -60,6 +102,12 @@ class RedisSettings(StrictModel):
         default_factory=list,
         description="more seed nodes of the cluster (redis://host:port), in case url is "
         "down; needs cluster: true",
+    )
+    sentinel: SentinelSettings | None = Field(  # after cluster and url: its checks read them
+        None,
+        description="find the master through Redis Sentinel: url then gives only the "
+        "master's db, login, TLS and timeouts, the sentinels give its address; null: url "
+        "is the server",
     )
     key_prefix: str = Field(
         "taskhub",
@@ -100,6 +148,26 @@ class RedisSettings(StrictModel):
             raise ValueError("nodes are seed nodes of a Redis Cluster: set cluster: true too")
         return nodes
 
+    @field_validator("sentinel")
+    @classmethod
+    def _sentinel_fits(
+        cls, sentinel: SentinelSettings | None, info: ValidationInfo
+    ) -> SentinelSettings | None:
+        if sentinel is None:
+            return None
+        if info.data.get("cluster"):
+            raise ValueError(
+                "a Redis Cluster fails over by itself and has no sentinels: use either "
+                "sentinel or cluster: true, not both"
+            )
+        url = info.data.get("url")
+        if url is not None and urlsplit(url).scheme.lower() not in ("redis", "rediss"):
+            raise ValueError(
+                f"redis.url is {mask_url(url)!r}, but with sentinel it gives the master's db, "
+                "login and TLS: use redis://[user:password@]<service>[/db] or rediss://..."
+            )
+        return sentinel
+
 
 def check_redis_url(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
@@ -112,19 +180,48 @@ def check_redis_url(url: str) -> str:
 
 def check_cluster_url(url: str) -> str:
     """Redis Cluster speaks TCP only and has only db 0: say so at load time."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("redis", "rediss"):
-        raise ValueError(
-            f"unsupported URL {mask_url(url)!r} with cluster: true: a Redis Cluster is "
-            "reached over TCP, use redis:// or rediss://"
-        )
-    db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "0")
+    parts = _over_tcp(url, "with cluster: true: a Redis Cluster", "redis:// or rediss://")
+    db = _db_of(parts) or "0"
     if db != "0":
         raise ValueError(
             f"URL {mask_url(url)!r} selects db {db}, but a Redis Cluster has only db 0: "
             "drop the db from the URL"
         )
     return url
+
+
+def check_sentinel_url(url: str) -> str:
+    """A sentinel speaks TCP, on a port of its own, and has no databases: say so at load
+    time."""
+    parts = _over_tcp(url, "for a sentinel: a sentinel", "redis://host:26379 or rediss://...")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None  # redis-py's parser says what is wrong with it, when the URL is read
+    if port is None:
+        raise ValueError(
+            f"URL {mask_url(url)!r} gives no port: give the sentinel's (usually 26379; "
+            "without one, 6379 would be the master's)"
+        )
+    db = _db_of(parts)
+    if db:
+        raise ValueError(
+            f"URL {mask_url(url)!r} selects db {db}, but a sentinel has no databases: the "
+            "master's db is redis.url's"
+        )
+    return url
+
+
+def _over_tcp(url: str, what: str, use: str) -> SplitResult:
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise ValueError(f"unsupported URL {mask_url(url)!r} {what} is reached over TCP, use {use}")
+    return parts
+
+
+def _db_of(parts: SplitResult) -> str | None:
+    """The db a URL selects, in its path or its arguments; None if it names none."""
+    return parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db")
 
 
 class ComponentSection(BaseModel):

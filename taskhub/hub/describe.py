@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from taskhub.components import Component
 from taskhub.config.models import Settings
@@ -91,6 +92,10 @@ def log_banner(
         )
     else:
         logger.info("redis: %s", mask_url(settings.redis.url))
+    sentinel = settings.redis.sentinel
+    if sentinel is not None:
+        nodes = ", ".join(_address(url) for url in sentinel.nodes)
+        logger.info("redis: master %r through sentinels %s", sentinel.service, nodes)
     if role & Role.SERVER:
         for rule in hub.rules:
             shadow = " (shadow)" if rule.shadow else ""
@@ -125,3 +130,9 @@ def log_banner(
 def describe(component: Component) -> str:
     options = " ".join(f"{k}={v}" for k, v in component.config.model_dump().items())
     return f"{component.name} {options}".strip()
+
+
+def _address(url: str) -> str:
+    """host:port of a URL, nothing else of it (no login to mask)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"

@@ -14,6 +14,7 @@ from taskhub.config.models import RedisSettings
 from taskhub.errors import BackendUnavailable
 from taskhub.store.cluster_client import ClusterClient
 from taskhub.store.connection import ConnectionSettings, connection_settings
+from taskhub.store.sentinel import master_client
 from taskhub.store.urls import is_embedded
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ _UNAVAILABLE_REPLIES = (
     "MOVED ",
     "ASK ",
     "NOPERM ",  # as NoPermissionError, from the pipeline's own reader
+    "READONLY ",  # as ReadOnlyError, from the pipeline's own reader: a demoted master
 )
 # uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
 # closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
@@ -105,6 +107,8 @@ def connect(
     if settings.cluster:
         # Duck-typed: every command taskhub sends exists on both (see ClusterClient).
         return cast(Redis, ClusterClient.for_settings(settings, blocking_timeout))
+    if settings.sentinels is not None:
+        return master_client(settings, blocking_timeout)
     return settings.client(blocking_timeout)
 
 

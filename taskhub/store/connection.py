@@ -35,7 +35,7 @@ from redis.asyncio.connection import (
     parse_url,
 )
 
-from taskhub.config.models import RedisSettings
+from taskhub.config.models import RedisSettings, SentinelSettings
 from taskhub.store.urls import Address, is_embedded
 
 CERT_REQS = ("none", "optional", "required")
@@ -141,6 +141,22 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Sentinels:
+    """The sentinels that name a master: each reached with its own URL's login and TLS."""
+
+    service: str
+    nodes: tuple[ConnectionSettings, ...]
+
+    def describe(self) -> dict[str, Any]:
+        nodes = []
+        for node in self.nodes:
+            shown = node.describe()
+            del shown["db"]  # a sentinel has none
+            nodes.append(shown)
+        return {"service": self.service, "nodes": nodes}
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionSettings:
     """Where one Redis is and how to reach it; ``at`` gives the same for another node."""
 
@@ -157,6 +173,7 @@ class ConnectionSettings:
     keepalive: bool = True
     cluster: bool = False
     seeds: tuple[Address, ...] = ()  # a cluster's nodes to ask for the slot map first
+    sentinels: Sentinels | None = None  # they name the master; host and port are unused
 
     @property
     def address(self) -> Address:
@@ -167,9 +184,10 @@ class ConnectionSettings:
         return self.path or f"{self.host}:{self.port}"
 
     def at(self, address: Address) -> ConnectionSettings:
-        """The same credentials, TLS and timeouts, to another node of the cluster."""
+        """The same credentials, TLS and timeouts, to another node of the cluster, or to
+        the master the sentinels named."""
         host, port = address
-        return dataclasses.replace(self, host=host, port=port, seeds=())
+        return dataclasses.replace(self, host=host, port=port, seeds=(), sentinels=None)
 
     def redis_kwargs(self, blocking_timeout: float = 0.0) -> dict[str, Any]:
         """redis-py's keyword arguments for a client or a pool; ``blocking_timeout``, the
@@ -204,6 +222,9 @@ class ConnectionSettings:
         shown: dict[str, Any] = {"scheme": self.scheme}
         if self.path is not None:
             shown["path"] = self.path
+        elif self.sentinels is not None:
+            shown["master"] = "the one the sentinels name (url's host and port are not used)"
+            shown["sentinel"] = self.sentinels.describe()
         else:
             shown.update(host=self.host, port=self.port)
         if self.cluster:
@@ -248,7 +269,20 @@ def connection_settings(redis: RedisSettings, url: str | None = None) -> Connect
             except InvalidConnection as exc:
                 raise InvalidConnection(str(exc), ("nodes", index)) from None
         settings = dataclasses.replace(settings, cluster=True, seeds=tuple(dict.fromkeys(seeds)))
+    if redis.sentinel is not None and url == redis.url:
+        settings = dataclasses.replace(settings, sentinels=_sentinels(redis.sentinel, redis))
     return settings
+
+
+def _sentinels(sentinel: SentinelSettings, redis: RedisSettings) -> Sentinels:
+    """Each sentinel's URL read as any other (its own login, TLS and timeouts)."""
+    nodes = []
+    for index, url in enumerate(sentinel.nodes):
+        try:
+            nodes.append(_parse(url, redis))
+        except InvalidConnection as exc:
+            raise InvalidConnection(str(exc), ("sentinel", "nodes", index)) from None
+    return Sentinels(sentinel.service, tuple(nodes))
 
 
 def seed_address(url: str, of: ConnectionSettings) -> Address:

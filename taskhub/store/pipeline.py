@@ -12,6 +12,12 @@ A call that fails on the connection (reset, timeout) fails every call in
 flight on it with redis-py's ConnectionError or TimeoutError, which the callers
 already read as "Redis is unavailable"; the next call reconnects. Like any
 request whose reply was lost, such a call may or may not have run.
+
+Through Redis Sentinel, every connect first asks the sentinels where the master
+is, then checks with ``ROLE`` that the server reached is it; a switch the
+sentinels announce, or a READONLY reply (the server was demoted under us), drops
+the connection, so the next call asks again and finds the promoted replica
+without a restart.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.store.connection import ConnectionSettings
+from taskhub.store.sentinel import MasterLocator
+from taskhub.store.urls import Address
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +75,7 @@ class _ReplyStream(asyncio.Protocol):
         self.unsent_futures: list[asyncio.Future[Any]] = []
         self.flush_scheduled = False
         self.transport: asyncio.Transport | None = None
+        self.address: Address | None = None  # the server's, as connected to
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -145,6 +154,9 @@ class RedisPipeline:
         self._stream: _ReplyStream | None = None
         self._connecting: asyncio.Future[_ReplyStream] | None = None  # the attempt under way
         self._scripts: dict[str, str] = {}  # loaded on every new connection
+        self._locator: MasterLocator | None = None
+        if connection.sentinels is not None:
+            self._locator = MasterLocator(connection, on_switch=self._switched)
 
     def script(self, source: str) -> PipelinedScript:
         script = PipelinedScript(self, source)
@@ -158,7 +170,20 @@ class RedisPipeline:
             stream = await self._connected()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         stream.send(encode_command(args), future)
-        return await future
+        try:
+            return await future
+        except ResponseError as exc:
+            if self._locator is None or not str(exc).startswith("READONLY "):
+                raise
+            # Demoted by a failover: ask the sentinels again on the next call.
+            stream.fail(RedisConnectionError(f"Redis is a replica now: {exc}"))
+            raise RedisConnectionError(f"Redis is a replica now: {exc}") from None
+
+    def _switched(self, master: Address) -> None:
+        """The sentinels named a new master: leave the old one now, even if it still
+        answers (what it takes until its demotion it loses)."""
+        if self._stream is not None and self._stream.address != master:
+            self._stream.fail(RedisConnectionError("the sentinels switched to a new master"))
 
     async def ping(self) -> None:
         """PING on this connection: readiness asks the very connection admissions use."""
@@ -207,6 +232,8 @@ class RedisPipeline:
 
     async def _open(self) -> _ReplyStream:
         connection = self.connection
+        if self._locator is not None:  # the master's address is the sentinels' to give
+            connection = connection.at(await self._locator.master())
         loop = asyncio.get_running_loop()
         transport: asyncio.BaseTransport
 
@@ -223,15 +250,17 @@ class RedisPipeline:
             if connection.keepalive and sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         stream.transport = transport
+        stream.address = connection.address
         try:
-            await self._handshake(stream)
+            await self._handshake(stream, connection.name)
         except BaseException:
             transport.abort()
             raise
         return stream
 
-    async def _handshake(self, stream: _ReplyStream) -> None:
-        """AUTH and SELECT, as redis-py does for the URL, and SCRIPT LOAD, before any call.
+    async def _handshake(self, stream: _ReplyStream, name: str) -> None:
+        """AUTH and SELECT, as redis-py does for the URL, ROLE when the sentinels named
+        the server, and SCRIPT LOAD, before any call.
 
         Loading the scripts here means a restarted Redis costs no NOSCRIPT round trip.
         """
@@ -242,6 +271,8 @@ class RedisPipeline:
             commands.append(("AUTH", user, password) if user else ("AUTH", password))
         if connection.db:
             commands.append(("SELECT", connection.db))
+        if self._locator is not None:
+            commands.append(("ROLE",))
         commands += [("SCRIPT", "LOAD", source) for source in self._scripts.values()]
         assert stream.transport is not None
         loop = asyncio.get_running_loop()
@@ -251,11 +282,15 @@ class RedisPipeline:
             future: asyncio.Future[Any] = loop.create_future()
             stream.send(encode_command(command), future)
             try:
-                await future
+                reply = await future
             except ResponseError as exc:  # as redis-py: a refused login means "unavailable"
                 if command[0] != "AUTH":
                     raise
                 raise AuthenticationError(f"Redis refused AUTH: {exc}") from None
+            if command[0] == "ROLE" and reply[0] != b"master":
+                # A sentinel's view lags a switch: it may name a demoted master a moment.
+                role = reply[0].decode()
+                raise RedisConnectionError(f"{name}, named master by the sentinels, is a {role}")
 
     async def close(self) -> None:
         """Close the connection; calls still waiting on it fail as "connection lost"."""
@@ -265,6 +300,8 @@ class RedisPipeline:
         if stream is not None and stream.transport is not None:
             stream.transport.close()
             await asyncio.sleep(0)  # let the transport call connection_lost
+        if self._locator is not None:
+            await self._locator.close()
 
 
 def _retrieved(attempt: asyncio.Future[_ReplyStream]) -> None:
