@@ -9,6 +9,7 @@ import pytest
 import uvloop
 from redis import exceptions as rx
 
+from taskhub.errors import BackendUnavailable
 from taskhub.store.clients import is_unavailable
 from taskhub.store.outage import OutageLog
 
@@ -35,6 +36,15 @@ def test_a_write_to_a_connection_closed_under_uvloop_is_unavailable() -> None:
     assert is_unavailable(error), error
 
 
+def cluster_error(cause: BaseException | None) -> rx.RedisClusterException:
+    """What redis-py's cluster client raises when no seed gave it a slot map."""
+    error = rx.RedisClusterException(
+        f"Redis Cluster cannot be connected. Please provide at least one reachable node: {cause}"
+    )
+    error.__cause__ = cause
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "unavailable"),
     [
@@ -46,6 +56,21 @@ def test_a_write_to_a_connection_closed_under_uvloop_is_unavailable() -> None:
         (rx.ResponseError("MOVED 3999 127.0.0.1:30002"), True),
         (rx.ResponseError("ASK 3999 127.0.0.1:30002"), True),
         (rx.ResponseError("ERR Error running script: attempt to compare nil"), False),
+        # redis-py's cluster client: no node answered (the cause says why), or a map that
+        # does not cover every slot yet (a cluster coming back)
+        (cluster_error(rx.ConnectionError("Error 111 connecting to 127.0.0.1:7000.")), True),
+        (cluster_error(rx.TimeoutError("Timeout connecting to server")), True),
+        (
+            rx.RedisClusterException("All slots are not covered after query all startup_nodes."),
+            True,
+        ),
+        (rx.SlotNotCoveredError('Slot "3999" not covered by the cluster.'), True),
+        # ... but a node that is no cluster node is a config error, not an outage
+        (
+            cluster_error(rx.RedisClusterException("Cluster mode is not enabled on this node")),
+            False,
+        ),
+        (cluster_error(None), False),
         (RuntimeError("Event loop is closed"), False),
         (RuntimeError("unable to perform operation; the handler is closed"), False),
         (ValueError("unable to perform operation on <TCPTransport>; the handler is closed"), False),
@@ -131,3 +156,34 @@ def test_an_error_that_is_not_an_outage_is_raised_not_logged(outage, caplog) -> 
     with pytest.raises(rx.ResponseError):
         log.absorb(rx.ResponseError("ERR Error running script"))
     assert log.down_since is None and not caplog.records
+
+
+async def test_a_call_in_an_outage_is_backend_unavailable_and_logged_once(outage, caplog) -> None:
+    log, clock = outage
+
+    async def dropped() -> None:
+        raise DROPPED
+
+    async def answered() -> str:
+        return "PONG"
+
+    for _ in range(20):
+        with pytest.raises(BackendUnavailable, match="Redis is unreachable"):
+            await log.call(dropped())
+        clock.now += 0.1
+    assert await log.call(answered()) == "PONG"
+    assert lines(caplog) == [
+        "Redis (test) is unreachable: Connection closed by server.",
+        "Redis (test) is reachable again after 2.0 s",
+    ]
+
+
+async def test_a_bug_in_a_call_is_raised_as_it_is(outage, caplog) -> None:
+    log, _ = outage
+
+    async def bug() -> None:
+        raise rx.ResponseError("ERR Error running script")
+
+    with pytest.raises(rx.ResponseError):
+        await log.call(bug())
+    assert not caplog.records

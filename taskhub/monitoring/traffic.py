@@ -31,7 +31,6 @@ from typing_extensions import TypedDict
 
 from taskhub.limits.admission import Decision
 from taskhub.limits.policy import Outcome, RequestContext, Rule
-from taskhub.store.clients import redis_call
 from taskhub.store.outage import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -239,7 +238,7 @@ class TrafficRecorder:
                 pipe.hmget(self.second_key(second), ["admitted", "refused"])
             for m in (minute - 1, minute):
                 pipe.zrevrange(self.minute_key(m), 0, top * 5 - 1, withscores=True)
-            replies = await redis_call(pipe.execute())
+            replies = await self._outage.call(pipe.execute())
         admitted = [int(a or 0) for a, _ in replies[:history]]
         refused = [int(r or 0) for _, r in replies[:history]]
         merged: dict[str, float] = {}

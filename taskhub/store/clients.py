@@ -33,6 +33,8 @@ _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.ClusterDownError,
     rx.TryAgainError,
     rx.MasterDownError,
+    # redis-py's cluster client has no node for a slot: its map is being read again.
+    rx.SlotNotCoveredError,
     # An ACL user refused a command or key: like a refused login (AuthenticationError,
     # above), for an operator to fix, and nothing a retry now would change; 503, not 500.
     rx.NoPermissionError,
@@ -51,6 +53,10 @@ _UNAVAILABLE_REPLIES = (
     "ASK ",
     "NOPERM ",  # as NoPermissionError, from the pipeline's own reader
 )
+# redis-py's cluster client, reading the slot map, found nodes that do not yet serve every
+# slot (a cluster coming back); without a node at all, it raises its own exception with
+# the last node's error as the cause, judged as that error is.
+_CLUSTER_FORMING = "All slots are not covered"
 # uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
 # closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
 _CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")
@@ -62,6 +68,10 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, RuntimeError):
         return _CLOSED_TRANSPORT.fullmatch(str(exc)) is not None
+    if isinstance(exc, rx.RedisClusterException):
+        if str(exc).startswith(_CLUSTER_FORMING):
+            return True
+        return exc.__cause__ is not None and is_unavailable(exc.__cause__)
     return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
 
 

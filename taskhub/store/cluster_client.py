@@ -20,6 +20,13 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   since the node list keeps old objects), so a script never reached the new master
   and every call of it there failed with NOSCRIPT until a restart. Here it goes to
   the master of every slot, as the slot map has them.
+- the startup nodes: redis-py replaces them with the nodes the cluster reports
+  (``dynamic_startup_nodes``) and pins ``localhost`` to the address it had when the
+  client was built, so a cluster that came back elsewhere (a host name that now
+  resolves to new addresses) could never be found again (redis-py#2472, and the
+  startup nodes it once dropped for good after connection errors, #3221, #3693).
+  Here the configured seeds stay as configured, host names and all, and each
+  reconnect resolves them again.
 """
 
 from __future__ import annotations
@@ -47,10 +54,24 @@ class ClusterClient(RedisCluster):
         connection_class = kwargs.pop("connection_class", None)
         context = kwargs.pop("prepared_context", None)
         seeds = [ClusterNode(host, port) for host, port in connection.seeds]
-        client = cls(startup_nodes=seeds, ssl=connection.tls is not None, **kwargs)
+        client = cls(
+            startup_nodes=seeds,
+            ssl=connection.tls is not None,
+            dynamic_startup_nodes=False,
+            **kwargs,
+        )
+        client._keep_host_names(connection)
         if connection_class is not None:
             client._use_prepared_tls(connection_class, context)
         return client
+
+    def _keep_host_names(self, connection: ConnectionSettings) -> None:
+        """Undo redis-py's one-off lookup of ``localhost`` (the only name it pins) in the
+        seeds: they connect by the name, looked up again on every connect."""
+        named = {port for host, port in connection.seeds if host == "localhost"}
+        for node in self.nodes_manager.startup_nodes.values():
+            if int(node.port) in named:
+                node.host = node.connection_kwargs["host"] = "localhost"
 
     def _use_prepared_tls(self, connection_class: type, context: Any) -> None:
         """RedisCluster takes TLS settings but no connection class: its nodes, those made
