@@ -8,6 +8,7 @@ import logging
 import pytest
 import uvloop
 from redis import exceptions as rx
+from redis.asyncio.connection import Connection
 
 from taskhub.errors import BackendUnavailable
 from taskhub.store.clients import is_unavailable
@@ -43,6 +44,19 @@ def cluster_error(cause: BaseException | None) -> rx.RedisClusterException:
     )
     error.__cause__ = cause
     return error
+
+
+async def test_a_redis_py_connection_closed_under_its_call_is_unavailable() -> None:
+    """What a call meets when redis-py's cluster client disconnected its connection meanwhile
+    (the cluster client disconnects every node on CLUSTERDOWN): its stream is gone."""
+    connection = Connection()  # never connected: no stream, as after that disconnect
+    with pytest.raises(AttributeError) as gone:
+        await connection._send_packed_command([b"PING\r\n"])
+    assert is_unavailable(gone.value), gone.value
+    try:  # the same message raised anywhere else is a bug
+        None.writelines  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as bug:
+        assert not is_unavailable(bug)
 
 
 @pytest.mark.parametrize(

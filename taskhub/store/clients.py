@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from redis import exceptions as rx
@@ -62,12 +63,31 @@ _CLUSTER_FORMING = "All slots are not covered"
 _CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")
 
 
+# redis-py's cluster client disconnects every connection of every node when a command
+# meets CLUSTERDOWN or reading the slot map fails, those in use by other calls too (a
+# cluster coming back): such a call then writes to, or reads from, a connection whose
+# stream is gone, and fails with this, raised in redis-py's connection module.
+_GONE_STREAM = re.compile(r"'NoneType' object has no attribute '\w+'")
+_REDIS_CONNECTION = ("redis", "asyncio", "connection.py")
+
+
+def _stream_gone_under_redis_py(exc: AttributeError) -> bool:
+    if _GONE_STREAM.fullmatch(str(exc)) is None or exc.__traceback__ is None:
+        return False
+    innermost = exc.__traceback__
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return Path(innermost.tb_frame.f_code.co_filename).parts[-3:] == _REDIS_CONNECTION
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True for errors that mean "Redis cannot serve us right now", as opposed to bugs."""
     if isinstance(exc, _UNAVAILABLE_TYPES):
         return True
     if isinstance(exc, RuntimeError):
         return _CLOSED_TRANSPORT.fullmatch(str(exc)) is not None
+    if isinstance(exc, AttributeError):
+        return _stream_gone_under_redis_py(exc)
     if isinstance(exc, rx.RedisClusterException):
         if str(exc).startswith(_CLUSTER_FORMING):
             return True

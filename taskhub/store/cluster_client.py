@@ -27,6 +27,11 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   startup nodes it once dropped for good after connection errors, #3221, #3693).
   Here the configured seeds stay as configured, host names and all, and each
   reconnect resolves them again.
+- the slot map: on each read of it redis-py keeps its old node objects in its node
+  list but points the slots at new ones, which then get the connections; the next
+  read (after any connection error, e.g. while a cluster comes back) drops them with
+  their connections open ("Unclosed ClusterNode object", an ERROR from asyncio, and
+  leaked sockets). Here the slots point at the node list's objects.
 """
 
 from __future__ import annotations
@@ -81,6 +86,24 @@ class ClusterClient(RedisCluster):
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = connection_class
             node.connection_kwargs.update(extra)
+
+    async def initialize(self) -> ClusterClient:
+        if self._initialize:  # the map is read again (under redis-py's lock)
+            await super().initialize()
+            self._route_to_listed_nodes()
+        return self
+
+    def _route_to_listed_nodes(self) -> None:
+        """Each slot's nodes as the objects of the node list, one per address."""
+        listed = self.nodes_manager.nodes_cache
+        slots = self.nodes_manager.slots_cache
+        # A range of slots shares one list: one new list for it (the old kept till the end,
+        # so that no id is reused meanwhile).
+        shared: dict[int, tuple[list[ClusterNode], list[ClusterNode]]] = {}
+        for slot, owners in slots.items():
+            if id(owners) not in shared:
+                shared[id(owners)] = (owners, [listed.get(node.name, node) for node in owners])
+            slots[slot] = shared[id(owners)][1]
 
     def pubsub(self, **_: Any) -> _NoPubSub:
         return _NoPubSub()

@@ -36,7 +36,11 @@ def server_options(
     loopback address for a server that moved. The tests' servers, the local cluster's
     nodes and the benchmark's server all start with it."""
     persistence = ["yes", "--appendfsync", "always"] if aof else ["no"]
+    # Another loopback address: the cluster bus connects from it too, else its peers see
+    # 127.0.0.1 and call back where nothing listens (Redis 7.0's bind-source-addr).
+    source = [] if host == "127.0.0.1" else ["--bind-source-addr", host]
     return [
+        *source,
         "--port",
         str(port),
         "--bind",
