@@ -11,8 +11,8 @@ from redis import exceptions as rx
 from redis.asyncio.connection import Connection
 
 from taskhub.errors import BackendUnavailable
-from taskhub.store.clients import is_unavailable
 from taskhub.store.outage import OutageLog
+from taskhub.store.unavailable import is_unavailable
 
 
 async def write_to_a_closed_connection() -> RuntimeError:

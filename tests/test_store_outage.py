@@ -50,7 +50,7 @@ DOWN = 6.0  # seconds every node stays down: several times every timeout and int
 RECOVERY = 10.0  # seconds from the nodes' restart to a new job completed
 SETTLE = 3.0  # seconds after recovery for every path's "reachable again" line
 PROBE_EVERY = 0.2  # seconds between two rounds of the prober
-CPU_SHARE = 0.15  # the most CPU a process may use while down, in seconds per second down
+CPU_SHARE = 0.1  # the most CPU a process may use while down, in seconds per second down
 MAX_LINES = 14  # the most lines a process may log for one outage (start and end per path)
 
 

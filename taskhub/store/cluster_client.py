@@ -32,16 +32,24 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   read (after any connection error, e.g. while a cluster comes back) drops them with
   their connections open ("Unclosed ClusterNode object", an ERROR from asyncio, and
   leaked sockets). Here the slots point at the node list's objects.
+- reading the slot map while no node answers: redis-py tries every seed on every
+  command, and again for each of its retries. Here a failed read is not tried again
+  for ``REFRESH_INTERVAL`` (as taskhub's own router): commands meanwhile fail at once,
+  as unavailable, and a whole-cluster outage costs little CPU.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, NoReturn
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import ScriptTextT
 
+from taskhub.store.cluster_router import REFRESH_INTERVAL
 from taskhub.store.connection import ConnectionSettings
+from taskhub.store.unavailable import is_unavailable
 
 NO_PUBSUB = (
     "Redis Cluster has no cluster-wide pubsub in this client: taskhub's queue on a "
@@ -50,6 +58,8 @@ NO_PUBSUB = (
 
 
 class ClusterClient(RedisCluster):
+    _map_failed: tuple[float, str] | None = None  # when reading the slot map last failed, why
+
     @classmethod
     def for_settings(cls, connection: ConnectionSettings, blocking_timeout: float) -> ClusterClient:
         """Seeded with ``url`` and ``nodes``; credentials, TLS and timeouts from ``url``'s
@@ -88,9 +98,19 @@ class ClusterClient(RedisCluster):
             node.connection_kwargs.update(extra)
 
     async def initialize(self) -> ClusterClient:
-        if self._initialize:  # the map is read again (under redis-py's lock)
-            await super().initialize()
-            self._route_to_listed_nodes()
+        if not self._initialize:
+            return self
+        failed = self._map_failed
+        if failed is not None and time.monotonic() - failed[0] < REFRESH_INTERVAL:
+            raise RedisConnectionError(f"{failed[1]} (tried again shortly)")
+        try:
+            await super().initialize()  # reads the map (under redis-py's lock)
+        except Exception as exc:
+            if is_unavailable(exc):  # a bug (say, no cluster at all) is raised each time
+                self._map_failed = (time.monotonic(), str(exc))
+            raise
+        self._map_failed = None
+        self._route_to_listed_nodes()
         return self
 
     def _route_to_listed_nodes(self) -> None:

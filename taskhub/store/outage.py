@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from taskhub.errors import BackendUnavailable
-from taskhub.store.clients import is_unavailable, why_unavailable
+from taskhub.store.unavailable import is_unavailable, why_unavailable
 
 T = TypeVar("T")
 
