@@ -85,6 +85,8 @@ async def test_a_redis_py_connection_closed_under_its_call_is_unavailable() -> N
             False,
         ),
         (cluster_error(None), False),
+        # a component that already said "unavailable" (the queue's reads)
+        (BackendUnavailable("Redis is unreachable: Connection refused"), True),
         (RuntimeError("Event loop is closed"), False),
         (RuntimeError("unable to perform operation; the handler is closed"), False),
         (ValueError("unable to perform operation on <TCPTransport>; the handler is closed"), False),

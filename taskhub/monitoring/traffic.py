@@ -32,6 +32,7 @@ from typing_extensions import TypedDict
 
 from taskhub.limits.admission import Decision
 from taskhub.limits.policy import Outcome, RequestContext, Rule
+from taskhub.store.clients import redis_call
 from taskhub.store.outage import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class TrafficRecorder:
         refused most this minute and the last (each minute's ``top * 5`` highest merged)."""
         now = int(self.clock())
         seconds = range(now - history, now)  # the current second is still being written
-        replies = await self._outage.call(self._counts(seconds, now // 60, top))
+        replies = await redis_call(self._counts(seconds, now // 60, top))
         admitted = [int(a or 0) for a, _ in replies[:history]]
         refused = [int(r or 0) for _, r in replies[:history]]
         merged: dict[str, float] = {}

@@ -25,8 +25,9 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   client was built, so a cluster that came back elsewhere (a host name that now
   resolves to new addresses) could never be found again (redis-py#2472, and the
   startup nodes it once dropped for good after connection errors, #3221, #3693).
-  Here the configured seeds stay as configured, host names and all, and each
-  reconnect resolves them again.
+  Here the nodes the cluster reports come first, as in redis-py (a seed may be the
+  master that died), and the configured seeds stay after them, host names and all;
+  each reconnect resolves a name again.
 - the slot map: on each read of it redis-py keeps its old node objects in its node
   list but points the slots at new ones, which then get the connections; the next
   read (after any connection error, e.g. while a cluster comes back) drops them with
@@ -59,6 +60,7 @@ NO_PUBSUB = (
 
 class ClusterClient(RedisCluster):
     _map_failed: tuple[float, str] | None = None  # when reading the slot map last failed, why
+    _seeds: list[ClusterNode]  # the configured nodes, whatever the cluster reports
 
     @classmethod
     def for_settings(cls, connection: ConnectionSettings, blocking_timeout: float) -> ClusterClient:
@@ -72,10 +74,10 @@ class ClusterClient(RedisCluster):
         client = cls(
             startup_nodes=seeds,
             ssl=connection.tls is not None,
-            dynamic_startup_nodes=False,
             **kwargs,
         )
         client._keep_host_names(connection)
+        client._seeds = list(client.nodes_manager.startup_nodes.values())
         if connection_class is not None:
             client._use_prepared_tls(connection_class, context)
         return client
@@ -111,6 +113,9 @@ class ClusterClient(RedisCluster):
             raise
         self._map_failed = None
         self._route_to_listed_nodes()
+        startup = self.nodes_manager.startup_nodes  # the nodes found; then the seeds again
+        for seed in self._seeds:
+            startup.setdefault(seed.name, seed)
         return self
 
     def _route_to_listed_nodes(self) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from redis import exceptions as rx
 
+from taskhub.errors import BackendUnavailable
+
 _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.ConnectionError,  # includes AuthenticationError and BusyLoadingError
     rx.TimeoutError,
@@ -62,6 +64,8 @@ def _stream_gone_under_redis_py(exc: AttributeError) -> bool:
 
 def is_unavailable(exc: BaseException) -> bool:
     """True for errors that mean "Redis cannot serve us right now", as opposed to bugs."""
+    if isinstance(exc, BackendUnavailable):  # a component that already said so
+        return True
     if isinstance(exc, _UNAVAILABLE_TYPES):
         return True
     if isinstance(exc, RuntimeError):

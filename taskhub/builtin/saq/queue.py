@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import time
 from collections import Counter
@@ -42,7 +41,7 @@ from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueu
 from taskhub.builtin.saq.worker import HubWorker
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo
 from taskhub.monitoring import request_id
-from taskhub.store.outage import OutageLog
+from taskhub.store.clients import redis_call
 from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
 
 if TYPE_CHECKING:
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
 
     from taskhub.jobs import QueueSnapshot
 
-
-logger = logging.getLogger(__name__)
 
 # How long one idle dequeue blocks: bounds how long an idle worker takes to stop.
 DEQUEUE_TIMEOUT = 1.0
@@ -145,8 +142,6 @@ class SaqQueue(QueueBackend):
         super().__init__(config)
         self._lay_out(Shards(self.config.shards, self.config.shard_by, self.config.name))
         self._jobs: list[HardenedRedisQueue] = []
-        # Status, aborts, the dashboard, the metrics' depth: an outage logged once for all.
-        self._reads = OutageLog(f"Redis (queue {self.config.name!r}, for the API)", logger)
 
     def _lay_out(self, shards: Shards) -> None:
         self.shards = shards
@@ -280,16 +275,16 @@ class SaqQueue(QueueBackend):
 
     async def status(self, job_id: str) -> JobInfo | None:
         queue = self._queue_of(job_id)
-        return None if queue is None else await self._reads.call(saq_jobs.status(queue, job_id))
+        return None if queue is None else await redis_call(saq_jobs.status(queue, job_id))
 
     async def abort(self, job_id: str) -> AbortResult:
         queue = self._queue_of(job_id)
         if queue is None:
             return AbortResult(AbortOutcome.UNKNOWN)
-        return await self._reads.call(saq_jobs.abort(queue, job_id))
+        return await redis_call(saq_jobs.abort(queue, job_id))
 
     async def check(self) -> None:
-        await self._reads.call(self._queues()[0].redis.exists(self._layouts[0][0]))
+        await redis_call(self._queues()[0].redis.exists(self._layouts[0][0]))
 
     async def dead_letters(self, limit: int | None = None) -> list[JobInfo]:
         shards = await self._each(lambda queue: queue.dead_entries(limit))
@@ -305,7 +300,7 @@ class SaqQueue(QueueBackend):
                 if queue is not None:
                     wanted.setdefault(queue, []).append(job_id)
             retries = (saq_jobs.retry_dead(queue, ids) for queue, ids in wanted.items())
-            moved = await self._reads.call(asyncio.gather(*retries))
+            moved = await redis_call(asyncio.gather(*retries))
         return [job_id for shard in moved for job_id in shard]
 
     async def purge_dead(self) -> int:
@@ -314,7 +309,7 @@ class SaqQueue(QueueBackend):
     async def depth(self) -> dict[str, int]:
         total: Counter[str] = Counter()
         depths = asyncio.gather(*(queue.depth() for queue in self._queues()))
-        for depth in await self._reads.call(depths):
+        for depth in await redis_call(depths):
             total.update(depth)
         return dict(total)
 
@@ -326,8 +321,8 @@ class SaqQueue(QueueBackend):
         """``call`` on every shard at once (one shard: just the call)."""
         queues = self._queues()
         if len(queues) == 1:
-            return [await self._reads.call(call(queues[0]))]
-        return list(await self._reads.call(asyncio.gather(*(call(queue) for queue in queues))))
+            return [await redis_call(call(queues[0]))]
+        return list(await redis_call(asyncio.gather(*(call(queue) for queue in queues))))
 
     def _queue_of(self, job_id: str) -> HardenedRedisQueue | None:
         """The shard a job id names (ids carry their shard); None: no job of this queue."""
