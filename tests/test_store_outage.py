@@ -241,6 +241,12 @@ def outage(
         assert seconds < CPU_SHARE * lasted, f"{name} used {seconds:.2f} s of CPU in {lasted:.1f} s"
     for name, text in lines.items():
         assert len(text) <= MAX_LINES, (name, text)
-        assert any("is unreachable" in line for line in text), (name, text)
-        assert any("reachable again" in line for line in text), (name, text)
         assert not any("Traceback" in line or " ERROR " in line for line in text), (name, text)
+        # each path: one line when its outage starts, one when it ends
+        started, ended = outages(text, " is unreachable"), outages(text, " is reachable again")
+        assert started and set(started.values()) == {1} and started == ended, (name, text)
+
+
+def outages(lines: list[str], saying: str) -> Counter[str]:
+    """How many lines say ``saying`` about each thing (``Redis (admission)``...)."""
+    return Counter(line.split(": ", 1)[1].split(saying)[0] for line in lines if saying in line)

@@ -174,7 +174,10 @@ def build_api(parts: ApiParts) -> HttpApi:
     if settings.dashboard.enabled:
         assert parts.traffic is not None, "the dashboard needs the traffic recorder"
         dashboard = DashboardEndpoints(
-            Dashboard(parts.traffic, parts.queue), settings.dashboard.token, retry_after_s, reads
+            Dashboard(parts.traffic, parts.queue, outage=reads),
+            settings.dashboard.token,
+            retry_after_s,
+            reads,
         )
         router.add("GET", "/dashboard", dashboard.show)
         router.add("GET", "/dashboard/api/summary", dashboard.summary)

@@ -90,7 +90,7 @@ class DashboardEndpoints:
         if denied is not None:
             return denied
         try:
-            return json_response(200, await self.outage.call(self.dashboard.summary()), NO_STORE)
+            return json_response(200, await self.dashboard.summary(), NO_STORE)
         except BackendUnavailable:
             return self.unavailable()
         except UsageError as exc:  # a queue plugin without snapshot()
