@@ -2,9 +2,10 @@
 
 A real ``taskhub serve`` (with the dashboard and metrics on) and ``taskhub worker``
 run on a private store; a prober keeps calling every path the server has on Redis
-(``POST /task``, ``GET /task/{id}``, ``/metrics``, ``/dashboard/api/summary``) and the
-worker is idle, so its take, upkeep, sweep and SAQ's own upkeep are what it does.
-Every node is SIGKILLed and kept down for several times the Redis timeouts, then
+(``POST /task``, ``GET /task/{id}``, ``/metrics``, ``/dashboard/api/summary``). The
+worker runs a few jobs that finish while the store is down (their heartbeats and
+settles fail), then is idle: its take, upkeep, sweep and SAQ's own upkeep are what it
+does. Every node is SIGKILLed and kept down for several times the Redis timeouts, then
 started again on the same addresses: first with its data (a snapshot taken just
 before), then empty (nothing loaded: scripts, queue keys and worker stats gone).
 Each time:
@@ -15,7 +16,8 @@ Each time:
 - each process logs a few lines (an outage starting and ending per path), no
   traceback and nothing at ERROR;
 - with no restart, ``POST /task`` answers 200 again, the job it admits completes,
-  and its status, the dashboard and the queue gauge are back, within RECOVERY.
+  and its status, the dashboard and the queue gauge are back, within RECOVERY; back
+  with its data, the jobs that could not settle run again (the sweep finds them stale).
 
 ``PYTEST_ARGS="-s -k test_store_outage" make test`` prints the figures.
 """
@@ -38,6 +40,7 @@ from tests.support.cluster import LocalCluster
 from tests.support.configs import config_dict, crash_queue
 from tests.support.dashboard import AUTH, TOKEN
 from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
 from tests.support.processes import TaskhubProcess, wait_until
 from tests.support.redis_servers import PrivateRedis
 from tests.support.replies import assert_quiet, completions
@@ -52,6 +55,8 @@ SETTLE = 3.0  # seconds after recovery for every path's "reachable again" line
 PROBE_EVERY = 0.2  # seconds between two rounds of the prober
 CPU_SHARE = 0.1  # the most CPU a process may use while down, in seconds per second down
 MAX_LINES = 14  # the most lines a process may log for one outage (start and end per path)
+IN_FLIGHT = 3  # jobs running when the store goes down: they finish, and cannot settle, in it
+SLEEP = 1.5  # seconds each of them runs
 
 
 class Store(Protocol):
@@ -103,12 +108,14 @@ def cpu_seconds(process: TaskhubProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def outage_config(ns: Namespace, url: str, nodes: list[str]) -> dict[str, Any]:
+def outage_config(ns: Namespace, url: str, nodes: list[str], directory: Path) -> dict[str, Any]:
     config = config_dict(
         ns,
         url,
         queue=crash_queue(ns),
         dashboard={"enabled": True, "token": TOKEN},
+        plugins_dir=delivery_plugins(directory),
+        tasks={"log_completion": {}, "sleepy": {}},
     )
     config["redis"].update(connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
     if nodes:
@@ -147,7 +154,7 @@ def test_the_whole_store_down_then_back_with_and_without_its_data(
 ) -> None:
     backend, url, nodes = store
     ns = Namespace.new()
-    config = outage_config(ns, url, nodes)
+    config = outage_config(ns, url, nodes, tmp_path)
     server = spawn(config, "serve", cwd=tmp_path / "server")
     worker = spawn(config, "worker", cwd=tmp_path / "worker", wait_for="started (worker)")
     log = tmp_path / "worker" / "task.log"
@@ -182,6 +189,8 @@ def outage(
 ) -> None:
     processes = {"server": server, "worker": worker}
     marks = {name: len(p.lines) for name, p in processes.items()}
+    running = [run_sleepy(server.url, f"s{i}") for i in range(IN_FLIGHT)]
+    time.sleep(0.5)  # taken and claimed: they settle while the store is down
     store.go_down(keep_data=keep_data)
     down = time.monotonic()
     cpu_before = {name: cpu_seconds(p) for name, p in processes.items()}
@@ -217,6 +226,9 @@ def outage(
 
     assert wait_until(serves_all, RECOVERY, 0.1), server.output
     everything = time.monotonic() - back
+    if keep_data:  # still running as the store saw them last: they run again, once stale
+        again = wait_until(lambda: all(completions(log)[j] >= 2 for j in running), RECOVERY)
+        assert again, (completions(log), worker.output)
     time.sleep(SETTLE)
     lines = {name: p.lines[marks[name] :] for name, p in processes.items()}
     how = "with its data" if keep_data else "empty"
@@ -245,6 +257,13 @@ def outage(
         # each path: one line when its outage starts, one when it ends
         started, ended = outages(text, " is unreachable"), outages(text, " is reachable again")
         assert started and set(started.values()) == {1} and started == ended, (name, text)
+
+
+def run_sleepy(url: str, user: str) -> str:
+    body = {"user_id": user, "task": "sleepy", "payload": {"seconds": SLEEP}}
+    response = httpx.post(f"{url}/task", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return str(response.json()["job_id"])
 
 
 def outages(lines: list[str], saying: str) -> Counter[str]:

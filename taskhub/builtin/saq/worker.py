@@ -45,7 +45,6 @@ from saq.utils import cancel_tasks, now
 from taskhub.builtin.saq.redis_queue import REQUEST_ID, SEEN_MS, Fence, HardenedRedisQueue, Move
 from taskhub.jobs import RetryLater
 from taskhub.monitoring.log_context import job_scope
-from taskhub.store.clients import is_unavailable
 
 if TYPE_CHECKING:
     from taskhub.context import JobCounters, JobRunner
@@ -406,14 +405,15 @@ class HubWorker(Worker[Context]):
             self.metrics.count(task, "dead")
 
     async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
-        try:
-            moved = await shard_of(job).move(job, move, Fence.RUN, fence, score=score)
-        except Exception as exc:
+        queue = shard_of(job)
+        try:  # an outage is the queue's to log, once, not one line per job in flight
+            moved = await queue.skip_if_down(queue.move(job, move, Fence.RUN, fence, score=score))
+        except Exception:
+            logger.exception("job %s: recording its outcome failed; it will run again", job.key)
+            return False
+        if moved is None:
             # The job stays in the active list without beats, so the sweep re-runs it.
-            if is_unavailable(exc):
-                logger.warning("job %s: Redis is unreachable (%s); it will run again", job.key, exc)
-            else:
-                logger.exception("job %s: recording its outcome failed; it will run again", job.key)
+            logger.debug("job %s: Redis is unreachable; it will run again", job.key)
             return False
         if not moved:
             logger.warning(
