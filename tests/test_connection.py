@@ -364,3 +364,18 @@ async def test_the_sentinel_client_uses_the_context_built_at_load(tmp_path: Path
     assert isinstance(second, PreparedSSLConnection)
     assert (second.host, second.port, second.username) == ("s2", 26380, "watcher")
     await client.aclose()
+
+
+async def test_the_cluster_client_connects_to_a_localhost_seed_by_its_name(tmp_path: Path) -> None:
+    """redis-py looks ``localhost`` up once, when it builds a node; a seed keeps the name,
+    looked up again on each connect (a store back at a new address is found)."""
+    hub = hub_from(
+        tmp_path,
+        "redis: {cluster: true, url: 'redis://localhost:7000', nodes: ['redis://b:7001']}\n",
+    )
+    client = hub.connections.connect()
+    assert isinstance(client, ClusterClient)
+    startup = list(client.nodes_manager.startup_nodes.values())
+    assert [(node.host, node.port) for node in startup] == [("localhost", 7000), ("b", 7001)]
+    assert startup[0].acquire_connection().host == "localhost"
+    await client.aclose()

@@ -8,9 +8,11 @@ import logging
 import pytest
 import uvloop
 from redis import exceptions as rx
+from redis.asyncio.connection import Connection
 
-from taskhub.store.clients import is_unavailable
+from taskhub.errors import BackendUnavailable
 from taskhub.store.outage import OutageLog
+from taskhub.store.unavailable import is_unavailable
 
 
 async def write_to_a_closed_connection() -> RuntimeError:
@@ -35,6 +37,28 @@ def test_a_write_to_a_connection_closed_under_uvloop_is_unavailable() -> None:
     assert is_unavailable(error), error
 
 
+def cluster_error(cause: BaseException | None) -> rx.RedisClusterException:
+    """What redis-py's cluster client raises when no seed gave it a slot map."""
+    error = rx.RedisClusterException(
+        f"Redis Cluster cannot be connected. Please provide at least one reachable node: {cause}"
+    )
+    error.__cause__ = cause
+    return error
+
+
+async def test_a_redis_py_connection_closed_under_its_call_is_unavailable() -> None:
+    """What a call meets when redis-py's cluster client disconnected its connection meanwhile
+    (the cluster client disconnects every node on CLUSTERDOWN): its stream is gone."""
+    connection = Connection()  # never connected: no stream, as after that disconnect
+    with pytest.raises(AttributeError) as gone:
+        await connection._send_packed_command([b"PING\r\n"])
+    assert is_unavailable(gone.value), gone.value
+    try:  # the same message raised anywhere else is a bug
+        None.writelines  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as bug:
+        assert not is_unavailable(bug)
+
+
 @pytest.mark.parametrize(
     ("error", "unavailable"),
     [
@@ -46,6 +70,23 @@ def test_a_write_to_a_connection_closed_under_uvloop_is_unavailable() -> None:
         (rx.ResponseError("MOVED 3999 127.0.0.1:30002"), True),
         (rx.ResponseError("ASK 3999 127.0.0.1:30002"), True),
         (rx.ResponseError("ERR Error running script: attempt to compare nil"), False),
+        # redis-py's cluster client: no node answered (the cause says why), or a map that
+        # does not cover every slot yet (a cluster coming back)
+        (cluster_error(rx.ConnectionError("Error 111 connecting to 127.0.0.1:7000.")), True),
+        (cluster_error(rx.TimeoutError("Timeout connecting to server")), True),
+        (
+            rx.RedisClusterException("All slots are not covered after query all startup_nodes."),
+            True,
+        ),
+        (rx.SlotNotCoveredError('Slot "3999" not covered by the cluster.'), True),
+        # ... but a node that is no cluster node is a config error, not an outage
+        (
+            cluster_error(rx.RedisClusterException("Cluster mode is not enabled on this node")),
+            False,
+        ),
+        (cluster_error(None), False),
+        # a component that already said "unavailable" (the queue's reads)
+        (BackendUnavailable("Redis is unreachable: Connection refused"), True),
         (RuntimeError("Event loop is closed"), False),
         (RuntimeError("unable to perform operation; the handler is closed"), False),
         (ValueError("unable to perform operation on <TCPTransport>; the handler is closed"), False),
@@ -131,3 +172,34 @@ def test_an_error_that_is_not_an_outage_is_raised_not_logged(outage, caplog) -> 
     with pytest.raises(rx.ResponseError):
         log.absorb(rx.ResponseError("ERR Error running script"))
     assert log.down_since is None and not caplog.records
+
+
+async def test_a_call_in_an_outage_is_backend_unavailable_and_logged_once(outage, caplog) -> None:
+    log, clock = outage
+
+    async def dropped() -> None:
+        raise DROPPED
+
+    async def answered() -> str:
+        return "PONG"
+
+    for _ in range(20):
+        with pytest.raises(BackendUnavailable, match="Redis is unreachable"):
+            await log.call(dropped())
+        clock.now += 0.1
+    assert await log.call(answered()) == "PONG"
+    assert lines(caplog) == [
+        "Redis (test) is unreachable: Connection closed by server.",
+        "Redis (test) is reachable again after 2.0 s",
+    ]
+
+
+async def test_a_bug_in_a_call_is_raised_as_it_is(outage, caplog) -> None:
+    log, _ = outage
+
+    async def bug() -> None:
+        raise rx.ResponseError("ERR Error running script")
+
+    with pytest.raises(rx.ResponseError):
+        await log.call(bug())
+    assert not caplog.records

@@ -14,6 +14,7 @@ since each worker started.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,9 @@ from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot, iso
 from taskhub.monitoring.snapshot import QueueJson, Rates, queue_json
 from taskhub.monitoring.traffic import TrafficJson, TrafficRecorder
+from taskhub.store.outage import OutageLog
+
+logger = logging.getLogger(__name__)
 
 CACHE_TTL = 1.0  # seconds one summary serves every viewer
 FAILURES = 10  # dead letters listed, newest first
@@ -52,8 +56,11 @@ class Dashboard:
         ttl: float = CACHE_TTL,
         failures: int = FAILURES,
         clock: Callable[[], float] = time.monotonic,
+        outage: OutageLog | None = None,
     ) -> None:
         self.traffic = traffic
+        # Logs an outage once; here, where Redis is read, not where the cache answers.
+        self.outage = outage or OutageLog("Redis (dashboard)", logger)
         self.queue = queue
         self.ttl = ttl
         self.failures = failures
@@ -80,8 +87,8 @@ class Dashboard:
         return job_id in moved
 
     async def _read(self) -> Summary:
-        traffic, snapshot = await asyncio.gather(
-            self.traffic.read(), self.queue.snapshot(self.failures)
+        traffic, snapshot = await self.outage.call(
+            asyncio.gather(self.traffic.read(), self.queue.snapshot(self.failures))
         )
         now = self.clock()
         snapshots = self._snapshots

@@ -35,6 +35,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from taskhub.errors import StartupError
+from taskhub.store.outage import OutageLog
+from taskhub.store.unavailable import is_unavailable
 
 if TYPE_CHECKING:
     from taskhub.components import QueueBackend
@@ -82,13 +84,19 @@ class QueueDepth(Collector):
         self.queue = queue
         self.timeout = timeout
         self._depth: dict[str, int] = {}
+        self._outage = OutageLog("Redis (queue depth for /metrics)", logger)
 
     async def refresh(self) -> None:
         try:
             self._depth = await asyncio.wait_for(self.queue.depth(), self.timeout)
         except Exception as exc:  # down or slow: skip it this scrape
-            logger.debug("queue depth not read for this scrape: %r", exc)
             self._depth = {}
+            if is_unavailable(exc):
+                self._outage.absorb(exc)  # logged once per outage
+            else:
+                logger.debug("queue depth not read for this scrape: %r", exc)
+            return
+        self._outage.succeeded()
 
     def collect(self) -> Iterator[Metric]:
         if not self._depth:

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import with_config
 from redis.asyncio import Redis
@@ -226,6 +227,15 @@ class TrafficRecorder:
     def minute_key(self, minute: int) -> str:
         return f"{self.key_prefix}:traffic:refused:{minute}"
 
+    async def _counts(self, seconds: range, minute: int, top: int) -> list[Any]:
+        # A whole call: a cluster client's pipeline connects as it is entered.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for second in seconds:
+                pipe.hmget(self.second_key(second), ["admitted", "refused"])
+            for m in (minute - 1, minute):
+                pipe.zrevrange(self.minute_key(m), 0, top * 5 - 1, withscores=True)
+            return list(await pipe.execute())
+
     async def read(
         self, *, history: int = HISTORY, window: int = RATE_WINDOW, top: int = TOP_KEYS
     ) -> TrafficView:
@@ -233,13 +243,7 @@ class TrafficRecorder:
         refused most this minute and the last (each minute's ``top * 5`` highest merged)."""
         now = int(self.clock())
         seconds = range(now - history, now)  # the current second is still being written
-        minute = now // 60
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for second in seconds:
-                pipe.hmget(self.second_key(second), ["admitted", "refused"])
-            for m in (minute - 1, minute):
-                pipe.zrevrange(self.minute_key(m), 0, top * 5 - 1, withscores=True)
-            replies = await redis_call(pipe.execute())
+        replies = await redis_call(self._counts(seconds, now // 60, top))
         admitted = [int(a or 0) for a, _ in replies[:history]]
         refused = [int(r or 0) for _, r in replies[:history]]
         merged: dict[str, float] = {}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from taskhub.config.models import RedisSettings
@@ -15,10 +13,13 @@ from taskhub.errors import BackendUnavailable
 from taskhub.store.cluster_client import ClusterClient
 from taskhub.store.connection import ConnectionSettings, connection_settings
 from taskhub.store.sentinel import master_client
+from taskhub.store.unavailable import is_unavailable, why_unavailable
 from taskhub.store.urls import is_embedded
 
 if TYPE_CHECKING:
     from fakeredis import FakeServer
+
+__all__ = ["connect", "is_unavailable", "redis_call", "why_unavailable"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,45 +27,6 @@ T = TypeVar("T")
 # Embedded servers live as long as the process, one per memory:// URL, so that the
 # HTTP server and the worker of `taskhub run` share the same data.
 _embedded: dict[str, FakeServer] = {}
-
-_UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
-    rx.ConnectionError,  # includes AuthenticationError and BusyLoadingError
-    rx.TimeoutError,
-    rx.ReadOnlyError,  # a replica during failover
-    rx.ClusterDownError,
-    rx.TryAgainError,
-    rx.MasterDownError,
-    # An ACL user refused a command or key: like a refused login (AuthenticationError,
-    # above), for an operator to fix, and nothing a retry now would change; 503, not 500.
-    rx.NoPermissionError,
-    OSError,
-)
-_UNAVAILABLE_REPLIES = (
-    "OOM ",
-    "LOADING ",
-    "MASTERDOWN ",
-    "BUSY ",
-    "CLUSTERDOWN ",
-    "TRYAGAIN ",
-    # A cluster redirect still there after the router followed one: the slot map is in
-    # flux (a failover or resharding spreading), so retry shortly rather than a 500.
-    "MOVED ",
-    "ASK ",
-    "NOPERM ",  # as NoPermissionError, from the pipeline's own reader
-    "READONLY ",  # as ReadOnlyError, from the pipeline's own reader: a demoted master
-)
-# uvloop raises this (not an OSError) when redis-py writes to a connection that Redis
-# closed under it, e.g. after CLIENT KILL or a restart; plain asyncio fails on the read.
-_CLOSED_TRANSPORT = re.compile(r"unable to perform operation on <\w+ .*>; the handler is closed")
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True for errors that mean "Redis cannot serve us right now", as opposed to bugs."""
-    if isinstance(exc, _UNAVAILABLE_TYPES):
-        return True
-    if isinstance(exc, RuntimeError):
-        return _CLOSED_TRANSPORT.fullmatch(str(exc)) is not None
-    return isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
 
 
 async def redis_call(call: Awaitable[T]) -> T:
@@ -75,18 +37,6 @@ async def redis_call(call: Awaitable[T]) -> T:
         if is_unavailable(exc):
             raise BackendUnavailable(why_unavailable(exc)) from exc
         raise
-
-
-def why_unavailable(exc: BaseException) -> str:
-    """For a person: a command the ACL user may not send is not an unreachable server."""
-    if isinstance(exc, rx.NoPermissionError) or str(exc).startswith("NOPERM "):
-        text = str(exc).removeprefix("NOPERM ")
-        return (
-            f"Redis refused a command to this user: NOPERM {text}. Its ACL rule lacks "
-            "a command or key pattern taskhub needs (see the docs' 'Running on managed "
-            "and self-hosted Redis')"
-        )
-    return f"Redis is unreachable: {exc or type(exc).__name__}"
 
 
 def connect(

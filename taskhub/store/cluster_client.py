@@ -20,16 +20,37 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   since the node list keeps old objects), so a script never reached the new master
   and every call of it there failed with NOSCRIPT until a restart. Here it goes to
   the master of every slot, as the slot map has them.
+- the startup nodes: redis-py replaces them with the nodes the cluster reports
+  (``dynamic_startup_nodes``) and pins ``localhost`` to the address it had when the
+  client was built, so a cluster that came back elsewhere (a host name that now
+  resolves to new addresses) could never be found again (redis-py#2472, and the
+  startup nodes it once dropped for good after connection errors, #3221, #3693).
+  Here the nodes the cluster reports come first, as in redis-py (a seed may be the
+  master that died), and the configured seeds stay after them, host names and all;
+  each reconnect resolves a name again.
+- the slot map: on each read of it redis-py keeps its old node objects in its node
+  list but points the slots at new ones, which then get the connections; the next
+  read (after any connection error, e.g. while a cluster comes back) drops them with
+  their connections open ("Unclosed ClusterNode object", an ERROR from asyncio, and
+  leaked sockets). Here the slots point at the node list's objects.
+- reading the slot map while no node answers: redis-py tries every seed on every
+  command, and again for each of its retries. Here a failed read is not tried again
+  for ``REFRESH_INTERVAL`` (as taskhub's own router): commands meanwhile fail at once,
+  as unavailable, and a whole-cluster outage costs little CPU.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, NoReturn
 
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import ScriptTextT
 
+from taskhub.store.cluster_router import REFRESH_INTERVAL
 from taskhub.store.connection import ConnectionSettings
+from taskhub.store.unavailable import is_unavailable
 
 NO_PUBSUB = (
     "Redis Cluster has no cluster-wide pubsub in this client: taskhub's queue on a "
@@ -38,6 +59,9 @@ NO_PUBSUB = (
 
 
 class ClusterClient(RedisCluster):
+    _map_failed: tuple[float, str] | None = None  # when reading the slot map last failed, why
+    _seeds: list[ClusterNode]  # the configured nodes, whatever the cluster reports
+
     @classmethod
     def for_settings(cls, connection: ConnectionSettings, blocking_timeout: float) -> ClusterClient:
         """Seeded with ``url`` and ``nodes``; credentials, TLS and timeouts from ``url``'s
@@ -47,10 +71,24 @@ class ClusterClient(RedisCluster):
         connection_class = kwargs.pop("connection_class", None)
         context = kwargs.pop("prepared_context", None)
         seeds = [ClusterNode(host, port) for host, port in connection.seeds]
-        client = cls(startup_nodes=seeds, ssl=connection.tls is not None, **kwargs)
+        client = cls(
+            startup_nodes=seeds,
+            ssl=connection.tls is not None,
+            **kwargs,
+        )
+        client._keep_host_names(connection)
+        client._seeds = list(client.nodes_manager.startup_nodes.values())
         if connection_class is not None:
             client._use_prepared_tls(connection_class, context)
         return client
+
+    def _keep_host_names(self, connection: ConnectionSettings) -> None:
+        """Undo redis-py's one-off lookup of ``localhost`` (the only name it pins) in the
+        seeds: they connect by the name, looked up again on every connect."""
+        named = {port for host, port in connection.seeds if host == "localhost"}
+        for node in self.nodes_manager.startup_nodes.values():
+            if int(node.port) in named:
+                node.host = node.connection_kwargs["host"] = "localhost"
 
     def _use_prepared_tls(self, connection_class: type, context: Any) -> None:
         """RedisCluster takes TLS settings but no connection class: its nodes, those made
@@ -60,6 +98,37 @@ class ClusterClient(RedisCluster):
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = connection_class
             node.connection_kwargs.update(extra)
+
+    async def initialize(self) -> ClusterClient:
+        if not self._initialize:
+            return self
+        failed = self._map_failed
+        if failed is not None and time.monotonic() - failed[0] < REFRESH_INTERVAL:
+            raise RedisConnectionError(f"{failed[1]} (tried again shortly)")
+        try:
+            await super().initialize()  # reads the map (under redis-py's lock)
+        except Exception as exc:
+            if is_unavailable(exc):  # a bug (say, no cluster at all) is raised each time
+                self._map_failed = (time.monotonic(), str(exc))
+            raise
+        self._map_failed = None
+        self._route_to_listed_nodes()
+        startup = self.nodes_manager.startup_nodes  # the nodes found; then the seeds again
+        for seed in self._seeds:
+            startup.setdefault(seed.name, seed)
+        return self
+
+    def _route_to_listed_nodes(self) -> None:
+        """Each slot's nodes as the objects of the node list, one per address."""
+        listed = self.nodes_manager.nodes_cache
+        slots = self.nodes_manager.slots_cache
+        # A range of slots shares one list: one new list for it (the old kept till the end,
+        # so that no id is reused meanwhile).
+        shared: dict[int, tuple[list[ClusterNode], list[ClusterNode]]] = {}
+        for slot, owners in slots.items():
+            if id(owners) not in shared:
+                shared[id(owners)] = (owners, [listed.get(node.name, node) for node in owners])
+            slots[slot] = shared[id(owners)][1]
 
     def pubsub(self, **_: Any) -> _NoPubSub:
         return _NoPubSub()

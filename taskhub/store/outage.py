@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from taskhub.store.clients import is_unavailable
+from taskhub.errors import BackendUnavailable
+from taskhub.store.unavailable import is_unavailable, why_unavailable
+
+T = TypeVar("T")
 
 QUIET = 10.0
 BRIEF = 0.5
@@ -52,7 +56,24 @@ class OutageLog:
             return
         if now - self._last_line >= self.quiet or now - self.down_since >= self.brief:
             self._logged = True
-            self._log(now, "%s is unreachable: %s", self.what, exc or type(exc).__name__)
+            reason: BaseException = exc
+            if isinstance(exc, BackendUnavailable) and exc.__cause__ is not None:
+                reason = exc.__cause__  # what Redis said, not a component's "unreachable"
+            self._log(now, "%s is unreachable: %s", self.what, reason or type(reason).__name__)
+
+    async def call(self, call: Awaitable[T]) -> T:
+        """Await ``call`` for a request: an outage is noted (logged once) and raised as
+        BackendUnavailable, which the API answers with 503; any other error is a bug."""
+        try:
+            result = await call
+        except BackendUnavailable as exc:  # a component's own: as it is
+            self.absorb(exc)
+            raise
+        except Exception as exc:
+            self.absorb(exc)
+            raise BackendUnavailable(why_unavailable(exc)) from exc
+        self.succeeded()
+        return result
 
     def succeeded(self) -> None:
         if self.down_since is None:

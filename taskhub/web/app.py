@@ -24,6 +24,7 @@ from taskhub.monitoring.dashboard import Dashboard
 from taskhub.monitoring.exporter import QueueDepth
 from taskhub.monitoring.metrics import RequestMetrics
 from taskhub.monitoring.traffic import TrafficRecorder
+from taskhub.store.outage import OutageLog
 from taskhub.web.admin import PREFIX as ADMIN_PREFIX
 from taskhub.web.admin import LimitsEndpoint
 from taskhub.web.dashboard import DashboardEndpoints
@@ -34,7 +35,7 @@ from taskhub.web.readiness import Check
 from taskhub.web.responses import error_response, json_response
 from taskhub.web.routing import Router
 from taskhub.web.submission import SubmissionParser
-from taskhub.web.tasks import JobEndpoints, SubmitTask
+from taskhub.web.tasks import READS, JobEndpoints, SubmitTask
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ def build_api(parts: ApiParts) -> HttpApi:
         traffic=parts.traffic,
     )
     router.add("POST", "/task", submit)
-    jobs = JobEndpoints(parts.queue, parts.authenticator, retry_after_s)
+    # Job status and the dashboard read the queue: an outage is logged once for both.
+    reads = OutageLog(READS, logger)
+    jobs = JobEndpoints(parts.queue, parts.authenticator, retry_after_s, reads)
     router.add_param("GET", "/task/", jobs.status, segment=True)
     router.add_param("DELETE", "/task/", jobs.abort, segment=True)
     router.add("GET", "/health", health)
@@ -171,7 +174,10 @@ def build_api(parts: ApiParts) -> HttpApi:
     if settings.dashboard.enabled:
         assert parts.traffic is not None, "the dashboard needs the traffic recorder"
         dashboard = DashboardEndpoints(
-            Dashboard(parts.traffic, parts.queue), settings.dashboard.token, retry_after_s
+            Dashboard(parts.traffic, parts.queue, outage=reads),
+            settings.dashboard.token,
+            retry_after_s,
+            reads,
         )
         router.add("GET", "/dashboard", dashboard.show)
         router.add("GET", "/dashboard/api/summary", dashboard.summary)

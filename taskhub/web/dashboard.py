@@ -23,6 +23,7 @@ from taskhub.bearer import bearer_token_ok
 from taskhub.errors import BackendUnavailable, UsageError
 from taskhub.http import HttpRequest, HttpResponse
 from taskhub.monitoring.dashboard import Dashboard
+from taskhub.store.outage import OutageLog
 from taskhub.web.responses import NO_STORE, error_response, json_response, unavailable
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,17 @@ def page() -> tuple[bytes, dict[str, str]]:
 class DashboardEndpoints:
     """The page, its summary and its one action (retry a dead letter)."""
 
-    def __init__(self, dashboard: Dashboard, token: str, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        dashboard: Dashboard,
+        token: str,
+        retry_after_s: int,
+        outage: OutageLog | None = None,
+    ) -> None:
         self.dashboard = dashboard
         self.token = token
         self.retry_after_s = retry_after_s
+        self.outage = outage or OutageLog("Redis (dashboard)", logger)
         body, headers = page()
         self.page_body, self.page_headers = body, headers
 
@@ -96,7 +104,7 @@ class DashboardEndpoints:
             message = f"job_id is {len(job_id)} characters long; ids have at most {MAX_JOB_ID}"
             return error_response(400, "bad_request", message, NO_STORE)
         try:
-            moved = await self.dashboard.retry(job_id)
+            moved = await self.outage.call(self.dashboard.retry(job_id))
         except BackendUnavailable:
             return self.unavailable()
         if not moved:

@@ -8,6 +8,7 @@ Redis is down. Every answer carries the rate-limit headers of the decision.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -22,6 +23,7 @@ from taskhub.limits.headers import rate_limit_headers, retry_after
 from taskhub.limits.policy import Outcome, RequestContext
 from taskhub.monitoring.metrics import RequestMetrics
 from taskhub.monitoring.traffic import TrafficRecorder
+from taskhub.store.outage import OutageLog
 from taskhub.web.auth import forbidden, may_see, request_auth
 from taskhub.web.client_ip import ClientAddress, Network
 from taskhub.web.responses import error_response, json_response, not_found, unavailable
@@ -31,6 +33,11 @@ from taskhub.web.submission import (
     idempotent_job_id,
     unstorable_payload,
 )
+
+logger = logging.getLogger(__name__)
+
+# What the queue's reads for the API (a job's status, the dashboard) log an outage as.
+READS = "Redis (job status and dashboard)"
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # no rule keys on a header
 
@@ -165,11 +172,16 @@ class JobEndpoints:
     """
 
     def __init__(
-        self, queue: QueueBackend, authenticator: Authenticator, retry_after_s: int
+        self,
+        queue: QueueBackend,
+        authenticator: Authenticator,
+        retry_after_s: int,
+        outage: OutageLog | None = None,
     ) -> None:
         self.queue = queue
         self.auth = request_auth(authenticator)
         self.retry_after_s = retry_after_s
+        self.outage = outage or OutageLog(READS, logger)
 
     def principal(self, request: HttpRequest) -> Principal | HttpResponse | None:
         """Who asks (None without authentication), or the 401 that refuses them."""
@@ -178,7 +190,7 @@ class JobEndpoints:
     async def visible(self, principal: Principal | None, job_id: str) -> JobInfo | HttpResponse:
         """The job, or the 404/503 to answer instead: another user's job is not found."""
         try:
-            job = await self.queue.status(job_id)
+            job = await self.outage.call(self.queue.status(job_id))
         except BackendUnavailable:
             return unavailable(self.retry_after_s)
         if job is None or not may_see(principal, job.user_id):
@@ -201,7 +213,7 @@ class JobEndpoints:
             if isinstance(job, HttpResponse):
                 return job
         try:
-            result = await self.queue.abort(job_id)
+            result = await self.outage.call(self.queue.abort(job_id))
         except BackendUnavailable:
             return unavailable(self.retry_after_s)
         if result.job is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 
 from tests.support.processes import free_port, wait_until
-from tests.support.redis_servers import pings, server_options
+from tests.support.redis_servers import go_down, pings, server_options
 from tests.support.tls import TlsFiles, server_tls_options
 
 NODE_TIMEOUT_MS = 1500
@@ -34,18 +34,19 @@ class Node:
     directory: Path
     proc: subprocess.Popen[bytes] | None = None
     tls: TlsFiles | None = None
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.address}"
 
     def client(self) -> redis.Redis:
         tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2, **tls)
+        return redis.Redis(self.host, self.port, socket_connect_timeout=1, socket_timeout=2, **tls)
 
     def info(self, section: str) -> dict[str, object]:
         with self.client() as client:
@@ -61,13 +62,23 @@ class LocalCluster:
     tls: TlsFiles | None = None
 
     @classmethod
-    def start(cls, *, tls: TlsFiles | None = None, replicas: int = 1) -> LocalCluster:
+    def start(
+        cls,
+        *,
+        tls: TlsFiles | None = None,
+        replicas: int = 1,
+        host: str = "127.0.0.1",
+        ports: list[int] | None = None,
+    ) -> LocalCluster:
+        """A new cluster; on another loopback ``host`` and given ``ports`` for one that
+        stands in for a cluster that moved (its nodes' names now resolve elsewhere)."""
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise FileNotFoundError("redis-server and redis-cli are needed for the test cluster")
         cluster = cls(Path(tempfile.mkdtemp(prefix="taskhub-cluster-")), tls=tls)
         try:
-            cluster._spawn(binary, MASTERS * (1 + replicas))
+            size = MASTERS * (1 + replicas)
+            cluster._spawn(binary, ports or [free_port() for _ in range(size)], host)
             addresses = [node.address for node in cluster.nodes]
             create = ["--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
             create += ["--cluster-yes", *(["--tls", "--cacert", str(tls.ca)] if tls else [])]
@@ -83,10 +94,9 @@ class LocalCluster:
             raise
         return cluster
 
-    def _spawn(self, binary: str, size: int) -> None:
-        for _ in range(size):
-            port = free_port()
-            node = Node(port, free_port(), self.directory / str(port), tls=self.tls)
+    def _spawn(self, binary: str, ports: list[int], host: str) -> None:
+        for port in ports:
+            node = Node(port, free_port(), self.directory / str(port), tls=self.tls, host=host)
             node.directory.mkdir()
             self._run(binary, node)
             self.nodes.append(node)
@@ -97,7 +107,7 @@ class LocalCluster:
     @staticmethod
     def _run(binary: str, node: Node) -> None:
         """Start ``node``'s redis-server; its ``nodes.conf`` says who it was, if anyone."""
-        options = server_options(node.port, node.directory)
+        options = server_options(node.port, node.directory, host=node.host)
         options += ["--cluster-enabled", "yes", "--cluster-port", str(node.bus_port)]
         options += ["--cluster-config-file", "nodes.conf"]
         options += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
@@ -115,6 +125,10 @@ class LocalCluster:
     def url(self) -> str:
         """A seed URL (any live node will do: clients learn the rest from it)."""
         return self.urls[0]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
 
     @property
     def urls(self) -> list[str]:
@@ -183,6 +197,29 @@ class LocalCluster:
                 return False
 
         assert wait_until(rejoined, timeout, 0.05), f"node {node.port} did not rejoin"
+
+    def go_down(self, *, keep_data: bool) -> None:
+        """Every node SIGKILLed at once (a whole-cluster outage); ``keep_data``: each SAVEs
+        first and loads it back on restart, else they come back empty. ``nodes.conf`` stays:
+        the nodes return on the same addresses with the same slots."""
+        live = [node for node in self.nodes if node.proc is not None]
+        clients = [node.client for node in live]
+        directories = [node.directory for node in live]
+
+        def kill_all() -> None:
+            for node in live:
+                self.kill(node)
+
+        go_down(clients, directories, kill_all, keep_data=keep_data)
+
+    def come_back(self, timeout: float = 30.0) -> None:
+        """Start every killed node again; waits until the cluster is healthy (state ok)."""
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        for node in self.nodes:
+            if node.proc is None:
+                self._run(binary, node)
+        assert wait_until(self.healthy, timeout, 0.05), "the cluster did not come back"
 
     def promote(self, replica: Node, *, force: bool = False) -> None:
         """``CLUSTER FAILOVER`` on a replica; ``force`` when its master is dead (TAKEOVER:

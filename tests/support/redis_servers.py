@@ -7,7 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -28,16 +28,23 @@ def pings(client: redis.Redis) -> bool:
     return False
 
 
-def server_options(port: int, directory: Path, *, aof: bool = False) -> list[str]:
+def server_options(
+    port: int, directory: Path, *, aof: bool = False, host: str = "127.0.0.1"
+) -> list[str]:
     """redis-server's options for a private server on loopback, keeping nothing on disk
-    unless ``aof`` (then every write is fsynced before Redis replies). The tests'
-    servers, the local cluster's nodes and the benchmark's server all start with it."""
+    unless ``aof`` (then every write is fsynced before Redis replies); ``host`` is another
+    loopback address for a server that moved. The tests' servers, the local cluster's
+    nodes and the benchmark's server all start with it."""
     persistence = ["yes", "--appendfsync", "always"] if aof else ["no"]
+    # Another loopback address: the cluster bus connects from it too, else its peers see
+    # 127.0.0.1 and call back where nothing listens (Redis 7.0's bind-source-addr).
+    source = [] if host == "127.0.0.1" else ["--bind-source-addr", host]
     return [
+        *source,
         "--port",
         str(port),
         "--bind",
-        "127.0.0.1",
+        host,
         "--save",
         "",
         "--appendonly",
@@ -72,15 +79,16 @@ class PrivateRedis:
         self.password = password
         self.args = list(args)  # more redis-server options, e.g. ["--maxmemory-policy", ...]
         self.port = free_port()
+        self.host = "127.0.0.1"  # set another loopback address, then start(): it moved
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def options(self) -> list[str]:
-        options = server_options(self.port, self.directory, aof=self.aof)
+        options = server_options(self.port, self.directory, aof=self.aof, host=self.host)
         if self.password:
             options += ["--requirepass", self.password]
         return [*options, *self.args]
@@ -112,4 +120,29 @@ class PrivateRedis:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password or None)
+        return redis.Redis(self.host, self.port, password=self.password or None)
+
+    def go_down(self, *, keep_data: bool) -> None:
+        """The whole store lost at once (SIGKILL); ``keep_data``: SAVE first, so the restart
+        loads what Redis held, else it comes back empty."""
+        go_down([self.client], [self.directory], self.kill, keep_data=keep_data)
+
+
+def go_down(
+    clients: list[Callable[[], redis.Redis]],
+    directories: list[Path],
+    kill: Callable[[], None],
+    *,
+    keep_data: bool,
+) -> None:
+    """SAVE on every server when ``keep_data`` (a snapshot that a restart loads, though
+    the servers keep nothing on disk on their own), then ``kill``; else kill and remove
+    any snapshot, so they come back empty. Shared by PrivateRedis and LocalCluster."""
+    if keep_data:
+        for make in clients:
+            with make() as client:
+                client.save()
+    kill()
+    if not keep_data:
+        for directory in directories:
+            (directory / "dump.rdb").unlink(missing_ok=True)

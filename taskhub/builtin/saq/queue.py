@@ -308,7 +308,8 @@ class SaqQueue(QueueBackend):
 
     async def depth(self) -> dict[str, int]:
         total: Counter[str] = Counter()
-        for depth in await asyncio.gather(*(queue.depth() for queue in self._queues())):
+        depths = asyncio.gather(*(queue.depth() for queue in self._queues()))
+        for depth in await redis_call(depths):
             total.update(depth)
         return dict(total)
 

@@ -47,7 +47,6 @@ from saq.utils import cancel_tasks, now
 from taskhub.builtin.saq.redis_queue import REQUEST_ID, SEEN_MS, Fence, HardenedRedisQueue, Move
 from taskhub.jobs import RetryLater
 from taskhub.monitoring.log_context import job_scope
-from taskhub.store.clients import is_unavailable
 
 if TYPE_CHECKING:
     from taskhub.context import JobCounters, JobRunner
@@ -414,16 +413,16 @@ class HubWorker(Worker[Context]):
         """Record an attempt's outcome, asking again while Redis is unreachable (the job
         still beats meanwhile): given up, the outcome is lost and the job runs again."""
         queue = shard_of(job)
-        try:
-            moved = await queue.move(
-                job, move, Fence.RUN, fence, score=score, persist=queue.lease(job)
+        try:  # an outage is the queue's to log, once, not one line per job in flight
+            moved = await queue.skip_if_down(
+                queue.move(job, move, Fence.RUN, fence, score=score, persist=queue.lease(job))
             )
-        except Exception as exc:
+        except Exception:
+            logger.exception("job %s: recording its outcome failed; it will run again", job.key)
+            return False
+        if moved is None:
             # The job stays in the active list without beats, so the sweep re-runs it.
-            if is_unavailable(exc):
-                logger.warning("job %s: Redis is unreachable (%s); it will run again", job.key, exc)
-            else:
-                logger.exception("job %s: recording its outcome failed; it will run again", job.key)
+            logger.debug("job %s: Redis is unreachable; it will run again", job.key)
             return False
         if not moved:
             logger.warning(
