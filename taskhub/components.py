@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from taskhub.errors import StartupError, UsageError
 from taskhub.http import ApiOptions, Headers
-from taskhub.jobs import Completion, Task, TaskSpec
+from taskhub.jobs import Completion, Failure, Task, TaskSpec
 from taskhub.store.sharding import UNSHARDED, Shards
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ __all__ = [
     "Authenticator",
     "Completion",
     "Component",
+    "Failure",
     "HttpServerOptions",
     "Limiter",
     "Options",
@@ -155,6 +156,10 @@ class Sink(Component):
     async def emit(self, completion: Completion) -> None:
         """Record one completion; before the job is marked complete, so at least once."""
         raise NotImplementedError
+
+    async def failed(self, failure: Failure) -> None:
+        """Record a job's final failure, once it is a dead letter. Optional: the default
+        ignores it, as the text sinks do (they record completions only)."""
 
     async def close(self) -> None:
         """Flush and release; called once at shutdown."""

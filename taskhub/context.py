@@ -111,6 +111,21 @@ class JobRunner(Protocol):
         and return the handler's result (a pydantic model as its JSON form)."""
         ...
 
+    async def failed(
+        self,
+        name: str,
+        *,
+        job_id: str,
+        user_id: str,
+        payload: Any,
+        attempt: int,
+        enqueued_ms: int,
+        error: str,
+    ) -> None:
+        """Hand a job's final failure (it just became a dead letter) to every sink;
+        never raises."""
+        ...
+
 
 class JobCounters(Protocol):
     """The worker's job metrics (worker role, when ``metrics.enabled``)."""

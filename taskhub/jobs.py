@@ -39,6 +39,18 @@ class Completion:
     completed_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that used every attempt (now a dead letter), as sinks see it.
+
+    ``task`` is its last attempt; ``error`` that attempt's error (a traceback).
+    """
+
+    task: Task
+    error: str
+    failed_at: datetime
+
+
 class Handler(Protocol):
     """What a :class:`TaskSpec` runs: a ``taskhub.TaskHandler``."""
 

@@ -48,6 +48,7 @@ BUILTIN_MODULES = (
     "taskhub.builtin.tasks.log_completion",
     "taskhub.builtin.sinks.file_log",
     "taskhub.builtin.sinks.console",
+    "taskhub.builtin.sinks.webhook",
     "taskhub.builtin.saq.queue",
     "taskhub.builtin.sanic.server",
     "taskhub.builtin.httptools.server",

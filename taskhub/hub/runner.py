@@ -8,6 +8,7 @@ once). Queue plugins call :meth:`TaskRunner.run`; nothing here knows the queue.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from taskhub.components import Sink
-from taskhub.jobs import Completion, Task, TaskSpec
+from taskhub.jobs import Completion, Failure, Task, TaskSpec
 from taskhub.limits.execution import ExecutionGate
+
+logger = logging.getLogger(__name__)
 
 
 class TaskRunner:
@@ -51,13 +54,13 @@ class TaskRunner:
         model = spec.handler.Payload
         if model is not None:
             payload = model.model_validate(payload or {})
-        task = Task(
-            name=spec.name,
+        task = _task(
+            spec.name,
             job_id=job_id,
             user_id=user_id,
             payload=payload,
             attempt=attempt,
-            enqueued_at=datetime.fromtimestamp(enqueued_ms / 1000, UTC),
+            enqueued_ms=enqueued_ms,
         )
         result = await spec.handler.run(task)
         if isinstance(result, BaseModel):
@@ -70,3 +73,47 @@ class TaskRunner:
             await self.sinks[0].emit(completion)
         elif self.sinks:
             await asyncio.gather(*(sink.emit(completion) for sink in self.sinks))
+
+    async def failed(
+        self,
+        name: str,
+        *,
+        job_id: str,
+        user_id: str,
+        payload: Any,
+        attempt: int,
+        enqueued_ms: int,
+        error: str,
+    ) -> None:
+        """Hand a final failure to every sink. The job is already a dead letter, so a
+        sink that raises is logged and cannot change its outcome or stop the worker."""
+        task = _task(
+            name,
+            job_id=job_id,
+            user_id=user_id,
+            payload=payload,
+            attempt=attempt,
+            enqueued_ms=enqueued_ms,
+        )
+        failure = Failure(task=task, error=error, failed_at=datetime.now(UTC))
+        outcomes = await asyncio.gather(
+            *(sink.failed(failure) for sink in self.sinks), return_exceptions=True
+        )
+        for sink, outcome in zip(self.sinks, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                logger.error(
+                    "sink %s could not record the failure of job %s: %r", sink.name, job_id, outcome
+                )
+
+
+def _task(
+    name: str, *, job_id: str, user_id: str, payload: Any, attempt: int, enqueued_ms: int
+) -> Task:
+    return Task(
+        name=name,
+        job_id=job_id,
+        user_id=user_id,
+        payload=payload,
+        attempt=attempt,
+        enqueued_at=datetime.fromtimestamp(enqueued_ms / 1000, UTC),
+    )

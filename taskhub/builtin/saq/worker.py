@@ -385,6 +385,16 @@ class HubWorker(Worker[Context]):
                 job.attempts,
                 summary,
             )
+            kwargs = job.kwargs or {}
+            await self.runner.failed(
+                job.function,
+                job_id=job.key,
+                user_id=kwargs.get("user_id", ""),
+                payload=kwargs.get("payload"),
+                attempt=job.attempts,
+                enqueued_ms=job.queued,
+                error=error,
+            )
 
     async def _hand_back(self, job: Job, fence: str) -> None:
         """Shutdown cut this attempt short: queue it first in line, attempt not used."""
