@@ -35,7 +35,7 @@ def test_builtins_register_through_the_hooks() -> None:
     ]
     assert registry.names("server") == ["httptools", "sanic"]
     assert registry.names("queue") == ["saq"]
-    assert registry.names("sink") == ["console", "file_log"]
+    assert registry.names("sink") == ["console", "file_log", "webhook"]
     assert registry.names("handler") == ["log_completion"]
     sources = {info.name: info.source for info in registry.plugins}
     assert sources["taskhub.builtin.limiters.token_bucket"] == "built-in"
