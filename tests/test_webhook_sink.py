@@ -65,7 +65,8 @@ class Attempt:
 @dataclass
 class Receiver:
     """Answers the Nth request with ``script[N]`` (the last entry repeats): a status
-    code as a string, ``drop`` (close without an answer) or ``hang``."""
+    code as a string (``429+1``: with ``Retry-After: 1``), ``drop`` (close without an
+    answer) or ``hang``."""
 
     script: list[str]
     port: int = field(default_factory=free_port)
@@ -96,8 +97,11 @@ class Receiver:
             if answer == "hang":
                 await asyncio.sleep(60)
                 return
+            status, _, retry_after = answer.partition("+")
+            extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""
             writer.write(
-                f"HTTP/1.1 {answer} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+                f"HTTP/1.1 {status} X\r\n{extra}Content-Length: 0\r\n"
+                "Connection: close\r\n\r\n".encode()
             )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -252,14 +256,20 @@ async def test_other_4xx_is_final_and_not_retried(caplog: pytest.LogCaptureFixtu
 
 
 async def test_429_is_retried_after_its_retry_after_within_max_backoff() -> None:
-    with Receiver(["429", "200"]).running() as receiver:
-        webhook = sink(receiver.url, backoff=0.05, max_backoff=0.5)
+    with Receiver(["429+1", "429+3600", "200"]).running() as receiver:
+        webhook = sink(receiver.url, backoff=0.05, max_backoff=1.5)
         await webhook.open()
         await webhook.emit(completion())
         await until(receiver.delivered)
         await webhook.close()
-    # The receiver's 429 has no Retry-After: the backoff applies (0.025 to 0.05 s).
-    assert [a.answer for a in receiver.attempts] == ["429", "200"]
+    assert [a.answer for a in receiver.attempts] == ["429+1", "429+3600", "200"]
+    first, second, third = (a.at for a in receiver.attempts)
+    print(
+        f"\n429 gaps (s): {second - first:.3f} (Retry-After 1), "
+        f"{third - second:.3f} (Retry-After 3600, max_backoff 1.5)"
+    )
+    assert second - first >= 0.99  # Retry-After, not the 0.05 s backoff
+    assert 1.49 <= third - second < 5  # Retry-After capped by max_backoff
 
 
 # --------------------------------------------------------------------------- never blocking

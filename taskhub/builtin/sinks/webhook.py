@@ -203,7 +203,11 @@ class Webhook(Sink):
     async def _send_loop(self) -> None:
         while True:
             keyed = await self._ready.get()
-            await self._attempt(keyed.key, keyed.delivery)
+            try:
+                await self._attempt(keyed.key, keyed.delivery)
+            except Exception as exc:  # a bug must not cost a sender for good
+                logger.exception("webhook %s: delivery failed", keyed.delivery.webhook_id)
+                self._give_up(keyed.key, keyed.delivery, f"unexpected {type(exc).__name__}")
 
     async def _attempt(self, key: int, delivery: Delivery) -> None:
         delivery.attempts += 1
