@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -33,7 +33,13 @@ from taskhub.hub.plugins import PluginRegistry, load_plugins
 
 MARKER = "<!-- taskhub:config-reference -->"
 NETWORKS = {ipaddress.IPv4Network, ipaddress.IPv6Network}
-SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string"}
+SCALARS = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    SecretStr: "string (secret)",
+}
 BOUNDS = (
     ("ge", "≥ {}"),
     ("gt", "> {}"),

@@ -61,12 +61,12 @@ class Webhook(Sink):
 
     class Config(Options):
         url: str = Field(
-            description="the http:// or https:// address each event is POSTed to (required)",
+            description="the http:// or https:// address each event is POSTed to",
         )
         secret: SecretStr = Field(
             description=(
-                "the HMAC-SHA256 key the Webhook-Signature header is made with (required, "
-                "at least 16 characters); give it from the environment, as ${WEBHOOK_SECRET}"
+                "the HMAC-SHA256 key the Webhook-Signature header is made with, at least "
+                "16 characters; give it from the environment, as ${WEBHOOK_SECRET}"
             ),
         )
         timeout: float = Field(
