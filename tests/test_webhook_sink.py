@@ -418,7 +418,7 @@ def test_taskhub_run_delivers_signed_completions_and_failures(
                 {"type": "file_log", "path": "task.log"},
                 {
                     "type": "webhook",
-                    "url": receiver.url,
+                    "url": f"{receiver.url}?token=tok-in-the-url-0042",
                     "secret": "${WEBHOOK_SECRET}",
                     "backoff": 0.2,
                 },
@@ -426,7 +426,7 @@ def test_taskhub_run_delivers_signed_completions_and_failures(
             tasks={"log_completion": {}, "always_fails": {"retries": 1}},
         )
         process = spawn(config, cwd=tmp_path / "run")
-        assert SECRET not in process.output
+        assert "sinks: file_log" in process.output and "webhook" in process.output
         done = httpx.post(f"{process.url}/task", json={"user_id": "alice"}, timeout=10)
         assert done.status_code == 200, done.text
         job_id = done.json()["job_id"]
@@ -437,7 +437,8 @@ def test_taskhub_run_delivers_signed_completions_and_failures(
         failed_id = fails.json()["job_id"]
         assert wait_until(lambda: len(receiver.delivered()) == 2, 20), process.output
         assert process.stop() == 0
-    assert SECRET not in process.output
+    assert SECRET not in process.output and "tok-in-the-url-0042" not in process.output
+    assert "token=***" in process.output, process.output
     first, second, third = receiver.attempts
     assert (first.answer, second.answer, third.answer) == ("500", "200", "200")
     assert all(a.signed for a in receiver.attempts)
