@@ -304,13 +304,14 @@ async def test_emit_returns_at_once_while_the_receiver_hangs_and_a_full_queue_gi
     assert all("still pending when the 0.5 s shutdown grace ended" in line for line in left)
 
 
-async def test_close_tries_waiting_retries_at_once() -> None:
+async def test_close_tries_waiting_retries_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "taskhub.webhook")
     with Receiver(["500", "200"]).running() as receiver:
         webhook = sink(receiver.url, backoff=60, shutdown_grace=10)
         await webhook.open()
         await webhook.emit(completion())
-        await until(lambda: receiver.attempts)
-        await asyncio.sleep(0.1)  # the 500 is in: a retry waits 30 to 60 s
+        # the 500 is in: a retry waits 30 to 60 s
+        await until(lambda: any("next attempt in" in r.getMessage() for r in caplog.records))
         started = time.monotonic()
         await webhook.close()
         took = time.monotonic() - started
