@@ -13,7 +13,9 @@ keeping it anywhere. Here each outcome is one fenced transition
   attempts remain, then a dead letter with its traceback;
 - shutdown: what does not finish within the grace period goes back to the head
   of the queue with its attempt given back;
-- an abort request: cancelled and finished as aborted.
+- an abort request: cancelled and finished as aborted, whatever the handler then does
+  (it wins over any outcome that reaches Redis after it; a handler that ignores the
+  cancellation is waited for until its timeout at most).
 
 While it runs, the worker beats for every job it holds (``heartbeat / 3``), so a
 live job is never swept and a dead worker's jobs are found within ``heartbeat``
