@@ -289,13 +289,14 @@ async def test_an_abort_the_worker_has_not_seen_yet_wins_over_the_attempts_outco
     decided in Redis, even though the worker never cancelled the handler."""
     job_id = await enqueue(queue, behaviour, retries=3)
     handler, counters = Handler(), Counters()
-    async with working(queue, handler, counters=counters, abort_poll=3600):
+    async with working(queue, handler, counters=counters, abort_poll=3600) as hub_worker:
         await asyncio.wait_for(handler.started.wait(), 5)
         assert (await delete(queue, job_id)).outcome is AbortOutcome.ABORTING
         handler.go.set()
         job = await settled(queue, job_id, timeout=3)
         assert job.status == Status.ABORTED and job.error == "aborted by request"
-        assert job.attempts == 1 and job.result is None
+        assert job.attempts == 1 and job.result is None and job.scheduled == 0
+        assert job.worker_id == hub_worker.id and 0 < job.started <= job.completed
         await asyncio.sleep(0.5)
         assert handler.runs == 1
     assert counters.outcomes == Counter(aborted=1)
@@ -371,6 +372,6 @@ async def test_shutdown_ends_a_job_being_aborted_as_aborted_not_handed_back(
         await delete(queue, job_id)  # not seen by the worker before it stops
     job = queue.deserialize(await queue.redis.get(job_id))
     assert job is not None and job.status == Status.ABORTED and job.attempts == 1
-    assert job.worker_id is not None
+    assert job.worker_id is not None and job.started > 0
     assert await queue.redis.lrange(queue._queued, 0, -1) == []
     assert counters.outcomes == Counter(aborted=1)

@@ -465,8 +465,10 @@ class HubWorker(Worker[Context]):
             return False
         if moved is Moved.ABORTING:
             logger.info("job %s: aborted on request before its outcome was recorded", job.key)
-            worker_id, _, attempts = fence.rpartition(":")  # the run, as a hand-back undid it
-            job.worker_id, job.attempts = worker_id, int(attempts)
+            # The run as it was, before a retry or a hand-back reset it (the claim set
+            # ``touched`` with ``started``; nothing since changed it).
+            worker_id, _, attempts = fence.rpartition(":")
+            job.worker_id, job.attempts, job.started = worker_id, int(attempts), job.touched
             await self._aborted(job, fence, ABORT_REQUESTED)
             return False
         if not moved:
