@@ -24,16 +24,18 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from taskhub import Completion, Failure, Options, Sink, Task, __version__, hookimpl
 from taskhub.builtin.sinks.signing import SIGNATURE_HEADER, signature_header
 from taskhub.jobs import iso
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger("taskhub.webhook")
 
@@ -143,12 +145,18 @@ class Webhook(Sink):
         self._ids = itertools.count()
         self._senders: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
+        self._http_error: type[Exception] = Exception  # httpx.HTTPError, once opened
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
         self._deadline = 0.0
 
     async def open(self) -> None:
+        # Imported here, not at the top: every taskhub process loads the built-in
+        # plugins, and httpx (with its dependencies) takes about a third of a second.
+        import httpx  # noqa: PLC0415
+
+        self._http_error = httpx.HTTPError
         limits = httpx.Limits(max_connections=self.config.concurrency)
         self._client = httpx.AsyncClient(
             timeout=self.config.timeout,
@@ -214,7 +222,7 @@ class Webhook(Sink):
         retry_after: float | None = None
         try:
             response = await self._post(delivery)
-        except httpx.HTTPError as exc:
+        except self._http_error as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             retryable = True
         else:
