@@ -8,8 +8,9 @@ thread kills the master and waits until its replica says it is master. Then
 - the server answers 503 with Retry-After, never 500, and never takes longer
   than the configured Redis timeouts to answer; ``/ready`` says not ready and why;
 - once the replica serves, 200s come back, with neither process restarted;
-- every job admitted before the kill, and every job admitted after recovery,
-  completes; the ones admitted after recovery exactly once.
+- every job admitted before the kill, and every job admitted after it (sent once the
+  old master was dead, so only the new one can have taken it), completes; the ones
+  admitted after the kill exactly once.
 
 Redis replicates asynchronously: a job acknowledged in the last moments before
 the kill may never have reached the replica. Those whose 200 came less than
@@ -111,9 +112,12 @@ def check(replies: list[Reply], switch: Switch, log: Path, name: str = "failover
     slowest = max(r.answered - r.sent for r in replies)
     assert slowest < CONNECT_TIMEOUT + SOCKET_TIMEOUT + SLACK, f"an answer took {slowest:.2f} s"
 
-    # during the switch: 503s, no 200 (nobody serves writes)
+    # During the switch: 503s. A 200 there can only come from the new master (the old one
+    # is SIGKILLed, so nothing sent after the kill reaches it): the test sees the promotion
+    # late when its watcher thread waits for the GIL behind the load. Such jobs must
+    # complete like those admitted after it (``after`` below).
     during = [r for r in replies if switch.killed < r.sent and r.answered < switch.promoted]
-    assert during and all(r.status == 503 for r in during), Counter(r.status for r in during)
+    assert any(r.status == 503 for r in during), Counter(r.status for r in during)
     recovered = min(
         (r.answered for r in replies if r.status == 200 and r.sent > switch.promoted),
         default=None,
@@ -134,9 +138,9 @@ def check(replies: list[Reply], switch: Switch, log: Path, name: str = "failover
         for r in replies
         if r.status == 200
         and r.answered >= switch.killed - REPLICATION_WINDOW
-        and r.sent < switch.promoted
+        and r.sent <= switch.killed
     }
-    after = {r.job_id for r in replies if r.status == 200 and r.sent > switch.promoted}
+    after = {r.job_id for r in replies if r.status == 200 and r.sent > switch.killed}
     must = (before - window) | after
     wait_until(lambda: must <= set(completions(log)), 30, interval=0.2)
     time.sleep(0.5)  # a second run of a job, if there were one, has time to show up
