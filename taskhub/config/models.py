@@ -502,6 +502,22 @@ class LoggingSettings(StrictModel):
     )
 
 
+class TracingSettings(StrictModel):
+    """OpenTelemetry traces (the ``otel`` extra). Where spans go is the standard environment's
+    to say: ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+
+    enabled: bool = Field(
+        False,
+        description="trace each request, admission, job, handler and sink with OpenTelemetry "
+        "(needs pip install 'taskhub[otel]'); off: OpenTelemetry is not even imported",
+    )
+    include_user_id: bool = Field(
+        False,
+        description="put the submitting user id on spans (taskhub.user_id); off by default, "
+        "since a user id may be personal data",
+    )
+
+
 def _default_sinks() -> list[SinkSection]:
     return [SinkSection(type="file_log")]
 
@@ -563,6 +579,10 @@ class Settings(StrictModel):
     dashboard: DashboardSettings = Field(
         default_factory=DashboardSettings,
         description="GET /dashboard, a live page of traffic, queue and dead letters",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry traces from the request to the job's sinks",
     )
 
     @field_validator("tasks")

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -35,11 +36,15 @@ from taskhub.hub.kernel import Hub
 from taskhub.hub.runner import TaskRunner
 from taskhub.jobs import TaskSpec
 from taskhub.limits.admission import Admission
+from taskhub.monitoring import tracing
 from taskhub.monitoring.exporter import QueueDepth, WorkerExporter
 from taskhub.monitoring.metrics import JobMetrics, RequestMetrics
 from taskhub.monitoring.traffic import TrafficRecorder, traffic_prefix
 from taskhub.web.app import ApiParts, HttpApi, build_api
 from taskhub.web.readiness import Check, pinger
+
+if TYPE_CHECKING:
+    from taskhub.monitoring.otel import Tracer
 
 logger = logging.getLogger("taskhub")
 
@@ -63,6 +68,7 @@ class Runtime:
         self._request_metrics: RequestMetrics | None = None
         self._queue_depth: QueueDepth | None = None
         self._exporter: WorkerExporter | None = None
+        self.tracer: Tracer | None = None  # while tracing is on
 
     # ------------------------------------------------------------- PluginContext
 
@@ -180,6 +186,7 @@ class Runtime:
         findings = await hub.check_redis()  # before anything is admitted or taken
         findings.log()
         findings.raise_if_refused(hub.raw.source)
+        self._start_tracing()
         stack.push_async_callback(hub.connections.aclose)
         hub.connections.shared()
         await hub.queue.open(self)
@@ -187,7 +194,7 @@ class Runtime:
         stack.push_async_callback(hub.queue.close)
         self._start_metrics()
         if role & Role.WORKER:
-            self._runner = TaskRunner(hub.sinks, hub.build_execution_gate())
+            self._runner = TaskRunner(hub.sinks, hub.build_execution_gate(), self.tracer)
             await self._open_sinks()
             stack.push_async_callback(self._worker_finished)
         if role & Role.SERVER:
@@ -204,6 +211,14 @@ class Runtime:
         log_banner(hub.settings, hub.components, role, address, self._metrics_address)
         if role & Role.WORKER:
             self.worker = asyncio.create_task(hub.queue.work(self, self.stopping), name="worker")
+
+    def _start_tracing(self) -> None:
+        """Spans only while ``tracing.enabled``: off, OpenTelemetry is not imported."""
+        if not self.hub.settings.tracing.enabled:
+            return
+        self.tracer = tracing.start(self.hub.settings.tracing, (self._role.name or "both").lower())
+        # Flushed last (pushed first): the spans of everything that stops are exported too.
+        self._stack.callback(tracing.stop)
 
     def _start_metrics(self) -> None:
         """Bind the counters this role updates; a worker alone also gets its own port."""
@@ -264,6 +279,7 @@ class Runtime:
             queue_depth=self._queue_depth,
             traffic=self.traffic,
             limits_admin=hub.build_limits_admin(admission.deny_cache) if admin else None,
+            tracer=self.tracer,
         )
 
     async def _worker_finished(self) -> None:

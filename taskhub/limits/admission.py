@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -80,6 +80,14 @@ def _deciding(rules: tuple[RuleResult, ...], refusing: tuple[RuleResult, ...]) -
     if len(rules) <= 1:
         return rules[0] if rules else None
     return min(rules, key=lambda r: r.remaining / max(r.policy.limit, 1))
+
+
+class Admit(Protocol):
+    """:meth:`Admission.admit` as the submission endpoint calls it (traced or not)."""
+
+    def __call__(
+        self, spec: TaskSpec, request: RequestContext, payload: Any, *, job_id: str | None = None
+    ) -> Awaitable[Decision]: ...
 
 
 class Admission:

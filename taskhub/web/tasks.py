@@ -12,13 +12,13 @@ import logging
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskhub.components import Authenticator, Principal, QueueBackend
 from taskhub.errors import BackendUnavailable, UnstorablePayload
 from taskhub.http import JSON, HttpRequest, HttpResponse
 from taskhub.jobs import AbortOutcome, JobInfo
-from taskhub.limits.admission import Admission, Decision
+from taskhub.limits.admission import Admission, Admit, Decision
 from taskhub.limits.headers import rate_limit_headers, retry_after
 from taskhub.limits.policy import Outcome, RequestContext
 from taskhub.monitoring.metrics import RequestMetrics
@@ -33,6 +33,9 @@ from taskhub.web.submission import (
     idempotent_job_id,
     unstorable_payload,
 )
+
+if TYPE_CHECKING:
+    from taskhub.monitoring.otel import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,11 @@ class SubmitTask:
         retry_after_s: int,
         metrics: RequestMetrics | None = None,
         traffic: TrafficRecorder | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.admission = admission
+        # Traced only when tracing is on: off, the call is the admission's own.
+        self.admit: Admit = admission.admit if tracer is None else tracer.admission(admission.admit)
         self.parser = parser
         self.auth = request_auth(authenticator)
         self.metrics = metrics
@@ -120,9 +126,7 @@ class SubmitTask:
         metrics = self.metrics
         started = time.perf_counter()
         try:
-            decision = await self.admission.admit(
-                submission.spec, context, submission.payload, job_id=job_id
-            )
+            decision = await self.admit(submission.spec, context, submission.payload, job_id=job_id)
         except UnstorablePayload as exc:  # valid JSON the queue cannot store
             return self.rejected(unstorable_payload(exc.reason))
         except BackendUnavailable:
