@@ -70,8 +70,28 @@ def cross_key_problems(
         if not rule.limiter.executable:
             message = f"{rule.limiter.name!r} cannot limit execution; use a rate strategy"
             problems.append(raw.problem((*loc, "type"), message))
+    problems += schedule_problems(settings, raw)
     if settings.default_task not in settings.tasks:
         defined = ", ".join(sorted(settings.tasks))
         message = f"{settings.default_task!r} is not in tasks (defined: {defined})"
         problems.append(raw.problem(("default_task",), message))
+    return problems
+
+
+def schedule_problems(settings: Settings, raw: RawConfig) -> list[Problem]:
+    """A schedule of a task that does not exist, or a name two schedules share."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for index, schedule in enumerate(settings.schedules):
+        if schedule.task not in settings.tasks:
+            defined = ", ".join(sorted(settings.tasks))
+            message = f"{schedule.task!r} is not in tasks (defined: {defined})"
+            problems.append(raw.problem(("schedules", index, "task"), message))
+        if schedule.name in seen:
+            message = (
+                f"{schedule.name!r} is already the name of schedules[{seen[schedule.name]}]: "
+                "each schedule needs a name of its own (it names its ticks' jobs)"
+            )
+            problems.append(raw.problem(("schedules", index, "name"), message))
+        seen.setdefault(schedule.name, index)
     return problems
