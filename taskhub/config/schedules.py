@@ -116,21 +116,26 @@ class ScheduleSettings(BaseModel):
         return UTC if self.tz == "UTC" else ZoneInfo(self.tz)
 
     @property
+    def _interval(self) -> int:
+        assert self.interval is not None, "a schedule has a cron expression or an interval"
+        return self.interval
+
+    @property
     def every(self) -> str:
         """The cadence as people write it: the cron expression, or ``every 60 s``."""
         return self.cron if self.cron is not None else f"every {self.interval} s"
 
     def latest_tick(self, now: float) -> int:
         """The last tick at or before ``now`` (seconds since the epoch)."""
-        if self.interval is not None:
-            return math.floor(now) // self.interval * self.interval
+        if self.cron is None:
+            return math.floor(now) // self._interval * self._interval
         start = datetime.fromtimestamp(math.floor(now) + 1, self.zone)
         return int(croniter(self.cron, start).get_prev(float))
 
     def next_tick(self, now: float) -> int:
         """The first tick after ``now``."""
-        if self.interval is not None:
-            return (math.floor(now) // self.interval + 1) * self.interval
+        if self.cron is None:
+            return (math.floor(now) // self._interval + 1) * self._interval
         start = datetime.fromtimestamp(math.floor(now), self.zone)
         return int(croniter(self.cron, start).get_next(float))
 

@@ -39,6 +39,7 @@ from taskhub.limits.admission import Admission
 from taskhub.limits.schedules import TickSubmitter
 from taskhub.monitoring.exporter import QueueDepth, WorkerExporter
 from taskhub.monitoring.metrics import JobMetrics, RequestMetrics
+from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder, traffic_prefix
 from taskhub.web.app import ApiParts, HttpApi, build_api
 from taskhub.web.readiness import Check, pinger
@@ -279,7 +280,14 @@ class Runtime:
             queue_depth=self._queue_depth,
             traffic=self.traffic,
             limits_admin=hub.build_limits_admin(admission.deny_cache) if admin else None,
+            schedules=self._schedule_board(),
         )
+
+    def _schedule_board(self) -> ScheduleBoard | None:
+        settings = self.hub.settings
+        if not settings.schedules:
+            return None
+        return ScheduleBoard(self.redis, settings.schedules, settings.redis.key_prefix)
 
     async def _worker_finished(self) -> None:
         """After the server has stopped: the worker finishes or hands back its jobs."""

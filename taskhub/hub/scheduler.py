@@ -48,17 +48,19 @@ class Scheduler:
         names = ", ".join(f"{s.name} ({s.every})" for s in self.schedules)
         logger.info("scheduler: %d schedule(s): %s", len(self.schedules), names)
         while not stop.is_set():
-            pending = await self.tick_once()
-            now = self.clock()
-            wake = min(s.next_tick(now) for s in self.schedules) + AFTER_TICK
-            delay = min(wake - now, LONGEST_SLEEP, RETRY if pending else LONGEST_SLEEP)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(delay, 0.0))
+            checked = self.clock()
+            pending = await self.tick_once(checked)
+            # From the moment checked: a tick that fell while queueing is due at once.
+            wake = min(s.next_tick(checked) for s in self.schedules) + AFTER_TICK
+            delay = min(wake - self.clock(), RETRY if pending else LONGEST_SLEEP)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
 
-    async def tick_once(self) -> bool:
-        """Queue every due tick not settled yet; True if one must be tried again."""
+    async def tick_once(self, now: float | None = None) -> bool:
+        """Queue every tick due at ``now`` not settled yet; True if one must be tried again."""
         pending = False
-        now = self.clock()
+        now = self.clock() if now is None else now
         for schedule in self.schedules:
             tick = schedule.due(now)
             if tick is None or self.handled.get(schedule.name) == tick:
@@ -84,7 +86,5 @@ class Scheduler:
                     self._warned[schedule.name] = tick
                 pending = True
                 continue
-            self.handled[schedule.name] = tick
-            if outcome is Outcome.ADMITTED:
-                logger.info("schedule %s: queued %s", schedule.name, tick_job_id(schedule.name, tick))
+            self.handled[schedule.name] = tick  # ADMITTED (logged) or DUPLICATE
         return pending

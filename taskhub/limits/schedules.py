@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -101,6 +101,7 @@ class TickSubmitter:
         reply = await self._outage.call(self._script(keys=keys, args=args))
         outcome = Outcome(int(reply[0]))
         if outcome is Outcome.ADMITTED:
+            logger.info("schedule %s: queued %s", schedule.name, job.job_id)
             await self._record(schedule.name, tick, job.job_id)
         return outcome
 
@@ -108,6 +109,7 @@ class TickSubmitter:
         """What ``taskhub status`` shows as the last tick: informative, so best effort."""
         entry = {"tick": tick, "job_id": job_id, "queued_at": time.time()}
         try:
-            await self.redis.hset(last_ticks_key(self.key_prefix), name, orjson.dumps(entry))
+            key = last_ticks_key(self.key_prefix)
+            await cast(Awaitable[int], self.redis.hset(key, name, orjson.dumps(entry).decode()))
         except Exception as exc:  # the tick is queued; only the display misses it
             logger.warning("schedule %s: tick %s queued, but not recorded: %s", name, tick, exc)
