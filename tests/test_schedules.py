@@ -16,16 +16,21 @@ import pytest
 import redis.asyncio as aioredis
 
 from taskhub.cli.main import main
+from taskhub.components import QueueBackend
 from taskhub.config.schedules import ScheduleSettings
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
 from taskhub.hub.scheduler import Scheduler
+from taskhub.jobs import QueueSnapshot
 from taskhub.limits.policy import Outcome
 from taskhub.limits.schedules import TickSubmitter, last_ticks_key, tick_job_id
+from taskhub.monitoring.dashboard import Dashboard
+from taskhub.monitoring.schedules import ScheduleBoard
+from taskhub.monitoring.traffic import TrafficRecorder
 from tests.support.backends import client_on, config_on
-from tests.support.configs import write_config
+from tests.support.configs import ROOT, write_config
 from tests.support.namespaces import Namespace
-from tests.support.processes import TaskhubProcess, wait_until
+from tests.support.processes import TaskhubProcess, run_cli, wait_until
 
 LEDGER_PLUGIN = """
 import os
@@ -146,6 +151,22 @@ def test_unknown_task_and_duplicate_names(tmp_path: Path) -> None:
     assert "schedules[1].name: 'a' is already the name of schedules[0]" in error
 
 
+def test_a_payload_is_checked_as_a_post_would_be(tmp_path: Path) -> None:
+    text = f"""\
+        plugins_dir: {ROOT / "plugins"}
+        tasks: {{count_words: {{}}}}
+        default_task: count_words
+        schedules:
+          - {{name: a, task: count_words, user_id: u, interval: 60, payload: {{words: 3}}}}
+        """
+    error = errors_of(tmp_path, text)
+    assert "schedules[0].payload.text: Field required (task 'count_words')" in error
+    assert "schedules[0].payload.words: Extra inputs are not permitted" in error
+    huge = "schedules: [{name: b, task: log_completion, user_id: u, interval: 1, payload: {n: %d}}]"
+    error = errors_of(tmp_path, huge % 2**70)
+    assert "schedules[0].payload: value error, cannot be stored as JSON" in error
+
+
 def test_a_bad_schedule_makes_the_cli_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("schedules:\n  - {name: a, task: log_completion, user_id: u}\n")
@@ -250,6 +271,54 @@ async def test_a_full_queue_refuses_a_tick_until_there_is_room(
         await client.aclose()
 
 
+class StillQueue(QueueBackend):
+    name = "still"
+
+    def __init__(self) -> None:
+        pass
+
+    async def snapshot(self, failures: int = 5) -> QueueSnapshot:
+        return QueueSnapshot("q", datetime.now(UTC), 0, 0, 0, 0)
+
+
+async def test_the_dashboard_summary_shows_next_runs_and_last_ticks(
+    client: aioredis.Redis, ns: Namespace
+) -> None:
+    now = at("2026-12-08T10:20:30+00:00")
+    plans = [
+        schedule(name="hourly", interval=3600),
+        schedule(name="paris", cron="0 3 * * *", tz="Europe/Paris"),
+    ]
+    last = {"tick": int(at("2026-12-08T10:00:00+00:00")), "job_id": "j", "queued_at": now}
+    await client.hset(last_ticks_key(ns.prefix), "hourly", orjson.dumps(last))
+    board = ScheduleBoard(client, plans, ns.prefix, clock=lambda: now)
+    traffic = TrafficRecorder(client, ns.prefix, [])
+    summary = await Dashboard(traffic, StillQueue(), schedules=board).summary()
+    assert summary["schedules"] == [
+        {
+            "name": "hourly",
+            "task": "log_completion",
+            "user_id": "u",
+            "every": "every 3600 s",
+            "tz": "UTC",
+            "next_run": "2026-12-08T11:00:00.000Z",
+            "last_tick": "2026-12-08T10:00:00.000Z",
+            "last_job_id": "j",
+        },
+        {
+            "name": "paris",
+            "task": "log_completion",
+            "user_id": "u",
+            "every": "0 3 * * *",
+            "tz": "Europe/Paris",
+            "next_run": "2026-12-09T02:00:00.000Z",
+            "last_tick": None,
+            "last_job_id": None,
+        },
+    ]
+    assert (await Dashboard(traffic, StillQueue()).summary())["schedules"] == []
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -318,16 +387,14 @@ def test_three_worker_processes_queue_each_tick_of_a_1s_schedule_once(
     )
     assert queued and all(count == 1 for count in queued.values()), queued
     assert set(runs) <= set(queued)
-    seconds = sorted(
-        int(
-            datetime.strptime(job.split(".")[-1].split("-")[0], "%Y%m%dT%H%M%SZ")
-            .replace(tzinfo=UTC)
-            .timestamp()
-        )
-        for job in queued
-    )
-    print(
-        f"{len(queued)} ticks over {seconds[-1] - seconds[0] + 1} s, queued by "
-        f"{sum(1 for w in workers if any('schedule beat: queued' in x for x in w.lines))} "
-        "worker(s)"
-    )
+    seconds = sorted(int(job.split(".")[-1][9:15]) for job in queued)  # HHMMSS
+    queuers = sum(1 for w in workers if any("schedule beat: queued" in x for x in w.lines))
+    print(f"{len(queued)} ticks ({seconds[0]}..{seconds[-1]}), queued by {queuers} worker(s)")
+    # taskhub status shows the schedule's next run and the last tick queued.
+    result = run_cli(["status", str(path), "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    [row] = orjson.loads(result.stdout)["schedules"]
+    assert row["name"] == "beat" and row["every"] == "every 1 s" and row["next_run"]
+    assert row["last_job_id"] == max(queued, key=lambda job: job.split(".")[-1])
+    table = run_cli(["status", str(path)], tmp_path).stdout
+    assert "SCHEDULE" in table and row["last_job_id"] in table

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,7 +60,11 @@ class ScheduleSettings(BaseModel):
         max_length=256,
         description="the user the jobs are submitted as (their user_id, their shard)",
     )
-    payload: Any = Field(None, description="the jobs' payload (any JSON value); null: none")
+    payload: dict[str, Any] | None = Field(
+        None,
+        description="the jobs' payload, a mapping, checked against the task's Payload model "
+        "as a POST /task's would be; null: none",
+    )
     max_lateness: int = Field(
         300,
         ge=1,
@@ -67,6 +72,15 @@ class ScheduleSettings(BaseModel):
         description="seconds after its time a tick may still be submitted (when no worker ran "
         "at the time); older ticks are skipped, and only the latest is ever submitted",
     )
+
+    @field_validator("payload")
+    @classmethod
+    def _storable(cls, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            orjson.dumps(payload)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"cannot be stored as JSON: {exc}") from None
+        return payload
 
     @field_validator("user_id")
     @classmethod
