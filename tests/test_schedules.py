@@ -28,7 +28,7 @@ from taskhub.monitoring.dashboard import Dashboard
 from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder
 from tests.support.backends import client_on, config_on
-from tests.support.configs import ROOT, write_config
+from tests.support.configs import ROOT, served_by, write_config
 from tests.support.namespaces import Namespace
 from tests.support.processes import TaskhubProcess, run_cli, wait_until
 
@@ -165,6 +165,22 @@ def test_a_payload_is_checked_as_a_post_would_be(tmp_path: Path) -> None:
     huge = "schedules: [{name: b, task: log_completion, user_id: u, interval: 1, payload: {n: %d}}]"
     error = errors_of(tmp_path, huge % 2**70)
     assert "schedules[0].payload: value error, cannot be stored as JSON" in error
+
+
+def test_taskhub_check_shows_schedules_with_their_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("schedules: [{name: a, task: log_completion, user_id: u, cron: '@daily'}]\n")
+    [entry] = Hub.from_file(path, env={}).resolved()["schedules"]
+    assert entry == {
+        "name": "a",
+        "task": "log_completion",
+        "cron": "@daily",
+        "interval": None,
+        "tz": "UTC",
+        "user_id": "u",
+        "payload": None,
+        "max_lateness": 300,
+    }
 
 
 def test_a_bad_schedule_makes_the_cli_exit_2(tmp_path: Path) -> None:
@@ -327,15 +343,14 @@ async def test_the_dashboard_summary_shows_next_runs_and_last_ticks(
 def test_three_worker_processes_queue_each_tick_of_a_1s_schedule_once(
     tmp_path: Path, ns: Namespace, on: str, request: pytest.FixtureRequest, server_type: str
 ) -> None:
-    """Three ``taskhub worker`` processes, a schedule every second, for several seconds:
-    every tick's job runs once, whichever worker queued it. Then all stop, and a new
-    worker started within the same second queues nothing already queued."""
+    """Two ``taskhub worker`` processes and a ``taskhub run`` (server and worker), a
+    schedule every second, for several seconds: every tick's job was queued by one
+    process and ran once, whichever queued or ran it."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "ledger.py").write_text(LEDGER_PLUGIN)
     ledger = tmp_path / "ledger.txt"
-    config = config_on(on, ns, request)
-    config.pop("server")
+    config = served_by(config_on(on, ns, request), server_type)
     config.update(
         plugins_dir=str(plugins),
         # ttl -1: a job is gone once it completes, so only the marker stops a second run.
@@ -362,11 +377,13 @@ def test_three_worker_processes_queue_each_tick_of_a_1s_schedule_once(
         return Counter(line.split()[0] for line in ledger.read_text().splitlines())
 
     try:
-        for number in range(3):
+        for number in range(2):
             directory = tmp_path / f"worker-{number}"
             directory.mkdir()
             workers.append(TaskhubProcess(["worker", str(path)], cwd=directory))
             workers[-1].start("queue: ")
+        workers.append(TaskhubProcess(["run", str(path)], cwd=tmp_path))
+        workers[-1].start("listening on ")
         started = len(ticks())
         assert wait_until(lambda: len(ticks()) >= started + 5, 60, 0.2), [w.output for w in workers]
     finally:
@@ -388,8 +405,14 @@ def test_three_worker_processes_queue_each_tick_of_a_1s_schedule_once(
     assert queued and all(count == 1 for count in queued.values()), queued
     assert set(runs) <= set(queued)
     seconds = sorted(int(job.split(".")[-1][9:15]) for job in queued)  # HHMMSS
+    schedulers = sum("scheduler: 1 schedule(s)" in x for w in workers for x in w.lines)
+    assert schedulers == 3, [w.output for w in workers]  # one in each worker process
     queuers = sum(1 for w in workers if any("schedule beat: queued" in x for x in w.lines))
-    print(f"{len(queued)} ticks ({seconds[0]}..{seconds[-1]}), queued by {queuers} worker(s)")
+    runners = {line.split()[2] for line in ledger.read_text().splitlines()}
+    print(
+        f"{len(queued)} ticks ({seconds[0]}..{seconds[-1]} UTC), queued by {queuers} "
+        f"and run by {len(runners)} of the 3 processes"
+    )
     # taskhub status shows the schedule's next run and the last tick queued.
     result = run_cli(["status", str(path), "--json"], tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,6 @@
 """The worker's scheduler: wakes at each schedule's next tick and queues it.
 
-Every worker process runs one (``taskhub worker``, each process of ``serve
---workers N``, ``taskhub run``); they race for each tick and the tick's script
+Every worker process runs one (``taskhub worker``, ``taskhub run``); they race for each tick and the tick's script
 (:mod:`taskhub.limits.schedules`) lets exactly one win. A process that starts
 late, after a tick no one queued, queues that tick if it is at most
 ``max_lateness`` late, and only the latest one: never a backlog.
@@ -45,7 +44,7 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set."""
-        names = ", ".join(f"{s.name} ({s.every})" for s in self.schedules)
+        names = ", ".join(f"{s.name} ({s.every}, {s.tz})" for s in self.schedules)
         logger.info("scheduler: %d schedule(s): %s", len(self.schedules), names)
         while not stop.is_set():
             checked = self.clock()
