@@ -1,9 +1,9 @@
 """The worker's scheduler: wakes at each schedule's next tick and queues it.
 
-Every worker process runs one (``taskhub worker``, ``taskhub run``); they race for each tick and the tick's script
-(:mod:`taskhub.limits.schedules`) lets exactly one win. A process that starts
-late, after a tick no one queued, queues that tick if it is at most
-``max_lateness`` late, and only the latest one: never a backlog.
+Every worker process runs one (``taskhub worker``, ``taskhub run``); they race for
+each tick and the tick's script (:mod:`taskhub.limits.schedules`) lets exactly one
+win. A process that starts late, after a tick no one queued, queues that tick if it
+is at most ``max_lateness`` late, and only the latest one: never a backlog.
 """
 
 from __future__ import annotations
