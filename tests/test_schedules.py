@@ -83,6 +83,12 @@ def test_cron_ticks_in_utc_and_in_a_time_zone() -> None:
     assert paris.next_tick(now) == at("2026-12-09T01:30:00+00:00")
     summer = at("2026-07-01T00:00:00+00:00")  # UTC+2
     assert paris.next_tick(summer) == at("2026-07-01T00:30:00+00:00")
+    # Daylight saving, as croniter does it: 02:30 does not exist on 2026-03-29 in Paris
+    # (it runs at 03:00 CEST), and exists twice on 2026-10-25 (it runs in each).
+    assert paris.next_tick(at("2026-03-28T12:00:00+00:00")) == at("2026-03-29T01:00:00+00:00")
+    autumn = paris.next_tick(at("2026-10-24T12:00:00+00:00"))
+    assert autumn == at("2026-10-25T00:30:00+00:00")
+    assert paris.next_tick(autumn) == at("2026-10-25T01:30:00+00:00")
     assert schedule(cron="@hourly").next_tick(now) == at("2026-12-08T11:00:00+00:00")
     tick = at("2026-12-09T02:30:00+00:00")
     assert nightly.latest_tick(tick) == tick and nightly.next_tick(tick) == tick + 86_400
