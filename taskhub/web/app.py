@@ -23,6 +23,7 @@ from taskhub.monitoring import request_id
 from taskhub.monitoring.dashboard import Dashboard
 from taskhub.monitoring.exporter import QueueDepth
 from taskhub.monitoring.metrics import RequestMetrics
+from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder
 from taskhub.store.outage import OutageLog
 from taskhub.web.admin import PREFIX as ADMIN_PREFIX
@@ -68,6 +69,7 @@ class ApiParts:
     queue_depth: QueueDepth | None = None
     traffic: TrafficRecorder | None = None  # None: the dashboard is off
     limits_admin: LimitsAdmin | None = None  # None: the admin endpoint is off
+    schedules: ScheduleBoard | None = None  # None: no schedules (or no dashboard)
 
 
 class HttpApi:
@@ -174,7 +176,7 @@ def build_api(parts: ApiParts) -> HttpApi:
     if settings.dashboard.enabled:
         assert parts.traffic is not None, "the dashboard needs the traffic recorder"
         dashboard = DashboardEndpoints(
-            Dashboard(parts.traffic, parts.queue, outage=reads),
+            Dashboard(parts.traffic, parts.queue, outage=reads, schedules=parts.schedules),
             settings.dashboard.token,
             retry_after_s,
             reads,
