@@ -49,10 +49,19 @@ class Call(Generic[T]):
     def result(self, reply: Reply) -> T:
         if isinstance(reply, httpx.TransportError):
             raise Unavailable(
-                f"no answer to {self.method} {self.path}: {type(reply).__name__}: {reply}",
+                f"no answer to {self.method} {target(reply, self.path)}: "
+                f"{type(reply).__name__}: {reply}",
                 idempotency_key=self.idempotency_key,
             ) from reply
         return answer(reply, self.read)
+
+
+def target(error: httpx.TransportError, path: str) -> str:
+    """The URL a request without an answer went to (``path`` if httpx does not say)."""
+    try:
+        return str(error.request.url)
+    except RuntimeError:
+        return path
 
 
 @dataclass(frozen=True, slots=True)
