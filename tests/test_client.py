@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -43,7 +44,7 @@ from tests.support.configs import ROOT, config_dict, write_config
 from tests.support.drop_proxy import DropProxy
 from tests.support.namespaces import Namespace
 from tests.support.plugin_sources import DELIVERY_TASKS, delivery_plugins
-from tests.support.processes import TaskhubProcess, wait_until
+from tests.support.processes import TaskhubProcess, run_cli, wait_until
 from tests.support.redis_servers import PrivateRedis
 from tests.support.replies import completions
 
@@ -368,3 +369,50 @@ def test_bad_base_urls_are_refused() -> None:
     for url in ("ftp://host", "not a url", "http://", "http://h/?q=1"):
         with pytest.raises(ValueError, match="base_url"):
             Client(url)
+
+
+def test_cli_submit_exit_codes(hub: Hub, tmp_path: Path) -> None:
+    """``taskhub submit``: 0 and the job as JSON; 3 rate limited; 2 bad input."""
+    who = user("cli")
+    queued = run_cli(["submit", hub.url, "--user", who], tmp_path)
+    assert queued.returncode == 0, queued.stderr
+    body = orjson.loads(queued.stdout)
+    assert body["status"] == "queued" and body["task"] == "log_completion"
+
+    waited = run_cli(
+        ["submit", hub.url, "--user", who, "--task", "sleepy", "--wait", "30"],
+        tmp_path,
+    )
+    assert waited.returncode == 0, waited.stderr
+    job = orjson.loads(waited.stdout)
+    assert job["status"] == "complete" and job["result"] == "slept" and job["user_id"] == who
+
+    bad_inputs = {
+        "the server's 422": ["--task", "no_such_task"],
+        "a payload that is not JSON": ["--payload", "{nope"],
+        "a payload that is not an object": ["--payload", "[1, 2]"],
+        "a --wait that is not a number": ["--wait", "soon"],
+    }
+    for why, args in bad_inputs.items():
+        refused = run_cli(["submit", hub.url, "--user", user("cli"), *args], tmp_path)
+        assert refused.returncode == 2, (why, refused.stdout, refused.stderr)
+        assert "Traceback" not in refused.stderr
+    unknown = run_cli(["submit", hub.url, "--user", "x", "--task", "no_such_task"], tmp_path)
+    assert "task: unknown task 'no_such_task'" in unknown.stderr
+    for url in ("ftp://host", "localhost:8000"):
+        refused = run_cli(["submit", url, "--user", "x"], tmp_path)
+        assert refused.returncode == 2 and "base_url" in refused.stderr, refused.stderr
+
+    down = run_cli(["submit", "http://127.0.0.1:1", "--user", "x"], tmp_path)
+    assert down.returncode == 1 and "no answer" in down.stderr
+
+
+def test_cli_submit_rate_limited(ns: Namespace, redis_url: str, tmp_path: Path, spawn: Any) -> None:
+    slow = {"type": "token_bucket", "capacity": 1, "refill": 1, "period": 3600, "block": 1}
+    server = spawn(config_dict(ns, redis_url, limiter=slow), "serve", tmp_path)
+    assert run_cli(["submit", server.url, "--user", "u"], tmp_path).returncode == 0
+    limited = run_cli(["submit", server.url, "--user", "u"], tmp_path)
+    assert limited.returncode == 3, limited.stderr
+    refusal = orjson.loads(limited.stdout)
+    assert refusal["error"] == "rate_limited" and refusal["retry_after"] >= 1
+    assert f"retry after {refusal['retry_after']} s" in limited.stderr
