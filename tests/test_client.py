@@ -12,6 +12,8 @@ when it does not.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -416,3 +418,16 @@ def test_cli_submit_rate_limited(ns: Namespace, redis_url: str, tmp_path: Path, 
     refusal = orjson.loads(limited.stdout)
     assert refusal["error"] == "rate_limited" and refusal["retry_after"] >= 1
     assert f"retry after {refusal['retry_after']} s" in limited.stderr
+
+
+def test_the_docs_example_runs(hub: Hub) -> None:
+    """examples/client_submit.py, which docs/client.md shows."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "client_submit.py"), hub.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("queued ") and "complete: None after 1 attempt(s)" in done.stdout
