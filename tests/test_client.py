@@ -53,7 +53,8 @@ from tests.support.replies import completions
 # The client's behaviour is the same whatever serves the API: on the default server.
 pytestmark = pytest.mark.servers("sanic")
 
-CAPACITY = 20  # the test config's token bucket: 20 per user, one back every 3 s
+CAPACITY = 20  # the module server's token bucket: 20 per user, one back every 3 minutes
+BUCKET = {"type": "token_bucket", "capacity": CAPACITY, "refill": CAPACITY, "period": 3600}
 KEY = "client-key-0123456789abcdef"
 
 
@@ -75,7 +76,7 @@ def hub_config(ns: Namespace, redis_url: str, directory: Path, **sections: Any) 
         redis_url,
         plugins_dir=delivery_plugins(directory),
         tasks=DELIVERY_TASKS,
-        **sections,
+        **{"limiter": BUCKET, **sections},
     )
 
 
@@ -229,25 +230,25 @@ def test_errors_carry_the_servers_fields(hub: Hub, make: Make) -> None:
     assert error.policy in error.refused_by
 
 
-def test_retries_honour_retry_after_until_the_deadline(hub: Hub, make: Make) -> None:
-    limited = user("retried")
-    client = make(hub.url, retry=Retry(deadline=30, jitter=0.1))
-    for _ in range(CAPACITY):
-        client.submit(limited)
-    before = client.requests
-    started = time.monotonic()
-    queued = client.submit(limited)  # refused, then admitted after its Retry-After
+def test_retries_honour_retry_after_until_the_deadline(
+    ns: Namespace, redis_url: str, tmp_path: Path, spawn: Any, make: Make
+) -> None:
+    fast = {"type": "token_bucket", "capacity": 1, "refill": 1, "period": 4}  # 1 every 4 s
+    server = spawn(config_dict(ns, redis_url, limiter=fast), "serve", tmp_path)
+    client = make(server.url, retry=Retry(deadline=30, jitter=0.1))
+    client.submit("patient")
+    before, started = client.requests, time.monotonic()
+    queued = client.submit("patient")  # refused, then admitted after its Retry-After
     assert queued.status == "queued"
     assert client.requests - before >= 2
     assert time.monotonic() - started >= 1  # waited out at least one Retry-After
 
-    short = make(hub.url, retry=Retry(deadline=0.5))
-    other = user("short")
-    for _ in range(CAPACITY):
-        short.submit(other)
+    short = make(server.url, retry=Retry(deadline=0.5))
+    short.submit("hasty")
     before, started = short.requests, time.monotonic()
-    with pytest.raises(RateLimited):  # its Retry-After ends after the deadline
-        short.submit(other)
+    with pytest.raises(RateLimited) as refused:  # its Retry-After ends after the deadline
+        short.submit("hasty")
+    assert refused.value.retry_after > 0.5
     assert short.requests - before == 1 and time.monotonic() - started < 5
 
 
@@ -410,7 +411,7 @@ def test_cli_submit_exit_codes(hub: Hub, tmp_path: Path) -> None:
 
 
 def test_cli_submit_rate_limited(ns: Namespace, redis_url: str, tmp_path: Path, spawn: Any) -> None:
-    slow = {"type": "token_bucket", "capacity": 1, "refill": 1, "period": 3600, "block": 1}
+    slow = {**BUCKET, "capacity": 1, "refill": 1}
     server = spawn(config_dict(ns, redis_url, limiter=slow), "serve", tmp_path)
     assert run_cli(["submit", server.url, "--user", "u"], tmp_path).returncode == 0
     limited = run_cli(["submit", server.url, "--user", "u"], tmp_path)
