@@ -96,3 +96,26 @@ def test_every_public_name_resolves_to_its_origin() -> None:
         for name in names:
             assert getattr(taskhub, name) is getattr(importlib.import_module(module), name)
     assert sorted(taskhub._ORIGIN) == sorted(taskhub.__all__)
+
+
+def test_taskhub_help_does_not_import_the_client() -> None:
+    """``taskhub submit`` imports the client (and httpx) when it runs, not for --help."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from taskhub.cli.main import main\n"
+            "assert main(['--help']) == 0\n"
+            "assert main(['submit', '--help']) == 0\n"
+            "loaded = [m for m in ('httpx', 'taskhub.client') if m in sys.modules]\n"
+            "assert not loaded, loaded\n",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "taskhub submit" not in done.stderr and "submit" in done.stdout
