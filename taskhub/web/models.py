@@ -25,8 +25,9 @@ class Queued(_Body):
     status: Literal["queued"]
     job_id: str
     task: str
-    replayed: Literal[True] = Field(
-        True, description="present only when an Idempotency-Key named an existing job"
+    replayed: bool = Field(
+        False,
+        description="true, and present, only when an Idempotency-Key named an existing job",
     )
 
 
