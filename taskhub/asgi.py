@@ -342,6 +342,7 @@ class TaskhubApp:
         if body is None:
             return api.error(413, request)
         request.body = body
+        request.hung_up = lambda: disconnected(receive)
         return await api.handle(request)
 
     def _error_api(self) -> HttpHandler:
@@ -401,6 +402,12 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
         chunks.append(chunk)
         message = await receive()
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone: all the server sends after the whole body."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def respond(send: Send, response: HttpResponse, scope: Scope) -> None:
