@@ -16,8 +16,8 @@ from taskhub.web.responses import json_response
 
 T = TypeVar("T")
 
-# Plain decimal seconds: "5", "0.5". Not "1e1", "5_0", " 5" or "inf", which float() takes.
-SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+# A JSON number: "5", "0.5", "2e1". Not "5_0", " 5", "nan" or "inf", which float() takes.
+SECONDS = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 WAIT_RULE = f"a number of seconds, more than 0 and at most {MAX_WAIT:g}"
 
 
@@ -35,7 +35,7 @@ def wait_seconds(query: str) -> float | HttpResponse | None:
     if len(values) > 1:
         return bad_wait(f"given {len(values)} times; give it once")
     text = values[0]
-    seconds = float(text) if SECONDS.fullmatch(text) else math.nan
+    seconds = float(text) if len(text) <= 32 and SECONDS.fullmatch(text) else math.nan
     if not 0 < seconds <= MAX_WAIT:
         return bad_wait(f"must be {WAIT_RULE}, not {text[:40]!r}")
     return seconds
