@@ -8,7 +8,8 @@ One private redis-server and one server process for the whole run; phases altern
 alike. In a waiters phase a child process holds ``--waiters`` connections, each
 asking again whenever its wait ends; the phase's wrk run starts once every one of
 them has asked. No worker runs, so the jobs waited on never settle. The figure is
-the ratio of the medians (waiters / none): 1.0 is free.
+the ratio of the medians (waiters / none): 1.0 is free. The server's CPU time per
+admission during each wrk run is given too: less swayed by the machine's other load.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import httpx
 
 from bench import configs, wrk
 from bench.procs import PrivateRedis, Proc
+from bench.profile import cpu_seconds, process_tree
 from tests.support.processes import free_port
 
 READY = "ready"  # the file the holder writes once every waiter has asked
@@ -69,15 +71,25 @@ async def hold(url: str, job_ids: list[str], ready: Path) -> None:
         await asyncio.sleep(0.5)
 
 
-def admissions(url: str, script: Path, seconds: float) -> float:
+# The server's process tree, set once it runs: its CPU is read around each wrk run.
+SERVER: list[int] = []
+
+
+def admissions(url: str, script: Path, seconds: float) -> tuple[float, float]:
+    """Admissions/s, and the server's CPU microseconds per admission."""
+    cpu = sum(cpu_seconds(pid) for pid in SERVER)
     result, _ = wrk.run(url + "/task", script, seconds)
+    cpu = sum(cpu_seconds(pid) for pid in SERVER) - cpu
     if result.non_2xx or result.socket_errors:
         print(f"  (wrk: {result.non_2xx} non-2xx, {result.socket_errors} socket errors)")
-    return result.requests_per_s
+    return result.requests_per_s, cpu * 1e6 / max(1, result.requests)
 
 
-def with_waiters(work: Path, url: str, job_ids: list[str], measure: float) -> float:
-    """Admissions/s while a child process holds one waiter per job."""
+def with_waiters(
+    work: Path, url: str, job_ids: list[str], measure: float
+) -> tuple[tuple[float, float], int]:
+    """Admissions/s while a child process holds one waiter per job, and how many of
+    the waits ended meanwhile (0: all of them waited throughout)."""
     ids = work / "jobs.json"
     ids.write_text(json.dumps(job_ids))
     ready = work / READY
@@ -96,8 +108,7 @@ def with_waiters(work: Path, url: str, job_ids: list[str], measure: float) -> fl
         time.sleep(1.0)  # the last requests reach their waits
         before = answers(holder)
         rate = admissions(url, work / "script.lua", measure)
-        print(f"  ({answers(holder) - before} waits ended during the run)")
-        return rate
+        return rate, answers(holder) - before
     finally:
         holder.stop()
 
@@ -139,22 +150,37 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             wrk.random_users_script(work).rename(work / "script.lua")
             admissions(url, work / "script.lua", 2.0)  # warm-up
+            SERVER[:] = process_tree(server.pid)
             rates: dict[str, list[float]] = {"none": [], "waiters": []}
+            cpus: dict[str, list[float]] = {"none": [], "waiters": []}
             for pair in range(args.pairs):
                 order = ("none", "waiters") if pair % 2 == 0 else ("waiters", "none")
                 for phase in order:
+                    note = ""
                     if phase == "none":
-                        rate = admissions(url, work / "script.lua", args.duration)
+                        rate, cpu = admissions(url, work / "script.lua", args.duration)
                     else:
-                        rate = with_waiters(work, url, job_ids, args.duration)
+                        (rate, cpu), ended = with_waiters(work, url, job_ids, args.duration)
+                        note = f" ({ended} waits ended during the run)"
                     rates[phase].append(rate)
-                    print(f"pair {pair + 1} {phase:>7}: {rate:8.0f} admissions/s", flush=True)
+                    cpus[phase].append(cpu)
+                    line = (
+                        f"pair {pair + 1} {phase:>7}: {rate:8.0f} admissions/s, "
+                        f"{cpu:5.0f} us server CPU each{note}"
+                    )
+                    print(line, flush=True)
             none, waiting = (statistics.median(rates[k]) for k in ("none", "waiters"))
+            pairs = [w / n for w, n in zip(rates["waiters"], rates["none"], strict=True)]
             print(
                 f"server {args.server}: median {none:.0f} admissions/s with no waiters, "
-                f"{waiting:.0f} with {args.waiters} waiters: ratio {waiting / none:.3f}"
+                f"{waiting:.0f} with {args.waiters} waiters: ratio {waiting / none:.3f} "
+                f"(pair by pair: median {statistics.median(pairs):.3f}, "
+                f"{min(pairs):.2f} to {max(pairs):.2f}); server CPU per admission "
+                f"{statistics.median(cpus['none']):.0f} us with none, "
+                f"{statistics.median(cpus['waiters']):.0f} us with waiters"
             )
-            print(json.dumps({"server": args.server, "waiters": args.waiters, **rates}))
+            figures = {"server": args.server, "waiters": args.waiters, "rates": rates}
+            print(json.dumps({**figures, "cpu_us": cpus}))
         finally:
             server.stop()
             redis.stop()

@@ -22,6 +22,8 @@ import httpx
 import pytest
 import redis
 
+from taskhub.http import HttpResponse
+from taskhub.web.waiting import wait_seconds
 from tests.support.asgi_servers import start_asgi
 from tests.support.configs import config_dict, write_config
 from tests.support.namespaces import Namespace
@@ -115,3 +117,18 @@ def test_waits_over_asgi(
         check_waits(str(process.url), private_client)
     finally:
         process.kill()
+
+
+@pytest.mark.parametrize(
+    ("query", "seconds"),
+    [("wait=5", 5.0), ("wait=0.5", 0.5), ("wait=2e1", 20.0), ("wait=30", 30.0), ("x=1", None)],
+)
+def test_good_waits_parse(query: str, seconds: float | None) -> None:
+    assert wait_seconds(query) == seconds
+
+
+@pytest.mark.parametrize("query", ["wait=0", "wait=30.001", "wait=1e2", "wait=+5", "wait=%205"])
+def test_bad_waits_are_422s_naming_wait(query: str) -> None:
+    answer = wait_seconds(query)
+    assert isinstance(answer, HttpResponse) and answer.status == 422
+    assert b'"field":"wait"' in answer.body
