@@ -63,6 +63,7 @@ Send = Callable[[Message], Awaitable[None]]
 CONFIG_ENV = "TASKHUB_CONFIG"  # the config of the module-level ``app``
 ROLE_ENV = "TASKHUB_ROLE"  # and its role: run (the default) or serve
 ROLES = {"run": Role.BOTH, "serve": Role.SERVER}
+CLIENT_GONE = 499  # the API's answer to a request whose client hung up (a long wait)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 # Libraries that log every job at INFO: quiet, as the CLI keeps them.
@@ -343,7 +344,8 @@ class TaskhubApp:
             return api.error(413, request)
         request.body = body
         request.hung_up = lambda: disconnected(receive)
-        return await api.handle(request)
+        response = await api.handle(request)
+        return None if response.status == CLIENT_GONE else response  # nobody to answer
 
     def _error_api(self) -> HttpHandler:
         """What answers while nothing serves: the last API, or a bare one for its errors."""

@@ -106,6 +106,7 @@ def test_waits_over_http(
 ) -> None:
     server = spawn(config_dict(Namespace.new(), private_redis.url), "serve")
     check_waits(server.url, private_client)
+    assert "Traceback" not in server.output, server.output
 
 
 def test_waits_over_asgi(
@@ -115,6 +116,7 @@ def test_waits_over_asgi(
     process: TaskhubProcess = start_asgi("uvicorn", config, tmp_path, env={"TASKHUB_ROLE": "serve"})
     try:
         check_waits(str(process.url), private_client)
+        assert "Traceback" not in process.output, process.output
     finally:
         process.kill()
 
