@@ -156,6 +156,30 @@ async def test_a_wait_times_out_with_the_current_state(client, ns, settings) -> 
         await queue.close()
 
 
+async def test_unwatched_jobs_settle_without_a_stream_entry(client, ns, settings) -> None:
+    """A job nobody waits for pays one EXISTS as it settles; a watched one adds an entry."""
+    queue = await opened(ns, client, settings, by="round_robin")
+    try:
+        spec = TaskSpec(Gate.name, Gate())
+        jobs = await submit(client, queue, spec, "henry", "henry", "henry")
+        for job in jobs:
+            await queue.abort(job)
+        streams = [queue._queues()[shard].settled_key for shard in range(3)]
+        assert [await client.exists(key) for key in streams] == [0, 0, 0]
+        (watched,) = await submit(client, queue, spec, "ida")
+        waiter = asyncio.create_task(queue.wait(watched, LONG))
+        await until_waiting(queue, 1)
+        await queue.abort(watched)
+        assert (await waiter).status is JobStatus.ABORTED
+        shard = queue.shards.shard_of(watched)
+        assert shard is not None
+        (entry,) = await client.xrange(streams[shard])
+        job_key = f"saq:job:{queue.shards.queue_name(shard)}:{watched}".encode()
+        assert entry[1] == {b"job": job_key, b"status": b"aborted"}
+    finally:
+        await queue.close()
+
+
 async def test_a_settled_job_answers_at_once(client, ns, settings) -> None:
     queue = await opened(ns, client, settings)
     try:
