@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from taskhub import Task, TaskHandler
 from taskhub.builtin.saq.queue import SaqQueue
@@ -233,6 +234,30 @@ async def test_no_wake_up_is_lost_when_jobs_settle_as_waiters_start(client, ns, 
         answers = await asyncio.gather(*waits, *aborts)
         assert all(info.status is JobStatus.ABORTED for info in answers[: len(jobs)])
         assert time.monotonic() - started < SOON
+    finally:
+        await queue.close()
+
+
+async def test_a_waiter_wakes_across_its_readers_reconnect(client, ns, settings) -> None:
+    """The reader's connection drops mid-XREAD; the job settles before it reconnects:
+    the reader reads on from where it was, so the waiter still wakes."""
+    queue = await opened(ns, client, settings)
+    try:
+        (job,) = await submit(client, queue, TaskSpec(Gate.name, Gate()), "jack")
+        waiter = asyncio.create_task(timed(queue.wait(job, LONG)))
+        await until_waiting(queue, 1)
+        (reader,) = queue._readers.values()
+        await asyncio.sleep(0.3)  # in its XREAD
+        connection = reader._client
+        if isinstance(connection, RedisCluster):
+            for node in connection.get_nodes():
+                await node.disconnect()
+        else:
+            await connection.connection_pool.disconnect()
+        await queue.abort(job)
+        info, elapsed = await waiter
+        assert info.status is JobStatus.ABORTED and elapsed < SOON
+        assert reader.running or queue.waiting() == 0
     finally:
         await queue.close()
 

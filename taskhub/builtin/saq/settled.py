@@ -25,6 +25,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from taskhub.jobs import MAX_WAIT
 from taskhub.store.outage import OutageLog
 
@@ -128,6 +130,10 @@ class SettledReader:
             if asyncio.current_task() is self._task:
                 self._task = None
             self._position = None
+            positioned, self._positioned = self._positioned, None
+            if positioned is not None and not positioned.done():  # closed meanwhile
+                positioned.set_exception(RedisConnectionError("the reader stopped"))
+                positioned.exception()
 
     async def _round(self) -> None:
         client = self._client
