@@ -235,6 +235,16 @@ class QueueBackend(Component):
         """The job's current state, or None if there is no such job (or it expired)."""
         raise NotImplementedError
 
+    async def wait(self, job_id: str, timeout: float) -> JobInfo | None:
+        """The job's state as soon as it settles (complete, failed or aborted), or after
+        ``timeout`` seconds (at most 30) whatever it is; None if there is no such job.
+
+        Cancelling the call frees whatever it holds (the client hung up). It must block
+        on the store, never poll it. The default answers at once with :meth:`status`:
+        a queue plugin without it still serves ``GET /task/{id}?wait=N``, without waiting.
+        """
+        return await self.status(job_id)
+
     async def abort(self, job_id: str) -> AbortResult:
         """Abort a job that is waiting or running; a finished job is left as it is."""
         raise NotImplementedError

@@ -113,6 +113,8 @@ class JobStatus(enum.StrEnum):
 
 
 FINISHED = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.ABORTED})
+# The longest wait for a job to settle a client may ask for (GET /task/{id}?wait=N), in s.
+MAX_WAIT = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from tests.support.namespaces import Namespace
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {
     ("/task", "post"): {"200", "400", "413", "415", "422", "429", "503"},
-    ("/task/{job_id}", "get"): {"200", "404", "503"},
+    ("/task/{job_id}", "get"): {"200", "404", "422", "503"},
     ("/task/{job_id}", "delete"): {"200", "202", "404", "409", "503"},
     ("/health", "get"): {"200"},
     ("/ready", "get"): {"200", "503"},

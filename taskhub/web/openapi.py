@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from taskhub.jobs import MAX_WAIT
 from taskhub.limits.admin import LimitsReset, LimitsShown
 from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.request_id import HEADER as REQUEST_ID
@@ -145,6 +146,14 @@ JOB_ID = {
     "description": "the id POST /task answered with",
     "schema": {"type": "string", "minLength": 1},
 }
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "seconds to wait for the job to settle (plain decimal, given once); "
+    "a client that hangs up stops the wait",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT},
+}
 ADMIN_AUTH = {"type": "http", "scheme": "bearer", "description": "limits.admin.token"}
 DASHBOARD_AUTH = {"type": "http", "scheme": "bearer", "description": "dashboard.token"}
 NOT_FOUND = _response("no such job, or it has expired", Error)
@@ -194,8 +203,16 @@ def _paths() -> dict[str, Any]:
     job_state = _response("the job's state", Job)
     status = {
         "summary": "A job's state",
+        "description": "With `wait`, the answer comes as soon as the job settles (complete, "
+        "failed or aborted), or after `wait` seconds with its state then: no polling.",
         "operationId": "getTask",
-        "responses": {"200": job_state, "404": NOT_FOUND, "503": STORE_DOWN},
+        "parameters": [WAIT],
+        "responses": {
+            "200": job_state,
+            "404": NOT_FOUND,
+            "422": _response("`wait` is not a number of seconds within its bounds", Error),
+            "503": STORE_DOWN,
+        },
     }
     abort = {
         "summary": "Abort a job",

@@ -1,4 +1,5 @@
-"""The task endpoints: ``POST /task`` (admit or refuse), ``GET`` and ``DELETE /task/{id}``.
+"""The task endpoints: ``POST /task`` (admit or refuse), ``GET`` and ``DELETE /task/{id}``
+(``GET /task/{id}?wait=N`` answers once the job settles, or after N seconds).
 
 The submission path is: authentication when ``auth`` is on (401), content type
 (415), parse and validate (400/422), the key's bound user (403), then one
@@ -33,6 +34,7 @@ from taskhub.web.submission import (
     idempotent_job_id,
     unstorable_payload,
 )
+from taskhub.web.waiting import HungUp, unless_hung_up, wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -198,11 +200,27 @@ class JobEndpoints:
         return job
 
     async def status(self, request: HttpRequest, job_id: str) -> HttpResponse:
+        """The job's state; with ``?wait=N``, once it settles or after N seconds."""
         principal = self.principal(request)
         if isinstance(principal, HttpResponse):
             return principal
+        wait = wait_seconds(request.query) if request.query else None
+        if isinstance(wait, HttpResponse):
+            return wait
         job = await self.visible(principal, job_id)
-        return job if isinstance(job, HttpResponse) else json_response(200, job.to_json())
+        if isinstance(job, HttpResponse) or wait is None or job.status.finished:
+            return job if isinstance(job, HttpResponse) else json_response(200, job.to_json())
+        try:
+            waited = await unless_hung_up(
+                self.outage.call(self.queue.wait(job_id, wait)), request.hung_up
+            )
+        except BackendUnavailable:
+            return unavailable(self.retry_after_s)
+        except HungUp:
+            return error_response(499, "client_closed_request", "the client closed the connection")
+        if waited is None:  # gone meanwhile (expired or purged)
+            return not_found()
+        return json_response(200, waited.to_json())
 
     async def abort(self, request: HttpRequest, job_id: str) -> HttpResponse:
         principal = self.principal(request)

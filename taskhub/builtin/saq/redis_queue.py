@@ -23,7 +23,9 @@ Here:
   nor applies it twice (a late copy of the lost call is such a repeat too);
 - dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``;
 - nothing is published: taskhub reads job state and never subscribes (and a
-  Redis Cluster would broadcast every PUBLISH to every node).
+  Redis Cluster would broadcast every PUBLISH to every node); a job someone
+  waits for (a marker key) is added to the shard's ``settled`` stream by the
+  step that settles it, which each process reads with one blocking XREAD.
 
 An unreachable Redis makes upkeep skip a round and log once, never spin.
 """
@@ -69,17 +71,22 @@ JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(J
 JOB_VALUES = operator.attrgetter(*(name for name, _ in JOB_FIELDS))
 # Script calls a worker keeps on the wire at once (see HardenedRedisQueue._flush).
 STEPS_IN_FLIGHT = 2
+# Entries kept in a shard's stream of settled jobs that someone waits for (trimmed
+# approximately): far more than settle within one reader's round trip.
+SETTLED_MAXLEN = 10_000
 
 
 STEP_LUA = f"""
 -- Many jobs in one round trip: the fenced transitions that callers asked for since
 -- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
--- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
--- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', then per transition three:
---   'fence-kind action ttl-ms score stale-ms' (one string: fewer arguments to pack
---   for the client, a cost per argument), the fence, the new json
+-- KEYS: active, queued, incomplete, heartbeats, dead, settled, then the job of each
+--   transition
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', the waiting markers' prefix, then per
+--   transition three: 'fence-kind action ttl-ms score stale-ms' (one string: fewer
+--   arguments to pack for the client, a cost per argument), the fence, the new json
 -- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local settled, waiting = KEYS[6], ARGV[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -133,6 +140,18 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
         redis.call('SET', job, new, 'PX', ttl)
       end
       if action == 'dead' then redis.call('ZADD', dead, score, job) end
+      -- Someone waits for this job (GET /task/{{id}}?wait=N): tell every process's
+      -- reader, with the job itself when it is gone (ttl -1). Unwatched: one EXISTS.
+      -- The marker is the job's id under the queue's namespace: in the job's slot.
+      if redis.call('EXISTS', waiting .. tostring(j.key)) == 1 then
+        if ttl < 0 then
+          redis.call('XADD', settled, 'MAXLEN', '~', {SETTLED_MAXLEN}, '*',
+            'job', job, 'status', tostring(j.status), 'data', new)
+        else
+          redis.call('XADD', settled, 'MAXLEN', '~', {SETTLED_MAXLEN}, '*',
+            'job', job, 'status', tostring(j.status))
+        end
+      end
     else
       redis.call('SET', job, new)
       if action == 'later' then
@@ -151,8 +170,8 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
 end
 
 local done = {{}}
-for i = 6, #KEYS do
-  local a = (i - 6) * 3 + 2
+for i = 7, #KEYS do
+  local a = (i - 7) * 3 + 3
   local kind, action, ttl, score, stale =
     string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
   local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
@@ -273,6 +292,10 @@ class HardenedRedisQueue(RedisQueue):
         self.dead_letter_ttl = dead_letter_ttl
         self.beats_key = self.namespace("heartbeats")
         self.dead_key = self.namespace("dead")
+        # Waiting for a job to settle (taskhub.builtin.saq.settled): a marker per
+        # watched job, and the stream the settling step then adds the job to.
+        self.settled_key = self.namespace("settled")
+        self.waiting_prefix = self.namespace("waiting:")
         self._outage = OutageLog(f"Redis (queue {name!r})", logger)
         # Every job's steps go through one script call per batch: on the pipelined
         # connection when there is one (a worker's), else on redis-py.
@@ -469,10 +492,17 @@ class HardenedRedisQueue(RedisQueue):
         moves: list[tuple[str, list[Any], asyncio.Future[bool]]],
         takers: list[asyncio.Future[tuple[bytes, bytes] | None]],
     ) -> None:
-        keys = [self._active, self._queued, self._incomplete, self.beats_key, self.dead_key]
+        keys = [
+            self._active,
+            self._queued,
+            self._incomplete,
+            self.beats_key,
+            self.dead_key,
+            self.settled_key,
+        ]
         try:
             pop = "LMOVE" if await self.version() >= (6, 2, 0) else "RPOPLPUSH"
-            args: list[Any] = [len(takers), pop]
+            args: list[Any] = [len(takers), pop, self.waiting_prefix]
             for job_id, job_args, _ in moves:
                 keys.append(job_id)
                 args.extend(job_args)
