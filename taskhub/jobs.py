@@ -159,7 +159,7 @@ class AbortOutcome(enum.Enum):
     """What an abort request did, which decides its HTTP answer (200, 202, 409 or 404)."""
 
     ABORTED = "aborted"  # it was waiting: removed from the queue
-    ABORTING = "aborting"  # it is running: its worker cancels it within about a second
+    ABORTING = "aborting"  # it is running: it ends aborted (its worker cancels it)
     FINISHED = "finished"  # too late: it had already finished
     UNKNOWN = "unknown"  # no such job (or it expired)
 

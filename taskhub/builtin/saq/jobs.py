@@ -19,7 +19,13 @@ import orjson
 from saq.job import Job, Status
 from saq.utils import now
 
-from taskhub.builtin.saq.redis_queue import SEEN_MS, Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq.redis_queue import (
+    ABORT_REQUESTED,
+    SEEN_MS,
+    Fence,
+    HardenedRedisQueue,
+    Move,
+)
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, QueueSnapshot, WorkerStatus
 
 # Ids taskhub hands out are uuid4 hex; anything outside this never names a job.
@@ -27,7 +33,6 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Reads before a change gives up when every attempt lost a race (a job cannot change
 # state that often in a row unless something is badly wrong).
 CAS_ROUNDS = 10
-ABORT_REQUESTED = "aborted by request"
 
 
 def moment(ms: float) -> datetime | None:
