@@ -122,6 +122,47 @@ async def test_a_job_dequeued_by_a_worker_that_died_is_requeued_without_using_an
     assert "dequeued but never started: queued again, no attempt used" in caplog.text
 
 
+async def test_a_requeued_job_taken_again_by_a_worker_that_died_is_requeued_again(
+    queue: HardenedRedisQueue,
+) -> None:
+    """The ledger's lost jobs: the sweep re-queued a job (writing its record), a worker
+    took it and died before claiming it, and the sweep's move back changes nothing in
+    the record. That once counted as a repeat of a move already done, so the job stayed
+    in the active list for good while every sweep logged it "queued again"."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)  # worker-1 died mid-job
+    assert await sweep(queue) == [job_id]
+    for _ in range(2):  # taken again, and again its worker dies before the claim
+        assert await queue.take(1) is not None
+        assert await lists(queue) == ([], [job_id.encode()])
+        await asyncio.sleep(HEARTBEAT + 0.2)
+        assert await sweep(queue) == [job_id]
+        assert await lists(queue) == ([job_id.encode()], [])
+    again = await stored(queue, job_id)
+    assert again.status == Status.QUEUED and again.attempts == 1
+
+
+async def test_a_stopping_worker_puts_back_a_job_it_took_whose_record_it_left_as_read(
+    queue: HardenedRedisQueue,
+) -> None:
+    """As the worker does when it took a job while stopping: the move changes only the
+    lists, never the record, and must still happen (not be taken for a repeat)."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)
+    assert await sweep(queue) == [job_id]  # now stored in this queue's own bytes
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert queue.serialize(job) == raw  # the record is left exactly as read
+    assert await queue.move(job, Move.FRONT, Fence.STORED, raw) is Moved.DONE
+    assert await lists(queue) == ([job_id.encode()], [])
+    assert await queue.redis.zscore(queue.beats_key, job_id) is None
+
+
 async def test_a_dead_workers_last_attempt_becomes_a_dead_letter(
     queue: HardenedRedisQueue, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -91,7 +91,11 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
   if not current then return 0 end
   -- The job is exactly as this transition leaves it: a repeat, by a caller whose reply
   -- was lost, or the lost call itself arriving late. It happened once: change nothing.
-  if current == new then return 1 end
+  -- Not so for a move that leaves the job's record as the caller read it (new equals
+  -- the stored-bytes fence: a taken job put back unclaimed): only its lists say whether
+  -- it happened, so it is done under its fence (taken as a repeat, such a job stayed in
+  -- the active list for good, "re-queued" by every sweep).
+  if current == new and new ~= fence then return 1 end
   local run = kind == 'run' or kind == 'stop'
   if run then
     local j = cjson.decode(current)
