@@ -43,7 +43,8 @@ class Completion:
 class Failure:
     """A job that used every attempt (now a dead letter), as sinks see it.
 
-    ``task`` is its last attempt; ``error`` that attempt's error (a traceback).
+    ``task`` is its last attempt; ``error`` that attempt's error (a traceback), or
+    ``worker lost: ...`` when its worker died during it (the sweep made it a dead letter).
     """
 
     task: Task

@@ -311,6 +311,9 @@ class HardenedRedisQueue(RedisQueue):
         self._due = redis.register_script(SCHEDULE_LUA)
         # Told of each job the sweep recovered: (task, how it was moved). Set by metrics.
         self.on_recovered: Callable[[str, Move], None] | None = None
+        # Awaited once for each job this queue made a dead letter, whoever asked (a
+        # worker's last failed attempt, the sweep's lost last attempt): the sinks' report.
+        self.on_dead: Callable[[Job], Awaitable[None]] | None = None
 
     def serialize(self, job: Job) -> bytes | str:
         """The bytes of SAQ's ``serialize`` (fields left at their default are left out),
@@ -440,6 +443,8 @@ class HardenedRedisQueue(RedisQueue):
                 continue
             if persist:
                 self._outage.succeeded()
+            if move is Move.DEAD and moved is Moved.DONE and self.on_dead is not None:
+                await self.on_dead(job)  # once: a repeat of this call is never reported
             return moved
 
     # ------------------------------------------------------------------ batching

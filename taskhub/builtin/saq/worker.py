@@ -140,8 +140,9 @@ class HubWorker(Worker[Context]):
         self.shards = list(shards) or [queue]
         self.runner = runner
         self.metrics = metrics
-        if metrics is not None:
-            for shard in self.shards:
+        for shard in self.shards:
+            shard.on_dead = self._dead
+            if metrics is not None:
                 shard.on_recovered = self._recovered
         self.specs = specs
         self.beat_interval = beat_interval
@@ -417,7 +418,12 @@ class HubWorker(Worker[Context]):
                 job.attempts,
                 summary,
             )
-            kwargs = job.kwargs or {}
+
+    async def _dead(self, job: Job) -> None:
+        """Hand a new dead letter to the sinks: every way a job becomes one (its last
+        attempt failed here, or the sweep found its worker gone) passes through here once."""
+        kwargs = job.kwargs or {}
+        try:  # the job is a dead letter already: nothing here may undo or repeat that
             await self.runner.failed(
                 job.function,
                 job_id=job.key,
@@ -425,8 +431,10 @@ class HubWorker(Worker[Context]):
                 payload=kwargs.get("payload"),
                 attempt=job.attempts,
                 enqueued_ms=job.queued,
-                error=error,
+                error=job.error or "",
             )
+        except Exception:
+            logger.exception("job %s: reporting its dead letter to the sinks failed", job.key)
 
     async def _hand_back(self, job: Job, fence: str) -> None:
         """Shutdown cut this attempt short: queue it first in line, attempt not used."""
