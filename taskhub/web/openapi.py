@@ -219,7 +219,11 @@ def _paths() -> dict[str, Any]:
         "operationId": "abortTask",
         "responses": {
             "200": _response("it was waiting: aborted", Job),
-            "202": _response("it is running: its worker cancels it within about a second", Job),
+            "202": _response(
+                "it is running: it ends aborted, never retried, whatever its handler does; "
+                "its worker cancels it within about a second",
+                Job,
+            ),
             "404": NOT_FOUND,
             "409": _response("it had already finished; left as it was", Conflict),
             "503": STORE_DOWN,

@@ -21,7 +21,13 @@ import orjson
 from saq.job import Job, Status
 from saq.utils import now
 
-from taskhub.builtin.saq.redis_queue import SEEN_MS, Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq.redis_queue import (
+    ABORT_REQUESTED,
+    SEEN_MS,
+    Fence,
+    HardenedRedisQueue,
+    Move,
+)
 from taskhub.builtin.saq.settled import MARKER_TTL_MS, SettledReader
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, QueueSnapshot, WorkerStatus
 
@@ -30,7 +36,6 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Reads before a change gives up when every attempt lost a race (a job cannot change
 # state that often in a row unless something is badly wrong).
 CAS_ROUNDS = 10
-ABORT_REQUESTED = "aborted by request"
 # States a job leaves no more: what a waiter waits for.
 SETTLED = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
 

@@ -65,6 +65,8 @@ HOLDS = "holds"
 SEEN_MS = "seen_ms"
 # The job's ``meta`` entry with the id of the request that submitted it.
 REQUEST_ID = "request_id"
+# The error of a job aborted by request (DELETE /task/{id}).
+ABORT_REQUESTED = "aborted by request"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 # Job's fields with their defaults, and all their values at once (see serialize).
 JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
@@ -84,7 +86,8 @@ STEP_LUA = f"""
 -- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', the waiting markers' prefix, then per
 --   transition three: 'fence-kind action ttl-ms score stale-ms' (one string: fewer
 --   arguments to pack for the client, a cost per argument), the fence, the new json
--- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
+-- Returns {{{{1 (done), 0 (fence lost), 2 (abort requested: a run's outcome refused)
+-- or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local settled, waiting = KEYS[6], ARGV[3]
 local t = redis.call('TIME')
@@ -95,10 +98,17 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
   if not current then return 0 end
   -- The job is exactly as this transition leaves it: a repeat, by a caller whose reply
   -- was lost, or the lost call itself arriving late. It happened once: change nothing.
-  if current == new then return 1 end
-  if kind == 'run' then
+  -- Not so for a move that leaves the job's record as the caller read it (new equals
+  -- the stored-bytes fence: a taken job put back unclaimed): only its lists say whether
+  -- it happened, so it is done under its fence (taken as a repeat, such a job stayed in
+  -- the active list for good, "re-queued" by every sweep).
+  if current == new and new ~= fence then return 1 end
+  local run = kind == 'run' or kind == 'stop'
+  if run then
     local j = cjson.decode(current)
     if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
+    -- An abort was requested while it ran: only the abort may end this run.
+    if kind == 'run' and j.status == 'aborting' then return 2 end
   elseif current ~= fence then
     return 0
   end
@@ -123,7 +133,7 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
     redis.call('LREM', active, 0, job)
     -- A run is never also queued (claims take only queued jobs), so a worker's own
     -- move skips scanning the queue, which costs O(queue length) per job.
-    if kind ~= 'run' then redis.call('LREM', queued, 0, job) end
+    if not run then redis.call('LREM', queued, 0, job) end
     redis.call('ZREM', beats, job)
     redis.call('ZREM', dead, job)
     if action == 'finish' or action == 'dead' then
@@ -261,9 +271,20 @@ return removed
 
 
 class Fence(enum.StrEnum):
-    RUN = "run"  # the worker's own run: stored worker id and attempt must match
+    # The worker's own run: stored worker id and attempt must match, and no abort may
+    # have been requested meanwhile (else the move answers Moved.ABORTING, changing nothing).
+    RUN = "run"
+    STOP = "stop"  # as RUN, to end the run as aborted: whether or not one was requested
     STORED = "bytes"  # the stored job must be exactly what the caller read
     DEAD = "dead"  # as STORED, and the job must be in the dead-letter index
+
+
+class Moved(enum.IntEnum):
+    """What a transition did; falsy only when its fence was lost."""
+
+    LOST = 0  # the fence no longer holds: nothing changed
+    DONE = 1
+    ABORTING = 2  # Fence.RUN only: an abort was requested, so this outcome was refused
 
 
 class Move(enum.StrEnum):
@@ -302,7 +323,7 @@ class HardenedRedisQueue(RedisQueue):
         self._step: ScriptCall = (
             scripts.script(STEP_LUA) if scripts is not None else redis.register_script(STEP_LUA)
         )
-        self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
+        self._moves: list[tuple[str, list[Any], asyncio.Future[Moved]]] = []
         self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
         self._in_flight = 0  # script calls on the wire
         self._flush_due = False
@@ -313,6 +334,9 @@ class HardenedRedisQueue(RedisQueue):
         self._due = redis.register_script(SCHEDULE_LUA)
         # Told of each job the sweep recovered: (task, how it was moved). Set by metrics.
         self.on_recovered: Callable[[str, Move], None] | None = None
+        # Awaited once for each job this queue made a dead letter, whoever asked (a
+        # worker's last failed attempt, the sweep's lost last attempt): the sinks' report.
+        self.on_dead: Callable[[Job], Awaitable[None]] | None = None
 
     def serialize(self, job: Job) -> bytes | str:
         """The bytes of SAQ's ``serialize`` (fields left at their default are left out),
@@ -392,7 +416,7 @@ class HardenedRedisQueue(RedisQueue):
         job.worker_id = worker_id
         job.scheduled = 0
         job.status = Status.ACTIVE
-        return await self.move(job, Move.CLAIM, Fence.STORED, raw, persist=persist)
+        return bool(await self.move(job, Move.CLAIM, Fence.STORED, raw, persist=persist))
 
     def lease(self, job: Job) -> float:
         """Seconds without a heartbeat before the sweep may take ``job`` from its worker."""
@@ -416,7 +440,7 @@ class HardenedRedisQueue(RedisQueue):
         score: float = 0,
         stale_ms: int = -1,
         persist: float = 0,
-    ) -> bool:
+    ) -> Moved:
         """Write ``job`` and move it as ``move`` says, if ``fence`` still holds.
 
         ``persist``: seconds to keep asking, the very same transition, while Redis is
@@ -429,7 +453,7 @@ class HardenedRedisQueue(RedisQueue):
         args = [head, expected, self.serialize(job)]
         deadline = asyncio.get_running_loop().time() + persist
         while True:
-            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[Moved] = asyncio.get_running_loop().create_future()
             self._moves.append((job.id, args, done))
             self._start_flush()
             try:
@@ -442,6 +466,8 @@ class HardenedRedisQueue(RedisQueue):
                 continue
             if persist:
                 self._outage.succeeded()
+            if move is Move.DEAD and moved is Moved.DONE and self.on_dead is not None:
+                await self.on_dead(job)  # once: a repeat of this call is never reported
             return moved
 
     # ------------------------------------------------------------------ batching
@@ -489,7 +515,7 @@ class HardenedRedisQueue(RedisQueue):
 
     async def _send(
         self,
-        moves: list[tuple[str, list[Any], asyncio.Future[bool]]],
+        moves: list[tuple[str, list[Any], asyncio.Future[Moved]]],
         takers: list[asyncio.Future[tuple[bytes, bytes] | None]],
     ) -> None:
         keys = [
@@ -521,7 +547,7 @@ class HardenedRedisQueue(RedisQueue):
             if isinstance(result, bytes):
                 done.set_exception(ResponseError(result.decode(errors="replace")))
             else:
-                done.set_result(bool(result))
+                done.set_result(Moved(result))
         pairs = list(zip(taken[::2], taken[1::2], strict=True))
         for index, future in enumerate(takers):
             job = pairs[index] if index < len(pairs) else None
@@ -576,7 +602,7 @@ class HardenedRedisQueue(RedisQueue):
         else:
             job.status, job.error, job.completed, job.worker_id = Status.FAILED, lost, now(), None
             move, outcome = Move.DEAD, f"{attempt} was its last: now a dead letter"
-        moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
+        moved = bool(await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms))
         if moved:
             if self.on_recovered is not None:
                 self.on_recovered(job.function, move)
