@@ -1,0 +1,409 @@
+"""``POST /tasks`` on the real Redis, single and cluster: each item decided as ``POST /task``
+would decide it, in order, each seeing the charges before it, in one round trip.
+
+The API runs in this process (the ASGI application, role serve): the route is the
+framework-neutral API's, the same on every server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+from taskhub.asgi import create_app
+from taskhub.builtin.limiters.token_bucket import TokenBucket
+from taskhub.builtin.saq.queue import SaqQueue
+from taskhub.builtin.tasks.log_completion import LogCompletion
+from taskhub.components import TaskSpec
+from taskhub.config.models import RedisSettings
+from taskhub.limits.admission import Admission, Ask, Decision
+from taskhub.limits.policy import Outcome, RequestContext, Rule
+from taskhub.monitoring.metrics import BAD_REQUESTS, REQUESTS
+from taskhub.store.clients import connect
+from taskhub.store.cluster_router import admission_pipeline
+from taskhub.store.connection import connection_settings
+from taskhub.store.pipeline import _ReplyStream
+from tests.support.backends import client_on, config_on
+from tests.support.configs import config_dict, write_config
+from tests.support.namespaces import Namespace
+from tests.support.redis_servers import PrivateRedis
+
+BUCKET = {"type": "token_bucket", "capacity": 3, "refill": 1, "period": 3600, "block": 0}
+ALICE_KEY = "alice-key-0123456789abcdef"
+CI_KEY = "ci-key-0123456789abcdef-xyz"
+SPEC = TaskSpec("log_completion", LogCompletion(LogCompletion.Config()))
+
+
+@pytest.fixture(params=["single", "cluster"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def config(kind: str, ns: Namespace, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Three tokens per user and no refill to speak of, on the single Redis or the cluster."""
+    config = config_on(kind, ns, request)
+    config["limiter"] = BUCKET
+    return config
+
+
+@contextlib.asynccontextmanager
+async def served(config: dict[str, Any], directory: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of ``config``, started in this process, and a client calling it."""
+    app = create_app(write_config(directory, config), role="serve")
+    transport = httpx.ASGITransport(app=app)
+    try:
+        await app.start()
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        await app.stop()
+
+
+def batch(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"tasks": list(items)}
+
+
+def statuses(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [result["status"] for result in response.json()["results"]]
+
+
+async def job_status(client: httpx.AsyncClient, job_id: str) -> str:
+    response = await client.get(f"/task/{job_id}")
+    assert response.status_code == 200, response.text
+    return str(response.json()["status"])
+
+
+def count(metric: Any, label: str) -> float:
+    return float(metric.labels(label)._value.get())
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+async def test_items_are_decided_in_order_each_seeing_the_charges_before_it(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    admitted, refused = count(REQUESTS, "admitted"), count(REQUESTS, "refused")
+    async with served(config, tmp_path) as client:
+        items = [{"user_id": "alice"}] * 5 + [{"user_id": "bob"}, {"user_id": "alice"}]
+        response = await client.post("/tasks", json=batch(*items))
+        assert statuses(response) == ["queued"] * 3 + ["rate_limited"] * 2 + ["queued"] * 1 + [
+            "rate_limited"
+        ]
+        results = response.json()["results"]
+        refusal = results[3]
+        assert refusal["policy"] == "token_bucket" and refusal["retry_after"] >= 1
+        assert refusal["refused_by"] == ["token_bucket"] and set(refusal) == {
+            "status",
+            "error",
+            "message",
+            "policy",
+            "refused_by",
+            "retry_after",
+        }
+        assert results[0]["task"] == "log_completion" and "replayed" not in results[0]
+        jobs = [r["job_id"] for r in results if r["status"] == "queued"]
+        assert len(set(jobs)) == 4
+        for job_id in jobs:
+            assert await job_status(client, job_id) == "queued"
+        # the headers are the last decision's: alice's refusal
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+        assert int(response.headers["Retry-After"]) >= 1
+        # bob has two tokens left: a single POST /task sees the batch's charges
+        single = await client.post("/task", json={"user_id": "bob"})
+        assert single.headers["X-RateLimit-Remaining"] == "1"
+        last_admitted = await client.post("/tasks", json=batch({"user_id": "bob"}))
+        assert statuses(last_admitted) == ["queued"]
+        assert last_admitted.headers["X-RateLimit-Remaining"] == "0"
+        assert "Retry-After" not in last_admitted.headers
+    assert count(REQUESTS, "admitted") - admitted == 6
+    assert count(REQUESTS, "refused") - refused == 3
+
+
+async def test_a_bad_item_is_invalid_with_its_problems_and_spoils_nothing(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    invalid = count(BAD_REQUESTS, "invalid_request")
+    async with served(config, tmp_path) as client:
+        items = [
+            {"user_id": "carol"},
+            {"user_id": "carol", "task": "nope"},
+            "not an object",
+            {"user_id": "carol", "colour": "red"},
+            {"user_id": "carol", "idempotency_key": "has space"},
+            {"user_id": "carol", "idempotency_key": 7},
+            {"task": "log_completion"},
+            {"user_id": "carol", "payload": {"n": 2**70}},
+            {"user_id": "carol"},
+        ]
+        response = await client.post("/tasks", json=batch(*items))
+        assert statuses(response) == ["queued"] + ["invalid"] * 7 + ["queued"]
+        results = response.json()["results"]
+        problems = [r.get("problems") for r in results]
+        assert (
+            problems[1][0]["field"] == "task" and "unknown task 'nope'" in problems[1][0]["message"]
+        )
+        assert problems[2] == [{"field": "body", "message": "body must be a JSON object"}]
+        assert problems[3] == [{"field": "colour", "message": "unknown field"}]
+        assert problems[4][0]["field"] == "idempotency_key"
+        assert results[4]["error"] == "invalid_idempotency_key"
+        assert problems[5] == [{"field": "idempotency_key", "message": "must be a string"}]
+        assert problems[6] == [{"field": "user_id", "message": "required"}]
+        assert problems[7][0]["field"] == "payload"
+        # the same problems a single POST /task gets for the item alone
+        alone = await client.post("/task", json=items[1])
+        assert alone.status_code == 422 and alone.json()["problems"] == problems[1]
+        # only the two valid items were charged: one token left
+        assert response.headers["X-RateLimit-Remaining"] == "1"
+        assert statuses(await client.post("/tasks", json=batch(*items[:1] * 2))) == [
+            "queued",
+            "rate_limited",
+        ]
+    assert count(BAD_REQUESTS, "invalid_request") - invalid >= 4
+
+
+async def test_a_batch_replays_by_item_key_as_the_header_does(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    async with served(config, tmp_path) as client:
+        items = [
+            {"user_id": "dave", "idempotency_key": "k1"},
+            {"user_id": "dave", "idempotency_key": "k2"},
+            {"user_id": "dave", "idempotency_key": "k1"},  # the same job, in the same batch
+            {"user_id": "erin", "idempotency_key": "k1"},  # keys are per user
+        ]
+        first = await client.post("/tasks", json=batch(*items))
+        assert statuses(first) == ["queued"] * 4
+        ids = [r["job_id"] for r in first.json()["results"]]
+        assert ids[0] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
+        assert [r.get("replayed", False) for r in first.json()["results"]] == [
+            False,
+            False,
+            True,
+            False,
+        ]
+        again = await client.post("/tasks", json=batch(*items))
+        assert statuses(again) == ["queued"] * 4
+        assert [r["job_id"] for r in again.json()["results"]] == ids
+        assert all(r["replayed"] for r in again.json()["results"])
+        # replays charged nothing: dave spent 2 of 3 tokens
+        assert again.headers["X-RateLimit-Remaining"] == "2"  # erin's, the last decision
+        header = await client.post(
+            "/task", json={"user_id": "dave"}, headers={"Idempotency-Key": "k2"}
+        )
+        assert header.json()["job_id"] == ids[1] and header.json()["replayed"] is True
+        fresh = await client.post("/task", json={"user_id": "dave"})
+        assert fresh.status_code == 200 and fresh.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_the_whole_batch_is_refused_when_it_cannot_be_read(
+    kind: str, ns: Namespace, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    config = config_on(kind, ns, request)
+    config["server"]["batch_limit"] = 5
+    async with served(config, tmp_path) as client:
+        too_many = await client.post("/tasks", json=batch(*[{"user_id": "f"}] * 6))
+        assert too_many.status_code == 413
+        assert too_many.json()["error"] == "batch_too_large"
+        assert "server.batch_limit" in too_many.json()["message"]
+        assert "at most 5" in too_many.json()["message"]
+        empty = await client.post("/tasks", json={"tasks": []})
+        assert empty.status_code == 422 and empty.json()["problems"][0]["field"] == "tasks"
+        for body, status, field in [
+            ({"tasks": {"user_id": "f"}}, 422, "tasks"),
+            ({}, 422, "tasks"),
+            ({"tasks": [{"user_id": "f"}], "more": 1}, 422, "more"),
+            ([{"user_id": "f"}], 400, None),
+        ]:
+            response = await client.post("/tasks", json=body)
+            assert response.status_code == status, (body, response.text)
+            if field is not None:
+                assert response.json()["problems"][0]["field"] == field
+        not_json = await client.post("/tasks", content=b"{", headers={"Content-Type": "x/y"})
+        assert not_json.status_code == 415
+        broken = await client.post("/tasks", content=b"{")
+        assert broken.status_code == 400 and broken.json()["error"] == "invalid_json"
+        # nothing was charged: a full batch of 5 still gets 5 tokens of 20
+        full = await client.post("/tasks", json=batch(*[{"user_id": "f"}] * 5))
+        assert statuses(full) == ["queued"] * 5
+        assert full.headers["X-RateLimit-Remaining"] == "15"
+
+
+async def test_queue_full_is_per_item(config: dict[str, Any], tmp_path: Path) -> None:
+    config["queue"]["max_depth"] = 2
+    config["server"]["unavailable_retry_after"] = 3
+    async with served(config, tmp_path) as client:
+        items = [{"user_id": f"g{n}"} for n in range(4)]
+        response = await client.post("/tasks", json=batch(*items))
+        assert statuses(response) == ["queued", "queued", "queue_full", "queue_full"]
+        full = response.json()["results"][2]
+        assert full["error"] == "queue_full" and full["retry_after"] == 3
+        # the full items charged nothing: g3 alone is told the same (2 left if it passed)
+        assert response.headers["X-RateLimit-Remaining"] == "2"
+        alone = await client.post("/task", json=items[3])
+        assert alone.status_code == 503 and alone.headers["X-RateLimit-Remaining"] == "2"
+
+
+async def test_a_bound_key_submits_only_for_its_user(
+    config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKHUB_KEY_ALICE", ALICE_KEY)
+    monkeypatch.setenv("TASKHUB_KEY_CI", CI_KEY)
+    keys = [
+        {"key": "${TASKHUB_KEY_ALICE}", "name": "alice", "user_id": "alice"},
+        {"key": "${TASKHUB_KEY_CI}", "name": "ci"},
+    ]
+    config["auth"] = {"type": "api_key", "keys": keys}
+    items = batch({"user_id": "alice"}, {"user_id": "mallory"}, {"user_id": "alice"})
+    async with served(config, tmp_path) as client:
+        anonymous = await client.post("/tasks", json=items)
+        assert anonymous.status_code == 401 and "WWW-Authenticate" in anonymous.headers
+        as_alice = {"Authorization": f"Bearer {ALICE_KEY}"}
+        response = await client.post("/tasks", json=items, headers=as_alice)
+        assert statuses(response) == ["queued", "invalid", "queued"]
+        refused = response.json()["results"][1]
+        assert refused["error"] == "forbidden"
+        assert refused["problems"][0]["field"] == "user_id"
+        assert "bound to user 'alice'" in refused["problems"][0]["message"]
+        # an unbound key submits for anyone; mallory was not charged by the refusal
+        as_ci = {"Authorization": f"Bearer {CI_KEY}"}
+        mallory = batch(*[{"user_id": "mallory"}] * 4)
+        assert statuses(await client.post("/tasks", json=mallory, headers=as_ci)) == [
+            "queued",
+            "queued",
+            "queued",
+            "rate_limited",
+        ]
+
+
+async def test_deny_cache_and_a_split_limiter_decide_as_for_single_submissions(
+    ns: Namespace, redis_url: str, tmp_path: Path
+) -> None:
+    limits = {
+        "redis_url": redis_url,
+        "deny_cache": {"enabled": True},
+        "admission": [{"name": "per_user", **BUCKET}],
+    }
+    config = config_dict(ns, redis_url, limits=limits)
+    del config["limiter"]
+    async with served(config, tmp_path) as client:
+        items = batch(*[{"user_id": "henry"}] * 4, {"user_id": "iris"})
+        first = await client.post("/tasks", json=items)
+        assert statuses(first) == ["queued"] * 3 + ["rate_limited", "queued"]
+        assert first.headers["X-RateLimit-Remaining"] == "2"
+        again = await client.post("/tasks", json=items)  # henry's from the deny cache
+        assert statuses(again) == ["rate_limited"] * 4 + ["queued"]
+
+
+async def test_redis_down_is_a_503_and_leaves_nothing(ns: Namespace, tmp_path: Path) -> None:
+    redis_server = PrivateRedis(tmp_path, aof=True).start()
+    try:
+        config = config_dict(ns, redis_server.url, limiter=BUCKET)
+        async with served(config, tmp_path) as client:
+            one = await client.post("/tasks", json=batch({"user_id": "j"}))
+            assert statuses(one) == ["queued"]
+            with redis_server.client() as check:
+                before = ns.snapshot(check)
+            redis_server.stop()
+            response = await client.post("/tasks", json=batch(*[{"user_id": "k"}] * 3))
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "unavailable" and "Retry-After" in response.headers
+            redis_server.start()
+            with redis_server.client() as check:
+                assert ns.snapshot(check) == before  # nothing charged or queued for k
+    finally:
+        redis_server.stop()
+
+
+# --------------------------------------------------------------------------- one round trip
+
+
+@pytest.fixture
+def settings(kind: str, request: pytest.FixtureRequest) -> RedisSettings:
+    if kind == "cluster":
+        return RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
+    return RedisSettings(url=request.getfixturevalue("redis_url"))
+
+
+async def test_a_batch_is_one_write_per_redis_node(
+    settings: RedisSettings, ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted where commands leave: one flush of the pipelined connection per node,
+    whatever the batch's size, the nodes' flushes concurrent."""
+    client = connect(settings)
+    pipeline = admission_pipeline(connection_settings(settings))
+    assert pipeline is not None
+    queue = SaqQueue(SaqQueue.Config(name=ns.queue, shards=3))
+    queue.layout(cluster=settings.cluster)
+    await queue.open(SimpleNamespace(redis=client))  # type: ignore[arg-type]
+    bucket = TokenBucket(TokenBucket.Config(capacity=3, refill=1, period=3600, block=0))
+    gate = Admission(
+        client,
+        [Rule("per_user", bucket)],
+        queue,
+        ns.prefix,
+        pipeline=pipeline,
+        shards=queue.layout(),
+    )
+    users = [f"u{n}" for n in range(9)]
+    try:
+        warm = await gate.admit_many([ask("warm-up"), *(ask(u, job_id=f"warm-{u}") for u in users)])
+        assert all(isinstance(d, Decision) for d in warm)  # every node connected
+        writes: list[tuple[Any, int]] = []
+        flush = _ReplyStream.flush
+
+        def counted(stream: _ReplyStream) -> None:
+            if stream.unsent and not stream.lost:
+                writes.append((stream.address, len(stream.unsent)))
+            flush(stream)
+
+        monkeypatch.setattr(_ReplyStream, "flush", counted)
+        asks = [ask(user) for _ in range(4) for user in users]  # 36, users interleaved
+        decisions = await gate.admit_many(asks)
+        monkeypatch.undo()
+        outcomes: dict[str, list[Outcome]] = {user: [] for user in users}
+        for item, decision in zip(asks, decisions, strict=True):
+            assert isinstance(decision, Decision)
+            outcomes[item.request.user_id].append(decision.outcome)
+        # each user spent a token on the warm-up: 2 left, in order
+        for user in users:
+            assert outcomes[user] == [Outcome.ADMITTED] * 2 + [Outcome.REFUSED] * 2, user
+        nodes = {address for address, _ in writes}
+        assert len(writes) == len(nodes), writes  # one write per node
+        assert sum(size for _, size in writes) == len(asks)
+        if settings.cluster:
+            assert len(nodes) > 1  # the shards' users spread over the masters
+    finally:
+        await pipeline.close()
+        await client.aclose()
+
+
+async def test_without_a_pipeline_a_batch_is_decided_one_by_one(
+    ns: Namespace, request: pytest.FixtureRequest
+) -> None:
+    """The embedded store (no socket): the same decisions, one call at a time."""
+    client = client_on("memory", request)
+    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
+    queue.layout(cluster=False)
+    await queue.open(SimpleNamespace(redis=client))  # type: ignore[arg-type]
+    bucket = TokenBucket(TokenBucket.Config(capacity=2, refill=1, period=3600, block=0))
+    gate = Admission(client, [Rule("per_user", bucket)], queue, ns.prefix)
+    decisions = await gate.admit_many([ask("m"), ask("m"), ask("m")])
+    assert [d.outcome for d in decisions if isinstance(d, Decision)] == [
+        Outcome.ADMITTED,
+        Outcome.ADMITTED,
+        Outcome.REFUSED,
+    ]
+    await client.aclose()
+
+
+def ask(user: str, job_id: str | None = None) -> Ask:
+    return Ask(SPEC, RequestContext(user, SPEC.name), None, job_id)
