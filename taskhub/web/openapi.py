@@ -154,6 +154,9 @@ NOT_FOUND = _response("no such job, or it has expired", Error)
 STORE_DOWN = _unavailable("Redis is unreachable")
 
 
+ANY_ITEM = {"description": "anything else: answered invalid, with its problems, in its place"}
+
+
 def _batch(limit: int) -> dict[str, Any]:
     """``POST /tasks``: its items are ``POST /task`` bodies, each with its own key."""
     body = {
@@ -166,7 +169,8 @@ def _batch(limit: int) -> dict[str, Any]:
                 "minItems": 1,
                 "maxItems": limit,
                 "description": f"at most server.batch_limit ({limit}) tasks, decided in order",
-                "items": {"$ref": REF.format(model="BatchItem")},
+                # Any other value is not refused: it is answered invalid in its place.
+                "items": {"anyOf": [{"$ref": REF.format(model="BatchItem")}, ANY_ITEM]},
             }
         },
     }
