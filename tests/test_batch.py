@@ -252,6 +252,21 @@ async def test_queue_full_is_per_item(config: dict[str, Any], tmp_path: Path) ->
         assert alone.status_code == 503 and alone.headers["X-RateLimit-Remaining"] == "2"
 
 
+async def test_execution_slots_are_held_per_item(config: dict[str, Any], tmp_path: Path) -> None:
+    config["limiter"] = {"type": "concurrency", "limit": 2, "retry_after": 2}
+    async with served(config, tmp_path) as client:
+        items = batch(*[{"user_id": "slots"}] * 3)
+        response = await client.post("/tasks", json=items)
+        assert statuses(response) == ["queued", "queued", "rate_limited"]
+        assert response.json()["results"][2]["retry_after"] == 2
+        assert (await client.post("/task", json={"user_id": "slots"})).status_code == 429
+        # aborting a queued job frees its slot, for exactly one more item
+        first = response.json()["results"][0]["job_id"]
+        assert (await client.delete(f"/task/{first}")).status_code == 200
+        again = await client.post("/tasks", json=items)
+        assert statuses(again) == ["queued", "rate_limited", "rate_limited"]
+
+
 async def test_a_bound_key_submits_only_for_its_user(
     config: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -321,6 +336,19 @@ async def test_redis_down_is_a_503_and_leaves_nothing(ns: Namespace, tmp_path: P
                 assert ns.snapshot(check) == before  # nothing charged or queued for k
     finally:
         redis_server.stop()
+
+
+def test_a_full_batch_fits_the_default_body_limit_on_every_server(spawn, ns, redis_url) -> None:
+    """100 items with 500-byte payloads under the 64 KiB default; past it, the server's 413."""
+    config = config_dict(ns, redis_url, limiter={**BUCKET, "capacity": 1000})
+    url = spawn(config, "serve").url
+    item = {"user_id": "live", "payload": {"text": "x" * 500}}
+    response = httpx.post(f"{url}/tasks", json=batch(*[item] * 100), timeout=30)
+    assert statuses(response) == ["queued"] * 100
+    too_big = httpx.post(f"{url}/tasks", json=batch(*[item] * 130), timeout=30)
+    assert too_big.status_code == 413 and too_big.json()["error"] == "payload_too_large"
+    many = httpx.post(f"{url}/tasks", json=batch(*[{"user_id": "l"}] * 101), timeout=30)
+    assert many.status_code == 413 and many.json()["error"] == "batch_too_large"
 
 
 # --------------------------------------------------------------------------- one round trip

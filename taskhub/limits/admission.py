@@ -95,7 +95,7 @@ class Ask:
     job_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made on every request, and frozen costs its __init__
 class _Call:
     """One admission's script call, made ready before anything is sent."""
 
@@ -188,7 +188,7 @@ class Admission:
         deny cache: it may retry a job already admitted, which must replay as admitted
         however far over the limit its user is now, and only Redis knows.
         """
-        call = self._prepare(Ask(spec, request, payload, job_id), cost, now_ms)
+        call = self._prepare(spec, request, payload, job_id, cost=cost, now_ms=now_ms)
         if isinstance(call, Decision):
             return call
         if self.split:
@@ -219,7 +219,7 @@ class Admission:
         calls: list[tuple[int, _Call]] = []
         for ask in asks:
             try:
-                call = self._prepare(ask, None, None)
+                call = self._prepare(ask.spec, ask.request, ask.payload, ask.job_id)
             except UnstorablePayload as exc:
                 results.append(exc)
                 continue
@@ -251,9 +251,17 @@ class Admission:
         except (UnstorablePayload, BackendUnavailable) as exc:
             return exc
 
-    def _prepare(self, ask: Ask, cost: int | None, now_ms: int | None) -> _Call | Decision:
-        """The script call for ``ask``, or the deny cache's refusal that spares it."""
-        spec, request, job_id = ask.spec, ask.request, ask.job_id
+    def _prepare(
+        self,
+        spec: TaskSpec,
+        request: RequestContext,
+        payload: Any,
+        job_id: str | None,
+        *,
+        cost: int | None = None,
+        now_ms: int | None = None,
+    ) -> _Call | Decision:
+        """The script call for a submission, or the deny cache's refusal that spares it."""
         cost = spec.cost if cost is None else cost
         subjects = [rule.subject(request) for rule in self.rules]
         use_cache = self.deny_cache is not None and now_ms is None
@@ -268,7 +276,7 @@ class Admission:
             for rule, subject in zip(self.rules, subjects, strict=True)
             if rule.limiter.holds_slot
         ]
-        job = self.queue.prepare(spec, request.user_id, ask.payload, job_id, holds)
+        job = self.queue.prepare(spec, request.user_id, payload, job_id, holds)
         args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
         args.append(job.job_id)
         rule_keys = self._keys(subjects, prefix)
@@ -276,8 +284,8 @@ class Admission:
             job.job_id,
             rule_keys,
             args,
-            [*job.keys],
-            [*job.args],
+            job.keys,
+            job.args,
             subjects,
             cost,
             sent_at,
