@@ -14,21 +14,30 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from taskhub.asgi import create_app
+from taskhub.builtin.auth.none import NoAuth
 from taskhub.builtin.limiters.token_bucket import TokenBucket
 from taskhub.builtin.saq.queue import SaqQueue
 from taskhub.builtin.tasks.log_completion import LogCompletion
-from taskhub.components import TaskSpec
+from taskhub.components import Options, TaskSpec
 from taskhub.config.models import RedisSettings
+from taskhub.errors import BackendUnavailable
+from taskhub.http import HttpRequest
 from taskhub.limits.admission import Admission, Ask, Decision
 from taskhub.limits.policy import Outcome, RequestContext, Rule
 from taskhub.monitoring.metrics import BAD_REQUESTS, REQUESTS
 from taskhub.store.clients import connect
 from taskhub.store.cluster_router import admission_pipeline
 from taskhub.store.connection import connection_settings
-from taskhub.store.pipeline import _ReplyStream
+from taskhub.store.pipeline import RedisPipeline, _ReplyStream
+from taskhub.web.batch import SubmitBatch
+from taskhub.web.submission import SubmissionParser
+from taskhub.web.tasks import SubmitTask
 from tests.support.backends import client_on, config_on
 from tests.support.configs import config_dict, write_config
 from tests.support.namespaces import Namespace
@@ -431,6 +440,94 @@ async def test_without_a_pipeline_a_batch_is_decided_one_by_one(
         Outcome.REFUSED,
     ]
     await client.aclose()
+
+
+# --------------------------------------------------------------------------- the pipeline's batches
+
+INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+def pipeline_at(url: str, **settings: float) -> RedisPipeline:
+    pipeline = admission_pipeline(connection_settings(RedisSettings(url=url, **settings)))
+    assert isinstance(pipeline, RedisPipeline)
+    return pipeline
+
+
+async def test_many_calls_leave_in_one_write_each_reply_or_error_in_its_place(
+    redis_url: str, ns: Namespace
+) -> None:
+    pipeline = pipeline_at(redis_url)
+    script = pipeline.script(INCR_BY)
+    await script([f"{ns.prefix}:warm"], [1])
+    writes: list[bytes] = []
+    transport = pipeline._stream.transport  # type: ignore[union-attr]
+    real_write = transport.write  # type: ignore[union-attr]
+    transport.write = lambda data: (writes.append(data), real_write(data))[1]  # type: ignore
+    key = f"{ns.prefix}:sum"
+    replies = await script.many([([key], [1]), ([key], ["x"]), ([key], [2])])
+    await pipeline.close()
+    assert len(writes) == 1
+    assert replies[0] == 1 and replies[2] == 3  # the error in between changed nothing
+    assert isinstance(replies[1], ResponseError)
+
+
+async def test_many_loads_a_script_redis_has_forgotten(private_redis: PrivateRedis) -> None:
+    pipeline = pipeline_at(private_redis.url)
+    script = pipeline.script(INCR_BY)
+    assert await script.many([(["k"], [1]), (["k"], [1])]) == [1, 2]
+    private_redis.client().script_flush()
+    assert await script.many([(["k"], [1]), (["k"], [1])]) == [3, 4]
+    await pipeline.close()
+
+
+async def test_many_on_an_unreachable_redis_fails_every_call_without_raising() -> None:
+    pipeline = pipeline_at("redis://127.0.0.1:1/0", connect_timeout=1)
+    replies = await pipeline.script(INCR_BY).many([(["k"], [1]), (["k"], [2])])
+    assert len(replies) == 2
+    assert all(isinstance(r, RedisConnectionError) for r in replies), replies
+
+
+class Answers:
+    """An admission whose batch answers what the test says (a cluster with one master
+    down: some items decided, the others unavailable)."""
+
+    rules = ()
+
+    def __init__(self, outcomes: list[Decision | Exception]) -> None:
+        self.outcomes = outcomes
+
+    async def admit_many(self, asks: list[Ask]) -> list[Decision | Exception]:
+        assert len(asks) == len(self.outcomes)
+        return self.outcomes
+
+
+def endpoint(outcomes: list[Decision | Exception]) -> SubmitBatch:
+    parser = SubmissionParser({SPEC.name: SPEC}, SPEC.name)
+    single = SubmitTask(
+        Answers(outcomes),  # type: ignore[arg-type]
+        parser,
+        NoAuth(Options()),
+        trusted_proxies=[],
+        retry_after_s=4,
+    )
+    return SubmitBatch(single, 10)
+
+
+def post_batch(*users: str) -> HttpRequest:
+    body = orjson.dumps(batch(*({"user_id": user} for user in users)))
+    return HttpRequest("POST", "/tasks", {}, body)  # type: ignore[arg-type]
+
+
+async def test_items_whose_redis_was_unreachable_are_unavailable_the_rest_stand() -> None:
+    down = BackendUnavailable("Redis is unreachable")
+    queued = Decision(Outcome.ADMITTED, "job-1", 1_000, ())
+    response = await endpoint([queued, down])(post_batch("a", "b"))
+    assert response.status == 200
+    results = orjson.loads(response.body)["results"]
+    assert [r["status"] for r in results] == ["queued", "unavailable"]
+    assert results[1]["retry_after"] == 4
+    nothing = await endpoint([down, down])(post_batch("a", "b"))
+    assert nothing.status == 503 and nothing.headers["Retry-After"] == "4"
 
 
 def ask(user: str, job_id: str | None = None) -> Ask:
