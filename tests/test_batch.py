@@ -7,7 +7,10 @@ framework-neutral API's, the same on every server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,16 +34,18 @@ from taskhub.http import HttpRequest
 from taskhub.limits.admission import Admission, Ask, Decision
 from taskhub.limits.policy import Outcome, RequestContext, Rule
 from taskhub.monitoring.metrics import BAD_REQUESTS, REQUESTS
-from taskhub.store.clients import connect
-from taskhub.store.cluster_router import admission_pipeline
+from taskhub.store.clients import connect, is_unavailable
+from taskhub.store.cluster_router import ClusterPipeline, admission_pipeline, slot_of
 from taskhub.store.connection import connection_settings
 from taskhub.store.pipeline import RedisPipeline, _ReplyStream
 from taskhub.web.batch import SubmitBatch
 from taskhub.web.submission import SubmissionParser
 from taskhub.web.tasks import SubmitTask
 from tests.support.backends import client_on, config_on
+from tests.support.cluster import LocalCluster, Node
 from tests.support.configs import config_dict, write_config
 from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
 from tests.support.redis_servers import PrivateRedis
 
 BUCKET = {"type": "token_bucket", "capacity": 3, "refill": 1, "period": 3600, "block": 0}
@@ -442,7 +447,7 @@ async def test_without_a_pipeline_a_batch_is_decided_one_by_one(
     await client.aclose()
 
 
-# --------------------------------------------------------------------------- the pipeline's batches
+# ------------------------------------------------------------------- the pipeline's batches
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -532,3 +537,85 @@ async def test_items_whose_redis_was_unreachable_are_unavailable_the_rest_stand(
 
 def ask(user: str, job_id: str | None = None) -> Ask:
     return Ask(SPEC, RequestContext(user, SPEC.name), None, job_id)
+
+
+# ------------------------------------------------------------ a cluster's redirects and outages
+
+INCR = "return redis.call('INCR', KEYS[1])"
+
+
+@pytest.fixture
+async def router(cluster: LocalCluster) -> AsyncIterator[ClusterPipeline]:
+    pipeline = admission_pipeline(connection_settings(RedisSettings(url=cluster.url, cluster=True)))
+    assert isinstance(pipeline, ClusterPipeline)
+    yield pipeline
+    await pipeline.close()
+
+
+def on_each_master(cluster: LocalCluster) -> list[str]:
+    """A fresh key on each master (a hash tag of this test's own per slot)."""
+    keys: dict[int, str] = {}
+    while len(keys) < 3:
+        key = f"{{taskhub-test:{uuid.uuid4().hex[:10]}}}:k"
+        keys.setdefault(cluster.master_for_key(key).port, key)
+    return list(keys.values())
+
+
+async def test_a_batch_follows_ask_and_moved_item_by_item(cluster, router) -> None:
+    incr = router.script(INCR)
+    key, other, _ = on_each_master(cluster)
+    assert await incr.many([([key], []), ([other], [])]) == [1, 1]
+    slot = slot_of([key])
+    source = cluster.master_for_slot(slot)
+    target = next(n for n in cluster.nodes if n.port == cluster.master_for_key(other).port)
+    source_id, target_id = node_id(source), node_id(target)
+    fresh = key.replace(":k", ":fresh")
+    with source.client() as src, target.client() as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        # the key still on the source runs there; the fresh one is sent on with ASK
+        assert await incr.many([([key], []), ([fresh], []), ([other], [])]) == [2, 1, 2]
+        src.migrate("127.0.0.1", target.port, [key], 0, 5000)
+        for client in (dst, src):
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    # the router still sends the slot to the source, which answers MOVED: retried there
+    assert await incr.many([([key], []), ([other], [])]) == [3, 3]
+    with target.client() as client:
+        assert client.get(key) == b"3"
+
+
+async def test_a_killed_master_fails_its_items_only(cluster, router) -> None:
+    incr = router.script(INCR)
+    keys = on_each_master(cluster)
+    assert await incr.many([([key], []) for key in keys]) == [1, 1, 1]
+    master = cluster.master_for_key(keys[0])
+    replica = cluster.replica_of(master)
+    assert wait_until(lambda: read_on_replica(replica, keys[0]) == b"1", 5)
+    cluster.kill(master)
+    try:
+        replies = await incr.many([([key], []) for key in keys])
+        assert is_unavailable(replies[0]), replies
+        assert replies[1:] == [2, 2]  # the other masters' items stand
+        cluster.promote(replica, force=True)
+        assert wait_until(cluster.healthy, 15, 0.1)
+        deadline = time.monotonic() + 10
+        while True:  # the batch finds the promoted replica once the slot map is read again
+            replies = await incr.many([([keys[0]], [])])
+            if replies == [2]:
+                break
+            assert is_unavailable(replies[0]), replies
+            assert time.monotonic() < deadline, "the router did not follow the failover"
+            await asyncio.sleep(0.05)
+    finally:
+        cluster.revive(master)
+
+
+def node_id(node: Node) -> str:
+    with node.client() as client:
+        return str(client.execute_command("CLUSTER", "MYID").decode())
+
+
+def read_on_replica(replica: Node, key: str) -> bytes | None:
+    with replica.client() as client:
+        client.execute_command("READONLY")
+        return client.get(key)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -116,7 +117,7 @@ class SubmitBatch:
             raise SubmissionError(413, "batch_too_large", message)
         return items
 
-    def ask(self, item: Any, bound: str | None, client_ip: str, keyed: Any) -> Ask:
+    def ask(self, item: Any, bound: str | None, client_ip: str, keyed: Mapping[str, str]) -> Ask:
         """The item as a single submission would be read: SubmissionError if it is bad."""
         key = None
         if isinstance(item, dict) and ITEM_KEY in item:
