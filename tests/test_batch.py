@@ -241,6 +241,10 @@ async def test_the_whole_batch_is_refused_when_it_cannot_be_read(
             assert response.status_code == status, (body, response.text)
             if field is not None:
                 assert response.json()["problems"][0]["field"] == field
+        header = await client.post(
+            "/tasks", json=batch({"user_id": "f"}), headers={"Idempotency-Key": "k"}
+        )
+        assert header.status_code == 400 and "idempotency_key" in header.json()["message"]
         not_json = await client.post("/tasks", content=b"{", headers={"Content-Type": "x/y"})
         assert not_json.status_code == 415
         broken = await client.post("/tasks", content=b"{")

@@ -230,7 +230,10 @@ class Admission:
             results.append(UNDECIDED)
         if not calls:
             return results
-        replies = await batch.many([(call.keys, call.all_args) for _, call in calls])
+        try:
+            replies = await batch.many([(call.keys, call.all_args) for _, call in calls])
+        except Exception as exc:  # as for one call: whatever failed, Redis is "unavailable"
+            replies = [exc] * len(calls)
         failed = False
         for (index, call), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):

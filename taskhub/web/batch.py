@@ -84,6 +84,10 @@ class SubmitBatch:
         if isinstance(principal, HttpResponse):
             return principal
         bound = None if principal is None else principal.user_id
+        if request.headers.get("idempotency-key") is not None:
+            # Refused rather than ignored: a client retrying with it would queue twice.
+            message = "POST /tasks takes a key per item (idempotency_key), not this header"
+            return single.rejected(SubmissionError(400, "invalid_idempotency_key", message))
         try:
             items = self.items(request.body)
         except SubmissionError as exc:

@@ -187,7 +187,11 @@ def _batch(limit: int) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
         "responses": {
             "200": _response("one result per item, in order", BatchResults, headers=RATE_HEADERS),
-            "400": _response("the body is not JSON or not an object", Error),
+            "400": _response(
+                "the body is not JSON or not an object; an Idempotency-Key header (keys go "
+                "in the items)",
+                Error,
+            ),
             "413": _response(
                 "more tasks than server.batch_limit (batch_too_large), or the body is over "
                 "server.body_limit",
