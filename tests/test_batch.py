@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -623,3 +624,122 @@ def read_on_replica(replica: Node, key: str) -> bytes | None:
     with replica.client() as client:
         client.execute_command("READONLY")
         return client.get(key)
+
+
+# ------------------------------------------------------------------------- a split limiter
+
+
+@pytest.mark.parametrize("on", ["single", "cluster"])
+async def test_a_split_limiter_decides_a_batch_in_one_round_trip_then_queues_in_one(
+    on: str, ns: Namespace, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """limits.redis_url on the single Redis (one pipeline to the limiter, one write to the
+    queue); shards placed in turn on the cluster (the limiter's calls one by one there)."""
+    settings = (
+        RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
+        if on == "cluster"
+        else RedisSettings(url=request.getfixturevalue("redis_url"))
+    )
+    client = connect(settings)
+    limiter = connect(settings) if on == "single" else None
+    pipeline = admission_pipeline(connection_settings(settings))
+    by = "round_robin" if on == "cluster" else "user"
+    queue = SaqQueue(SaqQueue.Config(name=ns.queue, shards=3, shard_by=by))
+    queue.layout(cluster=settings.cluster)
+    await queue.open(SimpleNamespace(redis=client))  # type: ignore[arg-type]
+    bucket = TokenBucket(TokenBucket.Config(capacity=3, refill=1, period=3600, block=0))
+    gate = Admission(
+        client,
+        [Rule("per_user", bucket)],
+        queue,
+        ns.prefix,
+        limiter_redis=limiter,
+        pipeline=pipeline,
+        shards=queue.layout(),
+    )
+    assert gate.split
+    users = ["a", "b", "c"]
+    try:
+        await gate.admit_many([ask(f"warm-up-{n}") for n in range(3)])  # every node connected
+        limiter_trips: list[int] = []
+        execute = Pipeline.execute
+
+        async def counted(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
+            limiter_trips.append(len(pipe.command_stack))
+            return await execute(pipe, raise_on_error)
+
+        writes: list[Any] = []
+        flush = _ReplyStream.flush
+
+        def written(stream: _ReplyStream) -> None:
+            if stream.unsent and not stream.lost:
+                writes.append(stream.address)
+            flush(stream)
+
+        monkeypatch.setattr(Pipeline, "execute", counted)
+        monkeypatch.setattr(_ReplyStream, "flush", written)
+        asks = [ask(user) for _ in range(4) for user in users]
+        decisions = await gate.admit_many(asks)
+        monkeypatch.undo()
+        outcomes: dict[str, list[Outcome]] = {user: [] for user in users}
+        for item, decision in zip(asks, decisions, strict=True):
+            assert isinstance(decision, Decision), decision
+            outcomes[item.request.user_id].append(decision.outcome)
+        for user in users:
+            assert outcomes[user] == [Outcome.ADMITTED] * 3 + [Outcome.REFUSED], user
+        assert len(writes) == len(set(writes))  # the queue: one write per node
+        if on == "single":
+            assert limiter_trips == [12] and len(writes) == 1
+    finally:
+        await pipeline.close()  # type: ignore[union-attr]
+        await client.aclose()
+        if limiter is not None:
+            await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("closed", None),
+        ("open", [Outcome.ADMITTED] * 4),
+        ("local", [Outcome.ADMITTED] * 3 + [Outcome.REFUSED]),
+    ],
+)
+async def test_a_batch_keeps_the_fail_mode_when_the_limiters_redis_is_down(
+    mode: str,
+    expected: list[Outcome] | None,
+    ns: Namespace,
+    redis_url: str,
+    private_redis: PrivateRedis,
+) -> None:
+    settings = RedisSettings(url=redis_url)
+    client = connect(settings)
+    limiter = connect(RedisSettings(url=private_redis.url))
+    pipeline = admission_pipeline(connection_settings(settings))
+    queue = SaqQueue(SaqQueue.Config(name=ns.queue))
+    queue.layout(cluster=False)
+    bucket = TokenBucket(TokenBucket.Config(capacity=3, refill=1, period=3600, block=0))
+    gate = Admission(
+        client,
+        [Rule("per_user", bucket)],
+        queue,
+        ns.prefix,
+        limiter_redis=limiter,
+        fail_mode=mode,  # type: ignore[arg-type]
+        pipeline=pipeline,
+    )
+    try:
+        private_redis.client().script_flush()  # its first batch loads the script again
+        first = await gate.admit_many([ask("up"), ask("up")])
+        assert [d.outcome for d in first if isinstance(d, Decision)] == [Outcome.ADMITTED] * 2
+        private_redis.stop()
+        decisions = await gate.admit_many([ask("down") for _ in range(4)])
+        if expected is None:
+            assert all(isinstance(d, BackendUnavailable) for d in decisions), decisions
+        else:
+            assert [d.outcome for d in decisions if isinstance(d, Decision)] == expected
+            assert all(isinstance(d, Decision) and d.degraded for d in decisions)
+    finally:
+        await pipeline.close()  # type: ignore[union-attr]
+        await client.aclose()
+        await limiter.aclose()

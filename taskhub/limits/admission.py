@@ -44,7 +44,7 @@ from taskhub.limits.policy import (
 from taskhub.limits.shadow import ShadowLog
 from taskhub.store.cluster_router import ClusterPipeline
 from taskhub.store.outage import OutageLog
-from taskhub.store.pipeline import BatchScriptRunner, RedisPipeline, ScriptRunner
+from taskhub.store.pipeline import BatchScriptRunner, RedisPipeline, ScriptCall, ScriptRunner
 from taskhub.store.sharding import UNSHARDED, Shards
 
 logger = logging.getLogger(__name__)
@@ -210,10 +210,11 @@ class Admission:
         have run if the connection dropped with the write in flight).
 
         A split limiter (``limits.redis_url``, shards placed in turn) decides then
-        queues in two steps per ask, so its asks go one after another, as singles.
+        queues in two steps, as for one ask: every decision in one round trip to the
+        limiter's Redis (one by one if that is a cluster), then the admitted jobs in one.
         """
         batch = self._batch
-        if self.split or batch is None:
+        if batch is None:
             return [await self._admit_alone(ask) for ask in asks]
         results: list[Decision | Exception] = []
         calls: list[tuple[int, _Call]] = []
@@ -230,23 +231,76 @@ class Admission:
             results.append(UNDECIDED)
         if not calls:
             return results
+        if self.split:
+            decided = await self._decide_split(calls)
+        else:
+            decided = await self._send(batch, [(c.keys, c.all_args) for _, c in calls], calls)
+        for (index, call), decision in zip(calls, decided, strict=True):
+            results[index] = (
+                self._settled(call, decision) if isinstance(decision, Decision) else decision
+            )
+        return results
+
+    async def _send(
+        self,
+        batch: BatchScriptRunner,
+        sent: list[ScriptCall],
+        calls: Sequence[tuple[int, _Call]],
+        rules: Sequence[tuple[RuleResult, ...] | None] = (),
+        degraded: bool = False,
+    ) -> list[Decision | Exception]:
+        """Each call's decision from its script's reply, or BackendUnavailable. ``rules``:
+        the limiter's results already decided for each (a split limiter), else None."""
         try:
-            replies = await batch.many([(call.keys, call.all_args) for _, call in calls])
+            replies = await batch.many(sent)
         except Exception as exc:  # as for one call: whatever failed, Redis is "unavailable"
-            replies = [exc] * len(calls)
+            replies = [exc] * len(sent)
+        decided: list[Decision | Exception] = []
         failed = False
-        for (index, call), reply in zip(calls, replies, strict=True):
+        for index, ((_, call), reply) in enumerate(zip(calls, replies, strict=True)):
             if isinstance(reply, Exception):
                 failed = True
                 self._outage.absorb(reply)
                 error = BackendUnavailable("Redis is unreachable")
                 error.__cause__ = reply
-                results[index] = error
+                decided.append(error)
+                continue
+            known = rules[index] if rules else None
+            if known is None:
+                decided.append(self._decision(reply, call.job_id))
             else:
-                results[index] = self._settled(call, self._decision(reply, call.job_id))
+                outcome, now_ms = Outcome(int(reply[0])), int(reply[1])
+                decided.append(Decision(outcome, call.job_id, now_ms, known, degraded=degraded))
         if not failed:
             self._outage.succeeded()
-        return results
+        return decided
+
+    async def _decide_split(self, calls: list[tuple[int, _Call]]) -> list[Decision | Exception]:
+        """A split limiter's batch: every decision in one round trip to the limiter, then
+        the admitted jobs queued in one more (as a single submission, in two steps)."""
+        try:
+            limits, degraded = await self._limit.many([(c.rule_keys, c.args) for _, c in calls])
+        except BackendUnavailable as exc:  # fail_mode closed: nothing decided
+            return [exc] * len(calls)
+        decided: list[Decision | Exception | None] = []
+        queued: list[tuple[int, _Call]] = []
+        known: list[tuple[RuleResult, ...]] = []
+        for (index, call), reply in zip(calls, limits, strict=True):
+            rules = () if reply is None else parse_rules(self.rules, reply)
+            if reply is not None and Outcome(int(reply[0])) is Outcome.REFUSED:
+                now_ms = int(reply[1])
+                refused = Decision(Outcome.REFUSED, call.job_id, now_ms, rules, degraded=degraded)
+                decided.append(refused)
+                continue
+            decided.append(None)
+            queued.append((index, call))
+            known.append(rules)
+        if queued:
+            assert self._batch is not None
+            sent: list[ScriptCall] = [(c.job_keys, c.all_args) for _, c in queued]
+            outcomes = iter(await self._send(self._batch, sent, queued, known, degraded))
+            decided = [next(outcomes) if d is None else d for d in decided]
+        return [d for d in decided if d is not None]
 
     async def _admit_alone(self, ask: Ask) -> Decision | Exception:
         try:
