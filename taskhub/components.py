@@ -322,6 +322,13 @@ class HttpServerOptions(Options):
     ready_timeout: float = Field(
         1, gt=0, le=60, description="seconds each GET /ready check may take"
     )
+    batch_limit: int = Field(
+        100,
+        ge=1,
+        le=1_000,
+        description="most tasks one POST /tasks may hold (a longer batch gets 413); "
+        "the whole batch must also fit in body_limit",
+    )
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -377,7 +384,8 @@ class Server(Component):
         """The API's settings that live in the server's config (Retry-After of a 503,
         the readiness check's timeout): from :class:`HttpServerOptions`, else the defaults."""
         if isinstance(self.config, HttpServerOptions):
-            return ApiOptions(self.config.unavailable_retry_after, self.config.ready_timeout)
+            c = self.config
+            return ApiOptions(c.unavailable_retry_after, c.ready_timeout, c.batch_limit)
         return ApiOptions()
 
     @property

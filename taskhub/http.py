@@ -56,7 +56,8 @@ class HttpResponse:
 @dataclass(frozen=True, slots=True)
 class ApiOptions:
     """What the API takes from the server's config: the Retry-After of a 503, in seconds,
-    and how long each ``GET /ready`` check may take."""
+    how long each ``GET /ready`` check may take, and how many tasks ``POST /tasks`` takes."""
 
     retry_after: int = 1
     ready_timeout: float = 1.0
+    batch_limit: int = 100

@@ -28,6 +28,7 @@ from taskhub.monitoring.traffic import TrafficRecorder
 from taskhub.store.outage import OutageLog
 from taskhub.web.admin import PREFIX as ADMIN_PREFIX
 from taskhub.web.admin import LimitsEndpoint
+from taskhub.web.batch import SubmitBatch
 from taskhub.web.dashboard import DashboardEndpoints
 from taskhub.web.docs import ApiDocs
 from taskhub.web.openapi import build_spec
@@ -52,6 +53,9 @@ PROTOCOL_ERRORS = {
     500: ("internal", "internal server error"),
     503: ("unavailable", "the server is shutting down; retry shortly"),
 }
+
+
+SUBMITS = ("/task", "/tasks")  # what the request counters count
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class HttpApi:
 
     def _count(self, request: HttpRequest, status: int, code: str) -> None:
         """A submission that failed before or around the endpoint still counts."""
-        if self.metrics is None or request.method != "POST" or request.path != "/task":
+        if self.metrics is None or request.method != "POST" or request.path not in SUBMITS:
             return
         if status >= 500:
             self.metrics.error.inc()
@@ -149,6 +153,7 @@ def build_api(parts: ApiParts) -> HttpApi:
         traffic=parts.traffic,
     )
     router.add("POST", "/task", submit)
+    router.add("POST", "/tasks", SubmitBatch(submit, options.batch_limit))
     # Job status and the dashboard read the queue: an outage is logged once for both.
     reads = OutageLog(READS, logger)
     jobs = JobEndpoints(parts.queue, parts.authenticator, retry_after_s, reads)
@@ -161,6 +166,7 @@ def build_api(parts: ApiParts) -> HttpApi:
         metrics=settings.metrics.enabled,
         admin=parts.limits_admin is not None,
         dashboard=settings.dashboard.enabled,
+        batch_limit=options.batch_limit,
     )
     docs = ApiDocs(spec)
     router.add("GET", "/openapi.json", docs.openapi)
