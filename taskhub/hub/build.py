@@ -27,7 +27,7 @@ from taskhub.config.problems import problems_from
 from taskhub.config.raw import RawConfig
 from taskhub.errors import ConfigError, Problem, UnknownComponentError
 from taskhub.hookspecs import KINDS
-from taskhub.hub.checks import cross_key_problems
+from taskhub.hub.checks import cross_key_problems, schedule_problems
 from taskhub.hub.connections import Endpoints
 from taskhub.hub.plugins import PluginRegistry
 from taskhub.jobs import TaskSpec
@@ -82,6 +82,7 @@ def build_components(
     problems += cross_key_problems(
         settings, raw, rules=rules, execution_rules=execution_rules, shards=shards
     )
+    problems += schedule_problems(settings, raw, tasks)
     if settings.tracing.enabled and (missing := tracing.missing()) is not None:
         problems.append(raw.problem(("tracing", "enabled"), missing))
     if problems:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import Any
@@ -35,7 +36,7 @@ from taskhub.config.models import TracingSettings
 from taskhub.errors import BackendUnavailable, UsageError
 from taskhub.http import Headers
 from taskhub.jobs import Task, TaskSpec
-from taskhub.limits.admission import Admit, Decision
+from taskhub.limits.admission import Admit, AdmitMany, Ask, Decision
 from taskhub.limits.policy import RequestContext
 from taskhub.monitoring import trace_context
 from taskhub.version import __version__
@@ -129,6 +130,31 @@ class Tracer:
                     trace_context.traceparent.reset(token)
                 decided(span, decision)
                 return decision
+
+        return traced
+
+    def batch(self, admit_many: AdmitMany) -> AdmitMany:
+        """A batch's admissions (``POST /tasks``) in one span: its size and the count of
+        each outcome; each job it queues carries the span's ``traceparent``."""
+
+        async def traced(asks: Sequence[Ask]) -> list[Decision | Exception]:
+            with self._tracer.start_as_current_span(
+                "taskhub.admission",
+                kind=SpanKind.PRODUCER,
+                attributes={"taskhub.batch.size": len(asks)},
+            ) as span:
+                token = trace_context.traceparent.set(traceparent(span))
+                try:
+                    outcomes = await admit_many(asks)
+                finally:
+                    trace_context.traceparent.reset(token)
+                counts = Counter(
+                    o.outcome.name.lower() if isinstance(o, Decision) else "error"
+                    for o in outcomes
+                )
+                for outcome, count in counts.items():
+                    span.set_attribute(f"taskhub.batch.{outcome}", count)
+                return outcomes
 
         return traced
 

@@ -24,10 +24,12 @@ from taskhub.monitoring import request_id
 from taskhub.monitoring.dashboard import Dashboard
 from taskhub.monitoring.exporter import QueueDepth
 from taskhub.monitoring.metrics import RequestMetrics
+from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder
 from taskhub.store.outage import OutageLog
 from taskhub.web.admin import PREFIX as ADMIN_PREFIX
 from taskhub.web.admin import LimitsEndpoint
+from taskhub.web.batch import SubmitBatch
 from taskhub.web.dashboard import DashboardEndpoints
 from taskhub.web.docs import ApiDocs
 from taskhub.web.openapi import build_spec
@@ -57,6 +59,9 @@ PROTOCOL_ERRORS = {
 }
 
 
+SUBMITS = ("/task", "/tasks")  # what the request counters count
+
+
 @dataclass(frozen=True)
 class ApiParts:
     """What the API serves, built by the kernel for a server process."""
@@ -73,6 +78,7 @@ class ApiParts:
     traffic: TrafficRecorder | None = None  # None: the dashboard is off
     limits_admin: LimitsAdmin | None = None  # None: the admin endpoint is off
     tracer: Tracer | None = None  # None: tracing is off
+    schedules: ScheduleBoard | None = None  # None: no schedules (or no dashboard)
 
 
 class HttpApi:
@@ -129,7 +135,7 @@ class HttpApi:
 
     def _count(self, request: HttpRequest, status: int, code: str) -> None:
         """A submission that failed before or around the endpoint still counts."""
-        if self.metrics is None or request.method != "POST" or request.path != "/task":
+        if self.metrics is None or request.method != "POST" or request.path not in SUBMITS:
             return
         if status >= 500:
             self.metrics.error.inc()
@@ -169,6 +175,7 @@ def build_api(parts: ApiParts) -> HttpApi:
         tracer=parts.tracer,
     )
     router.add("POST", "/task", submit)
+    router.add("POST", "/tasks", SubmitBatch(submit, options.batch_limit))
     # Job status and the dashboard read the queue: an outage is logged once for both.
     reads = OutageLog(READS, logger)
     jobs = JobEndpoints(parts.queue, parts.authenticator, retry_after_s, reads)
@@ -181,6 +188,7 @@ def build_api(parts: ApiParts) -> HttpApi:
         metrics=settings.metrics.enabled,
         admin=parts.limits_admin is not None,
         dashboard=settings.dashboard.enabled,
+        batch_limit=options.batch_limit,
     )
     docs = ApiDocs(spec)
     router.add("GET", "/openapi.json", docs.openapi)
@@ -196,7 +204,7 @@ def build_api(parts: ApiParts) -> HttpApi:
     if settings.dashboard.enabled:
         assert parts.traffic is not None, "the dashboard needs the traffic recorder"
         dashboard = DashboardEndpoints(
-            Dashboard(parts.traffic, parts.queue, outage=reads),
+            Dashboard(parts.traffic, parts.queue, outage=reads, schedules=parts.schedules),
             settings.dashboard.token,
             retry_after_s,
             reads,
