@@ -186,6 +186,30 @@ async def test_a_refusal_names_its_rule(tmp_path: Path, spans: InMemorySpanExpor
     assert sorted(s.attributes["http.response.status_code"] for s in requests) == [200, 429]
 
 
+async def test_a_batch_is_one_admission_span_whose_jobs_are_its_children(
+    traced_app: TaskhubApp, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    body = {"tasks": [{"user_id": "alice"}, {"user_id": "bob"}]}
+    async with client_of(traced_app) as client:
+        response = await client.post("/tasks", json=body)
+    assert response.status_code == 200, response.text
+    job_ids = {r["job_id"] for r in response.json()["results"]}
+    jobs = await eventually(lambda: len(named(spans, "job log_completion")) == 2)
+    assert jobs, spans.get_finished_spans()
+    (request,) = named(spans, "POST /tasks")
+    (admission,) = named(spans, "taskhub.admission")
+    assert parent_of(admission) == request.context.span_id
+    assert admission.attributes["taskhub.batch.size"] == 2
+    assert admission.attributes["taskhub.batch.admitted"] == 2
+    for job in named(spans, "job log_completion"):
+        assert parent_of(job) == admission.context.span_id
+        assert job.attributes["taskhub.job_id"] in job_ids
+
+
+def named(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in spans.get_finished_spans() if s.name == name]
+
+
 # ---------------------------------------------------------------- configuration
 
 

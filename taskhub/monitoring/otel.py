@@ -149,8 +149,7 @@ class Tracer:
                 finally:
                     trace_context.traceparent.reset(token)
                 counts = Counter(
-                    o.outcome.name.lower() if isinstance(o, Decision) else "error"
-                    for o in outcomes
+                    o.outcome.name.lower() if isinstance(o, Decision) else "error" for o in outcomes
                 )
                 for outcome, count in counts.items():
                     span.set_attribute(f"taskhub.batch.{outcome}", count)
