@@ -202,6 +202,8 @@ class Runtime:
             stack.push_async_callback(self._worker_finished)
         if role & Role.SERVER:
             self.admission = hub.build_admission()
+            if self.tracer is not None:
+                self.tracer.instrument(self.admission)
             self._start_traffic()
             self._http = await asyncio.to_thread(build_api, self._api_parts(self.admission))
         freeze_startup_objects()

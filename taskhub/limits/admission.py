@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -82,14 +82,6 @@ def _deciding(rules: tuple[RuleResult, ...], refusing: tuple[RuleResult, ...]) -
     return min(rules, key=lambda r: r.remaining / max(r.policy.limit, 1))
 
 
-class Admit(Protocol):
-    """:meth:`Admission.admit` as the submission endpoint calls it (traced or not)."""
-
-    def __call__(
-        self, spec: TaskSpec, request: RequestContext, payload: Any, *, job_id: str | None = None
-    ) -> Awaitable[Decision]: ...
-
-
 UNDECIDED = BackendUnavailable("not decided yet")  # a placeholder, always replaced
 
 
@@ -101,10 +93,6 @@ class Ask:
     request: RequestContext
     payload: Any
     job_id: str | None = None
-
-
-# :meth:`Admission.admit_many` as the batch endpoint calls it (traced or not).
-AdmitMany = Callable[[Sequence[Ask]], Awaitable[list["Decision | Exception"]]]
 
 
 @dataclass(slots=True)  # not frozen: made on every request, and frozen costs its __init__

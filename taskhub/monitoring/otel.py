@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import Any
@@ -36,12 +36,15 @@ from taskhub.config.models import TracingSettings
 from taskhub.errors import BackendUnavailable, UsageError
 from taskhub.http import Headers
 from taskhub.jobs import Task, TaskSpec
-from taskhub.limits.admission import Admit, AdmitMany, Ask, Decision
+from taskhub.limits.admission import Admission, Ask, Decision
 from taskhub.limits.policy import RequestContext
 from taskhub.monitoring import trace_context
 from taskhub.version import __version__
 
 logger = logging.getLogger(__name__)
+
+Admit = Callable[..., Awaitable[Decision]]  # Admission.admit
+AdmitMany = Callable[[Sequence[Ask]], Awaitable[list[Decision | Exception]]]
 
 EXPORTER_GROUP = "opentelemetry_traces_exporter"
 # OTEL_EXPORTER_OTLP_PROTOCOL's values, as the SDK's configurator maps them; the
@@ -107,12 +110,18 @@ class Tracer:
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
 
+    def instrument(self, admission: Admission) -> None:
+        """Trace ``admission``'s calls, by shadowing its methods on the instance: the
+        endpoints call them as ever, and an admission left alone pays nothing."""
+        admission.admit = self.admission(admission.admit)  # type: ignore[method-assign,assignment]
+        admission.admit_many = self.batch(admission.admit_many)  # type: ignore[method-assign,assignment]
+
     def admission(self, admit: Admit) -> Admit:
         """``admit`` in a span with its outcome and deciding rule; the job it queues
         carries the span's ``traceparent``."""
 
         async def traced(
-            spec: TaskSpec, request: RequestContext, payload: Any, *, job_id: str | None = None
+            spec: TaskSpec, request: RequestContext, payload: Any, **options: Any
         ) -> Decision:
             attributes: dict[str, Any] = {"taskhub.task": spec.name}
             if self.include_user_id:
@@ -122,7 +131,7 @@ class Tracer:
             ) as span:
                 token = trace_context.traceparent.set(traceparent(span))
                 try:
-                    decision = await admit(spec, request, payload, job_id=job_id)
+                    decision = await admit(spec, request, payload, **options)
                 except BackendUnavailable:
                     span.set_attribute("taskhub.outcome", "unavailable")
                     raise

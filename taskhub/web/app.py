@@ -172,7 +172,6 @@ def build_api(parts: ApiParts) -> HttpApi:
         retry_after_s=retry_after_s,
         metrics=parts.request_metrics,
         traffic=parts.traffic,
-        tracer=parts.tracer,
     )
     router.add("POST", "/task", submit)
     router.add("POST", "/tasks", SubmitBatch(submit, options.batch_limit))

@@ -150,7 +150,7 @@ class SubmitBatch:
         single = self.single
         metrics, traffic = single.metrics, single.traffic
         started = time.perf_counter()
-        outcomes = await single.admit_many([ask for _, ask in asks])
+        outcomes = await single.admission.admit_many([ask for _, ask in asks])
         if metrics is not None:
             metrics.admission_time(time.perf_counter() - started)
         last = None

@@ -13,13 +13,13 @@ import logging
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from taskhub.components import Authenticator, Principal, QueueBackend
 from taskhub.errors import BackendUnavailable, UnstorablePayload
 from taskhub.http import JSON, HttpRequest, HttpResponse
 from taskhub.jobs import AbortOutcome, JobInfo
-from taskhub.limits.admission import Admission, Admit, AdmitMany, Decision
+from taskhub.limits.admission import Admission, Decision
 from taskhub.limits.headers import rate_limit_headers, retry_after
 from taskhub.limits.policy import Outcome, RequestContext
 from taskhub.monitoring.metrics import RequestMetrics
@@ -35,9 +35,6 @@ from taskhub.web.submission import (
     unstorable_payload,
 )
 from taskhub.web.waiting import HungUp, unless_hung_up, wait_seconds
-
-if TYPE_CHECKING:
-    from taskhub.monitoring.otel import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +64,8 @@ class SubmitTask:
         retry_after_s: int,
         metrics: RequestMetrics | None = None,
         traffic: TrafficRecorder | None = None,
-        tracer: Tracer | None = None,
     ) -> None:
         self.admission = admission
-        # Traced only when tracing is on: off, the call is the admission's own.
-        self.admit: Admit = admission.admit if tracer is None else tracer.admission(admission.admit)
-        self.admit_many: AdmitMany = (
-            admission.admit_many if tracer is None else tracer.batch(admission.admit_many)
-        )
         self.parser = parser
         self.auth = request_auth(authenticator)
         self.metrics = metrics
@@ -141,7 +132,9 @@ class SubmitTask:
         metrics = self.metrics
         started = time.perf_counter()
         try:
-            decision = await self.admit(submission.spec, context, submission.payload, job_id=job_id)
+            decision = await self.admission.admit(
+                submission.spec, context, submission.payload, job_id=job_id
+            )
         except UnstorablePayload as exc:  # valid JSON the queue cannot store
             return self.rejected(unstorable_payload(exc.reason))
         except BackendUnavailable:
