@@ -73,8 +73,11 @@ def test_one_trace_from_the_request_to_the_sink_across_server_and_worker(
         )
         assert response.status_code == 200, (response.text, server.output)
         job_id = response.json()["job_id"]
-        assert wait_until(lambda: collector.named("sink file_log"), 30), worker.output
-        assert wait_until(lambda: collector.named("POST /task"), 30), server.output
+        batch = [{"user_id": "bob"}, {"user_id": "carol"}]
+        answer = httpx.post(f"{server.url}/tasks", json={"tasks": batch}, timeout=10)
+        assert answer.status_code == 200, (answer.text, server.output)
+        assert wait_until(lambda: len(collector.named("sink file_log")) == 3, 30), worker.output
+        assert wait_until(lambda: collector.named("POST /tasks"), 30), server.output
     finally:
         server.stop()
         worker.stop()
@@ -84,10 +87,11 @@ def test_one_trace_from_the_request_to_the_sink_across_server_and_worker(
     if dump := os.environ.get("TASKHUB_TRACE_DUMP"):  # docs/tracing.md's picture
         Path(dump).write_text(json.dumps([s.as_json() for s in collector.spans], indent=1))
     (request,) = collector.named("POST /task")
-    (admission,) = collector.named("taskhub.admission")
-    (job,) = collector.named("job log_completion")
-    (handler,) = collector.named("handler log_completion")
-    (sink,) = collector.named("sink file_log")
+    in_trace = [s for s in collector.spans if s.trace_id == TRACE]
+    (admission,) = [s for s in in_trace if s.name == "taskhub.admission"]
+    (job,) = [s for s in in_trace if s.name == "job log_completion"]
+    (handler,) = [s for s in in_trace if s.name == "handler log_completion"]
+    (sink,) = [s for s in in_trace if s.name == "sink file_log"]
     assert {s.trace_id for s in (request, admission, job, handler, sink)} == {TRACE}
     assert request.parent_span_id == PARENT  # the caller's traceparent, honoured
     assert admission.parent_span_id == request.span_id
@@ -102,3 +106,10 @@ def test_one_trace_from_the_request_to_the_sink_across_server_and_worker(
     assert job.attributes["taskhub.outcome"] == "completed"
     assert job.attributes["taskhub.attempt"] == 1
     assert all("taskhub.user_id" not in s.attributes for s in collector.spans)
+    # A batch's admissions leave in one pipelined write: one span, both jobs its children.
+    (batched,) = collector.named("POST /tasks")
+    (decided,) = [s for s in collector.named("taskhub.admission") if s.trace_id == batched.trace_id]
+    assert decided.parent_span_id == batched.span_id
+    assert decided.attributes["taskhub.batch.admitted"] == 2
+    jobs = [s for s in collector.named("job log_completion") if s.trace_id == batched.trace_id]
+    assert [s.parent_span_id for s in jobs] == [decided.span_id] * 2

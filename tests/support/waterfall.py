@@ -88,6 +88,9 @@ def render(spans_json: Path, png: Path) -> None:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415 (only to draw)
 
     spans = json.loads(spans_json.read_text())
+    # The single submission's trace (the test's batch is another).
+    trace_id = next((s["trace_id"] for s in spans if s["name"] == "POST /task"), None)
+    spans = [s for s in spans if trace_id is None or s["trace_id"] == trace_id]
     document = png.with_suffix(".html")
     document.write_text(page(spans))
     with sync_playwright() as playwright:
