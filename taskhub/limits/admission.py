@@ -141,12 +141,15 @@ class Admission:
         job_id: str | None = None,
         cost: int | None = None,
         now_ms: int | None = None,
+        priority: int | None = None,
+        run_at: float | None = None,
     ) -> Decision:
         """Decide and, if admitted, enqueue. Raises BackendUnavailable when Redis is down.
 
         ``job_id`` makes the call idempotent; ``cost`` overrides the task's; ``now_ms``
         overrides the Redis clock (only tests of the limiter maths use it, and it
-        bypasses the deny cache). A call with a ``job_id`` is never answered from the
+        bypasses the deny cache); ``priority`` overrides the task's default; ``run_at``
+        (epoch s) delays the job. A call with a ``job_id`` is never answered from the
         deny cache: it may retry a job already admitted, which must replay as admitted
         however far over the limit its user is now, and only Redis knows.
         """
@@ -164,7 +167,10 @@ class Admission:
             for rule, subject in zip(self.rules, subjects, strict=True)
             if rule.limiter.holds_slot
         ]
-        job = self.queue.prepare(spec, request.user_id, payload, job_id, holds)
+        priority = spec.priority if priority is None else priority
+        job = self.queue.prepare(
+            spec, request.user_id, payload, job_id, holds, priority=priority, run_at=run_at
+        )
         args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
         args.append(job.job_id)
         keys = self._keys(subjects, prefix)
