@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -27,8 +29,10 @@ from taskhub.jobs import AbortOutcome, JobStatus
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
+from tests.support.backends import config_on
 from tests.support.jobs import eventually, store_queued, working
 from tests.support.namespaces import Namespace
+from tests.support.processes import wait_until
 
 
 class Recorder(TaskHandler):
@@ -281,3 +285,58 @@ async def test_a_delayed_job_can_be_aborted(client, ns) -> None:
     assert (await queue.abort(job)).outcome is AbortOutcome.ABORTED
     assert (await queue.depth())["incomplete"] == 0
     assert await shard(queue).schedule() == []
+
+
+# ----------------------------------------------------------------------- over HTTP
+
+BAD_FIELDS = [
+    ({"priority": 11}, "priority"),
+    ({"priority": -11}, "priority"),
+    ({"priority": 1.5}, "priority"),
+    ({"priority": True}, "priority"),
+    ({"delay": 0}, "delay"),
+    ({"delay": -1}, "delay"),
+    ({"delay": "5"}, "delay"),
+    ({"delay": 61}, "delay"),
+    ({"run_at": "tomorrow"}, "run_at"),
+    ({"run_at": "2030-01-01T00:00:00"}, "run_at"),  # no offset
+    ({"run_at": "2030-02-31T00:00:00Z"}, "run_at"),
+    ({"run_at": 1_900_000_000}, "run_at"),
+    ({"run_at": "2999-01-01T00:00:00+01:00"}, "run_at"),  # beyond max_delay
+    ({"delay": 5, "run_at": "2030-01-01T00:00:00Z"}, "run_at"),
+]
+
+
+@pytest.mark.parametrize("on", ["single", "cluster"])
+def test_priority_and_delay_over_http(
+    ns: Namespace, spawn: Any, on: str, request: pytest.FixtureRequest, sync_redis: Any
+) -> None:
+    """Bad fields are 422s naming them with nothing charged or queued; a delayed job
+    is scheduled with its run_at, then runs."""
+    queue = {"type": "saq", "name": ns.queue, "fairness": "user", "max_delay": 60}
+    limiter = {"type": "token_bucket", "capacity": 20, "refill": 1, "period": 3600}
+    process = spawn({**config_on(on, ns, request), "queue": queue, "limiter": limiter})
+    url = f"{process.url}/task"
+
+    def state(job_id: str) -> str:
+        return str(httpx.get(f"{url}/{job_id}", timeout=10).json()["status"])
+
+    first = httpx.post(url, json={"user_id": "u", "priority": 3}, timeout=10).json()["job_id"]
+    assert wait_until(lambda: state(first) == "complete", timeout=20)
+    before = ns.snapshot(sync_redis)
+    for fields, name in BAD_FIELDS:
+        answer = httpx.post(url, json={"user_id": "u", **fields}, timeout=10)
+        assert answer.status_code == 422, (fields, answer.text)
+        assert [p["field"] for p in answer.json()["problems"]] == [name], answer.json()
+    assert ns.snapshot(sync_redis) == before  # the token bucket too: nothing charged
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    delayed = httpx.post(url, json={"user_id": "u", "run_at": at.isoformat()}, timeout=10)
+    job = httpx.get(f"{url}/{delayed.json()['job_id']}", timeout=10).json()
+    assert (job["status"], job["retry_at"]) == ("scheduled", None)
+    assert abs(datetime.fromisoformat(job["run_at"]).timestamp() - at.timestamp()) < 0.01
+    later = httpx.post(url, json={"user_id": "v", "delay": 0.5}, timeout=10).json()["job_id"]
+    assert wait_until(lambda: state(later) == "complete", timeout=20)
+    assert state(delayed.json()["job_id"]) == "scheduled"
+    assert wait_until(lambda: state(delayed.json()["job_id"]) == "complete", timeout=20)
+    started = httpx.get(f"{url}/{delayed.json()['job_id']}", timeout=10).json()["started_at"]
+    assert datetime.fromisoformat(started) >= at

@@ -40,9 +40,42 @@ class TaskRequest(BaseModel):
     ]
     task: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     payload: dict[str, Any] | None = None
-    priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] | None = None
-    delay: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-    run_at: Annotated[str, Field(max_length=64)] | None = None
+    priority: (
+        Annotated[
+            int,
+            Field(
+                ge=MIN_PRIORITY,
+                le=MAX_PRIORITY,
+                description="higher runs first among this user's jobs (with queue.fairness "
+                "none: among all jobs); default: the task's priority, else 0",
+            ),
+        ]
+        | None
+    ) = None
+    delay: (
+        Annotated[
+            float,
+            Field(
+                gt=0,
+                allow_inf_nan=False,
+                description="seconds before the job may run, at most queue.max_delay; "
+                "not with run_at",
+            ),
+        ]
+        | None
+    ) = None
+    run_at: (
+        Annotated[
+            str,
+            Field(
+                max_length=64,
+                description="RFC 3339 time with an offset before which the job does not run, "
+                "at most queue.max_delay ahead (a past time: at once); not with delay",
+                json_schema_extra={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
 
     @field_validator("user_id")
     @classmethod
