@@ -270,6 +270,14 @@ class QueueBackend(Component):
         """Delete every dead letter; returns how many there were."""
         raise NotImplementedError
 
+    async def weight(self, user_id: str) -> int:
+        """Jobs ``user_id`` takes per turn when workers take users in turn (fairness)."""
+        raise NotImplementedError
+
+    async def set_weight(self, user_id: str, weight: int | None) -> int:
+        """Change it at once (None: back to the config's); returns the weight now in force."""
+        raise NotImplementedError
+
     async def depth(self) -> dict[str, int]:
         """Jobs by state (e.g. ``queued``, ``active``) for the queue-depth gauge; ``{}``
         leaves the gauge out. Raises when the store cannot be reached."""

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 MAX_USER_ID = 256  # characters: the longest user id a job may have
 # A job's priority (POST /task ``priority``, a task's default): higher runs first.
 MIN_PRIORITY, MAX_PRIORITY = -10, 10
+# Jobs per turn a user's weight may give him under fair scheduling.
+MAX_WEIGHT = 1_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,3 +340,47 @@ def test_priority_and_delay_over_http(
     assert wait_until(lambda: state(delayed.json()["job_id"]) == "complete", timeout=20)
     started = httpx.get(f"{url}/{delayed.json()['job_id']}", timeout=10).json()["started_at"]
     assert datetime.fromisoformat(started) >= at
+
+
+ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
+
+
+@pytest.mark.parametrize("on", ["single", "cluster"])
+def test_weights_over_the_admin_endpoint(
+    ns: Namespace, spawn: Any, on: str, request: pytest.FixtureRequest
+) -> None:
+    queue = {"type": "saq", "name": ns.queue, "fairness": "user", "shards": 2}
+    queue["weights"] = {"big": 2}
+    config = config_on(on, ns, request)
+    config["limits"] = {"admin": {"enabled": True, "token": ADMIN["Authorization"][7:]}}
+    process = spawn({**config, "queue": queue})
+    url = f"{process.url}/admin/weights"
+
+    def weight(user: str) -> int:
+        answer = httpx.get(f"{url}/{user}", headers=ADMIN, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["user_id"] == user.replace("%2F", "/")
+        return int(answer.json()["weight"])
+
+    assert wait_until(lambda: weight("big") == 2, timeout=20)  # the worker wrote the config's
+    assert weight("a%2Fb") == 1
+    for user in ("big", "a%2Fb"):  # each user's home shard, whichever it is
+        put = httpx.put(f"{url}/{user}", json={"weight": 7}, headers=ADMIN, timeout=10)
+        assert put.json() == {"user_id": user.replace("%2F", "/"), "weight": 7}
+        assert weight(user) == 7
+    assert httpx.delete(f"{url}/big", headers=ADMIN, timeout=10).json()["weight"] == 2
+    assert httpx.delete(f"{url}/a%2Fb", headers=ADMIN, timeout=10).json()["weight"] == 1
+    assert (weight("big"), weight("a%2Fb")) == (2, 1)
+    for body, status in (
+        ({"weight": 0}, 422),
+        ({"weight": 1001}, 422),
+        ({"weight": "2"}, 422),
+        ({"weight": 2, "x": 1}, 422),
+        ([2], 400),
+    ):
+        answer = httpx.put(f"{url}/big", json=body, headers=ADMIN, timeout=10)
+        assert answer.status_code == status, (body, answer.text)
+    bad = httpx.put(f"{url}/big", json={"weight": 0}, headers=ADMIN, timeout=10).json()
+    assert [p["field"] for p in bad["problems"]] == ["weight"]
+    assert httpx.get(f"{url}/big", timeout=10).status_code == 401
+    assert weight("big") == 2

@@ -40,7 +40,7 @@ from taskhub.builtin.saq.jobs import DELAYED, job_info
 from taskhub.builtin.saq.line import LINE_LUA
 from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq.worker import HubWorker
-from taskhub.jobs import MAX_USER_ID, AbortOutcome, AbortResult, JobInfo
+from taskhub.jobs import MAX_USER_ID, MAX_WEIGHT, AbortOutcome, AbortResult, JobInfo
 from taskhub.monitoring import request_id
 from taskhub.store.clients import redis_call
 from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
@@ -57,7 +57,7 @@ DEQUEUE_TIMEOUT = 1.0
 SCHEDULE_INTERVAL = 0.2
 WEEK = 7 * 86_400
 # Jobs per turn a user's weight may give him.
-Weight = Annotated[int, Field(ge=1, le=1_000)]
+Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT)]
 T = TypeVar("T")
 
 ENQUEUE_LUA = (
@@ -348,6 +348,16 @@ class SaqQueue(QueueBackend):
 
     async def purge_dead(self) -> int:
         return sum(await self._each(lambda queue: queue.purge_dead()))
+
+    async def weight(self, user_id: str) -> int:
+        # Every shard holds the same weights: read the user's home shard.
+        home = self._queues()[self.shards.shard_for(user_id)]
+        return await redis_call(home.weight(user_id))
+
+    async def set_weight(self, user_id: str, weight: int | None) -> int:
+        value = self.config.weights.get(user_id, 1) if weight is None else weight
+        await self._each(lambda queue: queue.set_weights({user_id: value}))
+        return value
 
     async def depth(self) -> dict[str, int]:
         total: Counter[str] = Counter()

@@ -633,6 +633,9 @@ class HardenedRedisQueue(RedisQueue):
         ranked = await self.redis.zrevrange(self.backlog_key, 0, count - 1, withscores=True)
         return [(user.decode(), int(n)) for user, n in ranked if n > 0]
 
+    async def weight(self, user_id: str) -> int:
+        return int(await self.redis.hget(self.weights_key, user_id) or 1)  # type: ignore[misc]
+
     async def set_weights(self, weights: dict[str, int]) -> None:
         """Takes per turn for each user (1 removes the entry: the default)."""
         async with self.redis.pipeline(transaction=True) as pipe:
