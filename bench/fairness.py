@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 QUEUE = "fairness"
 HEAVY_JOBS, TASK_S, CONCURRENCY = 400, 0.02, 4
 DRAIN_JOBS, DRAIN_USERS, DRAIN_CONCURRENCY = 10_000, 100, 50
-BATCH = 500
+BATCH = 50  # admissions at once: each takes a connection from the pool
 MODES = {"A": "user", "B": "none"}
 
 

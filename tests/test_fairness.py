@@ -8,6 +8,7 @@ point is that jobs run (the issue's scenario, an upgrade, delays).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -30,9 +31,10 @@ from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
 from tests.support.backends import config_on
+from tests.support.configs import write_config
 from tests.support.jobs import eventually, store_queued, working
 from tests.support.namespaces import Namespace
-from tests.support.processes import wait_until
+from tests.support.processes import run_cli, wait_until
 
 
 class Recorder(TaskHandler):
@@ -199,6 +201,18 @@ async def test_abort_of_a_waiting_job_leaves_the_ring_consistent(client, ns) -> 
     assert (await queue.depth())["queued"] == 1
     again = await admit(admission, "lone")
     assert await takes(line) == [pair[1], again]
+
+
+async def test_a_user_lifted_by_an_idle_worker_that_died_keeps_his_turn(client, ns) -> None:
+    queue = await opened(saq(ns, client, fairness="user"), client)
+    admission = gate(client, queue, ns)
+    first = [await admit(admission, "a") for _ in range(2)]
+    other = await admit(admission, "b")
+    line = shard(queue)
+    # What an idle worker's wait does (BLMOVE ring waking), before it died.
+    assert await client.lmove(line.ring_key, line.waking_key, "LEFT", "RIGHT") == b"a"
+    assert await takes(line) == [first[0], other, first[1]]
+    assert not await client.exists(line.waking_key) and not await client.exists(line.ring_key)
 
 
 # ----------------------------------------------------------------------- workers
@@ -384,3 +398,29 @@ def test_weights_over_the_admin_endpoint(
     assert [p["field"] for p in bad["problems"]] == ["weight"]
     assert httpx.get(f"{url}/big", timeout=10).status_code == 401
     assert weight("big") == 2
+
+
+async def test_status_shows_fairness_scheduled_jobs_and_top_users(
+    client, ns, settings, tmp_path, request
+) -> None:
+    queue = await opened(saq(ns, client, fairness="user"), client)
+    admission = gate(client, queue, ns)
+    for user, count in (("heavy", 4), ("light", 1)):
+        for _ in range(count):
+            await admit(admission, user)
+    await admit(admission, "later", run_at=time.time() + 60)
+    on = "cluster" if settings.cluster else "single"
+    config = config_on(on, ns, request)
+    config["queue"] = {"type": "saq", "name": ns.queue, "fairness": "user"}
+    path = write_config(tmp_path, config)
+    shown = run_cli(["status", str(path), "--json"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert (body["queued"], body["scheduled"], body["fairness"]) == (5, 1, "user")
+    assert body["top_users"] == [
+        {"user_id": "heavy", "queued": 4},
+        {"user_id": "light", "queued": 1},
+    ]
+    text = run_cli(["status", str(path)], tmp_path).stdout
+    assert "fairness: user" in text and "users with the most queued jobs:" in text
+    assert any(line.split() == ["heavy", "4"] for line in text.splitlines()), text

@@ -335,9 +335,12 @@ class Handler(TaskHandler):
         return "ok"
 
 
-async def test_a_worker_drains_every_shard_and_dead_letters_come_back(client, ns, settings) -> None:
+@pytest.mark.parametrize("fairness", ["none", "user"])
+async def test_a_worker_drains_every_shard_and_dead_letters_come_back(
+    client, ns, settings, fairness
+) -> None:
     # Fewer slots than shards: each slot must also look beyond its own shard.
-    queue = await opened(sharded(ns, client, concurrency=2), client)
+    queue = await opened(sharded(ns, client, concurrency=2, fairness=fairness), client)
     gate = Admission(
         client, [Rule("per_user", bucket(20))], queue, ns.prefix, shards=queue.layout()
     )

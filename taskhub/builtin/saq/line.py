@@ -11,7 +11,8 @@ prefix so a tagged (cluster) shard keeps them in its hash slot:
 - ``prio``: with ``none``, jobs of another priority than 0, one sorted set for all
   users: those above 0 are taken before the list, those below after it.
 - ``ring``: with ``user``, a list of the users with queued jobs, each once; the
-  head's turn it is.
+  head's turn it is. An idle worker waits with ``BLMOVE ring waking``: a user on the
+  ring wakes one worker (not all of them), whose take puts him back first.
 - ``line:<user>``: with ``user``, that user's jobs, a sorted set ordered by
   priority, then by arrival (``seq``).
 - ``backlog``: sorted set user -> jobs in his line (the ring's membership test and the
@@ -38,6 +39,7 @@ local PMAX, BAND, HALF = {MAX_PRIORITY}, 17592186044416, 8796093022208
 local function line_of(queued, fair)
   local p = string.sub(queued, 1, -7)
   local ring, backlog, credit = p .. 'ring', p .. 'backlog', p .. 'credit'
+  local waking = p .. 'waking'
   local prio, lined = p .. 'prio', p .. 'lined'
   local L = {{}}
   -- Queue ``id`` (of ``user``, at ``priority``); ``front``: before its equals.
@@ -84,11 +86,15 @@ local function line_of(queued, fair)
       if tonumber(redis.call('ZINCRBY', backlog, -1, user)) <= 0 then
         forget(user)
         redis.call('LREM', ring, 1, user)  -- O(users), on this rare path only
+        redis.call('LREM', waking, 1, user)
       end
     end
   end
   -- The ring's next job: its head user's first, then his turn goes on or passes.
   local function take_fair()
+    -- Users an idle worker lifted off the ring to wake (see HardenedRedisQueue): back
+    -- to its head, as if never lifted (one of them if that worker is gone).
+    while redis.call('RPOPLPUSH', waking, ring) do end
     for _ = 1, 3 do  -- a user listed without a job (never, unless keys were edited)
       local user = redis.call('LINDEX', ring, 0)
       if not user then return nil end
@@ -103,7 +109,7 @@ local function line_of(queued, fair)
           if not left then left = tonumber(redis.call('HGET', p .. 'weights', user)) or 1 end
           if left <= 1 then
             redis.call('HDEL', credit, user)
-            redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+            redis.call('RPUSH', ring, redis.call('LPOP', ring))  -- his turn passes
           else
             redis.call('HSET', credit, user, left - 1)
           end

@@ -288,6 +288,7 @@ class HardenedRedisQueue(RedisQueue):
         self.heartbeat = heartbeat
         self.fairness = fairness
         self.ring_key = self.namespace("ring")
+        self.waking_key = self.namespace("waking")
         self.prio_key = self.namespace("prio")
         self.lined_key = self.namespace("lined")
         self.backlog_key = self.namespace("backlog")
@@ -370,9 +371,10 @@ class HardenedRedisQueue(RedisQueue):
     async def _take_blocking(self, timeout: float) -> tuple[bytes, bytes] | None:
         # redis-py types these timeouts as int, but Redis takes fractions of a second.
         client: Any = self.redis
-        if self.fairness == FAIR:  # wait for a user in the ring (a no-op rotation), then take
-            ring = self.ring_key
-            if await self._wait_for(client, ring, ring, timeout, "RIGHT") is None:
+        if self.fairness == FAIR:
+            # Lift a user off the ring when there is one: one idle worker wakes per user,
+            # not all of them. The take puts him back at the ring's head first.
+            if await self._wait_for(client, self.ring_key, self.waking_key, timeout) is None:
                 return None
             return await self._submit_take()
         job_id = await self._wait_for(client, self._queued, self._active, timeout)
@@ -381,14 +383,11 @@ class HardenedRedisQueue(RedisQueue):
         raw = await self.redis.get(job_id)
         return None if raw is None else (job_id, raw)  # gone: the sweep tidies the list
 
-    async def _wait_for(
-        self, client: Any, source: str, target: str, timeout: float, side: str = "LEFT"
-    ) -> Any:
-        """Move an end (``side``) of ``source`` to ``target``'s tail, waiting up to
-        ``timeout`` for one (ring to ring from the right: nothing moves)."""
+    async def _wait_for(self, client: Any, source: str, target: str, timeout: float) -> Any:
+        """Move ``source``'s head to ``target``'s tail, waiting up to ``timeout`` for one."""
         if await self.version() < (6, 2, 0):
             return await client.brpoplpush(source, target, timeout)
-        return await client.blmove(source, target, timeout, side, "RIGHT")
+        return await client.blmove(source, target, timeout, "LEFT", "RIGHT")
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         taken = await self.take(timeout)
