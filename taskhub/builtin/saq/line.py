@@ -106,9 +106,10 @@ local function line_of(queued, fair)
           redis.call('LPOP', ring)
         else
           local left = tonumber(redis.call('HGET', credit, user))
-          if not left then left = tonumber(redis.call('HGET', p .. 'weights', user)) or 1 end
+          local counted = left ~= nil  -- a turn of more than one take, under way
+          if not counted then left = tonumber(redis.call('HGET', p .. 'weights', user)) or 1 end
           if left <= 1 then
-            redis.call('HDEL', credit, user)
+            if counted then redis.call('HDEL', credit, user) end
             redis.call('RPUSH', ring, redis.call('LPOP', ring))  -- his turn passes
           else
             redis.call('HSET', credit, user, left - 1)
