@@ -424,3 +424,16 @@ async def test_status_shows_fairness_scheduled_jobs_and_top_users(
     text = run_cli(["status", str(path)], tmp_path).stdout
     assert "fairness: user" in text and "users with the most queued jobs:" in text
     assert any(line.split() == ["heavy", "4"] for line in text.splitlines()), text
+
+
+async def test_the_line_scripts_run_on_the_embedded_fakeredis(ns, request) -> None:
+    """``memory://`` (embedded mode) runs the same scripts: round-robin, priority, delay."""
+    memory = connect(RedisSettings(url=f"memory://{request.node.nodeid}"))
+    queue = await opened(saq(ns, memory, fairness="user"), memory)
+    admission = gate(memory, queue, ns)
+    heavy = [await admit(admission, "heavy") for _ in range(3)]
+    light = await admit(admission, "light", priority=2)
+    await admit(admission, "later", run_at=time.time() + 60)
+    assert await takes(shard(queue)) == [heavy[0], light, heavy[1], heavy[2]]
+    assert (await queue.snapshot()).scheduled == 1
+    await memory.aclose()
