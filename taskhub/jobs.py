@@ -132,12 +132,12 @@ class JobInfo:
     attempts: int
     max_attempts: int
     queued_at: datetime | None = None
-    run_at: datetime | None = None  # a delayed job's run time, while it is scheduled
     retry_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
     result: Any = None
     error: str | None = None
+    run_at: datetime | None = None  # a delayed job's run time, while it is scheduled
 
     @property
     def error_summary(self) -> str:
