@@ -63,6 +63,7 @@ Send = Callable[[Message], Awaitable[None]]
 CONFIG_ENV = "TASKHUB_CONFIG"  # the config of the module-level ``app``
 ROLE_ENV = "TASKHUB_ROLE"  # and its role: run (the default) or serve
 ROLES = {"run": Role.BOTH, "serve": Role.SERVER}
+CLIENT_GONE = 499  # the API's answer to a request whose client hung up (a long wait)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 # Libraries that log every job at INFO: quiet, as the CLI keeps them.
@@ -342,7 +343,9 @@ class TaskhubApp:
         if body is None:
             return api.error(413, request)
         request.body = body
-        return await api.handle(request)
+        request.hung_up = lambda: disconnected(receive)
+        response = await api.handle(request)
+        return None if response.status == CLIENT_GONE else response  # nobody to answer
 
     def _error_api(self) -> HttpHandler:
         """What answers while nothing serves: the last API, or a bare one for its errors."""
@@ -401,6 +404,12 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
         chunks.append(chunk)
         message = await receive()
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone: all the server sends after the whole body."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def respond(send: Send, response: HttpResponse, scope: Scope) -> None:

@@ -246,6 +246,16 @@ class QueueBackend(Component):
         """The job's current state, or None if there is no such job (or it expired)."""
         raise NotImplementedError
 
+    async def wait(self, job_id: str, timeout: float) -> JobInfo | None:
+        """The job's state as soon as it settles (complete, failed or aborted), or after
+        ``timeout`` seconds (at most 30) whatever it is; None if there is no such job.
+
+        Cancelling the call frees whatever it holds (the client hung up). It must block
+        on the store, never poll it. The default answers at once with :meth:`status`:
+        a queue plugin without it still serves ``GET /task/{id}?wait=N``, without waiting.
+        """
+        return await self.status(job_id)
+
     async def abort(self, job_id: str) -> AbortResult:
         """Abort a job that is waiting or running; a finished job is left as it is."""
         raise NotImplementedError
@@ -331,6 +341,13 @@ class HttpServerOptions(Options):
     ready_timeout: float = Field(
         1, gt=0, le=60, description="seconds each GET /ready check may take"
     )
+    batch_limit: int = Field(
+        100,
+        ge=1,
+        le=1_000,
+        description="most tasks one POST /tasks may hold (a longer batch gets 413); "
+        "the whole batch must also fit in body_limit",
+    )
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -386,7 +403,8 @@ class Server(Component):
         """The API's settings that live in the server's config (Retry-After of a 503,
         the readiness check's timeout): from :class:`HttpServerOptions`, else the defaults."""
         if isinstance(self.config, HttpServerOptions):
-            return ApiOptions(self.config.unavailable_retry_after, self.config.ready_timeout)
+            c = self.config
+            return ApiOptions(c.unavailable_retry_after, c.ready_timeout, c.batch_limit)
         return ApiOptions()
 
     @property

@@ -10,6 +10,7 @@ body and header; the server adds only what framing needs (``Content-Length``,
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +27,12 @@ class Headers(Protocol):
 @dataclass(slots=True)
 class HttpRequest:
     """One request. ``path`` is as sent (not percent-decoded), without the query string;
-    ``client`` is the peer's IP address (``""`` when unknown)."""
+    ``client`` is the peer's IP address (``""`` when unknown).
+
+    ``hung_up``, when the server sets it, returns an awaitable that completes once the
+    client has gone: a long wait (``GET /task/{id}?wait=N``) stops then. A server that
+    cancels the request's task when its client goes (Sanic) need not set it.
+    """
 
     method: str
     path: str
@@ -34,6 +40,7 @@ class HttpRequest:
     body: bytes = b""
     query: str = ""
     client: str = ""
+    hung_up: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -49,7 +56,8 @@ class HttpResponse:
 @dataclass(frozen=True, slots=True)
 class ApiOptions:
     """What the API takes from the server's config: the Retry-After of a 503, in seconds,
-    and how long each ``GET /ready`` check may take."""
+    how long each ``GET /ready`` check may take, and how many tasks ``POST /tasks`` takes."""
 
     retry_after: int = 1
     ready_timeout: float = 1.0
+    batch_limit: int = 100

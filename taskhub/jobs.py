@@ -47,7 +47,8 @@ class Completion:
 class Failure:
     """A job that used every attempt (now a dead letter), as sinks see it.
 
-    ``task`` is its last attempt; ``error`` that attempt's error (a traceback).
+    ``task`` is its last attempt; ``error`` that attempt's error (a traceback), or
+    ``worker lost: ...`` when its worker died during it (the sweep made it a dead letter).
     """
 
     task: Task
@@ -119,6 +120,8 @@ class JobStatus(enum.StrEnum):
 
 
 FINISHED = frozenset({JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.ABORTED})
+# The longest wait for a job to settle a client may ask for (GET /task/{id}?wait=N), in s.
+MAX_WAIT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,7 @@ class AbortOutcome(enum.Enum):
     """What an abort request did, which decides its HTTP answer (200, 202, 409 or 404)."""
 
     ABORTED = "aborted"  # it was waiting: removed from the queue
-    ABORTING = "aborting"  # it is running: its worker cancels it within about a second
+    ABORTING = "aborting"  # it is running: it ends aborted (its worker cancels it)
     FINISHED = "finished"  # too late: it had already finished
     UNKNOWN = "unknown"  # no such job (or it expired)
 

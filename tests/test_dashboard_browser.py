@@ -64,7 +64,9 @@ def test_the_dashboard_shows_live_numbers_and_retries_a_dead_letter(
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     (tmp_path / "broken.flag").touch()
-    server = spawn(dashboard_config(ns, redis_url, tmp_path), "run")
+    config = dashboard_config(ns, redis_url, tmp_path)
+    beat = {"name": "beat", "task": "log_completion", "user_id": "cron", "interval": 2}
+    server = spawn({**config, "schedules": [beat]}, "run")
 
     page.goto(f"{server.url}/dashboard")
     page.fill("#token", "not-the-token-at-all")
@@ -101,6 +103,8 @@ def test_the_dashboard_shows_live_numbers_and_retries_a_dead_letter(
     assert number(page, "admitted-rate") > 0 and number(page, "refused-rate") > 0
     assert "ValueError: boom" in (row.text_content() or "")
     wait_until(lambda: number(page, "dead") == 1, timeout=10)
+    page.wait_for_selector("#schedule-rows td.id:has-text('schedule.beat.')")  # its last tick
+    assert "every 2 s" in (page.text_content("#schedule-rows") or "")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
 

@@ -76,6 +76,28 @@ def kill_and_restart(worker: TaskhubProcess, sync_redis: redis.Redis, active_key
     return in_flight
 
 
+def whereabouts(
+    sync_redis: redis.Redis, ns: Namespace, job_ids: set[str], *logs: TaskhubProcess
+) -> str:
+    """Where each of ``job_ids`` is in Redis (its record, every list or set holding it)
+    and every log line naming it: what a lost job's report needs to say."""
+    queue = f"saq:{ns.queue}"
+    report = []
+    for job_id in sorted(job_ids):
+        key = f"saq:job:{ns.queue}:{job_id}"
+        places = [
+            f"queued@{sync_redis.lpos(f'{queue}:queued', key)}",
+            f"active@{sync_redis.lpos(f'{queue}:active', key)}",
+            f"incomplete={sync_redis.zscore(f'{queue}:incomplete', key)}",
+            f"heartbeat={sync_redis.zscore(f'{queue}:heartbeats', key)}",
+            f"dead={sync_redis.zscore(f'{queue}:dead', key)}",
+        ]
+        report.append(f"job {job_id}: {' '.join(places)}\n  record: {sync_redis.get(key)!r}")
+        for process in logs:
+            report += [f"  {process.args[0]}: {line}" for line in process.lines if job_id in line]
+    return "\n".join(report)
+
+
 def test_every_admitted_job_completes_while_workers_are_killed(
     tmp_path: Path, ns: Namespace, redis_url: str, sync_redis: redis.Redis, spawn
 ) -> None:
@@ -119,7 +141,9 @@ def test_every_admitted_job_completes_while_workers_are_killed(
     assert len(admitted) + refused == NORMAL_USERS * NORMAL_REQUESTS + HEAVY_USERS * HEAVY_REQUESTS
     assert len(admitted) == NORMAL_USERS * NORMAL_REQUESTS + HEAVY_USERS * CAPACITY
     assert refused == HEAVY_USERS * (HEAVY_REQUESTS - CAPACITY)
-    assert not lost, f"{len(lost)} admitted jobs never completed"
+    assert not lost, f"{len(lost)} admitted jobs never completed:\n" + whereabouts(
+        sync_redis, ns, lost, server, worker
+    )
     assert set(lines) == admitted  # and no refused request produced one
     assert sync_redis.zcard(f"saq:{ns.queue}:dead") == 0
     assert any(in_flight), "no kill found a job in flight: the test did not test anything"

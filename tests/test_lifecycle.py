@@ -122,6 +122,48 @@ def test_delete_aborts_queued_and_running_jobs_and_409s_finished_ones(
     assert not (tmp_path / "worker" / "task.log").read_text().count("sleepy")
 
 
+def test_a_handler_that_ignores_the_abort_ends_aborted_once_never_retried(
+    tmp_path: Path, ns: Namespace, redis_url: str, spawn
+) -> None:
+    """Issue 17: it used to time out, count as a failure and run again."""
+    config = delivery_config(tmp_path, ns, redis_url)
+    config["tasks"] = {**config["tasks"], "deaf": {"retries": 3, "retry_delay": 0.1, "timeout": 2}}
+    server = spawn(config, "serve", cwd=tmp_path / "server")
+    worker = spawn(config, "worker", cwd=tmp_path / "worker", wait_for="metrics on ")
+    line = worker.wait_for("metrics on ")
+    assert line is not None
+    metrics_url = line.split("metrics on ")[1].split()[0]
+    job_id = submit(server.url, "deaf")
+    wait_for_status(server.url, job_id, "active")
+
+    response = httpx.delete(f"{server.url}/task/{job_id}")
+    assert response.status_code == 202, response.text
+    aborted = wait_for_status(server.url, job_id, "aborted", timeout=10)  # timeout 2 s
+    assert aborted["attempts"] == 1 and aborted["error"] == "aborted by request"
+    assert aborted["result"] is None and aborted["retry_at"] is None
+    time.sleep(1.5)  # a retry (0.1 s later) would have started by now
+    assert get_job(server.url, job_id) == aborted
+    attempts = (tmp_path / "worker" / f"attempts-{job_id}").read_text().splitlines()
+    assert len(attempts) == 1
+    assert httpx.delete(f"{server.url}/task/{job_id}").status_code == 409
+
+    scraped = httpx.get(metrics_url, timeout=10).text
+    counts = {
+        outcome: sum(
+            float(row.rsplit(" ", 1)[1])
+            for row in scraped.splitlines()
+            if row.startswith("taskhub_jobs_total{")
+            and 'task="deaf"' in row
+            and f'outcome="{outcome}"' in row
+        )
+        for outcome in ("aborted", "failed", "retried", "dead", "completed")
+    }
+    assert counts == {"aborted": 1, "failed": 0, "retried": 0, "dead": 0, "completed": 0}
+    assert "ignored its abort until its 2 s timeout" in worker.output
+    assert "Traceback" not in worker.output
+    assert "deaf" not in (tmp_path / "worker" / "task.log").read_text()
+
+
 def test_unknown_and_malformed_ids_are_404_json(
     tmp_path: Path, ns: Namespace, redis_url: str, spawn
 ) -> None:

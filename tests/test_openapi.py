@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import jsonschema_rs
@@ -25,7 +26,8 @@ from tests.support.namespaces import Namespace
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED = {
     ("/task", "post"): {"200", "400", "413", "415", "422", "429", "503"},
-    ("/task/{job_id}", "get"): {"200", "404", "503"},
+    ("/tasks", "post"): {"200", "400", "413", "415", "422", "503"},
+    ("/task/{job_id}", "get"): {"200", "404", "422", "503"},
     ("/task/{job_id}", "delete"): {"200", "202", "404", "409", "503"},
     ("/health", "get"): {"200"},
     ("/ready", "get"): {"200", "503"},
@@ -76,7 +78,12 @@ def test_the_document_is_openapi_3_1() -> None:
 
 def test_with_auth_the_task_endpoints_need_the_key_and_document_401_and_403() -> None:
     spec = json.loads(orjson.dumps(build_spec(BEARER)))
-    protected = {("/task", "post"), ("/task/{job_id}", "get"), ("/task/{job_id}", "delete")}
+    protected = {
+        ("/task", "post"),
+        ("/tasks", "post"),
+        ("/task/{job_id}", "get"),
+        ("/task/{job_id}", "delete"),
+    }
     expected = {
         op: codes | ({"401"} if op in protected else set()) for op, codes in DOCUMENTED.items()
     }
@@ -205,6 +212,15 @@ def test_the_request_schema_is_the_validating_models_own() -> None:
     assert body["schema"] == {"$ref": "#/components/schemas/TaskRequest"}
 
 
+def test_a_batch_item_is_the_request_schema_and_its_own_key() -> None:
+    spec = build_spec(batch_limit=7)
+    item = spec["components"]["schemas"]["BatchItem"]
+    single = TaskRequest.model_json_schema()
+    assert item["properties"] == {**single["properties"], "idempotency_key": ANY}
+    tasks = spec["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]
+    assert tasks["schema"]["properties"]["tasks"]["maxItems"] == 7
+
+
 def test_the_server_serves_the_document_and_its_docs(live_server: tuple[str, Namespace]) -> None:
     url, _ = live_server
     served = httpx.get(f"{url}/openapi.json", timeout=10)
@@ -258,7 +274,8 @@ def test_the_live_server_keeps_to_its_document(live_server: tuple[str, Namespace
     url, _ = live_server
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {"POST /task", "GET /task/{job_id}", "GET /ready"} <= {op.label for op in operations}
+    labels = {op.label for op in operations}
+    assert {"POST /task", "POST /tasks", "GET /task/{job_id}", "GET /ready"} <= labels
     runs = [(op, GenerationMode.POSITIVE, CHECKS) for op in operations]
     runs += [(op, GenerationMode.NEGATIVE, NEGATIVE_CHECKS) for op in operations if op.body]
     for operation, mode, checks in runs:
@@ -274,7 +291,7 @@ def test_a_server_with_api_keys_keeps_to_its_document(ns, redis_url, spawn, monk
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     protected = [op for op in operations if op.path.startswith("/task")]
-    assert len(protected) == 3
+    assert len(protected) == 4
     for operation in protected:
         for headers in ({}, {"Authorization": f"Bearer {key}"}):
             keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, headers, 10)

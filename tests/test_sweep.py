@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
-from taskhub.builtin.saq.redis_queue import Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq.redis_queue import Fence, HardenedRedisQueue, Move, Moved
 from tests.support.jobs import store_queued
 
 HEARTBEAT = 0.5
@@ -122,6 +122,47 @@ async def test_a_job_dequeued_by_a_worker_that_died_is_requeued_without_using_an
     assert "dequeued but never started: queued again, no attempt used" in caplog.text
 
 
+async def test_a_requeued_job_taken_again_by_a_worker_that_died_is_requeued_again(
+    queue: HardenedRedisQueue,
+) -> None:
+    """The ledger's lost jobs: the sweep re-queued a job (writing its record), a worker
+    took it and died before claiming it, and the sweep's move back changes nothing in
+    the record. That once counted as a repeat of a move already done, so the job stayed
+    in the active list for good while every sweep logged it "queued again"."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)  # worker-1 died mid-job
+    assert await sweep(queue) == [job_id]
+    for _ in range(2):  # taken again, and again its worker dies before the claim
+        assert await queue.take(1) is not None
+        assert await lists(queue) == ([], [job_id.encode()])
+        await asyncio.sleep(HEARTBEAT + 0.2)
+        assert await sweep(queue) == [job_id]
+        assert await lists(queue) == ([job_id.encode()], [])
+    again = await stored(queue, job_id)
+    assert again.status == Status.QUEUED and again.attempts == 1
+
+
+async def test_a_stopping_worker_puts_back_a_job_it_took_whose_record_it_left_as_read(
+    queue: HardenedRedisQueue,
+) -> None:
+    """As the worker does when it took a job while stopping: the move changes only the
+    lists, never the record, and must still happen (not be taken for a repeat)."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)
+    assert await sweep(queue) == [job_id]  # now stored in this queue's own bytes
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert queue.serialize(job) == raw  # the record is left exactly as read
+    assert await queue.move(job, Move.FRONT, Fence.STORED, raw) is Moved.DONE
+    assert await lists(queue) == ([job_id.encode()], [])
+    assert await queue.redis.zscore(queue.beats_key, job_id) is None
+
+
 async def test_a_dead_workers_last_attempt_becomes_a_dead_letter(
     queue: HardenedRedisQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -165,6 +206,36 @@ async def test_a_stale_queue_entry_of_a_finished_job_never_runs_it_again(
     assert not await queue.claim(again, raw, "worker-2")
     assert await lists(queue) == ([], [])
     assert (await stored(queue, job_id)).status == Status.COMPLETE
+
+
+async def test_once_an_abort_is_requested_only_the_abort_ends_the_run(
+    queue: HardenedRedisQueue,
+) -> None:
+    """The abort is decided in Redis, in the same script as the outcome it races: the
+    run's outcome (here a retry) is refused, the abort (Fence.STOP) ends the run, and
+    either asked again changes nothing."""
+    job_id = await enqueue(queue)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    fence = queue.run_fence(job)
+    marked = await stored(queue, job_id)
+    marked.status, marked.error = Status.ABORTING, "aborted by request"  # as DELETE does
+    await queue.redis.set(job_id, queue.serialize(marked))
+
+    job.status, job.started = Status.QUEUED, 0
+    assert await queue.move(job, Move.LATER, Fence.RUN, fence, score=1.0) is Moved.ABORTING
+    assert (await stored(queue, job_id)).status == Status.ABORTING
+    assert await lists(queue) == ([], [job_id.encode()])
+
+    job.status, job.error = Status.ABORTED, "aborted by request"
+    for _ in range(2):  # the second: a repeat whose reply was lost
+        assert await queue.move(job, Move.FINISH, Fence.STOP, fence) is Moved.DONE
+    assert (await stored(queue, job_id)).status == Status.ABORTED
+    assert await lists(queue) == ([], [])
+    assert await queue.redis.zscore(queue._incomplete, job_id) is None
+    assert await queue.schedule() == []
+    job.error = "by another worker"
+    assert not await queue.move(job, Move.FINISH, Fence.STOP, "worker-2:1")  # not its run
 
 
 async def test_a_transition_asked_again_after_its_reply_was_lost_changes_nothing(
@@ -237,8 +308,8 @@ async def test_concurrent_moves_share_round_trips_and_keep_their_own_fences(
         return_exceptions=True,
     )
     assert calls == 6
-    assert settled[3] is False and isinstance(settled[5], ResponseError)
-    assert all(ok is True for i, ok in enumerate(settled) if i not in (3, 5))
+    assert settled[3] is Moved.LOST and isinstance(settled[5], ResponseError)
+    assert all(ok is Moved.DONE for i, ok in enumerate(settled) if i not in (3, 5))
     assert await lists(queue) == ([], [ids[3].encode(), ids[5].encode()])
     assert (await stored(queue, ids[3])).status == Status.ACTIVE
 

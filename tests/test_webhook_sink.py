@@ -30,8 +30,10 @@ from taskhub.cli.main import main
 from taskhub.components import Completion, Failure, Task
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
-from tests.support.configs import config_dict
+from tests.support.backends import config_on
+from tests.support.configs import config_dict, crash_queue
 from tests.support.namespaces import Namespace
+from tests.support.plugin_sources import delivery_plugins
 from tests.support.processes import free_port, wait_until
 
 SECRET = "whsec-0123456789abcdef-test"
@@ -452,3 +454,52 @@ def test_taskhub_run_delivers_signed_completions_and_failures(
     assert failed["event"] == "failed" and failed["user_id"] == "bob"
     assert "RuntimeError: boom for the webhook" in failed["error"]
     assert "webhook" in process.output and "next attempt in" in process.output
+
+
+@pytest.mark.servers("sanic")
+@pytest.mark.parametrize("on", ["single", "cluster"])
+def test_a_worker_killed_on_a_last_attempt_is_reported_failed_once_by_the_sweep(
+    spawn: Any,
+    ns: Namespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    on: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The sweep's dead letters reach the sinks too: a worker SIGKILLed during a job's
+    only attempt, another worker's sweep makes it a dead letter, and the receiver gets
+    one ``failed`` event for it, however many sweeps follow."""
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    with Receiver(["200"]).running() as receiver:
+        config = config_on(on, ns, request)
+        config.update(
+            plugins_dir=delivery_plugins(tmp_path),
+            sinks=[{"type": "webhook", "url": receiver.url, "secret": "${WEBHOOK_SECRET}"}],
+            tasks={"log_completion": {}, "sleepy": {"retries": 1}},
+            queue=crash_queue(ns),  # 1 s heartbeats and sweeps
+        )
+        server = spawn(config, "serve", cwd=tmp_path / "server")
+        doomed = spawn(config, "worker", cwd=tmp_path / "doomed", wait_for="started (worker)")
+        body = {"user_id": "carol", "task": "sleepy", "payload": {"seconds": 600}}
+        queued = httpx.post(f"{server.url}/task", json=body, timeout=10)
+        assert queued.status_code == 200, queued.text
+        job_id = queued.json()["job_id"]
+
+        def status() -> str:
+            found = httpx.get(f"{server.url}/task/{job_id}", timeout=10)
+            return str(found.json()["status"])
+
+        assert wait_until(lambda: status() == "active", 20), doomed.output
+        doomed.kill()  # SIGKILL mid-job, on its last attempt
+        sweeper = spawn(config, "worker", cwd=tmp_path / "sweeper", wait_for="started (worker)")
+        assert wait_until(receiver.delivered, 30), sweeper.output
+        assert wait_until(lambda: status() == "failed", 10)
+        time.sleep(3)  # three more sweeps: none reports it again
+        assert sweeper.stop() == 0
+    [attempt] = receiver.attempts
+    assert attempt.signed and attempt.headers["webhook-id"] == f"{job_id}-failed"
+    failed = json.loads(attempt.body)
+    assert failed["event"] == "failed" and failed["job_id"] == job_id
+    assert failed["user_id"] == "carol" and failed["attempt"] == 1
+    assert failed["error"] == "worker lost: no heartbeat for 1 s"
+    assert "now a dead letter" in sweeper.output

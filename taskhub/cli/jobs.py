@@ -26,10 +26,17 @@ ERROR_WIDTH = 60
 
 @asynccontextmanager
 async def opened_queue(path: str) -> AsyncIterator[QueueBackend]:
+    async with opened_hub(path) as (_, queue):
+        yield queue
+
+
+@asynccontextmanager
+async def opened_hub(path: str) -> AsyncIterator[tuple[Hub, QueueBackend]]:
+    """The hub of ``path`` with its queue open, on the Redis the workers use."""
     hub = Hub.from_file(path)
     refuse_embedded(path, "redis.url", hub.settings.redis.url, "jobs")
     async with runtime.opened_queue(hub) as queue:
-        yield queue
+        yield hub, queue
 
 
 jobs = ActionGroup("jobs", "list, re-queue or purge failed jobs (dead letters)", opened_queue)

@@ -1,4 +1,4 @@
-"""``taskhub run | serve | worker | check | plugins | jobs | limits | status``.
+"""``taskhub run | serve | worker | check | plugins | jobs | limits | status | submit``.
 
 ``serve --workers N`` runs N server processes under a supervisor
 (:mod:`taskhub.cli.supervisor`); each child is a ``taskhub serve`` handed its socket.
@@ -44,6 +44,7 @@ from taskhub.cli.jobs import jobs
 from taskhub.cli.limits import limits
 from taskhub.cli.plugins import add_plugin_commands, plugins_command
 from taskhub.cli.status import status
+from taskhub.cli.submit import submit
 from taskhub.cli.supervised import SupervisorLink
 from taskhub.config.secrets import secret_values
 from taskhub.context import Role
@@ -159,6 +160,7 @@ BUILTIN_COMMANDS = (
     jobs,
     limits,
     status,
+    submit,
 )
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import click
 import orjson
 
 from taskhub.cli.group import NumberIn, columns, config_argument, opened_run
-from taskhub.cli.jobs import opened_queue, shorten
+from taskhub.cli.jobs import opened_hub, shorten
 from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot, iso
+from taskhub.monitoring.schedules import ScheduleBoard, ScheduleJson
 from taskhub.monitoring.snapshot import Rates, queue_json
 
 DEFAULT_WATCH = 2.0
@@ -34,7 +37,18 @@ SECONDS = NumberIn(
 )
 
 
-@click.command(help="show queue depth, workers, rates and recent failures")
+@asynccontextmanager
+async def opened_status(path: str) -> AsyncIterator[tuple[QueueBackend, ScheduleBoard]]:
+    """The queue, opened as ``taskhub jobs`` opens it, and the schedules beside it."""
+    async with opened_hub(path) as (hub, queue):
+        settings = hub.settings
+        board = ScheduleBoard(
+            hub.connections.shared(), settings.schedules, settings.redis.key_prefix
+        )
+        yield queue, board
+
+
+@click.command(help="show queue depth, workers, rates, recent failures and schedules")
 @config_argument
 @click.option(
     "--watch",
@@ -49,25 +63,35 @@ SECONDS = NumberIn(
 def status(config: str, watch: float | None, as_json: bool, failures: int) -> int:
     try:
         return asyncio.run(
-            opened_run(opened_queue, config, lambda queue: look(queue, watch, as_json, failures))
+            opened_run(
+                opened_status, config, lambda opened: look(*opened, watch, as_json, failures)
+            )
         )
     except KeyboardInterrupt:  # how --watch ends
         return 0
 
 
-async def look(queue: QueueBackend, watch: float | None, as_json: bool, failures: int) -> int:
+async def look(
+    queue: QueueBackend,
+    board: ScheduleBoard,
+    watch: float | None,
+    as_json: bool,
+    failures: int,
+) -> int:
     """Print the queue once, or every ``watch`` seconds until interrupted."""
     baseline: QueueSnapshot | None = None
     while True:
         snapshot = await queue.snapshot(max(failures, 0))
+        schedules = await board.read()
         # Under --watch, rates are measured from the first look on.
         rates = Rates.of(snapshot, baseline)
         baseline = baseline or snapshot
         if as_json:
-            sys.stdout.write(orjson.dumps(queue_json(snapshot, rates)).decode() + "\n")
+            line = {**queue_json(snapshot, rates), "schedules": schedules}
+            sys.stdout.write(orjson.dumps(line).decode() + "\n")
         else:
             clear = CLEAR if watch is not None and sys.stdout.isatty() else ""
-            sys.stdout.write(clear + render(snapshot, rates))
+            sys.stdout.write(clear + render(snapshot, rates) + render_schedules(schedules))
         sys.stdout.flush()
         if watch is None:
             return 0
@@ -129,6 +153,26 @@ def top_user_lines(top: list[tuple[str, int]]) -> list[str]:
 
 def top_rows(top: list[tuple[str, int]]) -> list[tuple[str, str]]:
     return [(shorten(user), str(queued)) for user, queued in top]
+
+
+def render_schedules(schedules: list[ScheduleJson]) -> str:
+    """Each schedule's next run and last queued tick (UTC); nothing without schedules."""
+    if not schedules:
+        return ""
+    header = ("SCHEDULE", "TASK", "EVERY", "NEXT RUN", "LAST TICK", "LAST JOB")
+    rows: list[tuple[str, ...]] = [header]
+    rows += [
+        (
+            s["name"],
+            s["task"],
+            s["every"] if s["tz"] == "UTC" else f"{s['every']} ({s['tz']})",
+            s["next_run"] or "-",
+            s["last_tick"] or "-",
+            s["last_job_id"] or "-",
+        )
+        for s in schedules
+    ]
+    return "\n".join(["", *columns(rows)]) + "\n"
 
 
 def rate_lines(rates: Rates) -> list[str]:

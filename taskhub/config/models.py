@@ -23,6 +23,7 @@ from pydantic import (
 
 from taskhub.config.problems import validate
 from taskhub.config.raw import RawConfig
+from taskhub.config.schedules import ScheduleSettings
 from taskhub.config.secrets import mask_url
 from taskhub.http import HEADER_NAME
 
@@ -570,6 +571,12 @@ class Settings(StrictModel):
     dashboard: DashboardSettings = Field(
         default_factory=DashboardSettings,
         description="GET /dashboard, a live page of traffic, queue and dead letters",
+    )
+    schedules: list[ScheduleSettings] = Field(
+        default_factory=list,
+        max_length=1_000,
+        description="tasks the workers submit on a cron expression or an interval, each tick "
+        "once however many workers run",
     )
 
     @field_validator("tasks")

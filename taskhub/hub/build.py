@@ -27,7 +27,7 @@ from taskhub.config.problems import problems_from
 from taskhub.config.raw import RawConfig
 from taskhub.errors import ConfigError, Problem, UnknownComponentError
 from taskhub.hookspecs import KINDS
-from taskhub.hub.checks import cross_key_problems
+from taskhub.hub.checks import cross_key_problems, schedule_problems
 from taskhub.hub.connections import Endpoints
 from taskhub.hub.plugins import PluginRegistry
 from taskhub.jobs import TaskSpec
@@ -83,6 +83,7 @@ def build_components(
     problems += cross_key_problems(
         settings, raw, rules=rules, execution_rules=execution_rules, shards=shards
     )
+    problems += schedule_problems(settings, raw, tasks)
     if problems:
         raise ConfigError(raw.source, problems)
     # No problem means every section built.

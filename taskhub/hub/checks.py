@@ -7,12 +7,15 @@ queue's jobs, a task that costs more than a rule ever allows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from pydantic import ValidationError
 
 from taskhub.config.models import Settings
 from taskhub.config.paths import Loc
 from taskhub.config.raw import RawConfig
 from taskhub.errors import Problem
+from taskhub.jobs import TaskSpec
 from taskhub.limits.policy import Rule
 from taskhub.store.sharding import Shards
 
@@ -74,4 +77,38 @@ def cross_key_problems(
         defined = ", ".join(sorted(settings.tasks))
         message = f"{settings.default_task!r} is not in tasks (defined: {defined})"
         problems.append(raw.problem(("default_task",), message))
+    return problems
+
+
+def schedule_problems(
+    settings: Settings, raw: RawConfig, tasks: Mapping[str, TaskSpec]
+) -> list[Problem]:
+    """What no one schedule can see: its task missing, its payload not what the task
+    takes (as a POST /task would be refused), a name two schedules share."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for index, schedule in enumerate(settings.schedules):
+        loc: Loc = ("schedules", index)
+        if schedule.name in seen:
+            message = (
+                f"{schedule.name!r} is already the name of schedules[{seen[schedule.name]}]: "
+                "each schedule needs a name of its own (it names its ticks' jobs)"
+            )
+            problems.append(raw.problem((*loc, "name"), message))
+        seen.setdefault(schedule.name, index)
+        if schedule.task not in settings.tasks:
+            defined = ", ".join(sorted(settings.tasks))
+            message = f"{schedule.task!r} is not in tasks (defined: {defined})"
+            problems.append(raw.problem((*loc, "task"), message))
+            continue
+        spec = tasks.get(schedule.task)
+        model = spec.handler.Payload if spec is not None else None
+        if model is None:
+            continue
+        try:
+            model.model_validate(schedule.payload or {})
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                where = (*loc, "payload", *error["loc"])
+                problems.append(raw.problem(where, f"{error['msg']} (task {schedule.task!r})"))
     return problems

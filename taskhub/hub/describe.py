@@ -60,6 +60,7 @@ def resolved(settings: Settings, raw: RawConfig, hub: Components) -> dict[str, A
         "metrics": settings.metrics.model_dump(mode="json"),
         "logging": settings.logging.model_dump(mode="json"),
         "dashboard": settings.dashboard.model_dump(mode="json"),
+        "schedules": [schedule.model_dump(mode="json") for schedule in settings.schedules],
     }
     masked: dict[str, Any] = mask_secrets(resolved, (), raw)
     return masked

@@ -63,6 +63,10 @@ class TaskRunner:
             enqueued_ms=enqueued_ms,
         )
         result = await spec.handler.run(task)
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            # It swallowed its cancellation (an abort): a result too late to count.
+            raise asyncio.CancelledError
         if isinstance(result, BaseModel):
             result = result.model_dump(mode="json")
         await self.emit(Completion(task=task, result=result, completed_at=datetime.now(UTC)))

@@ -33,10 +33,13 @@ from taskhub.errors import StartupError
 from taskhub.hub.describe import log_banner
 from taskhub.hub.kernel import Hub
 from taskhub.hub.runner import TaskRunner
+from taskhub.hub.scheduler import Scheduler
 from taskhub.jobs import TaskSpec
 from taskhub.limits.admission import Admission
+from taskhub.limits.schedules import TickSubmitter
 from taskhub.monitoring.exporter import QueueDepth, WorkerExporter
 from taskhub.monitoring.metrics import JobMetrics, RequestMetrics
+from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder, traffic_prefix
 from taskhub.web.app import ApiParts, HttpApi, build_api
 from taskhub.web.readiness import Check, pinger
@@ -204,6 +207,19 @@ class Runtime:
         log_banner(hub.settings, hub.components, role, address, self._metrics_address)
         if role & Role.WORKER:
             self.worker = asyncio.create_task(hub.queue.work(self, self.stopping), name="worker")
+            self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
+        """Queue ``schedules:``' ticks from this worker; stopped before the queue closes."""
+        hub = self.hub
+        if not hub.settings.schedules:
+            return
+        submitter = TickSubmitter(
+            self.redis, hub.queue, hub.tasks, hub.shards, hub.settings.redis.key_prefix
+        )
+        scheduler = Scheduler(hub.settings.schedules, submitter)
+        task = asyncio.create_task(scheduler.run(self.stopping), name="scheduler")
+        self._stack.push_async_callback(_stopped, task)
 
     def _start_metrics(self) -> None:
         """Bind the counters this role updates; a worker alone also gets its own port."""
@@ -264,7 +280,14 @@ class Runtime:
             queue_depth=self._queue_depth,
             traffic=self.traffic,
             limits_admin=hub.build_limits_admin(admission.deny_cache) if admin else None,
+            schedules=self._schedule_board(),
         )
+
+    def _schedule_board(self) -> ScheduleBoard | None:
+        settings = self.hub.settings
+        if not settings.schedules:
+            return None
+        return ScheduleBoard(self.redis, settings.schedules, settings.redis.key_prefix)
 
     async def _worker_finished(self) -> None:
         """After the server has stopped: the worker finishes or hands back its jobs."""
@@ -314,6 +337,14 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Wait for a task that ends once ``stopping`` is set; log it if it failed."""
+    try:
+        await task
+    except Exception:
+        logger.exception("%s failed", task.get_name())
 
 
 async def _close_sink(index: int, sink: Sink) -> None:

@@ -24,6 +24,7 @@ from typing_extensions import TypedDict
 
 from taskhub.components import QueueBackend
 from taskhub.jobs import QueueSnapshot, iso
+from taskhub.monitoring.schedules import ScheduleBoard, ScheduleJson
 from taskhub.monitoring.snapshot import QueueJson, Rates, queue_json
 from taskhub.monitoring.traffic import TrafficJson, TrafficRecorder
 from taskhub.store.outage import OutageLog
@@ -38,11 +39,13 @@ RATE_BASIS = 60.0  # seconds of snapshots kept to measure job rates against
 # The one definition of the summary's JSON: the OpenAPI document is made from it.
 @with_config(extra="forbid")
 class Summary(TypedDict):
-    """What the dashboard shows: traffic from every server, and the queue's state."""
+    """What the dashboard shows: traffic from every server, the queue's state, and the
+    schedules' next runs."""
 
     taken_at: str | None
     traffic: TrafficJson
     queue: QueueJson
+    schedules: list[ScheduleJson]
 
 
 class Dashboard:
@@ -57,8 +60,10 @@ class Dashboard:
         failures: int = FAILURES,
         clock: Callable[[], float] = time.monotonic,
         outage: OutageLog | None = None,
+        schedules: ScheduleBoard | None = None,
     ) -> None:
         self.traffic = traffic
+        self.schedules = schedules
         # Logs an outage once; here, where Redis is read, not where the cache answers.
         self.outage = outage or OutageLog("Redis (dashboard)", logger)
         self.queue = queue
@@ -87,8 +92,10 @@ class Dashboard:
         return job_id in moved
 
     async def _read(self) -> Summary:
-        traffic, snapshot = await self.outage.call(
-            asyncio.gather(self.traffic.read(), self.queue.snapshot(self.failures))
+        traffic, snapshot, schedules = await self.outage.call(
+            asyncio.gather(
+                self.traffic.read(), self.queue.snapshot(self.failures), self._schedules()
+            )
         )
         now = self.clock()
         snapshots = self._snapshots
@@ -100,4 +107,8 @@ class Dashboard:
             "taken_at": iso(snapshot.taken_at),
             "traffic": traffic.to_json(),
             "queue": queue_json(snapshot, Rates.of(snapshot, baseline)),
+            "schedules": schedules,
         }
+
+    async def _schedules(self) -> list[ScheduleJson]:
+        return [] if self.schedules is None else await self.schedules.read()

@@ -28,12 +28,13 @@ NEAR_LIMIT = 0.8
 
 REQUESTS = Counter(
     "taskhub_requests",
-    "POST /task submissions, by outcome",
+    "POST /task submissions (and each item of a POST /tasks batch), by outcome",
     ["outcome"],
 )
 BAD_REQUESTS = Counter(
     "taskhub_bad_requests",
-    "POST /task submissions answered 4xx (other than 429), by error code",
+    "POST /task submissions answered 4xx (other than 429), and POST /tasks batches and "
+    "items refused so, by error code",
     ["code"],
 )
 REFUSALS = Counter(
@@ -75,6 +76,7 @@ BAD_REQUEST_CODES = (
     "payload_too_large",
     "unauthorized",
     "forbidden",
+    "batch_too_large",
 )
 RULE_RESULTS = ("allowed", "near_limit", "refused", "shadow_refused")
 JOB_OUTCOMES = ("completed", "failed", "retried", "dead", "swept", "aborted", "handed_back")

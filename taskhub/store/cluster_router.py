@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskhub.store.connection import ConnectionSettings
-from taskhub.store.pipeline import Arg, PipelinedScript, RedisPipeline
+from taskhub.store.pipeline import Arg, PipelinedScript, RedisPipeline, ScriptCall
 from taskhub.store.urls import Address
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,40 @@ class ClusterScript:
         except (RedisConnectionError, RedisTimeoutError):
             self.cluster.refresh_soon()  # a failover moves this slot elsewhere
             raise
+
+    async def many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Each call on its slot's master: one write per master, the masters at once.
+
+        Calls keep their order on each master (the order that matters: one user's
+        keys are in one slot). A call answered MOVED or ASK runs again on its own,
+        after the rest, in order. A master that cannot be reached fails its calls
+        only (their exceptions in their places); the others' replies stand.
+        """
+        by_node: dict[int, tuple[RedisPipeline, list[int]]] = {}
+        replies: list[Any] = [None] * len(calls)
+        for index, (keys, _) in enumerate(calls):
+            slot = slot_of(keys)
+            try:
+                node = await self.cluster.node_for(slot)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                replies[index] = exc
+                continue
+            by_node.setdefault(id(node), (node, []))[1].append(index)
+        answers = await asyncio.gather(
+            *(self._on(node).many([calls[i] for i in at]) for node, at in by_node.values())
+        )
+        for (_, at), answer in zip(by_node.values(), answers, strict=True):
+            for index, reply in zip(at, answer, strict=True):
+                replies[index] = reply
+        for index, reply in enumerate(replies):
+            if isinstance(reply, (RedisConnectionError, RedisTimeoutError)):
+                self.cluster.refresh_soon()  # a failover moves these slots elsewhere
+            elif isinstance(reply, ResponseError) and str(reply).split()[0] in ("MOVED", "ASK"):
+                try:
+                    replies[index] = await self(*calls[index])
+                except (ResponseError, RedisConnectionError, RedisTimeoutError) as exc:
+                    replies[index] = exc
+        return replies
 
     def _on(self, node: RedisPipeline) -> PipelinedScript:
         script = self._on_node.get(id(node))

@@ -50,6 +50,18 @@ class ScriptRunner(Protocol):
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any: ...
 
 
+ScriptCall = tuple[Sequence[Arg], Sequence[Arg]]  # one call's keys and args
+
+
+class BatchScriptRunner(ScriptRunner, Protocol):
+    """A script runner that also sends many calls in one round trip (per Redis node)."""
+
+    async def many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Each call's reply, in order. A call that failed (an error reply, a connection
+        lost or not made) has its exception in its place instead: never raised."""
+        ...
+
+
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP, an array of bulk strings, encoded by hiredis in C (a third of
     the time a Python loop takes: 0.8 against 2.5 us for an admission's EVALSHA)."""
@@ -178,6 +190,34 @@ class RedisPipeline:
             # Demoted by a failover: ask the sentinels again on the next call.
             stream.fail(RedisConnectionError(f"Redis is a replica now: {exc}"))
             raise RedisConnectionError(f"Redis is a replica now: {exc}") from None
+
+    async def call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send ``commands`` back to back in one write; their replies in order.
+
+        A command that failed (an error reply, a lost connection) has its exception in
+        its place: the others' replies are not lost with it.
+        """
+        try:
+            stream = self._stream
+            if stream is None or stream.lost:
+                stream = await self._connected()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            return [exc] * len(commands)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for args in commands:  # no await in between: they all leave in the same write
+            future: asyncio.Future[Any] = loop.create_future()
+            stream.send(encode_command(args), future)
+            futures.append(future)
+        replies: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
+        if self._locator is not None and any(_readonly(reply) for reply in replies):
+            # Demoted by a failover: ask the sentinels again on the next call.
+            stream.fail(RedisConnectionError("Redis is a replica now"))
+            replies = [
+                RedisConnectionError(f"Redis is a replica now: {r}") if _readonly(r) else r
+                for r in replies
+            ]
+        return replies
 
     def _switched(self, master: Address) -> None:
         """The sentinels named a new master: leave the old one now, even if it still
@@ -330,3 +370,31 @@ class PipelinedScript:
         logger.debug("Redis had no copy of script %s: loading it", self.sha)
         await self.pipeline.call("SCRIPT", "LOAD", self.source)
         return await self.pipeline.call(*command)
+
+    async def many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Every call as EVALSHA in one write, replies in order (see BatchScriptRunner)."""
+        commands = [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await self.pipeline.call_many(commands)
+        lost = [i for i, reply in enumerate(replies) if _noscript(reply)]
+        if not lost:
+            return replies
+        # Redis lost the script (SCRIPT FLUSH): those calls did not run; run them again.
+        logger.debug("Redis had no copy of script %s: loading it", self.sha)
+        try:
+            await self.pipeline.call("SCRIPT", "LOAD", self.source)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            for index in lost:
+                replies[index] = exc
+            return replies
+        again = await self.pipeline.call_many([commands[i] for i in lost])
+        for index, reply in zip(lost, again, strict=True):
+            replies[index] = reply
+        return replies
+
+
+def _readonly(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("READONLY ")
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")

@@ -23,10 +23,12 @@ from taskhub.monitoring import request_id
 from taskhub.monitoring.dashboard import Dashboard
 from taskhub.monitoring.exporter import QueueDepth
 from taskhub.monitoring.metrics import RequestMetrics
+from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder
 from taskhub.store.outage import OutageLog
 from taskhub.web.admin import PREFIX as ADMIN_PREFIX
 from taskhub.web.admin import WEIGHTS_PREFIX, LimitsEndpoint, WeightsEndpoint
+from taskhub.web.batch import SubmitBatch
 from taskhub.web.dashboard import DashboardEndpoints
 from taskhub.web.docs import ApiDocs
 from taskhub.web.openapi import build_spec
@@ -53,6 +55,9 @@ PROTOCOL_ERRORS = {
 }
 
 
+SUBMITS = ("/task", "/tasks")  # what the request counters count
+
+
 @dataclass(frozen=True)
 class ApiParts:
     """What the API serves, built by the kernel for a server process."""
@@ -68,6 +73,7 @@ class ApiParts:
     queue_depth: QueueDepth | None = None
     traffic: TrafficRecorder | None = None  # None: the dashboard is off
     limits_admin: LimitsAdmin | None = None  # None: the admin endpoint is off
+    schedules: ScheduleBoard | None = None  # None: no schedules (or no dashboard)
 
 
 class HttpApi:
@@ -124,7 +130,7 @@ class HttpApi:
 
     def _count(self, request: HttpRequest, status: int, code: str) -> None:
         """A submission that failed before or around the endpoint still counts."""
-        if self.metrics is None or request.method != "POST" or request.path != "/task":
+        if self.metrics is None or request.method != "POST" or request.path not in SUBMITS:
             return
         if status >= 500:
             self.metrics.error.inc()
@@ -147,6 +153,7 @@ def build_api(parts: ApiParts) -> HttpApi:
         traffic=parts.traffic,
     )
     router.add("POST", "/task", submit)
+    router.add("POST", "/tasks", SubmitBatch(submit, options.batch_limit))
     # Job status and the dashboard read the queue: an outage is logged once for both.
     reads = OutageLog(READS, logger)
     jobs = JobEndpoints(parts.queue, parts.authenticator, retry_after_s, reads)
@@ -159,6 +166,7 @@ def build_api(parts: ApiParts) -> HttpApi:
         metrics=settings.metrics.enabled,
         admin=parts.limits_admin is not None,
         dashboard=settings.dashboard.enabled,
+        batch_limit=options.batch_limit,
     )
     docs = ApiDocs(spec)
     router.add("GET", "/openapi.json", docs.openapi)
@@ -177,7 +185,7 @@ def build_api(parts: ApiParts) -> HttpApi:
     if settings.dashboard.enabled:
         assert parts.traffic is not None, "the dashboard needs the traffic recorder"
         dashboard = DashboardEndpoints(
-            Dashboard(parts.traffic, parts.queue, outage=reads),
+            Dashboard(parts.traffic, parts.queue, outage=reads, schedules=parts.schedules),
             settings.dashboard.token,
             retry_after_s,
             reads,

@@ -25,8 +25,9 @@ class Queued(_Body):
     status: Literal["queued"]
     job_id: str
     task: str
-    replayed: Literal[True] = Field(
-        True, description="present only when an Idempotency-Key named an existing job"
+    replayed: bool = Field(
+        False,
+        description="true, and present, only when an Idempotency-Key named an existing job",
     )
 
 
@@ -123,3 +124,48 @@ class WeightRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     weight: int = Field(ge=1, le=MAX_WEIGHT, description="jobs the user takes per turn")
+
+
+# ``POST /tasks``: one result per item, in the order of the items.
+
+
+class BatchQueued(Queued):
+    """The item's job is stored (or, replayed, was already)."""
+
+
+class BatchRateLimited(_Body):
+    """A rate-limit rule refused the item: nothing charged or queued for it."""
+
+    status: Literal["rate_limited"]
+    error: Literal["rate_limited"]
+    message: str
+    policy: str = Field(description="the refusing rule with the longest wait")
+    refused_by: list[str] = Field(description="every refusing rule")
+    retry_after: int = Field(ge=1, description="seconds until this item could pass")
+
+
+class BatchRefused(_Body):
+    """The item was not decided or not queued: nothing charged or queued for it.
+
+    ``invalid``: its problems, as a single ``POST /task`` would get them in a 422
+    (``error`` is ``invalid_request``, ``invalid_body``, ``invalid_idempotency_key``,
+    or ``forbidden`` for a user the API key may not submit for). ``queue_full``:
+    the queue is at ``queue.max_depth``. ``unavailable``: its Redis (a cluster
+    node) could not be reached while the others could.
+    """
+
+    status: Literal["invalid", "queue_full", "unavailable"]
+    error: str = Field(description="the code a single POST /task would answer with")
+    message: str
+    problems: list[FieldProblem] = Field(
+        default_factory=list, description="invalid only: one entry per invalid field"
+    )
+    retry_after: int = Field(
+        1, ge=1, description="queue_full and unavailable only: seconds to wait"
+    )
+
+
+class BatchResults(_Body):
+    """200 from ``POST /tasks``: one result per item, in the order of the items."""
+
+    results: list[BatchQueued | BatchRateLimited | BatchRefused]

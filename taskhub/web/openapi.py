@@ -16,12 +16,15 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from taskhub.jobs import MAX_WAIT
 from taskhub.limits.admin import LimitsReset, LimitsShown
 from taskhub.monitoring.dashboard import Summary
 from taskhub.monitoring.request_id import HEADER as REQUEST_ID
 from taskhub.monitoring.request_id import MAX_LENGTH as REQUEST_ID_LENGTH
 from taskhub.version import __version__
+from taskhub.web.batch import BatchItem
 from taskhub.web.models import (
+    BatchResults,
     Conflict,
     Error,
     Health,
@@ -48,6 +51,7 @@ METHODS = ("get", "post", "put", "delete")
 
 RESPONSE_MODELS: tuple[type[Any], ...] = (
     Queued,
+    BatchResults,
     Error,
     RateLimited,
     Job,
@@ -153,13 +157,71 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
 
 
 JOB_ID = _path_param("job_id", "the id POST /task answered with")
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "seconds to wait for the job to settle (plain decimal, given once); "
+    "a client that hangs up stops the wait",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT},
+}
 ADMIN_AUTH = {"type": "http", "scheme": "bearer", "description": "limits.admin.token"}
 DASHBOARD_AUTH = {"type": "http", "scheme": "bearer", "description": "dashboard.token"}
 NOT_FOUND = _response("no such job, or it has expired", Error)
 STORE_DOWN = _unavailable("Redis is unreachable")
 
 
-def _paths() -> dict[str, Any]:
+ANY_ITEM = {"description": "anything else: answered invalid, with its problems, in its place"}
+
+
+def _batch(limit: int) -> dict[str, Any]:
+    """``POST /tasks``: its items are ``POST /task`` bodies, each with its own key."""
+    body = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": limit,
+                "description": f"at most server.batch_limit ({limit}) tasks, decided in order",
+                # Any other value is not refused: it is answered invalid in its place.
+                "items": {"anyOf": [{"$ref": REF.format(model="BatchItem")}, ANY_ITEM]},
+            }
+        },
+    }
+    return {
+        "summary": "Submit several tasks",
+        "description": (
+            "Each item is decided as POST /task decides one, in order, each seeing the "
+            "charges of those before it, in one round trip to Redis. A bad item is "
+            "answered invalid and does not spoil the others; nothing is charged or "
+            "queued for an item that is not queued. The rate-limit headers are those "
+            "of the last item decided."
+        ),
+        "operationId": "submitTasks",
+        "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
+        "responses": {
+            "200": _response("one result per item, in order", BatchResults, headers=RATE_HEADERS),
+            "400": _response(
+                "the body is not JSON or not an object; an Idempotency-Key header (keys go "
+                "in the items)",
+                Error,
+            ),
+            "413": _response(
+                "more tasks than server.batch_limit (batch_too_large), or the body is over "
+                "server.body_limit",
+                Error,
+            ),
+            "415": _response("a Content-Type that is not JSON", Error),
+            "422": _response("tasks is missing, not a list or empty; an unknown field", Error),
+            "503": _unavailable("Redis is unreachable: nothing was decided"),
+        },
+    }
+
+
+def _paths(batch_limit: int) -> dict[str, Any]:
     submit = {
         "summary": "Submit a task",
         "description": "Spends the user's rate limit and stores the job, in one step.",
@@ -202,15 +264,27 @@ def _paths() -> dict[str, Any]:
     job_state = _response("the job's state", Job)
     status = {
         "summary": "A job's state",
+        "description": "With `wait`, the answer comes as soon as the job settles (complete, "
+        "failed or aborted), or after `wait` seconds with its state then: no polling.",
         "operationId": "getTask",
-        "responses": {"200": job_state, "404": NOT_FOUND, "503": STORE_DOWN},
+        "parameters": [WAIT],
+        "responses": {
+            "200": job_state,
+            "404": NOT_FOUND,
+            "422": _response("`wait` is not a number of seconds within its bounds", Error),
+            "503": STORE_DOWN,
+        },
     }
     abort = {
         "summary": "Abort a job",
         "operationId": "abortTask",
         "responses": {
             "200": _response("it was waiting: aborted", Job),
-            "202": _response("it is running: its worker cancels it within about a second", Job),
+            "202": _response(
+                "it is running: it ends aborted, never retried, whatever its handler does; "
+                "its worker cancels it within about a second",
+                Job,
+            ),
             "404": NOT_FOUND,
             "409": _response("it had already finished; left as it was", Conflict),
             "503": STORE_DOWN,
@@ -253,6 +327,7 @@ def _paths() -> dict[str, Any]:
     }
     return {
         "/task": {"post": submit},
+        "/tasks": {"post": _batch(batch_limit)},
         "/task/{job_id}": {"parameters": [JOB_ID], "get": status, "delete": abort},
         "/health": {"get": health},
         "/ready": {"get": ready},
@@ -285,7 +360,7 @@ def _secure(paths: dict[str, Any]) -> None:
     )
     forbidden = _response("the key is bound to another user than the body's user_id", Error)
     task, job = paths["/task"], paths["/task/{job_id}"]
-    for operation in (task["post"], job["get"], job["delete"]):
+    for operation in (task["post"], paths["/tasks"]["post"], job["get"], job["delete"]):
         operation["security"] = [{SECURITY_SCHEME: []}]
         operation["responses"]["401"] = unauthorized
     task["post"]["responses"]["403"] = forbidden
@@ -448,20 +523,23 @@ def build_spec(
     metrics: bool = True,
     admin: bool = False,
     dashboard: bool = False,
+    batch_limit: int = 100,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API as configured.
 
     ``security_scheme`` is the configured authenticator's (None: no authentication);
     ``metrics``, ``admin`` and ``dashboard`` say whether ``GET /metrics``,
-    ``/admin/limits/{key}`` (and ``/admin/weights/{user_id}``) and ``/dashboard`` are served.
+    ``/admin/limits/{key}`` (and ``/admin/weights/{user_id}``) and ``/dashboard`` are
+    served; ``batch_limit`` is how many tasks ``POST /tasks`` takes.
     """
     adapters: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
         ("TaskRequest", "validation", TypeAdapter(TaskRequest)),
+        ("BatchItem", "validation", TypeAdapter(BatchItem)),
         ("WeightRequest", "validation", TypeAdapter(WeightRequest)),
     ]
     adapters += [(m.__name__, "serialization", TypeAdapter(m)) for m in RESPONSE_MODELS]
     _, schemas = TypeAdapter.json_schemas(adapters, ref_template=REF)
-    paths = _paths()
+    paths = _paths(batch_limit)
     if not metrics:
         del paths["/metrics"]
     components: dict[str, Any] = {"schemas": schemas.get("$defs", {}), "headers": HEADERS}

@@ -124,7 +124,7 @@ class SubmissionParser:
         try:
             request = TaskRequest.model_validate_json(body)
         except ValidationError as exc:
-            raise _request_error(exc) from None
+            raise request_error(exc) from None
         name = request.task or self.default_task
         spec = self.tasks.get(name)
         if spec is None:
@@ -181,7 +181,8 @@ def rfc3339(text: str) -> float | None:
         return None
 
 
-def _request_error(exc: ValidationError) -> SubmissionError:
+def request_error(exc: ValidationError) -> SubmissionError:
+    """400 for a body that is not JSON or not an object, else a 422 naming each field."""
     errors = exc.errors(include_url=False)
     first = errors[0]
     if first["type"] == "json_invalid":

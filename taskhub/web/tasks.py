@@ -1,4 +1,5 @@
-"""The task endpoints: ``POST /task`` (admit or refuse), ``GET`` and ``DELETE /task/{id}``.
+"""The task endpoints: ``POST /task`` (admit or refuse), ``GET`` and ``DELETE /task/{id}``
+(``GET /task/{id}?wait=N`` answers once the job settles, or after N seconds).
 
 The submission path is: authentication when ``auth`` is on (401), content type
 (415), parse and validate (400/422), the key's bound user (403), then one
@@ -33,6 +34,7 @@ from taskhub.web.submission import (
     idempotent_job_id,
     unstorable_payload,
 )
+from taskhub.web.waiting import HungUp, unless_hung_up, wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +84,42 @@ class SubmitTask:
     def rejected(self, exc: SubmissionError) -> HttpResponse:
         return self.refused(exc.code, json_response(exc.status, exc.body()))
 
-    async def __call__(self, request: HttpRequest) -> HttpResponse:
-        headers = request.headers
-        bound = None
+    def screen(self, request: HttpRequest) -> HttpResponse | Principal | None:
+        """Authentication (401) and content type (415): the refusal, else who asks."""
+        principal = None
         if self.auth is not None:
             principal = self.auth(request)
             if isinstance(principal, HttpResponse):
                 return self.refused("unauthorized", principal)
-            bound = principal.user_id
-        content_type = headers.get("content-type")
+        content_type = request.headers.get("content-type")
         if content_type is not None and not is_json_media_type(content_type):
             code = "unsupported_media_type"
             message = "send the body as application/json"
             return self.refused(code, error_response(415, code, message))
+        return principal
+
+    def sender(self, request: HttpRequest) -> tuple[str, Mapping[str, str]]:
+        """The client's IP and the headers the rules key on (empty when none does)."""
+        headers = request.headers
+        client_address = self.client_address
+        client_ip = (
+            client_address.resolve(request.client, headers.get("x-forwarded-for"))
+            if client_address is not None
+            else ""
+        )
+        keyed = (
+            {name: headers.get(name) or "" for name in self.header_names}
+            if self.header_names
+            else NO_HEADERS
+        )
+        return client_ip, keyed
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        headers = request.headers
+        principal = self.screen(request)
+        if isinstance(principal, HttpResponse):
+            return principal
+        bound = None if principal is None else principal.user_id
         try:
             submission = self.parser.parse(request.body)
             job_id = idempotent_job_id(submission.user_id, headers.get("idempotency-key"))
@@ -102,21 +127,8 @@ class SubmitTask:
             return self.rejected(exc)
         if bound is not None and bound != submission.user_id:
             return self.refused("forbidden", forbidden(bound, submission.user_id))
-        client_address = self.client_address
-        context = RequestContext(
-            user_id=submission.user_id,
-            task=submission.spec.name,
-            client_ip=(
-                client_address.resolve(request.client, headers.get("x-forwarded-for"))
-                if client_address is not None
-                else ""
-            ),
-            headers=(
-                {name: headers.get(name) or "" for name in self.header_names}
-                if self.header_names
-                else NO_HEADERS
-            ),
-        )
+        client_ip, keyed = self.sender(request)
+        context = RequestContext(submission.user_id, submission.spec.name, client_ip, keyed)
         metrics = self.metrics
         started = time.perf_counter()
         try:
@@ -146,6 +158,16 @@ class SubmitTask:
 def decision_response(decision: Decision, task: str, full_retry_after: int) -> HttpResponse:
     """200 queued (or replayed), 429 refused, 503 queue full: each with its rate-limit headers."""
     headers = rate_limit_headers(decision)
+    status, body = decision_body(decision, task)
+    if status == 503:
+        headers["Retry-After"] = str(full_retry_after)
+    elif "replayed" in body:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(status, body, headers)
+
+
+def decision_body(decision: Decision, task: str) -> tuple[int, dict[str, Any]]:
+    """A decision's status and body, as ``POST /task`` answers and ``POST /tasks`` lists."""
     outcome = decision.outcome
     if outcome is Outcome.REFUSED:
         wait = retry_after(decision)
@@ -158,15 +180,13 @@ def decision_response(decision: Decision, task: str, full_retry_after: int) -> H
             "refused_by": [r.name for r in decision.refusing],
             "retry_after": wait,
         }
-        return json_response(429, body, headers)
+        return 429, body
     if outcome is Outcome.FULL:
-        headers["Retry-After"] = str(full_retry_after)
-        return error_response(503, "queue_full", "the queue is full; retry shortly", headers)
+        return 503, {"error": "queue_full", "message": "the queue is full; retry shortly"}
     body = {"status": "queued", "job_id": decision.job_id, "task": task}
     if outcome is Outcome.DUPLICATE:
         body["replayed"] = True
-        headers["Idempotent-Replayed"] = "true"
-    return json_response(200, body, headers)
+    return 200, body
 
 
 class JobEndpoints:
@@ -203,11 +223,27 @@ class JobEndpoints:
         return job
 
     async def status(self, request: HttpRequest, job_id: str) -> HttpResponse:
+        """The job's state; with ``?wait=N``, once it settles or after N seconds."""
         principal = self.principal(request)
         if isinstance(principal, HttpResponse):
             return principal
+        wait = wait_seconds(request.query) if request.query else None
+        if isinstance(wait, HttpResponse):
+            return wait
         job = await self.visible(principal, job_id)
-        return job if isinstance(job, HttpResponse) else json_response(200, job.to_json())
+        if isinstance(job, HttpResponse) or wait is None or job.status.finished:
+            return job if isinstance(job, HttpResponse) else json_response(200, job.to_json())
+        try:
+            waited = await unless_hung_up(
+                self.outage.call(self.queue.wait(job_id, wait)), request.hung_up
+            )
+        except BackendUnavailable:
+            return unavailable(self.retry_after_s)
+        except HungUp:
+            return error_response(499, "client_closed_request", "the client closed the connection")
+        if waited is None:  # gone meanwhile (expired or purged)
+            return not_found()
+        return json_response(200, waited.to_json())
 
     async def abort(self, request: HttpRequest, job_id: str) -> HttpResponse:
         principal = self.principal(request)

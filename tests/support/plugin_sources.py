@@ -80,9 +80,25 @@ class Broken(TaskHandler):
         return "fixed"
 
 
+class Deaf(TaskHandler):
+    '''Ignores its first cancellation (an abort) and sleeps on; notes each attempt.'''
+
+    name = "deaf"
+
+    async def run(self, task: Task) -> str:
+        with open(f"attempts-{task.job_id}", "a") as times:
+            times.write(f"{time.time()}\\n")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(3600)
+        return "never"
+
+
 @hookimpl
 def register_handlers(register):
-    for handler in (Sleepy, Flaky, Later, Broken):
+    for handler in (Sleepy, Flaky, Later, Broken, Deaf):
         register(handler)
 """
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -94,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
         "client",
         "closing",
         "deadline",
+        "gone",
         "head_seen",
         "head_size",
         "headers",
@@ -133,6 +135,7 @@ class HttpConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()  # read and not yet answered, in order
         self.runner: asyncio.Task[None] | None = None  # the connection's task
         self.waiter: asyncio.Future[None] | None = None  # its wait for the next request
+        self.gone: asyncio.Future[None] | None = None  # done once the client hangs up
         self.paused = False  # reading paused until the queue is answered
         self.blocked: asyncio.Future[None] | None = None  # the client reads too slowly
         self.closing = False  # read nothing more; close once the queue is answered
@@ -155,11 +158,21 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.transport = None
-        for future in (self.blocked, self.waiter):
+        for future in (self.blocked, self.waiter, self.gone):
             if future is not None and not future.done():
                 future.set_result(None)
         if not self.busy:  # else the task forgets it once its request is done
             self.shared.forget(self)
+
+    def hung_up(self) -> Awaitable[None]:
+        """Done once the client has gone (see :attr:`HttpRequest.hung_up`): requests run
+        to the end otherwise, so only a long wait asks."""
+        gone = self.gone
+        if gone is None:
+            gone = self.gone = asyncio.get_running_loop().create_future()
+            if self.lost:
+                gone.set_result(None)
+        return asyncio.shield(gone)  # a waiter that stops cancels its own, not this one
 
     def pause_writing(self) -> None:
         if self.blocked is None:
@@ -244,7 +257,13 @@ class HttpConnection(asyncio.Protocol):
             path, query = parsed.path or b"/", parsed.query or b""
         headers = self.headers
         self.request = HttpRequest(
-            method, path.decode("latin-1"), headers, b"", query.decode("latin-1"), self.client
+            method,
+            path.decode("latin-1"),
+            headers,
+            b"",
+            query.decode("latin-1"),
+            self.client,
+            self.hung_up,
         )
         length = headers.get("content-length")
         if length is not None and int(length) > self.shared.limits.body_limit:

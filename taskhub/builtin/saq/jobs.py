@@ -7,6 +7,8 @@ read again), so an abort or a retry can never undo a worker's concurrent write.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -21,7 +23,14 @@ from saq.job import Job, Status
 from saq.utils import now
 
 from taskhub.builtin.saq.line import FAIR
-from taskhub.builtin.saq.redis_queue import SEEN_MS, Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq.redis_queue import (
+    ABORT_REQUESTED,
+    SEEN_MS,
+    Fence,
+    HardenedRedisQueue,
+    Move,
+)
+from taskhub.builtin.saq.settled import MARKER_TTL_MS, SettledReader
 from taskhub.jobs import AbortOutcome, AbortResult, JobInfo, JobStatus, QueueSnapshot, WorkerStatus
 
 # Ids taskhub hands out are uuid4 hex; anything outside this never names a job.
@@ -29,11 +38,12 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Reads before a change gives up when every attempt lost a race (a job cannot change
 # state that often in a row unless something is badly wrong).
 CAS_ROUNDS = 10
-ABORT_REQUESTED = "aborted by request"
 # The job's ``meta`` entry marking a job submitted with a delay (its ``scheduled`` is its run_at).
 DELAYED = "delayed"
 # Users the snapshot lists by queued jobs, with fairness user.
 TOP_USERS = 5
+# States a job leaves no more: what a waiter waits for.
+SETTLED = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
 
 
 def moment(ms: float) -> datetime | None:
@@ -78,6 +88,41 @@ async def read(queue: HardenedRedisQueue, job_id: str) -> tuple[Job, bytes] | No
 async def status(queue: HardenedRedisQueue, job_id: str) -> JobInfo | None:
     found = await read(queue, job_id)
     return job_info(found[0]) if found else None
+
+
+async def wait(
+    queue: HardenedRedisQueue, reader: SettledReader, job_id: str, timeout: float
+) -> JobInfo | None:
+    """The job once it settles, or its state after ``timeout`` seconds; None: no such job.
+
+    Registered with the reader before the marker is set and the job read (one round
+    trip): see :mod:`taskhub.builtin.saq.settled` for why no wake-up is lost.
+    """
+    if not JOB_ID.fullmatch(job_id):
+        return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    key = queue.job_id(job_id)
+    woken = reader.register(key.encode())
+    try:
+        await reader.positioned()
+        async with queue.redis.pipeline(transaction=False) as pipe:
+            pipe.set(queue.waiting_prefix + job_id, 1, px=MARKER_TTL_MS)
+            pipe.get(key)
+            _, raw = await pipe.execute()
+        job = None if raw is None else queue.deserialize(raw)
+        if job is None or job.status in SETTLED:
+            return None if job is None else job_info(job)
+        settled: bytes | None = None
+        with contextlib.suppress(TimeoutError):
+            settled = await asyncio.wait_for(woken, max(0.0, deadline - loop.time()))
+    finally:
+        reader.release(key.encode(), woken)
+    raw = await queue.redis.get(key)
+    if raw is None:  # gone as it settled (ttl -1): as the step left it
+        raw = settled
+    job = None if raw is None else queue.deserialize(raw)
+    return None if job is None else job_info(job)
 
 
 async def abort(queue: HardenedRedisQueue, job_id: str) -> AbortResult:

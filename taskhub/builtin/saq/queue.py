@@ -39,6 +39,7 @@ from taskhub.builtin.saq import jobs as saq_jobs
 from taskhub.builtin.saq.jobs import DELAYED, job_info
 from taskhub.builtin.saq.line import LINE_LUA
 from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueue
+from taskhub.builtin.saq.settled import BLOCK_S, SettledReader
 from taskhub.builtin.saq.worker import HubWorker
 from taskhub.jobs import MAX_USER_ID, MAX_WEIGHT, AbortOutcome, AbortResult, JobInfo
 from taskhub.monitoring import request_id
@@ -166,6 +167,8 @@ class SaqQueue(QueueBackend):
         super().__init__(config)
         self._lay_out(Shards(self.config.shards, self.config.shard_by, self.config.name))
         self._jobs: list[HardenedRedisQueue] = []
+        self._context: PluginContext | None = None
+        self._readers: dict[int, SettledReader] = {}  # by shard, made on the first wait
 
     def _lay_out(self, shards: Shards) -> None:
         self.shards = shards
@@ -315,10 +318,42 @@ class SaqQueue(QueueBackend):
     async def open(self, context: PluginContext) -> None:
         # They share the process's client; the kernel closes it.
         self._jobs = [self.redis_queue(context.redis, i) for i in range(self.shards.count)]
+        self._context = context  # waits read with clients of their own
+
+    async def close(self) -> None:
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            await reader.close()
 
     async def status(self, job_id: str) -> JobInfo | None:
         queue = self._queue_of(job_id)
         return None if queue is None else await redis_call(saq_jobs.status(queue, job_id))
+
+    async def wait(self, job_id: str, timeout: float) -> JobInfo | None:
+        shard = self.shards.shard_of(job_id)
+        if shard is None:
+            return None
+        queue = self._queues()[shard]
+        return await redis_call(saq_jobs.wait(queue, self._reader(shard), job_id, timeout))
+
+    def waiting(self) -> int:
+        """Waiters in this process, over every shard (tests and benchmarks count them)."""
+        return sum(reader.waiting for reader in self._readers.values())
+
+    def _reader(self, shard: int) -> SettledReader:
+        reader = self._readers.get(shard)
+        if reader is None:
+            context = self._context
+            if context is None:
+                raise RuntimeError("the queue is not open")
+
+            def connect() -> Redis:
+                assert context is not None
+                return context.connect_redis(blocking_timeout=BLOCK_S)
+
+            stream = self._queues()[shard].settled_key
+            reader = self._readers[shard] = SettledReader(stream, connect, self._names[shard])
+        return reader
 
     async def abort(self, job_id: str) -> AbortResult:
         queue = self._queue_of(job_id)

@@ -23,7 +23,9 @@ Here:
   nor applies it twice (a late copy of the lost call is such a repeat too);
 - dead letters (jobs out of attempts) are indexed in ``saq:<queue>:dead``;
 - nothing is published: taskhub reads job state and never subscribes (and a
-  Redis Cluster would broadcast every PUBLISH to every node).
+  Redis Cluster would broadcast every PUBLISH to every node); a job someone
+  waits for (a marker key) is added to the shard's ``settled`` stream by the
+  step that settles it, which each process reads with one blocking XREAD.
 
 An unreachable Redis makes upkeep skip a round and log once, never spin.
 """
@@ -64,12 +66,17 @@ HOLDS = "holds"
 SEEN_MS = "seen_ms"
 # The job's ``meta`` entry with the id of the request that submitted it.
 REQUEST_ID = "request_id"
+# The error of a job aborted by request (DELETE /task/{id}).
+ABORT_REQUESTED = "aborted by request"
 WORKER_LOST = "worker lost: no heartbeat for {:g} s"
 # Job's fields with their defaults, and all their values at once (see serialize).
 JOB_FIELDS = tuple((field.name, field.default) for field in dataclasses.fields(Job))
 JOB_VALUES = operator.attrgetter(*(name for name, _ in JOB_FIELDS))
 # Script calls a worker keeps on the wire at once (see HardenedRedisQueue._flush).
 STEPS_IN_FLIGHT = 2
+# Entries kept in a shard's stream of settled jobs that someone waits for (trimmed
+# approximately): far more than settle within one reader's round trip.
+SETTLED_MAXLEN = 10_000
 
 
 STEP_LUA = (
@@ -77,14 +84,17 @@ STEP_LUA = (
     + f"""
 -- Many jobs in one round trip: the fenced transitions that callers asked for since
 -- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
--- KEYS: active, queued, incomplete, heartbeats, dead, then the job of each transition
--- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', fairness ('none' or 'user'), then per
---   transition three:
---   'fence-kind action ttl-ms score stale-ms' (one string: fewer arguments to pack
---   for the client, a cost per argument), the fence, the new json
--- Returns {{{{1 (done), 0 (fence lost) or an error text, per transition}}, {{id, job, ...}}}}.
+-- KEYS: active, queued, incomplete, heartbeats, dead, settled, then the job of each
+--   transition
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', the waiting markers' prefix, fairness
+--   ('none' or 'user'), then per transition three: 'fence-kind action ttl-ms score
+--   stale-ms' (one string: fewer arguments to pack for the client, a cost per
+--   argument), the fence, the new json
+-- Returns {{{{1 (done), 0 (fence lost), 2 (abort requested: a run's outcome refused)
+-- or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local L = line_of(queued, ARGV[3] == '{FAIR}')
+local settled, waiting = KEYS[6], ARGV[3]
+local L = line_of(queued, ARGV[4] == '{FAIR}')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -99,10 +109,17 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
   if not current then return 0 end
   -- The job is exactly as this transition leaves it: a repeat, by a caller whose reply
   -- was lost, or the lost call itself arriving late. It happened once: change nothing.
-  if current == new then return 1 end
-  if kind == 'run' then
+  -- Not so for a move that leaves the job's record as the caller read it (new equals
+  -- the stored-bytes fence: a taken job put back unclaimed): only its lists say whether
+  -- it happened, so it is done under its fence (taken as a repeat, such a job stayed in
+  -- the active list for good, "re-queued" by every sweep).
+  if current == new and new ~= fence then return 1 end
+  local run = kind == 'run' or kind == 'stop'
+  if run then
     local j = cjson.decode(current)
     if tostring(j.worker_id) .. ':' .. tostring(j.attempts) ~= fence then return 0 end
+    -- An abort was requested while it ran: only the abort may end this run.
+    if kind == 'run' and j.status == 'aborting' then return 2 end
   elseif current ~= fence then
     return 0
   end
@@ -127,7 +144,7 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
     redis.call('LREM', active, 0, job)
     -- A run is never also queued (claims take only queued jobs), so a worker's own
     -- move skips scanning the queue, which costs O(queue length) per job.
-    if kind ~= 'run' then L.remove(job, user_of(new)) end
+    if not run then L.remove(job, user_of(new)) end
     redis.call('ZREM', beats, job)
     redis.call('ZREM', dead, job)
     if action == 'finish' or action == 'dead' then
@@ -144,6 +161,18 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
         redis.call('SET', job, new, 'PX', ttl)
       end
       if action == 'dead' then redis.call('ZADD', dead, score, job) end
+      -- Someone waits for this job (GET /task/{{id}}?wait=N): tell every process's
+      -- reader, with the job itself when it is gone (ttl -1). Unwatched: one EXISTS.
+      -- The marker is the job's id under the queue's namespace: in the job's slot.
+      if redis.call('EXISTS', waiting .. tostring(j.key)) == 1 then
+        if ttl < 0 then
+          redis.call('XADD', settled, 'MAXLEN', '~', {SETTLED_MAXLEN}, '*',
+            'job', job, 'status', tostring(j.status), 'data', new)
+        else
+          redis.call('XADD', settled, 'MAXLEN', '~', {SETTLED_MAXLEN}, '*',
+            'job', job, 'status', tostring(j.status))
+        end
+      end
     else
       redis.call('SET', job, new)
       if action == 'later' then
@@ -158,8 +187,8 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
 end
 
 local done = {{}}
-for i = 6, #KEYS do
-  local a = (i - 6) * 3 + 3
+for i = 7, #KEYS do
+  local a = (i - 7) * 3 + 4
   local kind, action, ttl, score, stale =
     string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
   local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
@@ -256,9 +285,20 @@ return removed
 
 
 class Fence(enum.StrEnum):
-    RUN = "run"  # the worker's own run: stored worker id and attempt must match
+    # The worker's own run: stored worker id and attempt must match, and no abort may
+    # have been requested meanwhile (else the move answers Moved.ABORTING, changing nothing).
+    RUN = "run"
+    STOP = "stop"  # as RUN, to end the run as aborted: whether or not one was requested
     STORED = "bytes"  # the stored job must be exactly what the caller read
     DEAD = "dead"  # as STORED, and the job must be in the dead-letter index
+
+
+class Moved(enum.IntEnum):
+    """What a transition did; falsy only when its fence was lost."""
+
+    LOST = 0  # the fence no longer holds: nothing changed
+    DONE = 1
+    ABORTING = 2  # Fence.RUN only: an abort was requested, so this outcome was refused
 
 
 class Move(enum.StrEnum):
@@ -296,13 +336,17 @@ class HardenedRedisQueue(RedisQueue):
         self.dead_letter_ttl = dead_letter_ttl
         self.beats_key = self.namespace("heartbeats")
         self.dead_key = self.namespace("dead")
+        # Waiting for a job to settle (taskhub.builtin.saq.settled): a marker per
+        # watched job, and the stream the settling step then adds the job to.
+        self.settled_key = self.namespace("settled")
+        self.waiting_prefix = self.namespace("waiting:")
         self._outage = OutageLog(f"Redis (queue {name!r})", logger)
         # Every job's steps go through one script call per batch: on the pipelined
         # connection when there is one (a worker's), else on redis-py.
         self._step: ScriptCall = (
             scripts.script(STEP_LUA) if scripts is not None else redis.register_script(STEP_LUA)
         )
-        self._moves: list[tuple[str, list[Any], asyncio.Future[bool]]] = []
+        self._moves: list[tuple[str, list[Any], asyncio.Future[Moved]]] = []
         self._takers: list[asyncio.Future[tuple[bytes, bytes] | None]] = []
         self._in_flight = 0  # script calls on the wire
         self._flush_due = False
@@ -313,6 +357,9 @@ class HardenedRedisQueue(RedisQueue):
         self._due = redis.register_script(SCHEDULE_LUA)
         # Told of each job the sweep recovered: (task, how it was moved). Set by metrics.
         self.on_recovered: Callable[[str, Move], None] | None = None
+        # Awaited once for each job this queue made a dead letter, whoever asked (a
+        # worker's last failed attempt, the sweep's lost last attempt): the sinks' report.
+        self.on_dead: Callable[[Job], Awaitable[None]] | None = None
 
     def serialize(self, job: Job) -> bytes | str:
         """The bytes of SAQ's ``serialize`` (fields left at their default are left out),
@@ -401,7 +448,7 @@ class HardenedRedisQueue(RedisQueue):
         job.worker_id = worker_id
         job.scheduled = 0
         job.status = Status.ACTIVE
-        return await self.move(job, Move.CLAIM, Fence.STORED, raw, persist=persist)
+        return bool(await self.move(job, Move.CLAIM, Fence.STORED, raw, persist=persist))
 
     def lease(self, job: Job) -> float:
         """Seconds without a heartbeat before the sweep may take ``job`` from its worker."""
@@ -425,7 +472,7 @@ class HardenedRedisQueue(RedisQueue):
         score: float = 0,
         stale_ms: int = -1,
         persist: float = 0,
-    ) -> bool:
+    ) -> Moved:
         """Write ``job`` and move it as ``move`` says, if ``fence`` still holds.
 
         ``persist``: seconds to keep asking, the very same transition, while Redis is
@@ -438,7 +485,7 @@ class HardenedRedisQueue(RedisQueue):
         args = [head, expected, self.serialize(job)]
         deadline = asyncio.get_running_loop().time() + persist
         while True:
-            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[Moved] = asyncio.get_running_loop().create_future()
             self._moves.append((job.id, args, done))
             self._start_flush()
             try:
@@ -451,6 +498,8 @@ class HardenedRedisQueue(RedisQueue):
                 continue
             if persist:
                 self._outage.succeeded()
+            if move is Move.DEAD and moved is Moved.DONE and self.on_dead is not None:
+                await self.on_dead(job)  # once: a repeat of this call is never reported
             return moved
 
     # ------------------------------------------------------------------ batching
@@ -498,13 +547,20 @@ class HardenedRedisQueue(RedisQueue):
 
     async def _send(
         self,
-        moves: list[tuple[str, list[Any], asyncio.Future[bool]]],
+        moves: list[tuple[str, list[Any], asyncio.Future[Moved]]],
         takers: list[asyncio.Future[tuple[bytes, bytes] | None]],
     ) -> None:
-        keys = [self._active, self._queued, self._incomplete, self.beats_key, self.dead_key]
+        keys = [
+            self._active,
+            self._queued,
+            self._incomplete,
+            self.beats_key,
+            self.dead_key,
+            self.settled_key,
+        ]
         try:
             pop = "LMOVE" if await self.version() >= (6, 2, 0) else "RPOPLPUSH"
-            args: list[Any] = [len(takers), pop, self.fairness]
+            args: list[Any] = [len(takers), pop, self.waiting_prefix, self.fairness]
             for job_id, job_args, _ in moves:
                 keys.append(job_id)
                 args.extend(job_args)
@@ -523,7 +579,7 @@ class HardenedRedisQueue(RedisQueue):
             if isinstance(result, bytes):
                 done.set_exception(ResponseError(result.decode(errors="replace")))
             else:
-                done.set_result(bool(result))
+                done.set_result(Moved(result))
         pairs = list(zip(taken[::2], taken[1::2], strict=True))
         for index, future in enumerate(takers):
             job = pairs[index] if index < len(pairs) else None
@@ -578,7 +634,7 @@ class HardenedRedisQueue(RedisQueue):
         else:
             job.status, job.error, job.completed, job.worker_id = Status.FAILED, lost, now(), None
             move, outcome = Move.DEAD, f"{attempt} was its last: now a dead letter"
-        moved = await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms)
+        moved = bool(await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms))
         if moved:
             if self.on_recovered is not None:
                 self.on_recovered(job.function, move)

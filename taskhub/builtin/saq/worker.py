@@ -13,7 +13,9 @@ keeping it anywhere. Here each outcome is one fenced transition
   attempts remain, then a dead letter with its traceback;
 - shutdown: what does not finish within the grace period goes back to the head
   of the queue with its attempt given back;
-- an abort request: cancelled and finished as aborted.
+- an abort request: cancelled and finished as aborted, whatever the handler then does
+  (it wins over any outcome that reaches Redis after it; a handler that ignores the
+  cancellation is waited for until its timeout at most).
 
 While it runs, the worker beats for every job it holds (``heartbeat / 3``), so a
 live job is never swept and a dead worker's jobs are found within ``heartbeat``
@@ -44,7 +46,15 @@ from saq.job import Job, Status
 from saq.types import Context, WorkerInfo
 from saq.utils import cancel_tasks, now
 
-from taskhub.builtin.saq.redis_queue import REQUEST_ID, SEEN_MS, Fence, HardenedRedisQueue, Move
+from taskhub.builtin.saq.redis_queue import (
+    ABORT_REQUESTED,
+    REQUEST_ID,
+    SEEN_MS,
+    Fence,
+    HardenedRedisQueue,
+    Move,
+    Moved,
+)
 from taskhub.jobs import RetryLater
 from taskhub.monitoring.log_context import job_scope
 
@@ -130,8 +140,9 @@ class HubWorker(Worker[Context]):
         self.shards = list(shards) or [queue]
         self.runner = runner
         self.metrics = metrics
-        if metrics is not None:
-            for shard in self.shards:
+        for shard in self.shards:
+            shard.on_dead = self._dead
+            if metrics is not None:
                 shard.on_recovered = self._recovered
         self.specs = specs
         self.beat_interval = beat_interval
@@ -299,36 +310,51 @@ class HubWorker(Worker[Context]):
         started = time.perf_counter()
         try:
             result = await outcome(task, job.timeout)
-        except RetryLater as exc:
-            self._ran(job, started)
-            await self._again(job, fence, exc.delay, f"RetryLater: {exc}", level=logging.INFO)
-        except TimeoutError:
-            self._ran(job, started)
-            if task.done():  # the handler's own TimeoutError, not ours
-                await self._failed(job, fence, traceback.format_exc())
-            else:
-                await cancel_tasks([task], CANCEL_DEADLINE)
-                await self._failed(job, fence, f"TimeoutError: timed out after {job.timeout} s")
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 me.uncancel()  # handled here: the hand-back below must still reach Redis
             await cancel_tasks([task], CANCEL_DEADLINE)
             if context["aborted"] is not None:
-                job.status, job.error, job.completed = Status.ABORTED, context["aborted"], now()
-                if await self._settle(job, fence, Move.FINISH):
-                    self._count(job, "aborted")
+                await self._aborted(job, fence, context["aborted"])
             else:
                 await self._hand_back(job, fence)
-        except Exception:
+        except Exception as exc:
             self._ran(job, started)
-            await self._failed(job, fence, traceback.format_exc())
+            timed_out = isinstance(exc, TimeoutError) and not task.done()  # ours, not the handler's
+            if timed_out:
+                await cancel_tasks([task], CANCEL_DEADLINE)
+            if context["aborted"] is not None:  # whatever the handler did after the abort
+                if timed_out:
+                    logger.warning(
+                        "job %s (task %s) ignored its abort until its %g s timeout",
+                        job.key,
+                        job.function,
+                        job.timeout,
+                    )
+                await self._aborted(job, fence, context["aborted"])
+            elif isinstance(exc, RetryLater):
+                await self._again(job, fence, exc.delay, f"RetryLater: {exc}", level=logging.INFO)
+            elif timed_out:
+                await self._failed(job, fence, f"TimeoutError: timed out after {job.timeout} s")
+            else:
+                await self._failed(job, fence, traceback.format_exc())
         else:
             self._ran(job, started)
-            await self._complete(job, fence, result)
+            if context["aborted"] is not None:  # it swallowed the cancellation: abort wins
+                await self._aborted(job, fence, context["aborted"])
+            else:
+                await self._complete(job, fence, result)
         finally:
             if self.job_task_contexts.get(job) is context:
                 del self.job_task_contexts[job]
+
+    async def _aborted(self, job: Job, fence: str, error: str) -> None:
+        """End the run as aborted: an abort, once requested, decides the outcome."""
+        job.status, job.error, job.completed = Status.ABORTED, error, now()
+        job.result, job.scheduled = None, 0  # any result came too late: never recorded
+        if await self._settle(job, fence, Move.FINISH, kind=Fence.STOP):
+            self._count(job, "aborted")
 
     async def _complete(self, job: Job, fence: str, result: Any) -> None:
         try:
@@ -344,8 +370,9 @@ class HubWorker(Worker[Context]):
     async def _failed(self, job: Job, fence: str, error: str) -> None:
         delay = backoff_delay(job.attempts, job.retry_delay, float(job.retry_backoff))
         summary = error.strip().splitlines()[-1]
-        self._count(job, "failed")
-        await self._again(job, fence, delay, error, level=logging.WARNING, summary=summary)
+        await self._again(
+            job, fence, delay, error, level=logging.WARNING, summary=summary, failed=True
+        )
 
     async def _again(
         self,
@@ -356,13 +383,17 @@ class HubWorker(Worker[Context]):
         *,
         level: int,
         summary: str | None = None,
+        failed: bool = False,
     ) -> None:
-        """Schedule another attempt after ``delay``, or make the job a dead letter."""
+        """Schedule another attempt after ``delay``, or make the job a dead letter.
+        ``failed``: the attempt failed (counted once recorded: an abort may win)."""
         summary = summary or error
         job.error = error
         if job.retryable:
             job.status, job.started, job.scheduled = Status.QUEUED, 0, int(now() / 1000 + delay)
             if await self._settle(job, fence, Move.LATER, score=now() / 1000 + delay):
+                if failed:
+                    self._count(job, "failed")
                 self._count(job, "retried")
                 logger.log(
                     level,
@@ -377,6 +408,8 @@ class HubWorker(Worker[Context]):
             return
         job.status, job.completed = Status.FAILED, now()
         if await self._settle(job, fence, Move.DEAD, score=now()):
+            if failed:
+                self._count(job, "failed")
             self._count(job, "dead")
             logger.error(
                 "job %s (task %s) failed after %d attempts, kept as a dead letter: %s",
@@ -385,7 +418,12 @@ class HubWorker(Worker[Context]):
                 job.attempts,
                 summary,
             )
-            kwargs = job.kwargs or {}
+
+    async def _dead(self, job: Job) -> None:
+        """Hand a new dead letter to the sinks: every way a job becomes one (its last
+        attempt failed here, or the sweep found its worker gone) passes through here once."""
+        kwargs = job.kwargs or {}
+        try:  # the job is a dead letter already: nothing here may undo or repeat that
             await self.runner.failed(
                 job.function,
                 job_id=job.key,
@@ -393,8 +431,10 @@ class HubWorker(Worker[Context]):
                 payload=kwargs.get("payload"),
                 attempt=job.attempts,
                 enqueued_ms=job.queued,
-                error=error,
+                error=job.error or "",
             )
+        except Exception:
+            logger.exception("job %s: reporting its dead letter to the sinks failed", job.key)
 
     async def _hand_back(self, job: Job, fence: str) -> None:
         """Shutdown cut this attempt short: queue it first in line, attempt not used."""
@@ -419,13 +459,20 @@ class HubWorker(Worker[Context]):
         if move is Move.DEAD:
             self.metrics.count(task, "dead")
 
-    async def _settle(self, job: Job, fence: str, move: Move, score: float = 0) -> bool:
+    async def _settle(
+        self, job: Job, fence: str, move: Move, score: float = 0, kind: Fence = Fence.RUN
+    ) -> bool:
         """Record an attempt's outcome, asking again while Redis is unreachable (the job
-        still beats meanwhile): given up, the outcome is lost and the job runs again."""
+        still beats meanwhile): given up, the outcome is lost and the job runs again.
+
+        An abort requested before the outcome reached Redis (DELETE answered 202) wins:
+        the outcome is refused there, the run ends as aborted instead, and False says
+        that the outcome asked for was not recorded.
+        """
         queue = shard_of(job)
         try:  # an outage is the queue's to log, once, not one line per job in flight
             moved = await queue.skip_if_down(
-                queue.move(job, move, Fence.RUN, fence, score=score, persist=queue.lease(job))
+                queue.move(job, move, kind, fence, score=score, persist=queue.lease(job))
             )
         except Exception:
             logger.exception("job %s: recording its outcome failed; it will run again", job.key)
@@ -433,6 +480,14 @@ class HubWorker(Worker[Context]):
         if moved is None:
             # The job stays in the active list without beats, so the sweep re-runs it.
             logger.debug("job %s: Redis is unreachable; it will run again", job.key)
+            return False
+        if moved is Moved.ABORTING:
+            logger.info("job %s: aborted on request before its outcome was recorded", job.key)
+            # The run as it was, before a retry or a hand-back reset it (the claim set
+            # ``touched`` with ``started``; nothing since changed it).
+            worker_id, _, attempts = fence.rpartition(":")
+            job.worker_id, job.attempts, job.started = worker_id, int(attempts), job.touched
+            await self._aborted(job, fence, ABORT_REQUESTED)
             return False
         if not moved:
             logger.warning(
@@ -442,7 +497,7 @@ class HubWorker(Worker[Context]):
             )
         else:
             self.count(job, move)
-        return moved
+        return bool(moved)
 
     def count(self, job: Job, move: Move) -> None:
         """SAQ's per-worker counters, which its own finish would bump: they feed the
