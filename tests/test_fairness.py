@@ -349,6 +349,11 @@ def test_priority_and_delay_over_http(
     assert (job["status"], job["retry_at"]) == ("scheduled", None)
     assert abs(datetime.fromisoformat(job["run_at"]).timestamp() - at.timestamp()) < 0.01
     later = httpx.post(url, json={"user_id": "v", "delay": 0.5}, timeout=10).json()["job_id"]
+    items = [{"user_id": "w", "delay": 0.5, "priority": 2}, {"user_id": "w", "priority": 99}]
+    batch = httpx.post(f"{process.url}/tasks", json={"tasks": items}, timeout=10).json()
+    assert [r["status"] for r in batch["results"]] == ["queued", "invalid"], batch
+    assert [p["field"] for p in batch["results"][1]["problems"]] == ["priority"]
+    assert state(batch["results"][0]["job_id"]) == "scheduled"
     assert wait_until(lambda: state(later) == "complete", timeout=20)
     assert state(delayed.json()["job_id"]) == "scheduled"
     assert wait_until(lambda: state(delayed.json()["job_id"]) == "complete", timeout=20)
