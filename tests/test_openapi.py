@@ -40,6 +40,9 @@ BEARER = {"type": "http", "scheme": "bearer"}
 ADMIN = {
     ("/admin/limits/{key}", "get"): {"200", "400", "401", "403", "503"},
     ("/admin/limits/{key}", "delete"): {"200", "400", "401", "403", "503"},
+    ("/admin/weights/{user_id}", "get"): {"200", "400", "401", "403", "503"},
+    ("/admin/weights/{user_id}", "put"): {"200", "400", "401", "403", "413", "422", "503"},
+    ("/admin/weights/{user_id}", "delete"): {"200", "400", "401", "403", "503"},
 }
 DASHBOARD = {
     ("/dashboard", "get"): {"200"},
@@ -322,10 +325,10 @@ def test_a_server_with_admin_and_dashboard_keeps_to_its_document(
         for label, op in operations.items()
         if op.path.startswith(("/admin", "/dashboard/"))
     }
-    assert len(guarded) == 4
+    assert len(guarded) == 7
     keep_to_the_document(url, operations["GET /dashboard"], GenerationMode.POSITIVE, CHECKS, {}, 3)
     for label, operation in guarded.items():
-        token = ADMIN_TOKEN if label.endswith("/admin/limits/{key}") else DASHBOARD_TOKEN
+        token = ADMIN_TOKEN if " /admin/" in label else DASHBOARD_TOKEN
         with_token = {"Authorization": f"Bearer {token}"}
         keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, with_token, 15)
         keep_to_the_document(url, operation, GenerationMode.POSITIVE, CHECKS, {}, 5, anonymous=True)
