@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bench import latency, rows, servers
+from bench.fairness import fairness
 from bench.measure import Metric
 from bench.scale import scale
 
@@ -34,6 +35,7 @@ ROWS: dict[str, Row] = {
     "openloop": Row(latency.openloop_row, per_server=True),
     "alternative": Row(rows.alternative),
     "drain": Row(rows.drain),
+    "fairness": Row(fairness),
     "e2e": Row(rows.end_to_end),
     "memory": Row(rows.memory),
     # Tracing on against off (docs/tracing.md): asked for by name.

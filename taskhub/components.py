@@ -196,6 +196,11 @@ class QueueBackend(Component):
         """Most jobs admitted and not yet finished, per shard; 0 for no bound (see ``Q.depth``)."""
         return 0
 
+    @property
+    def max_delay(self) -> float:
+        """Most seconds ahead a job may be delayed (``delay``, ``run_at``); 0: no delays."""
+        return 0
+
     def layout(self, *, cluster: bool = False) -> Shards:
         """The queue's shards, which limiter keys follow into the job's hash slot.
 
@@ -211,8 +216,14 @@ class QueueBackend(Component):
         payload: Any,
         job_id: str | None = None,
         holds: Sequence[str] = (),
+        *,
+        priority: int = 0,
+        run_at: float | None = None,
     ) -> PreparedJob:
         """Build a job (its id, new unless ``job_id`` is given, keys and stored form).
+
+        ``priority``: higher runs first (see the queue's fairness); ``run_at``: epoch
+        seconds before which it must not run (None: at once).
 
         ``holds`` are sorted sets in which the job id holds a slot (see
         :attr:`Limiter.holds_slot`): the queue removes it from each of them in the
@@ -267,6 +278,14 @@ class QueueBackend(Component):
 
     async def purge_dead(self) -> int:
         """Delete every dead letter; returns how many there were."""
+        raise NotImplementedError
+
+    async def weight(self, user_id: str) -> int:
+        """Jobs ``user_id`` takes per turn when workers take users in turn (fairness)."""
+        raise NotImplementedError
+
+    async def set_weight(self, user_id: str, weight: int | None) -> int:
+        """Change it at once (None: back to the config's); returns the weight now in force."""
         raise NotImplementedError
 
     async def depth(self) -> dict[str, int]:

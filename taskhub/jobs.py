@@ -16,6 +16,10 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel
 
 MAX_USER_ID = 256  # characters: the longest user id a job may have
+# A job's priority (POST /task ``priority``, a task's default): higher runs first.
+MIN_PRIORITY, MAX_PRIORITY = -10, 10
+# Jobs per turn a user's weight may give him under fair scheduling.
+MAX_WEIGHT = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class TaskSpec:
     retry_backoff: float | None = None
     heartbeat: float | None = None
     cost: int = 1
+    priority: int = 0  # jobs' default priority; higher runs first
 
 
 class RetryLater(Exception):  # a request to the worker, not an error
@@ -102,6 +107,7 @@ class JobStatus(enum.StrEnum):
     """Where a job is in its life, as ``GET /task/{id}`` and the CLI show it."""
 
     QUEUED = "queued"  # waiting for a worker (or for a retry's delay to pass)
+    SCHEDULED = "scheduled"  # submitted with a delay: waits for its run_at
     ACTIVE = "active"  # a worker runs it
     ABORTING = "aborting"  # abort requested; the worker running it stops it shortly
     COMPLETE = "complete"
@@ -134,6 +140,7 @@ class JobInfo:
     completed_at: datetime | None = None
     result: Any = None
     error: str | None = None
+    run_at: datetime | None = None  # a delayed job's run time, while it is scheduled
 
     @property
     def error_summary(self) -> str:
@@ -150,6 +157,7 @@ class JobInfo:
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
             "queued_at": iso(self.queued_at),
+            "run_at": iso(self.run_at),
             "retry_at": iso(self.retry_at),
             "started_at": iso(self.started_at),
             "completed_at": iso(self.completed_at),
@@ -200,7 +208,9 @@ class WorkerStatus:
 class QueueSnapshot:
     """A queue's counts read together, for ``taskhub status`` and the dashboard.
 
-    ``scheduled`` is waiting for a retry delay or an execution limit.
+    ``scheduled`` is waiting for a retry delay, an execution limit or a run time
+    (a delayed job). ``top_users``: with fairness user, the users holding the most
+    queued jobs, most first.
     """
 
     queue: str
@@ -211,3 +221,5 @@ class QueueSnapshot:
     dead: int
     workers: list[WorkerStatus] = field(default_factory=list)
     recent_failures: list[JobInfo] = field(default_factory=list)  # newest dead letters first
+    fairness: str = "none"
+    top_users: list[tuple[str, int]] = field(default_factory=list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.configs import config_dict
 from tests.support.namespaces import Namespace
@@ -18,8 +19,9 @@ def post(url: str, user: str = "u1", task: str = "log_completion") -> httpx.Resp
     return httpx.post(f"{url}/task", json={"user_id": user, "task": task}, timeout=10)
 
 
+@pytest.mark.parametrize("fairness", ["none", "user"])
 def test_slots_free_when_jobs_finish_fail_for_good_or_are_aborted(
-    tmp_path: Path, ns: Namespace, redis_url: str, spawn, sync_redis
+    tmp_path: Path, ns: Namespace, redis_url: str, spawn, sync_redis, fairness: str
 ) -> None:
     config = config_dict(
         ns,
@@ -28,7 +30,7 @@ def test_slots_free_when_jobs_finish_fail_for_good_or_are_aborted(
         tasks=TASK_RETRIES,
         limiter={"type": "concurrency", "limit": 2, "retry_after": 2},
     )
-    config["queue"].update(heartbeat=1, sweep_interval=1)
+    config["queue"].update(heartbeat=1, sweep_interval=1, fairness=fairness)
     server = spawn(config, "serve", cwd=tmp_path / "server")
     first, second, third = (post(server.url) for _ in range(3))
     assert [r.status_code for r in (first, second, third)] == [200, 200, 429]

@@ -8,8 +8,6 @@ in-process on the real Redis, with shards=3.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,18 +32,16 @@ from taskhub.config.models import RedisSettings
 from taskhub.errors import ConfigError
 from taskhub.hub.kernel import Hub
 from taskhub.hub.plugins import load_plugins
-from taskhub.hub.runner import TaskRunner
 from taskhub.jobs import AbortOutcome, JobStatus
 from taskhub.limits.admin import LimitsAdmin
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
-from taskhub.store.cluster_router import admission_pipeline
-from taskhub.store.connection import connection_settings
 from taskhub.store.sharding import SHARD_BY, Shards
 from tests.support.backends import config_on
 from tests.support.configs import config_dict, write_config
+from tests.support.jobs import eventually, working
 from tests.support.namespaces import Namespace
 from tests.support.processes import wait_until
 
@@ -339,35 +335,12 @@ class Handler(TaskHandler):
         return "ok"
 
 
-@contextlib.asynccontextmanager
-async def working(queue: SaqQueue, spec: TaskSpec, settings: RedisSettings) -> AsyncIterator[None]:
-    """``queue.work`` in this process for as long as the block lasts."""
-    context = SimpleNamespace(
-        connect_redis=lambda blocking_timeout: connect(settings, blocking_timeout=blocking_timeout),
-        connect_scripts=lambda: admission_pipeline(connection_settings(settings)),
-        runner=TaskRunner([]),
-        tasks={spec.name: spec},
-        job_counters=None,
-    )
-    stop = asyncio.Event()
-    work = asyncio.create_task(queue.work(context, stop))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        stop.set()
-        await work
-
-
-async def eventually(check: Any, timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
-async def test_a_worker_drains_every_shard_and_dead_letters_come_back(client, ns, settings) -> None:
+@pytest.mark.parametrize("fairness", ["none", "user"])
+async def test_a_worker_drains_every_shard_and_dead_letters_come_back(
+    client, ns, settings, fairness
+) -> None:
     # Fewer slots than shards: each slot must also look beyond its own shard.
-    queue = await opened(sharded(ns, client, concurrency=2), client)
+    queue = await opened(sharded(ns, client, concurrency=2, fairness=fairness), client)
     gate = Admission(
         client, [Rule("per_user", bucket(20))], queue, ns.prefix, shards=queue.layout()
     )

@@ -78,6 +78,7 @@ def test_default_run_has_a_row_per_available_server_and_notes_the_others():
         "openloop[sanic]",
         "alternative",
         "drain",
+        "fairness",
         "e2e",
         "memory",
     ]

@@ -109,6 +109,9 @@ def render(snapshot: QueueSnapshot, rates: Rates) -> str:
             ),
         ]
     )
+    lines.append(f"fairness: {snapshot.fairness}")
+    if snapshot.fairness == "user":
+        lines += top_user_lines(snapshot.top_users)
     lines.append("")
     if snapshot.workers:
         header = ("WORKER", "RUNNING", "LAST SEEN", "COMPLETE", "FAILED", "RETRIED", "UP")
@@ -139,6 +142,17 @@ def render(snapshot: QueueSnapshot, rates: Rates) -> str:
     else:
         lines.append(f"{snapshot.dead} dead letter(s)")
     return "\n".join(lines) + "\n"
+
+
+def top_user_lines(top: list[tuple[str, int]]) -> list[str]:
+    """The users holding the most queued jobs: the backlogs fairness shares out."""
+    if not top:
+        return ["no user has queued jobs"]
+    return ["users with the most queued jobs:", *columns([("USER", "QUEUED"), *top_rows(top)])]
+
+
+def top_rows(top: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    return [(shorten(user), str(queued)) for user, queued in top]
 
 
 def render_schedules(schedules: list[ScheduleJson]) -> str:

@@ -319,6 +319,13 @@ class TaskSection(ComponentSection, JobOptions):
     cost: int = Field(
         1, ge=1, le=1_000_000, description="what one submission weighs in every rate-limit rule"
     )
+    priority: int = Field(
+        0,
+        ge=-10,
+        le=10,
+        description="default priority of this task's jobs (higher runs first; a "
+        "submission's priority overrides it)",
+    )
 
 
 class RuleSection(ComponentSection):

@@ -78,7 +78,9 @@ def build_components(
     for name, section in settings.tasks.items():
         handler = build(TaskHandler, section, ("tasks", name), default_type=name)
         if handler is not None:
-            tasks[name] = TaskSpec(name, handler, **job_options(section), cost=section.cost)
+            tasks[name] = TaskSpec(
+                name, handler, **job_options(section), cost=section.cost, priority=section.priority
+            )
     problems += cross_key_problems(
         settings, raw, rules=rules, execution_rules=execution_rules, shards=shards
     )

@@ -48,7 +48,12 @@ def resolved(settings: Settings, raw: RawConfig, hub: Components) -> dict[str, A
         "queue": section(hub.queue),
         "sinks": [section(sink) for sink in hub.sinks],
         "tasks": {
-            name: {**section(spec.handler), **job_options(spec), "cost": spec.cost}  # type: ignore[arg-type]
+            name: {
+                **section(spec.handler),  # type: ignore[arg-type]
+                **job_options(spec),
+                "cost": spec.cost,
+                "priority": spec.priority,
+            }
             for name, spec in hub.tasks.items()
         },
         "default_task": hub.default_task,

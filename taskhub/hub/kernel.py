@@ -55,7 +55,9 @@ class Hub:
         self.registry = registry
         self.components = build_components(settings, raw, registry, server_overrides)
         self.connections = Connections(settings, self.components.endpoints)
-        self.submissions = SubmissionParser(self.tasks, self.default_task)
+        self.submissions = SubmissionParser(
+            self.tasks, self.default_task, self.components.queue.max_delay
+        )
 
     @classmethod
     def from_file(

@@ -58,7 +58,7 @@ BUILTIN_MODULES = (
 LOCAL_PACKAGE = "taskhub_local_plugins"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 # Options of a task entry that the kernel keeps for itself (see config.TaskSection).
-RESERVED_TASK_OPTIONS = frozenset({"type", "cost", *JOB_OPTIONS})
+RESERVED_TASK_OPTIONS = frozenset({"type", "cost", "priority", *JOB_OPTIONS})
 
 
 @dataclass(frozen=True)

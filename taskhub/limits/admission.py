@@ -93,6 +93,8 @@ class Ask:
     request: RequestContext
     payload: Any
     job_id: str | None = None
+    priority: int | None = None  # None: the task's
+    run_at: float | None = None  # epoch s; None: at once
 
 
 @dataclass(slots=True)  # not frozen: made on every request, and frozen costs its __init__
@@ -179,16 +181,28 @@ class Admission:
         job_id: str | None = None,
         cost: int | None = None,
         now_ms: int | None = None,
+        priority: int | None = None,
+        run_at: float | None = None,
     ) -> Decision:
         """Decide and, if admitted, enqueue. Raises BackendUnavailable when Redis is down.
 
         ``job_id`` makes the call idempotent; ``cost`` overrides the task's; ``now_ms``
         overrides the Redis clock (only tests of the limiter maths use it, and it
-        bypasses the deny cache). A call with a ``job_id`` is never answered from the
+        bypasses the deny cache); ``priority`` overrides the task's default; ``run_at``
+        (epoch s) delays the job. A call with a ``job_id`` is never answered from the
         deny cache: it may retry a job already admitted, which must replay as admitted
         however far over the limit its user is now, and only Redis knows.
         """
-        call = self._prepare(spec, request, payload, job_id, cost=cost, now_ms=now_ms)
+        call = self._prepare(
+            spec,
+            request,
+            payload,
+            job_id,
+            cost=cost,
+            now_ms=now_ms,
+            priority=priority,
+            run_at=run_at,
+        )
         if isinstance(call, Decision):
             return call
         if self.split:
@@ -220,7 +234,14 @@ class Admission:
         calls: list[tuple[int, _Call]] = []
         for ask in asks:
             try:
-                call = self._prepare(ask.spec, ask.request, ask.payload, ask.job_id)
+                call = self._prepare(
+                    ask.spec,
+                    ask.request,
+                    ask.payload,
+                    ask.job_id,
+                    priority=ask.priority,
+                    run_at=ask.run_at,
+                )
             except UnstorablePayload as exc:
                 results.append(exc)
                 continue
@@ -304,7 +325,14 @@ class Admission:
 
     async def _admit_alone(self, ask: Ask) -> Decision | Exception:
         try:
-            return await self.admit(ask.spec, ask.request, ask.payload, job_id=ask.job_id)
+            return await self.admit(
+                ask.spec,
+                ask.request,
+                ask.payload,
+                job_id=ask.job_id,
+                priority=ask.priority,
+                run_at=ask.run_at,
+            )
         except (UnstorablePayload, BackendUnavailable) as exc:
             return exc
 
@@ -317,6 +345,8 @@ class Admission:
         *,
         cost: int | None = None,
         now_ms: int | None = None,
+        priority: int | None = None,
+        run_at: float | None = None,
     ) -> _Call | Decision:
         """The script call for a submission, or the deny cache's refusal that spares it."""
         cost = spec.cost if cost is None else cost
@@ -333,7 +363,10 @@ class Admission:
             for rule, subject in zip(self.rules, subjects, strict=True)
             if rule.limiter.holds_slot
         ]
-        job = self.queue.prepare(spec, request.user_id, payload, job_id, holds)
+        priority = spec.priority if priority is None else priority
+        job = self.queue.prepare(
+            spec, request.user_id, payload, job_id, holds, priority=priority, run_at=run_at
+        )
         args = ["" if now_ms is None else str(now_ms), str(cost), str(self.queue.max_depth)]
         args.append(job.job_id)
         rule_keys = self._keys(subjects, prefix)

@@ -93,7 +93,11 @@ class TickSubmitter:
         """
         spec = self.tasks[schedule.task]
         job = self.queue.prepare(
-            spec, schedule.user_id, schedule.payload, tick_job_id(schedule.name, tick)
+            spec,
+            schedule.user_id,
+            schedule.payload,
+            tick_job_id(schedule.name, tick),
+            priority=spec.priority,
         )
         keys = [*job.keys, self.marker_key(schedule.name, tick, job.shard)]
         args: list[Any] = ["", "0", str(self.queue.max_depth), job.job_id, *job.args]

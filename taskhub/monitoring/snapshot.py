@@ -54,6 +54,12 @@ class DeadLetterJson(TypedDict):
 
 
 @with_config(extra="forbid")
+class UserBacklogJson(TypedDict):
+    user_id: str
+    queued: int
+
+
+@with_config(extra="forbid")
 class QueueJson(TypedDict):
     queue: str
     taken_at: str | None
@@ -61,6 +67,8 @@ class QueueJson(TypedDict):
     active: int
     scheduled: int
     dead: int
+    fairness: str
+    top_users: list[UserBacklogJson]
     workers: list[WorkerJson]
     rates: RatesJson
     recent_failures: list[DeadLetterJson]
@@ -88,6 +96,8 @@ def queue_json(snapshot: QueueSnapshot, rates: Rates | None = None) -> QueueJson
         "active": snapshot.active,
         "scheduled": snapshot.scheduled,
         "dead": snapshot.dead,
+        "fairness": snapshot.fairness,
+        "top_users": [{"user_id": user, "queued": n} for user, n in snapshot.top_users],
         "workers": [worker_json(worker) for worker in snapshot.workers],
         "rates": (rates or Rates.of(snapshot)).to_json(),
         "recent_failures": [

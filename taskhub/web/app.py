@@ -28,7 +28,7 @@ from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder
 from taskhub.store.outage import OutageLog
 from taskhub.web.admin import PREFIX as ADMIN_PREFIX
-from taskhub.web.admin import LimitsEndpoint
+from taskhub.web.admin import WEIGHTS_PREFIX, LimitsEndpoint, WeightsEndpoint
 from taskhub.web.batch import SubmitBatch
 from taskhub.web.dashboard import DashboardEndpoints
 from taskhub.web.docs import ApiDocs
@@ -199,7 +199,10 @@ def build_api(parts: ApiParts) -> HttpApi:
         admin = LimitsEndpoint(parts.limits_admin, settings.limits.admin.token, retry_after_s)
         for method in ("GET", "DELETE"):
             router.add_param(method, ADMIN_PREFIX, admin, segment=False)
-        logger.info("admin endpoint on: GET and DELETE /admin/limits/{key}")
+        weights = WeightsEndpoint(parts.queue, settings.limits.admin.token, retry_after_s)
+        for method in ("GET", "PUT", "DELETE"):
+            router.add_param(method, WEIGHTS_PREFIX, weights, segment=False)
+        logger.info("admin endpoint on: /admin/limits/{key} and /admin/weights/{user_id}")
     if settings.dashboard.enabled:
         assert parts.traffic is not None, "the dashboard needs the traffic recorder"
         dashboard = DashboardEndpoints(

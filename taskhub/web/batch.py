@@ -139,7 +139,14 @@ class SubmitBatch:
             message = f"this API key is bound to user {bound!r} and cannot submit for {user_id!r}"
             raise _problem(403, "forbidden", "user_id", message)
         context = RequestContext(user_id, submission.spec.name, client_ip, keyed)
-        return Ask(submission.spec, context, submission.payload, job_id)
+        return Ask(
+            submission.spec,
+            context,
+            submission.payload,
+            job_id,
+            priority=submission.priority,
+            run_at=submission.run_at,
+        )
 
     async def decide(
         self, asks: list[tuple[int, Ask]], results: list[dict[str, Any]]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskhub.jobs import JobStatus
+from taskhub.jobs import MAX_WEIGHT, JobStatus
 
 
 class _Body(BaseModel):
@@ -66,6 +66,9 @@ class Job(_Body):
     attempts: int = Field(ge=0)
     max_attempts: int = Field(ge=0)
     queued_at: str | None
+    run_at: str | None = Field(
+        description="a delayed job's run time, while its status is scheduled"
+    )
     retry_at: str | None
     started_at: str | None
     completed_at: str | None
@@ -104,6 +107,23 @@ class Requeued(_Body):
 
     status: Literal["queued"]
     job_id: str
+
+
+class Weight(_Body):
+    """A user's weight under fair scheduling (``/admin/weights/{user_id}``)."""
+
+    user_id: str
+    weight: int = Field(
+        ge=1, le=MAX_WEIGHT, description="jobs the user takes per turn (queue.fairness user)"
+    )
+
+
+class WeightRequest(BaseModel):
+    """The body of ``PUT /admin/weights/{user_id}``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    weight: int = Field(ge=1, le=MAX_WEIGHT, description="jobs the user takes per turn")
 
 
 # ``POST /tasks``: one result per item, in the order of the items.

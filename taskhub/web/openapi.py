@@ -34,6 +34,8 @@ from taskhub.web.models import (
     RateLimited,
     Ready,
     Requeued,
+    Weight,
+    WeightRequest,
 )
 from taskhub.web.submission import IDEMPOTENCY_KEY, TaskRequest
 
@@ -44,7 +46,7 @@ SECURITY_SCHEME = "apiKey"
 # Swagger UI's "Authorize" asks for each.
 ADMIN_SCHEME = "adminToken"
 DASHBOARD_SCHEME = "dashboardToken"
-METHODS = ("get", "post", "delete")
+METHODS = ("get", "post", "put", "delete")
 
 
 RESPONSE_MODELS: tuple[type[Any], ...] = (
@@ -61,6 +63,7 @@ RESPONSE_MODELS: tuple[type[Any], ...] = (
     LimitsShown,
     LimitsReset,
     Summary,
+    Weight,
 )
 
 
@@ -142,13 +145,18 @@ def _unavailable(description: str) -> Any:
     return _response(description, Error, headers=("Retry-After",))
 
 
-JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "description": "the id POST /task answered with",
-    "schema": {"type": "string", "minLength": 1},
-}
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    schema = {"type": "string", "minLength": 1}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+JOB_ID = _path_param("job_id", "the id POST /task answered with")
 WAIT = {
     "name": "wait",
     "in": "query",
@@ -369,14 +377,9 @@ UNAVAILABLE = "Redis is unreachable"
 
 def _admin_paths() -> dict[str, Any]:
     """``/admin/limits/{key}`` (limits.admin.enabled), behind ``limits.admin.token``."""
-    key = {
-        "name": "key",
-        "in": "path",
-        "required": True,
-        "description": "what the rules count: a user id, an IP, ...; percent-decoded once "
-        "(%2F for a slash)",
-        "schema": {"type": "string", "minLength": 1},
-    }
+    key = _path_param(
+        "key", "what the rules count: a user id, an IP, ...; percent-decoded once (%2F for a slash)"
+    )
     rule = {
         "name": "rule",
         "in": "query",
@@ -409,7 +412,56 @@ def _admin_paths() -> dict[str, Any]:
         "security": [{ADMIN_SCHEME: []}],
         "responses": {"200": _response("what was deleted, and kept", LimitsReset), **refusals},
     }
-    return {"/admin/limits/{key}": {"parameters": [key, rule], "get": show, "delete": reset}}
+    return {
+        "/admin/limits/{key}": {"parameters": [key, rule], "get": show, "delete": reset},
+        **_weight_paths(refusals),
+    }
+
+
+def _weight_paths(refusals: dict[str, Any]) -> dict[str, Any]:
+    """``/admin/weights/{user_id}``: a user's jobs per turn under fair scheduling."""
+    user = _path_param("user_id", "the user; percent-decoded once")
+    guarded: dict[str, Any] = {"security": [{ADMIN_SCHEME: []}]}
+    weight = _response("the weight in force", Weight)
+    refused = {key: value for key, value in refusals.items() if key != "400"}
+    refused["400"] = _response("the user id is not percent-encoded UTF-8", Error)
+    put = {
+        "summary": "Set a user's weight",
+        "description": "Takes effect at the user's next turn, in every shard.",
+        "operationId": "setWeight",
+        **guarded,
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": REF.format(model="WeightRequest")}}},
+        },
+        "responses": {
+            "200": weight,
+            **refused,
+            "400": _response("the body is not a JSON object, or a bad user id", Error),
+            "413": _response("the body is over server.body_limit", Error),
+            "422": _response("weight is missing or not 1 to 1000", Error),
+        },
+    }
+    return {
+        "/admin/weights/{user_id}": {
+            "parameters": [user],
+            "get": {
+                "summary": "A user's weight",
+                "description": "Jobs the user takes per turn with queue.fairness user.",
+                "operationId": "showWeight",
+                **guarded,
+                "responses": {"200": weight, **refused},
+            },
+            "put": put,
+            "delete": {
+                "summary": "Reset a user's weight",
+                "description": "Back to queue.weights in the config, else 1.",
+                "operationId": "resetWeight",
+                **guarded,
+                "responses": {"200": weight, **refused},
+            },
+        }
+    }
 
 
 def _dashboard_paths() -> dict[str, Any]:
@@ -477,12 +529,13 @@ def build_spec(
 
     ``security_scheme`` is the configured authenticator's (None: no authentication);
     ``metrics``, ``admin`` and ``dashboard`` say whether ``GET /metrics``,
-    ``/admin/limits/{key}`` and ``/dashboard`` are served; ``batch_limit`` is how
-    many tasks ``POST /tasks`` takes.
+    ``/admin/limits/{key}`` (and ``/admin/weights/{user_id}``) and ``/dashboard`` are
+    served; ``batch_limit`` is how many tasks ``POST /tasks`` takes.
     """
     adapters: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
         ("TaskRequest", "validation", TypeAdapter(TaskRequest)),
         ("BatchItem", "validation", TypeAdapter(BatchItem)),
+        ("WeightRequest", "validation", TypeAdapter(WeightRequest)),
     ]
     adapters += [(m.__name__, "serialization", TypeAdapter(m)) for m in RESPONSE_MODELS]
     _, schemas = TypeAdapter.json_schemas(adapters, ref_template=REF)

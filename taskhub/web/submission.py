@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from taskhub.jobs import MAX_USER_ID, TaskSpec
+from taskhub.jobs import MAX_PRIORITY, MAX_USER_ID, MIN_PRIORITY, TaskSpec
 from taskhub.web.models import FieldProblem
 
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
@@ -35,6 +40,42 @@ class TaskRequest(BaseModel):
     ]
     task: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     payload: dict[str, Any] | None = None
+    priority: (
+        Annotated[
+            int,
+            Field(
+                ge=MIN_PRIORITY,
+                le=MAX_PRIORITY,
+                description="higher runs first among this user's jobs (with queue.fairness "
+                "none: among all jobs); default: the task's priority, else 0",
+            ),
+        ]
+        | None
+    ) = None
+    delay: (
+        Annotated[
+            float,
+            Field(
+                gt=0,
+                allow_inf_nan=False,
+                description="seconds before the job may run, at most queue.max_delay; "
+                "not with run_at",
+            ),
+        ]
+        | None
+    ) = None
+    run_at: (
+        Annotated[
+            str,
+            Field(
+                max_length=64,
+                description="RFC 3339 time with an offset before which the job does not run, "
+                "at most queue.max_delay ahead (a past time: at once); not with delay",
+                json_schema_extra={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
 
     @field_validator("user_id")
     @classmethod
@@ -65,14 +106,19 @@ class Submission:
     spec: TaskSpec
     user_id: str
     payload: Any
+    priority: int | None = None  # None: the task's default
+    run_at: float | None = None  # epoch seconds; None: at once
 
 
 class SubmissionParser:
     """Turns raw request bytes into a Submission for one of the configured tasks."""
 
-    def __init__(self, tasks: Mapping[str, TaskSpec], default_task: str) -> None:
+    def __init__(
+        self, tasks: Mapping[str, TaskSpec], default_task: str, max_delay: float = 0
+    ) -> None:
         self.tasks = tasks
         self.default_task = default_task
+        self.max_delay = max_delay  # the queue's: 0 takes no delays
 
     def parse(self, body: bytes) -> Submission:
         try:
@@ -97,7 +143,42 @@ class SubmissionParser:
                 model.model_validate(payload or {})
             except ValidationError as exc:
                 raise _invalid(_field_problems(exc, prefix="payload")) from None
-        return Submission(spec, request.user_id, payload)
+        run_at = None
+        if request.delay is not None or request.run_at is not None:
+            run_at = self.run_at(request.delay, request.run_at)
+        return Submission(spec, request.user_id, payload, request.priority, run_at)
+
+    def run_at(self, delay: float | None, run_at: str | None) -> float | None:
+        """When a delayed job may run (epoch s; None: at once), or the 422 naming the field."""
+        name = "delay" if run_at is None else "run_at"
+        if delay is not None and run_at is not None:
+            raise _invalid([FieldProblem(field="run_at", message="give delay or run_at, not both")])
+        if self.max_delay <= 0:
+            raise _invalid([FieldProblem(field=name, message="this queue takes no delayed jobs")])
+        now = time.time()
+        if run_at is not None:
+            moment = rfc3339(run_at)
+            if moment is None:
+                message = "must be an RFC 3339 timestamp with an offset, e.g. 2026-12-08T09:30:00Z"
+                raise _invalid([FieldProblem(field="run_at", message=message)])
+            delay = moment - now
+            if delay <= 0:
+                return None  # its time has come: at once
+        assert delay is not None
+        if delay > self.max_delay:
+            message = f"must be at most {self.max_delay:g} s ahead (queue.max_delay)"
+            raise _invalid([FieldProblem(field=name, message=message)])
+        return now + delay
+
+
+def rfc3339(text: str) -> float | None:
+    """Epoch seconds of an RFC 3339 date-time with its offset; None if it is not one."""
+    if not RFC3339.fullmatch(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.upper().replace(" ", "T")).timestamp()
+    except ValueError:  # e.g. a 31st of February
+        return None
 
 
 def request_error(exc: ValidationError) -> SubmissionError:

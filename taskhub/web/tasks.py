@@ -133,7 +133,12 @@ class SubmitTask:
         started = time.perf_counter()
         try:
             decision = await self.admission.admit(
-                submission.spec, context, submission.payload, job_id=job_id
+                submission.spec,
+                context,
+                submission.payload,
+                job_id=job_id,
+                priority=submission.priority,
+                run_at=submission.run_at,
             )
         except UnstorablePayload as exc:  # valid JSON the queue cannot store
             return self.rejected(unstorable_payload(exc.reason))

@@ -14,6 +14,7 @@ import heapq
 import itertools
 import re
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ import orjson
 from saq.job import Job, Status
 from saq.utils import now
 
+from taskhub.builtin.saq.line import FAIR
 from taskhub.builtin.saq.redis_queue import (
     ABORT_REQUESTED,
     SEEN_MS,
@@ -36,6 +38,10 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Reads before a change gives up when every attempt lost a race (a job cannot change
 # state that often in a row unless something is badly wrong).
 CAS_ROUNDS = 10
+# The job's ``meta`` entry marking a job submitted with a delay (its ``scheduled`` is its run_at).
+DELAYED = "delayed"
+# Users the snapshot lists by queued jobs, with fairness user.
+TOP_USERS = 5
 # States a job leaves no more: what a waiter waits for.
 SETTLED = frozenset({Status.COMPLETE, Status.FAILED, Status.ABORTED})
 
@@ -46,7 +52,12 @@ def moment(ms: float) -> datetime | None:
 
 def job_info(job: Job) -> JobInfo:
     status = JobStatus.QUEUED if job.status == Status.NEW else JobStatus(job.status.value)
-    retry_at = job.scheduled * 1000 if status is JobStatus.QUEUED and job.scheduled else 0
+    delayed = job.attempts == 0 and bool((job.meta or {}).get(DELAYED))  # never ran yet
+    run_at = 0.0
+    if status is JobStatus.QUEUED and delayed and job.scheduled * 1000 > now():
+        status, run_at = JobStatus.SCHEDULED, job.scheduled * 1000
+    waits = status is JobStatus.QUEUED and job.scheduled and not delayed
+    retry_at = job.scheduled * 1000 if waits else 0
     return JobInfo(
         job_id=job.key,
         task=job.function,
@@ -55,6 +66,7 @@ def job_info(job: Job) -> JobInfo:
         attempts=job.attempts,
         max_attempts=job.retries,
         queued_at=moment(job.queued),
+        run_at=moment(run_at),
         retry_at=moment(retry_at),
         started_at=moment(job.started),
         completed_at=moment(job.completed),
@@ -157,13 +169,15 @@ async def snapshot(queue: HardenedRedisQueue, failures: int) -> QueueSnapshot:
     worker's own report, which is up to one report interval old.
     """
     async with queue.redis.pipeline(transaction=True) as pipe:
-        pipe.llen(queue._queued)
+        queue.count_queued(pipe)
         pipe.lrange(queue._active, 0, -1)
         pipe.zcard(queue._incomplete)
         pipe.zcard(queue.dead_key)
         pipe.zrevrange(queue.dead_key, 0, max(failures, 1) - 1)
         pipe.zrangebyscore(queue._stats, now(), "+inf", withscores=True)
-        queued, active_ids, incomplete, dead, dead_ids, reports = await pipe.execute()
+        listed, prio, lined, active_ids, incomplete, dead, dead_ids, reports = await pipe.execute()
+    queued = int(listed) + int(prio) + int(lined or 0)
+    top = await queue.top_users(TOP_USERS) if queue.fairness == FAIR else []
     taken_at = datetime.now(UTC)
     active_raws = await queue.redis.mget(active_ids) if active_ids else []
     running = Counter(
@@ -191,6 +205,8 @@ async def snapshot(queue: HardenedRedisQueue, failures: int) -> QueueSnapshot:
         dead=dead,
         workers=sorted(workers.values(), key=lambda w: w.worker_id),
         recent_failures=[job_info(job) for job in recent if job is not None],
+        fairness=queue.fairness,
+        top_users=top,
     )
 
 
@@ -231,7 +247,17 @@ def merge_snapshots(name: str, shots: list[QueueSnapshot], failures: int) -> Que
         dead=sum(shot.dead for shot in shots),
         workers=sorted(workers.values(), key=lambda w: w.worker_id),
         recent_failures=failed[:failures],
+        fairness=shots[0].fairness,
+        top_users=top_users(shot.top_users for shot in shots),
     )
+
+
+def top_users(shards: Iterable[list[tuple[str, int]]]) -> list[tuple[str, int]]:
+    """The users holding the most queued jobs over every shard (a user lives in one)."""
+    merged: Counter[str] = Counter()
+    for shard in shards:
+        merged.update(dict(shard))
+    return merged.most_common(TOP_USERS)
 
 
 def worker_status(worker_id: str, info: dict[str, Any], running: int) -> WorkerStatus:

@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import Field
@@ -36,11 +36,12 @@ from taskhub import (
     hookimpl,
 )
 from taskhub.builtin.saq import jobs as saq_jobs
-from taskhub.builtin.saq.jobs import job_info
+from taskhub.builtin.saq.jobs import DELAYED, job_info
+from taskhub.builtin.saq.line import LINE_LUA
 from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq.settled import BLOCK_S, SettledReader
 from taskhub.builtin.saq.worker import HubWorker
-from taskhub.jobs import AbortOutcome, AbortResult, JobInfo
+from taskhub.jobs import MAX_USER_ID, MAX_WEIGHT, AbortOutcome, AbortResult, JobInfo
 from taskhub.monitoring import request_id, trace_context
 from taskhub.store.clients import redis_call
 from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
@@ -56,11 +57,16 @@ DEQUEUE_TIMEOUT = 1.0
 # How often due retries are queued: a retry runs at most this late.
 SCHEDULE_INTERVAL = 0.2
 WEEK = 7 * 86_400
+# Jobs per turn a user's weight may give him.
+Weight = Annotated[int, Field(ge=1, le=MAX_WEIGHT)]
 T = TypeVar("T")
 
-ENQUEUE_LUA = """
+ENQUEUE_LUA = (
+    LINE_LUA
+    + """
 local Q = {}
--- ks = {incomplete zset, job key, queued list, abort key}; a = {job json, scheduled}
+-- ks = {incomplete zset, job key, queued list, abort key};
+-- a = {job json, run at (epoch s; '0': now), fairness, user id, priority}
 function Q.exists(ks, a)
   return redis.call('EXISTS', ks[2]) == 1 or redis.call('EXISTS', ks[4]) == 1
 end
@@ -70,10 +76,11 @@ end
 function Q.push(ks, a)
   redis.call('SET', ks[2], a[1])
   redis.call('ZADD', ks[1], a[2], ks[2])
-  if a[2] == '0' then redis.call('RPUSH', ks[3], ks[2]) end
+  if a[2] == '0' then line_of(ks[3], a[3] == 'user').push(ks[2], a[4], a[5], false) end
 end
 return Q
 """
+)
 
 
 class SaqQueue(QueueBackend):
@@ -136,6 +143,23 @@ class SaqQueue(QueueBackend):
             description="user: a user's limits and jobs in his home shard; "
             "round_robin: jobs in turn",
         )
+        fairness: Literal["none", "user"] = Field(
+            "none",
+            description="none: one line, first in first out (by priority); user: workers "
+            "take jobs round-robin across the users with queued jobs",
+        )
+        weights: dict[Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)], Weight] = Field(
+            default_factory=dict,
+            max_length=10_000,
+            description="with fairness user: jobs a user gets per turn (default 1); "
+            "a worker's start writes them, the admin endpoint changes them",
+        )
+        max_delay: int = Field(
+            WEEK,
+            ge=1,
+            le=365 * 86_400,
+            description="seconds ahead a job may be delayed (POST /task delay or run_at)",
+        )
 
     config: Config
 
@@ -175,6 +199,10 @@ class SaqQueue(QueueBackend):
         """Each shard's share of ``max_depth``: a script sees only its own shard."""
         return self._max_depth
 
+    @property
+    def max_delay(self) -> float:
+        return float(self.config.max_delay)
+
     def prepare(
         self,
         spec: TaskSpec,
@@ -182,6 +210,9 @@ class SaqQueue(QueueBackend):
         payload: Any,
         job_id: str | None = None,
         holds: Sequence[str] = (),
+        *,
+        priority: int = 0,
+        run_at: float | None = None,
     ) -> PreparedJob:
         c, shards = self.config, self.shards
         if shards.count == 1:  # the common case, on the request path: no lookups
@@ -211,7 +242,14 @@ class SaqQueue(QueueBackend):
             "queued": int(time.time() * 1000),
             "status": "queued",
         }
+        if priority:
+            job["priority"] = priority
         meta: dict[str, Any] = {}
+        scheduled = "0"
+        if run_at is not None:  # waits in the incomplete set until the schedule upkeep
+            job["scheduled"] = run_at = round(run_at, 3)
+            meta[DELAYED] = True
+            scheduled = repr(run_at)
         if holds:
             meta[HOLDS] = list(holds)
         submitted_by = request_id.current.get()
@@ -227,14 +265,17 @@ class SaqQueue(QueueBackend):
             stored = orjson.dumps(job)
         except orjson.JSONEncodeError as exc:  # JSON the parser took, e.g. an int over 64 bits
             raise UnstorablePayload(str(exc)) from None
-        return PreparedJob(job_id=key, keys=keys, args=[stored, "0"], shard=shard)
+        args: list[str | bytes] = [stored, scheduled, c.fairness, user_id, str(priority)]
+        return PreparedJob(job_id=key, keys=keys, args=args, shard=shard)
 
     def redis_queue(
         self, client: Redis, shard: int = 0, scripts: ScriptConnection | None = None
     ) -> HardenedRedisQueue:
         c = self.config
         name = self._names[shard]
-        return HardenedRedisQueue(client, name, c.heartbeat, c.dead_letter_ttl, scripts)
+        return HardenedRedisQueue(
+            client, name, c.heartbeat, c.dead_letter_ttl, scripts, fairness=c.fairness
+        )
 
     def beat_interval(self, context: PluginContext) -> float:
         """A third of the shortest heartbeat any task has: two beats may be lost."""
@@ -247,6 +288,8 @@ class SaqQueue(QueueBackend):
         shards = [self.redis_queue(client, i, scripts) for i in range(self.shards.count)]
         for shard in shards:
             await shard.connect()
+            if self.config.weights:
+                await shard.set_weights(self.config.weights)
         worker = HubWorker(
             shards[0],
             shards=shards,
@@ -343,6 +386,16 @@ class SaqQueue(QueueBackend):
 
     async def purge_dead(self) -> int:
         return sum(await self._each(lambda queue: queue.purge_dead()))
+
+    async def weight(self, user_id: str) -> int:
+        # Every shard holds the same weights: read the user's home shard.
+        home = self._queues()[self.shards.shard_for(user_id)]
+        return await redis_call(home.weight(user_id))
+
+    async def set_weight(self, user_id: str, weight: int | None) -> int:
+        value = self.config.weights.get(user_id, 1) if weight is None else weight
+        await self._each(lambda queue: queue.set_weights({user_id: value}))
+        return value
 
     async def depth(self) -> dict[str, int]:
         total: Counter[str] = Counter()

@@ -47,6 +47,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 from taskhub import ScriptCall, ScriptConnection
+from taskhub.builtin.saq.line import FAIR, FIFO, LINE_LUA
 from taskhub.store.clients import is_unavailable
 from taskhub.store.outage import OutageLog
 
@@ -78,20 +79,30 @@ STEPS_IN_FLIGHT = 2
 SETTLED_MAXLEN = 10_000
 
 
-STEP_LUA = f"""
+STEP_LUA = (
+    LINE_LUA
+    + f"""
 -- Many jobs in one round trip: the fenced transitions that callers asked for since
 -- the last call, each one as if alone, then up to ARGV[1] jobs taken from the queue.
 -- KEYS: active, queued, incomplete, heartbeats, dead, settled, then the job of each
 --   transition
--- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', the waiting markers' prefix, then per
---   transition three: 'fence-kind action ttl-ms score stale-ms' (one string: fewer
---   arguments to pack for the client, a cost per argument), the fence, the new json
+-- ARGV: jobs to take, 'LMOVE' or 'RPOPLPUSH', the waiting markers' prefix, fairness
+--   ('none' or 'user'), then per transition three: 'fence-kind action ttl-ms score
+--   stale-ms' (one string: fewer arguments to pack for the client, a cost per
+--   argument), the fence, the new json
 -- Returns {{{{1 (done), 0 (fence lost), 2 (abort requested: a run's outcome refused)
 -- or an error text, per transition}}, {{id, job, ...}}}}.
 local active, queued, incomplete, beats, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local settled, waiting = KEYS[6], ARGV[3]
+local L = line_of(queued, ARGV[4] == '{FAIR}')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function user_of(raw)
+  local j = cjson.decode(raw)
+  if type(j.kwargs) == 'table' and j.kwargs.user_id then return tostring(j.kwargs.user_id) end
+  return nil
+end
 
 local function transition(job, kind, fence, action, new, ttl, score, stale)
   local current = redis.call('GET', job)
@@ -133,7 +144,7 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
     redis.call('LREM', active, 0, job)
     -- A run is never also queued (claims take only queued jobs), so a worker's own
     -- move skips scanning the queue, which costs O(queue length) per job.
-    if not run then redis.call('LREM', queued, 0, job) end
+    if not run then L.remove(job, user_of(new)) end
     redis.call('ZREM', beats, job)
     redis.call('ZREM', dead, job)
     if action == 'finish' or action == 'dead' then
@@ -168,11 +179,7 @@ local function transition(job, kind, fence, action, new, ttl, score, stale)
         redis.call('ZADD', incomplete, score, job)
       else
         redis.call('ZADD', incomplete, 0, job)
-        if action == 'front' then
-          redis.call('LPUSH', queued, job)
-        else
-          redis.call('RPUSH', queued, job)
-        end
+        L.place(job, new, action == 'front')
       end
     end
   end
@@ -181,7 +188,7 @@ end
 
 local done = {{}}
 for i = 7, #KEYS do
-  local a = (i - 7) * 3 + 3
+  local a = (i - 7) * 3 + 4
   local kind, action, ttl, score, stale =
     string.match(ARGV[a + 1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
   local ok, result = pcall(transition, KEYS[i], kind, ARGV[a + 2], action,
@@ -192,14 +199,14 @@ end
 -- Taking a job gives it its first heartbeat at once, so the sweep never has to
 -- guess whether a listed job without one has just been taken.
 local taken = {{}}
+local function list_take()
+  if ARGV[2] == 'LMOVE' then return redis.call('LMOVE', queued, active, 'LEFT', 'RIGHT') end
+  return redis.call('RPOPLPUSH', queued, active)
+end
 for _ = 1, tonumber(ARGV[1]) do
-  local id
-  if ARGV[2] == 'LMOVE' then
-    id = redis.call('LMOVE', queued, active, 'LEFT', 'RIGHT')
-  else
-    id = redis.call('RPOPLPUSH', queued, active)
-  end
+  local id, listed = L.take(list_take)
   if not id then break end
+  if not listed then redis.call('RPUSH', active, id) end
   local raw = redis.call('GET', id)
   if raw then
     redis.call('ZADD', beats, now, id)
@@ -213,6 +220,7 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 return {{done, taken}}
 """
+)
 
 SWEEP_LUA = """
 -- KEYS: lock, active, heartbeats; ARGV: lock ms.
@@ -247,17 +255,23 @@ if #args > 0 then return redis.call('ZADD', KEYS[1], 'XX', 'CH', unpack(args)) e
 return 0
 """
 
-SCHEDULE_LUA = """
--- KEYS: incomplete, queued. Queues jobs whose retry time (score, epoch s) has come.
--- Idempotent, so unlike SAQ's it needs no lock and can run every fraction of a second.
+SCHEDULE_LUA = (
+    LINE_LUA
+    + """
+-- KEYS: incomplete, queued; ARGV: fairness. Queues jobs whose retry or run time
+-- (score, epoch s) has come. Idempotent, so unlike SAQ's it needs no lock and can
+-- run every fraction of a second.
+local L = line_of(KEYS[2], ARGV[1] == 'user')
 local t = redis.call('TIME')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], 1, tonumber(t[1]) + tonumber(t[2]) / 1e6)
 for _, id in ipairs(due) do
   redis.call('ZADD', KEYS[1], 0, id)
-  redis.call('RPUSH', KEYS[2], id)
+  local raw = redis.call('GET', id)
+  if raw then L.place(id, raw, false) else redis.call('RPUSH', KEYS[2], id) end
 end
 return due
 """
+)
 
 PURGE_LUA = """
 -- KEYS: dead. Deletes every dead letter and the index; returns how many existed.
@@ -307,9 +321,18 @@ class HardenedRedisQueue(RedisQueue):
         heartbeat: float,
         dead_letter_ttl: int,
         scripts: ScriptConnection | None = None,
+        *,
+        fairness: str = FIFO,
     ) -> None:
         super().__init__(redis, name=name, dump=orjson.dumps, load=orjson.loads)
         self.heartbeat = heartbeat
+        self.fairness = fairness
+        self.ring_key = self.namespace("ring")
+        self.waking_key = self.namespace("waking")
+        self.prio_key = self.namespace("prio")
+        self.lined_key = self.namespace("lined")
+        self.backlog_key = self.namespace("backlog")
+        self.weights_key = self.namespace("weights")
         self.dead_letter_ttl = dead_letter_ttl
         self.beats_key = self.namespace("heartbeats")
         self.dead_key = self.namespace("dead")
@@ -395,14 +418,23 @@ class HardenedRedisQueue(RedisQueue):
     async def _take_blocking(self, timeout: float) -> tuple[bytes, bytes] | None:
         # redis-py types these timeouts as int, but Redis takes fractions of a second.
         client: Any = self.redis
-        if await self.version() < (6, 2, 0):
-            job_id = await client.brpoplpush(self._queued, self._active, timeout)
-        else:
-            job_id = await client.blmove(self._queued, self._active, timeout, "LEFT", "RIGHT")
+        if self.fairness == FAIR:
+            # Lift a user off the ring when there is one: one idle worker wakes per user,
+            # not all of them. The take puts him back at the ring's head first.
+            if await self._wait_for(client, self.ring_key, self.waking_key, timeout) is None:
+                return None
+            return await self._submit_take()
+        job_id = await self._wait_for(client, self._queued, self._active, timeout)
         if job_id is None:
             return None
         raw = await self.redis.get(job_id)
         return None if raw is None else (job_id, raw)  # gone: the sweep tidies the list
+
+    async def _wait_for(self, client: Any, source: str, target: str, timeout: float) -> Any:
+        """Move ``source``'s head to ``target``'s tail, waiting up to ``timeout`` for one."""
+        if await self.version() < (6, 2, 0):
+            return await client.brpoplpush(source, target, timeout)
+        return await client.blmove(source, target, timeout, "LEFT", "RIGHT")
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         taken = await self.take(timeout)
@@ -528,7 +560,7 @@ class HardenedRedisQueue(RedisQueue):
         ]
         try:
             pop = "LMOVE" if await self.version() >= (6, 2, 0) else "RPOPLPUSH"
-            args: list[Any] = [len(takers), pop, self.waiting_prefix]
+            args: list[Any] = [len(takers), pop, self.waiting_prefix, self.fairness]
             for job_id, job_args, _ in moves:
                 keys.append(job_id)
                 args.extend(job_args)
@@ -611,7 +643,8 @@ class HardenedRedisQueue(RedisQueue):
         return moved
 
     async def schedule(self, lock: int = 1) -> list[str]:
-        due = await self.skip_if_down(self._due(keys=[self._incomplete, self._queued]))
+        keys = [self._incomplete, self._queued]
+        due = await self.skip_if_down(self._due(keys=keys, args=[self.fairness]))
         return [job_id.decode() for job_id in due or []]
 
     async def write_worker_info(self, worker_id: str, info: Any, ttl: int) -> None:
@@ -635,12 +668,38 @@ class HardenedRedisQueue(RedisQueue):
         """Jobs by state, in one round trip: waiting in line, running, not yet finished
         (waiting, scheduled for a retry, or running) and dead letters."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self._queued)
+            self.count_queued(pipe)
             pipe.llen(self._active)
             pipe.zcard(self._incomplete)
             pipe.zcard(self.dead_key)
-            counts = await pipe.execute()
-        return dict(zip(("queued", "active", "incomplete", "dead"), map(int, counts), strict=True))
+            listed, prio, lined, *counts = await pipe.execute()
+        queued = int(listed) + int(prio) + int(lined or 0)
+        names = ("queued", "active", "incomplete", "dead")
+        return dict(zip(names, [queued, *map(int, counts)], strict=True))
+
+    def count_queued(self, pipe: Any) -> None:
+        """Queue the three reads whose sum is the jobs waiting in line (see line.py)."""
+        pipe.llen(self._queued)
+        pipe.zcard(self.prio_key)
+        pipe.get(self.lined_key)
+
+    async def top_users(self, count: int) -> list[tuple[str, int]]:
+        """The users holding the most jobs in their lines (fairness user), most first."""
+        ranked = await self.redis.zrevrange(self.backlog_key, 0, count - 1, withscores=True)
+        return [(user.decode(), int(n)) for user, n in ranked if n > 0]
+
+    async def weight(self, user_id: str) -> int:
+        return int(await self.redis.hget(self.weights_key, user_id) or 1)  # type: ignore[misc]
+
+    async def set_weights(self, weights: dict[str, int]) -> None:
+        """Takes per turn for each user (1 removes the entry: the default)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for user, weight in weights.items():
+                if weight == 1:
+                    pipe.hdel(self.weights_key, user)
+                else:
+                    pipe.hset(self.weights_key, user, str(weight))
+            await pipe.execute()
 
     # ------------------------------------------------------------------ dead letters
 
