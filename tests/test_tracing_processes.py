@@ -33,23 +33,26 @@ def collector() -> Iterator[Collector]:
     started.stop()
 
 
-@pytest.fixture(params=["single", "cluster"])
-def store(request: pytest.FixtureRequest) -> Iterator[tuple[str, bool]]:
-    """(url, cluster?): the shared Redis, or the session's test cluster."""
-    if request.param == "single":
-        yield request.getfixturevalue("redis_url"), False
+@pytest.fixture(params=["single", "cluster", "single-fair"])
+def store(request: pytest.FixtureRequest) -> Iterator[tuple[str, bool, str]]:
+    """(url, cluster?, queue.fairness): the shared Redis, or the session's test cluster;
+    jobs in a plain queue, or taken in turn by user (the job's meta travels either way)."""
+    if request.param == "cluster":
+        yield request.getfixturevalue("cluster").url, True, "none"
     else:
-        yield request.getfixturevalue("cluster").url, True
+        fairness = "user" if request.param.endswith("fair") else "none"
+        yield request.getfixturevalue("redis_url"), False, fairness
 
 
 @pytest.mark.redis
 def test_one_trace_from_the_request_to_the_sink_across_server_and_worker(
-    tmp_path: Path, collector: Collector, store: tuple[str, bool]
+    tmp_path: Path, collector: Collector, store: tuple[str, bool, str]
 ) -> None:
-    url, cluster = store
+    url, cluster, fairness = store
     ns = Namespace.new()
     config = config_dict(ns, url, tracing={"enabled": True})
     config["redis"]["cluster"] = cluster
+    config["queue"]["fairness"] = fairness
     config["sinks"] = [{"type": "file_log", "path": str(tmp_path / "task.log")}]
     path = write_config(tmp_path, config)
     env = {
