@@ -27,6 +27,7 @@ def config(
     cluster: bool = False,
     log_level: str = "WARNING",
     server: str = "sanic",
+    tracing: bool = False,
 ) -> dict[str, Any]:
     """Only the file_log sink (no console), WARNING logs, the default limiter (a token
     bucket of 20 per 60 s per user) unless ``capacity`` says otherwise; ``cluster``
@@ -34,7 +35,7 @@ def config(
     redis: dict[str, Any] = {"url": redis_url, "key_prefix": KEY_PREFIX}
     if cluster:
         redis["cluster"] = True
-    return {
+    settings: dict[str, Any] = {
         "redis": redis,
         "plugins_dir": None,
         "server": {"type": server, "host": "127.0.0.1", "port": port},
@@ -44,6 +45,9 @@ def config(
         "metrics": {"worker_port": 0},  # on (the default), on a port nothing else holds
         "logging": {"level": log_level},
     }
+    if tracing:  # where spans go is the OTEL_* environment's to say (bench/otlp.py)
+        settings["tracing"] = {"enabled": True}
+    return settings
 
 
 def write(path: Path, settings: dict[str, Any], taskhub: Path) -> Path:

@@ -38,6 +38,9 @@ ROWS: dict[str, Row] = {
     "fairness": Row(fairness),
     "e2e": Row(rows.end_to_end),
     "memory": Row(rows.memory),
+    # Tracing on against off (docs/tracing.md): asked for by name.
+    "traced_accepted": Row(rows.traced_accepted, per_server=True, default=False),
+    "traced_refused": Row(rows.traced_refused, per_server=True, default=False),
     # Its own Redis Cluster, and another question (how taskhub grows with processes).
     "scale": Row(scale, default=False),
 }

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from bench import configs, profile, servers, wrk
+from bench import configs, otlp, profile, servers, wrk
 from bench.enqueue import enqueue_jobs
 from bench.measure import Metric, WrkResult, pair_order, summarize
 from bench.procs import BenchError, PrivateRedis, Proc, rss_kib
@@ -89,12 +89,19 @@ class Bench:
         capacity: int = 20,
         ready: bool = True,
         server: str = servers.DEFAULT,
+        traced_to: str | None = None,
     ) -> tuple[Proc, str]:
         """``taskhub serve|run|worker CONFIG`` in ``directory`` (task.log goes there),
-        with the server plugin ``server``."""
+        with the server plugin ``server``; with tracing on, exporting over OTLP/HTTP to
+        ``traced_to``, when given."""
         port = free_port()
         settings = configs.config(
-            self.redis.url, port, directory / "task.log", capacity=capacity, server=server
+            self.redis.url,
+            port,
+            directory / "task.log",
+            capacity=capacity,
+            server=server,
+            tracing=traced_to is not None,
         )
         config = configs.write(directory / "config.yaml", settings, self.taskhub)
         proc = Proc(
@@ -102,23 +109,30 @@ class Bench:
             [str(self.taskhub), command, str(config)],
             directory / f"taskhub-{command}.log",
             cwd=directory,
+            env=otlp.environment(traced_to) if traced_to is not None else None,
         )
         url = f"http://127.0.0.1:{port}"
         if ready:
             proc.wait_ready(f"{url}/health")
         return proc, url
 
-    def taskhub_on(self, server: str, directory: Path) -> tuple[Proc, str]:
+    def taskhub_on(
+        self, server: str, directory: Path, traced_to: str | None = None
+    ) -> tuple[Proc, str]:
         """taskhub's server role on ``server``: ``taskhub serve`` with that server plugin,
-        or taskhub's ASGI app (``bench/asgi_app.py``) under that ASGI server."""
+        or taskhub's ASGI app (``bench/asgi_app.py``) under that ASGI server; traced to
+        an OTLP/HTTP endpoint when ``traced_to`` is given."""
         if server in servers.PLUGINS:
-            return self.taskhub_proc("serve", directory, server=server)
-        settings = configs.config(self.redis.url, 0, directory / "task.log")
+            return self.taskhub_proc("serve", directory, server=server, traced_to=traced_to)
+        settings = configs.config(
+            self.redis.url, 0, directory / "task.log", tracing=traced_to is not None
+        )
         config = configs.write(directory / "config.yaml", settings, self.taskhub)
         args = servers.asgi_command(server, servers.TASKHUB_ASGI, "{port}")
-        return self.python_proc(
-            f"taskhub-{server}", args, directory, {"TASKHUB_CONFIG": str(config)}
-        )
+        env = {"TASKHUB_CONFIG": str(config)}
+        if traced_to is not None:
+            env.update(otlp.environment(traced_to))
+        return self.python_proc(f"taskhub-{server}", args, directory, env)
 
     def ceiling_proc(self, server: str, directory: Path) -> tuple[Proc, str]:
         """``server`` answering taskhub's refusal as a constant (``bench/ceiling.py``)."""
@@ -365,14 +379,19 @@ def refusals(
     start_b: Start,
     b_label: str,
     target: float | None,
+    *,
+    start_a: Start | None = None,
+    a_label: str | None = None,
 ) -> list[Metric]:
     """Every request for one user (after its first 20, refused: taskhub's deny cache
-    answers them without Redis), taskhub on ``server`` against ``start_b``: all
-    responses per second, A over B."""
+    answers them without Redis), taskhub on ``server`` (or ``start_a``) against
+    ``start_b``: all responses per second, A over B."""
     load = bench.wrk_load(wrk.one_user_script(directory))
-    pairs = http_row(bench, row, partial(bench.taskhub_on, server, directory), start_b, load)
+    start_a = start_a or partial(bench.taskhub_on, server, directory)
+    pairs = http_row(bench, row, start_a, start_b, load)
     op = "info" if target is None else ">="
-    metric = Metric(row, "requests/s (429s)", op, target, "x", servers.label(server), b_label)
+    a_label = a_label or servers.label(server)
+    metric = Metric(row, "requests/s (429s)", op, target, "x", a_label, b_label)
     metric.figure = "req/s"
     summarize(metric, pairs, "requests_per_s", "requests_per_s")
     refused = [p["A"]["non_2xx"] / max(p["A"]["requests"], 1) for p in pairs if p.get("A")]
@@ -389,6 +408,51 @@ def refused(bench: Bench, server: str) -> list[Metric]:
     start_b = partial(bench.python_proc, "bare_429", args, directory)
     row = server_row("refused", server)
     return refusals(bench, row, server, directory, start_b, "bare Sanic 429", 2.0)
+
+
+def traced_sides(bench: Bench, server: str, name: str, endpoint: str) -> tuple[Path, Start, Start]:
+    """A row's directory, and taskhub on ``server`` with tracing on (A, exporting every
+    span to ``endpoint``) and off (B), each in a directory of its own."""
+    directory = bench.scratch(f"{name}-{server}")
+    on, off = directory / "on", directory / "off"
+    on.mkdir()
+    off.mkdir()
+    start_on = partial(bench.taskhub_on, server, on, endpoint)
+    return directory, start_on, partial(bench.taskhub_on, server, off)
+
+
+def traced_accepted(bench: Bench, server: str) -> list[Metric]:
+    """The accepted row's load on taskhub with tracing on (every span exported over
+    OTLP/HTTP to a collector that drops them) against tracing off: tracing's cost."""
+    row = server_row("traced_accepted", server)
+    with otlp.Sink() as sink:
+        directory, start_on, start_off = traced_sides(bench, server, "traced-accepted", sink.url)
+        load = bench.wrk_load(wrk.random_users_script(directory))
+        pairs = http_row(bench, row, start_on, start_off, load)
+        note = f"spans exported: {sink.spans_note()}"
+    metrics = rate_and_p99(row, "tracing on", "tracing off", pairs, None, None)
+    metrics[0].note += note
+    return metrics
+
+
+def traced_refused(bench: Bench, server: str) -> list[Metric]:
+    """The refused row's load on taskhub with tracing on against tracing off."""
+    row = server_row("traced_refused", server)
+    with otlp.Sink() as sink:
+        directory, start_on, start_off = traced_sides(bench, server, "traced-refused", sink.url)
+        metrics = refusals(
+            bench,
+            row,
+            server,
+            directory,
+            start_off,
+            "tracing off",
+            None,
+            start_a=start_on,
+            a_label="tracing on",
+        )
+        metrics[0].note += f"spans exported: {sink.spans_note()}"
+    return metrics
 
 
 def ceiling(bench: Bench, server: str) -> list[Metric]:

@@ -510,6 +510,22 @@ class LoggingSettings(StrictModel):
     )
 
 
+class TracingSettings(StrictModel):
+    """OpenTelemetry traces (the ``otel`` extra). Where spans go is the standard environment's
+    to say: ``OTEL_SERVICE_NAME``, ``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+
+    enabled: bool = Field(
+        False,
+        description="trace each request, admission, job, handler and sink with OpenTelemetry "
+        "(needs pip install 'taskhub[otel]'); off: OpenTelemetry is not even imported",
+    )
+    include_user_id: bool = Field(
+        False,
+        description="put the submitting user id on spans (taskhub.user_id); off by default, "
+        "since a user id may be personal data",
+    )
+
+
 def _default_sinks() -> list[SinkSection]:
     return [SinkSection(type="file_log")]
 
@@ -577,6 +593,10 @@ class Settings(StrictModel):
         max_length=1_000,
         description="tasks the workers submit on a cron expression or an interval, each tick "
         "once however many workers run",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry traces from the request to the job's sinks",
     )
 
     @field_validator("tasks")

@@ -32,6 +32,7 @@ from taskhub.hub.connections import Endpoints
 from taskhub.hub.plugins import PluginRegistry
 from taskhub.jobs import TaskSpec
 from taskhub.limits.policy import Rule
+from taskhub.monitoring import tracing
 from taskhub.store.sharding import UNSHARDED, Shards
 
 C = TypeVar("C", bound=Component)
@@ -84,6 +85,8 @@ def build_components(
         settings, raw, rules=rules, execution_rules=execution_rules, shards=shards
     )
     problems += schedule_problems(settings, raw, tasks)
+    if settings.tracing.enabled and (missing := tracing.missing()) is not None:
+        problems.append(raw.problem(("tracing", "enabled"), missing))
     if problems:
         raise ConfigError(raw.source, problems)
     # No problem means every section built.

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -19,13 +19,19 @@ from taskhub.components import Sink
 from taskhub.jobs import Completion, Failure, Task, TaskSpec
 from taskhub.limits.execution import ExecutionGate
 
+if TYPE_CHECKING:
+    from taskhub.monitoring.otel import Tracer
+
 logger = logging.getLogger(__name__)
 
 
 class TaskRunner:
-    def __init__(self, sinks: Sequence[Sink], gate: ExecutionGate | None = None) -> None:
+    def __init__(
+        self, sinks: Sequence[Sink], gate: ExecutionGate | None = None, tracer: Tracer | None = None
+    ) -> None:
         self.sinks = list(sinks)
         self.gate = gate
+        self.tracer = tracer  # None: tracing is off
 
     @property
     def limited(self) -> bool:
@@ -62,7 +68,11 @@ class TaskRunner:
             attempt=attempt,
             enqueued_ms=enqueued_ms,
         )
-        result = await spec.handler.run(task)
+        if self.tracer is None:
+            result = await spec.handler.run(task)
+        else:
+            with self.tracer.handler(task):
+                result = await spec.handler.run(task)
         me = asyncio.current_task()
         if me is not None and me.cancelling():
             # It swallowed its cancellation (an abort): a result too late to count.
@@ -73,10 +83,22 @@ class TaskRunner:
         return result
 
     async def emit(self, completion: Completion) -> None:
-        if len(self.sinks) == 1:
+        if self.tracer is not None:
+            await asyncio.gather(*(self._traced_emit(sink, completion) for sink in self.sinks))
+        elif len(self.sinks) == 1:
             await self.sinks[0].emit(completion)
         elif self.sinks:
             await asyncio.gather(*(sink.emit(completion) for sink in self.sinks))
+
+    async def _traced_emit(self, sink: Sink, completion: Completion) -> None:
+        assert self.tracer is not None
+        with self.tracer.sink(sink.name, "emit", completion.task):
+            await sink.emit(completion)
+
+    async def _traced_failed(self, sink: Sink, failure: Failure) -> None:
+        assert self.tracer is not None
+        with self.tracer.sink(sink.name, "failed", failure.task):
+            await sink.failed(failure)
 
     async def failed(
         self,
@@ -100,9 +122,12 @@ class TaskRunner:
             enqueued_ms=enqueued_ms,
         )
         failure = Failure(task=task, error=error, failed_at=datetime.now(UTC))
-        outcomes = await asyncio.gather(
-            *(sink.failed(failure) for sink in self.sinks), return_exceptions=True
+        calls = (
+            (sink.failed(failure) for sink in self.sinks)
+            if self.tracer is None
+            else (self._traced_failed(sink, failure) for sink in self.sinks)
         )
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
         for sink, outcome in zip(self.sinks, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 logger.error(

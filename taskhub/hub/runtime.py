@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -37,12 +38,16 @@ from taskhub.hub.scheduler import Scheduler
 from taskhub.jobs import TaskSpec
 from taskhub.limits.admission import Admission
 from taskhub.limits.schedules import TickSubmitter
+from taskhub.monitoring import tracing
 from taskhub.monitoring.exporter import QueueDepth, WorkerExporter
 from taskhub.monitoring.metrics import JobMetrics, RequestMetrics
 from taskhub.monitoring.schedules import ScheduleBoard
 from taskhub.monitoring.traffic import TrafficRecorder, traffic_prefix
 from taskhub.web.app import ApiParts, HttpApi, build_api
 from taskhub.web.readiness import Check, pinger
+
+if TYPE_CHECKING:
+    from taskhub.monitoring.otel import Tracer
 
 logger = logging.getLogger("taskhub")
 
@@ -66,6 +71,7 @@ class Runtime:
         self._request_metrics: RequestMetrics | None = None
         self._queue_depth: QueueDepth | None = None
         self._exporter: WorkerExporter | None = None
+        self.tracer: Tracer | None = None  # while tracing is on
 
     # ------------------------------------------------------------- PluginContext
 
@@ -183,6 +189,7 @@ class Runtime:
         findings = await hub.check_redis()  # before anything is admitted or taken
         findings.log()
         findings.raise_if_refused(hub.raw.source)
+        self._start_tracing()
         stack.push_async_callback(hub.connections.aclose)
         hub.connections.shared()
         await hub.queue.open(self)
@@ -190,11 +197,13 @@ class Runtime:
         stack.push_async_callback(hub.queue.close)
         self._start_metrics()
         if role & Role.WORKER:
-            self._runner = TaskRunner(hub.sinks, hub.build_execution_gate())
+            self._runner = TaskRunner(hub.sinks, hub.build_execution_gate(), self.tracer)
             await self._open_sinks()
             stack.push_async_callback(self._worker_finished)
         if role & Role.SERVER:
             self.admission = hub.build_admission()
+            if self.tracer is not None:
+                self.tracer.instrument(self.admission)
             self._start_traffic()
             self._http = await asyncio.to_thread(build_api, self._api_parts(self.admission))
         freeze_startup_objects()
@@ -220,6 +229,14 @@ class Runtime:
         scheduler = Scheduler(hub.settings.schedules, submitter)
         task = asyncio.create_task(scheduler.run(self.stopping), name="scheduler")
         self._stack.push_async_callback(_stopped, task)
+
+    def _start_tracing(self) -> None:
+        """Spans only while ``tracing.enabled``: off, OpenTelemetry is not imported."""
+        if not self.hub.settings.tracing.enabled:
+            return
+        self.tracer = tracing.start(self.hub.settings.tracing, (self._role.name or "both").lower())
+        # Flushed last (pushed first): the spans of everything that stops are exported too.
+        self._stack.callback(tracing.stop)
 
     def _start_metrics(self) -> None:
         """Bind the counters this role updates; a worker alone also gets its own port."""
@@ -280,6 +297,7 @@ class Runtime:
             queue_depth=self._queue_depth,
             traffic=self.traffic,
             limits_admin=hub.build_limits_admin(admission.deny_cache) if admin else None,
+            tracer=self.tracer,
             schedules=self._schedule_board(),
         )
 

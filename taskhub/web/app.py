@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from taskhub.components import Authenticator, QueueBackend
 from taskhub.config.models import Settings
@@ -38,6 +39,9 @@ from taskhub.web.responses import error_response, json_response
 from taskhub.web.routing import Router
 from taskhub.web.submission import SubmissionParser
 from taskhub.web.tasks import READS, JobEndpoints, SubmitTask
+
+if TYPE_CHECKING:
+    from taskhub.monitoring.otel import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class ApiParts:
     queue_depth: QueueDepth | None = None
     traffic: TrafficRecorder | None = None  # None: the dashboard is off
     limits_admin: LimitsAdmin | None = None  # None: the admin endpoint is off
+    tracer: Tracer | None = None  # None: tracing is off
     schedules: ScheduleBoard | None = None  # None: no schedules (or no dashboard)
 
 
@@ -138,6 +143,22 @@ class HttpApi:
             self.metrics.bad_request(code)
 
 
+class TracedHttpApi(HttpApi):
+    """The API with a span around each request (``tracing.enabled``): a subclass, so the
+    untraced API pays nothing for it."""
+
+    def __init__(self, router: Router, metrics: RequestMetrics | None, tracer: Tracer) -> None:
+        super().__init__(router, metrics)
+        self.tracer = tracer
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        route = self.router.route(request.path)
+        with self.tracer.request(request.method, route, request.path, request.headers) as span:
+            response = await super().handle(request)
+            self.tracer.responded(span, response.status, response.headers.get(request_id.HEADER))
+        return response
+
+
 def build_api(parts: ApiParts) -> HttpApi:
     """Every route the config enables. Reads the dashboard page: run it off the event loop."""
     settings, options = parts.settings, parts.options
@@ -194,4 +215,6 @@ def build_api(parts: ApiParts) -> HttpApi:
         router.add("GET", "/dashboard/api/summary", dashboard.summary)
         router.add_param("POST", "/dashboard/api/failed/", dashboard.retry, "/retry", segment=True)
         logger.info("dashboard on: GET /dashboard")
+    if parts.tracer is not None:
+        return TracedHttpApi(router, parts.request_metrics, parts.tracer)
     return HttpApi(router, parts.request_metrics)

@@ -71,6 +71,18 @@ class Router:
         methods = self._fixed.get(path)
         return methods.get(method) if methods is not None else None
 
+    def route(self, path: str) -> str | None:
+        """The route template a request matches, as tracing names it (``/task/{param}``);
+        None when nothing serves the path."""
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        if path in self._fixed:
+            return path
+        for route in self._params:
+            if route.match(path) is not None:
+                return f"{route.prefix}{{param}}{route.suffix}"
+        return None
+
     def find(self, method: str, path: str) -> Match | None:
         """The handler for ``method`` on ``path``; a Match with only ``allowed`` when the
         path exists for other methods; None when nothing serves the path."""

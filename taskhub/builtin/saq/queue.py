@@ -42,7 +42,7 @@ from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueu
 from taskhub.builtin.saq.settled import BLOCK_S, SettledReader
 from taskhub.builtin.saq.worker import HubWorker
 from taskhub.jobs import MAX_USER_ID, MAX_WEIGHT, AbortOutcome, AbortResult, JobInfo
-from taskhub.monitoring import request_id
+from taskhub.monitoring import request_id, trace_context
 from taskhub.store.clients import redis_call
 from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
 
@@ -255,6 +255,9 @@ class SaqQueue(QueueBackend):
         submitted_by = request_id.current.get()
         if submitted_by is not None:  # the worker logs its lines under the same id
             meta[REQUEST_ID] = submitted_by
+        parent = trace_context.traceparent.get()
+        if parent is not None:  # tracing is on: the job's span is the admission's child
+            meta[trace_context.TRACEPARENT] = parent
         if meta:
             job["meta"] = meta
         keys = [incomplete, job_prefix + key, queued, abort_prefix + key]

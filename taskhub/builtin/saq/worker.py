@@ -56,11 +56,13 @@ from taskhub.builtin.saq.redis_queue import (
     Moved,
 )
 from taskhub.jobs import RetryLater
+from taskhub.monitoring import trace_context, tracing
 from taskhub.monitoring.log_context import job_scope
 
 if TYPE_CHECKING:
     from taskhub.context import JobCounters, JobRunner
     from taskhub.jobs import TaskSpec
+    from taskhub.monitoring.otel import Tracer
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,6 +147,7 @@ class HubWorker(Worker[Context]):
             if metrics is not None:
                 shard.on_recovered = self._recovered
         self.specs = specs
+        self.tracer: Tracer | None = tracing.active  # None: tracing is off
         self.beat_interval = beat_interval
         self._upkeep_tasks: list[asyncio.Task[None]] = []
         self._beater: asyncio.Task[None] | None = None
@@ -289,10 +292,16 @@ class HubWorker(Worker[Context]):
     async def _run(self, job: Job, fence: str) -> None:
         """Run one attempt with the job's fields and request id on every log line it makes."""
         kwargs = job.kwargs or {}
-        submitted_by = (job.meta or {}).get(REQUEST_ID)
+        meta = job.meta or {}
         user_id = kwargs.get("user_id", "")
-        with job_scope(job.key, user_id, job.function, submitted_by):
-            await self._attempt(job, fence, kwargs)
+        with job_scope(job.key, user_id, job.function, meta.get(REQUEST_ID)):
+            tracer = self.tracer
+            if tracer is None:
+                await self._attempt(job, fence, kwargs)
+                return
+            parent = meta.get(trace_context.TRACEPARENT)
+            with tracer.job(job.function, job.key, job.attempts, user_id, parent):
+                await self._attempt(job, fence, kwargs)
 
     async def _attempt(self, job: Job, fence: str, kwargs: dict[str, Any]) -> None:
         spec = self.specs[job.function]
@@ -445,6 +454,8 @@ class HubWorker(Worker[Context]):
             logger.info("job %s (task %s) handed back to the queue", job.key, job.function)
 
     def _count(self, job: Job, outcome: str) -> None:
+        if self.tracer is not None:
+            self.tracer.outcome(outcome)
         if self.metrics is not None:
             self.metrics.count(job.function, outcome)
 
