@@ -66,8 +66,9 @@ class Job(_Body):
     attempts: int = Field(ge=0)
     max_attempts: int = Field(ge=0)
     queued_at: str | None
+    # Optional: servers before delayed jobs do not send it, and clients read their answers.
     run_at: str | None = Field(
-        description="a delayed job's run time, while its status is scheduled"
+        None, description="a delayed job's run time, while its status is scheduled"
     )
     retry_at: str | None
     started_at: str | None
