@@ -15,7 +15,7 @@ from tests.support.configs import ROOT, config_dict
 from tests.support.dashboard import AUTH, TOKEN
 from tests.support.end_to_end import end_to_end
 from tests.support.namespaces import Namespace
-from tests.support.processes import run_cli
+from tests.support.processes import run_cli, wait_until
 from tests.support.redis_servers import PrivateRedis
 
 # A private redis-server, started here; the ACL is the matter, so one server.
@@ -62,10 +62,33 @@ def user_url(server: PrivateRedis, ns: Namespace, **rule: str) -> str:
     return f"redis://{user}:{PASSWORD}@127.0.0.1:{server.port}/0"
 
 
-def test_the_documented_rule_is_enough_for_everything(tmp_path: Path, server, spawn) -> None:
+@pytest.mark.parametrize("fairness", ["none", "user"])
+def test_the_documented_rule_is_enough_for_everything(
+    tmp_path: Path, server, spawn, fairness: str
+) -> None:
     ns = Namespace.new()
-    config = config_dict(ns, user_url(server, ns), dashboard={"enabled": True, "token": TOKEN})
+    config = config_dict(
+        ns,
+        user_url(server, ns),
+        dashboard={"enabled": True, "token": TOKEN},
+        schedules=[{"name": "acl", "task": "log_completion", "interval": 1, "user_id": "clock"}],
+    )
+    config["queue"]["fairness"] = fairness
     process = end_to_end(spawn, tmp_path, config)  # submit, run, status, taskhub status
+    url = process.url
+    # The queue's other paths: a priority, a delay, a batch, a wait, an abort.
+    jobs = [{"user_id": "bob", "priority": 5}, {"user_id": "bob", "delay": 1}]
+    batch = httpx.post(f"{url}/tasks", json={"tasks": jobs}, timeout=10)
+    assert batch.status_code == 200, batch.text
+    ids = [result["job_id"] for result in batch.json()["results"]]
+    for job_id in ids:
+        waited = httpx.get(f"{url}/task/{job_id}", params={"wait": 10}, timeout=15)
+        assert waited.json()["status"] == "complete", waited.text
+    later = httpx.post(f"{url}/task", json={"user_id": "carol", "delay": 60}, timeout=10)
+    aborted = httpx.delete(f"{url}/task/{later.json()['job_id']}", timeout=10)
+    assert aborted.status_code == 200, aborted.text
+    log = tmp_path / "task.log"
+    assert wait_until(lambda: "user clock" in log.read_text(), 10), "no schedule tick ran"
     summary = httpx.get(f"{process.url}/dashboard/api/summary", headers=AUTH, timeout=10)
     assert summary.status_code == 200, summary.text
     shown = run_cli(["limits", "show", str(tmp_path / "config.yaml"), "alice"], tmp_path)
