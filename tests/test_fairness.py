@@ -179,6 +179,30 @@ async def test_priority_orders_a_users_jobs_and_none_mode_the_whole_queue(
         assert order == [higher, other, high, *plain, low]
 
 
+async def test_an_idle_worker_wakes_at_once_for_a_job_of_another_priority(client, ns) -> None:
+    """fairness none: idle workers wait on SAQ's list, and a job of another priority
+    waits in ``prio``: the token it puts on the list wakes one at once, not when the
+    idle wait ends; each take that leaves ``prio`` non-empty wakes the next."""
+    queue = await opened(saq(ns, client), client)
+    admission = gate(client, queue, ns)
+    line = shard(queue)
+    for priority in (5, -2):
+        idle = [asyncio.create_task(line.take(1.8)) for _ in range(2)]  # two idle workers
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        jobs = [await admit(admission, "a", priority=priority) for _ in range(2)]
+        found = await asyncio.gather(*idle)
+        assert sorted(f[0].key for f in found if f) == sorted(jobs), found
+        assert time.monotonic() - started < 1.5  # the idle waits last 1.8 s
+    assert await takes(line) == []
+    assert await client.llen(line._queued) == 0 and await client.llen(line._active) == 4
+    assert (await queue.depth())["queued"] == 0
+    plain = await admit(admission, "a")
+    low = await admit(admission, "a", priority=-1)  # a token only into an empty list
+    assert await client.llen(line._queued) == 1  # the plain job, no token
+    assert await takes(line) == [plain, low]
+
+
 async def test_a_tasks_default_priority_and_the_bodys_override(client, ns) -> None:
     queue = await opened(saq(ns, client), client)
     admission = gate(client, queue, ns)

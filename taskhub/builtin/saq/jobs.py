@@ -175,8 +175,18 @@ async def snapshot(queue: HardenedRedisQueue, failures: int) -> QueueSnapshot:
         pipe.zcard(queue.dead_key)
         pipe.zrevrange(queue.dead_key, 0, max(failures, 1) - 1)
         pipe.zrangebyscore(queue._stats, now(), "+inf", withscores=True)
-        listed, prio, lined, active_ids, incomplete, dead, dead_ids, reports = await pipe.execute()
-    queued = int(listed) + int(prio) + int(lined or 0)
+        (
+            listed,
+            head,
+            prio,
+            lined,
+            active_ids,
+            incomplete,
+            dead,
+            dead_ids,
+            reports,
+        ) = await pipe.execute()
+    queued = queue.queued_from(listed, head, prio, lined)
     top = await queue.top_users(TOP_USERS) if queue.fairness == FAIR else []
     taken_at = datetime.now(UTC)
     active_raws = await queue.redis.mget(active_ids) if active_ids else []

@@ -9,7 +9,11 @@ prefix so a tagged (cluster) shard keeps them in its hash slot:
   here exactly as before; with ``user`` it only drains (jobs an earlier version, or
   fairness none, queued).
 - ``prio``: with ``none``, jobs of another priority than 0, one sorted set for all
-  users: those above 0 are taken before the list, those below after it.
+  users: those above 0 are taken before the list, those below after it. Idle workers
+  wait on the list (``BLMOVE queued active``), so a job put in ``prio`` while the list
+  is empty also puts ``wake`` there: a token, never a key, that wakes one idle worker
+  (whose take drops it like any listed id without a job, then takes from ``prio``);
+  each such take that leaves ``prio`` non-empty wakes the next one the same way.
 - ``ring``: with ``user``, a list of the users with queued jobs, each once; the
   head's turn it is. An idle worker waits with ``BLMOVE ring waking``: a user on the
   ring wakes one worker (not all of them), whose take puts him back first.
@@ -32,6 +36,8 @@ from taskhub.jobs import MAX_PRIORITY
 
 FAIR = "user"
 FIFO = "none"
+# The token that wakes an idle worker in ``none`` (under the shard's prefix: its slot).
+WAKE = "wake"
 
 LINE_LUA = f"""
 local PMAX, BAND, HALF = {MAX_PRIORITY}, 17592186044416, 8796093022208
@@ -41,7 +47,14 @@ local function line_of(queued, fair)
   local ring, backlog, credit = p .. 'ring', p .. 'backlog', p .. 'credit'
   local waking = p .. 'waking'
   local prio, lined = p .. 'prio', p .. 'lined'
-  local L = {{}}
+  local wake = p .. '{WAKE}'
+  -- Jobs wait in ``prio`` and none on SAQ's list, where idle workers wait: wake one.
+  local function wake_one()
+    if redis.call('LLEN', queued) == 0 and redis.call('EXISTS', prio) == 1 then
+      redis.call('RPUSH', queued, wake)
+    end
+  end
+  local L = {{wake = wake}}
   -- Queue ``id`` (of ``user``, at ``priority``); ``front``: before its equals.
   function L.push(id, user, priority, front)
     priority = tonumber(priority) or 0
@@ -54,6 +67,7 @@ local function line_of(queued, fair)
     local score = (PMAX - priority) * BAND + HALF + n
     if not fair then
       redis.call('ZADD', prio, score, id)
+      wake_one()
       return
     end
     if redis.call('ZADD', p .. 'line:' .. user, score, id) == 1 then
@@ -139,11 +153,17 @@ local function line_of(queued, fair)
     local head = redis.call('ZRANGE', prio, 0, 0, 'WITHSCORES')
     if head[1] and tonumber(head[2]) < PMAX * BAND then
       redis.call('ZREM', prio, head[1])
+      wake_one()
       return head[1], false
     end
     id = list_take()
     if id then return id, true end
-    return pop(prio) or take_fair(), false
+    id = pop(prio)
+    if id then
+      wake_one()
+      return id, false
+    end
+    return take_fair(), false
   end
   return L
 end

@@ -47,7 +47,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 from taskhub import ScriptCall, ScriptConnection
-from taskhub.builtin.saq.line import FAIR, FIFO, LINE_LUA
+from taskhub.builtin.saq.line import FAIR, FIFO, LINE_LUA, WAKE
 from taskhub.store.clients import is_unavailable
 from taskhub.store.outage import OutageLog
 
@@ -203,19 +203,25 @@ local function list_take()
   if ARGV[2] == 'LMOVE' then return redis.call('LMOVE', queued, active, 'LEFT', 'RIGHT') end
   return redis.call('RPOPLPUSH', queued, active)
 end
-for _ = 1, tonumber(ARGV[1]) do
+local wanted = tonumber(ARGV[1])
+while wanted > 0 do
   local id, listed = L.take(list_take)
   if not id then break end
-  if not listed then redis.call('RPUSH', active, id) end
-  local raw = redis.call('GET', id)
-  if raw then
-    redis.call('ZADD', beats, now, id)
-    taken[#taken + 1] = id
-    taken[#taken + 1] = raw
-  else  -- listed but gone (deleted): drop the stale entry
-    redis.call('LREM', active, 0, id)
-    redis.call('ZREM', incomplete, id)
-    redis.call('ZREM', beats, id)
+  if id == L.wake then  -- the token that wakes an idle worker, not a job: take on
+    redis.call('LREM', active, 1, id)
+  else
+    wanted = wanted - 1
+    if not listed then redis.call('RPUSH', active, id) end
+    local raw = redis.call('GET', id)
+    if raw then
+      redis.call('ZADD', beats, now, id)
+      taken[#taken + 1] = id
+      taken[#taken + 1] = raw
+    else  -- listed but gone (deleted): drop the stale entry
+      redis.call('LREM', active, 0, id)
+      redis.call('ZREM', incomplete, id)
+      redis.call('ZREM', beats, id)
+    end
   end
 end
 return {{done, taken}}
@@ -330,6 +336,7 @@ class HardenedRedisQueue(RedisQueue):
         self.ring_key = self.namespace("ring")
         self.waking_key = self.namespace("waking")
         self.prio_key = self.namespace("prio")
+        self.wake_token = self.namespace(WAKE).encode()
         self.lined_key = self.namespace("lined")
         self.backlog_key = self.namespace("backlog")
         self.weights_key = self.namespace("weights")
@@ -427,6 +434,9 @@ class HardenedRedisQueue(RedisQueue):
         job_id = await self._wait_for(client, self._queued, self._active, timeout)
         if job_id is None:
             return None
+        if job_id == self.wake_token:  # a job waits in prio (see line.py): take it
+            await client.lrem(self._active, 1, job_id)
+            return await self._submit_take()
         raw = await self.redis.get(job_id)
         return None if raw is None else (job_id, raw)  # gone: the sweep tidies the list
 
@@ -672,16 +682,22 @@ class HardenedRedisQueue(RedisQueue):
             pipe.llen(self._active)
             pipe.zcard(self._incomplete)
             pipe.zcard(self.dead_key)
-            listed, prio, lined, *counts = await pipe.execute()
-        queued = int(listed) + int(prio) + int(lined or 0)
+            listed, head, prio, lined, *counts = await pipe.execute()
+        queued = self.queued_from(listed, head, prio, lined)
         names = ("queued", "active", "incomplete", "dead")
         return dict(zip(names, [queued, *map(int, counts)], strict=True))
 
     def count_queued(self, pipe: Any) -> None:
-        """Queue the three reads whose sum is the jobs waiting in line (see line.py)."""
+        """Queue the reads whose sum is the jobs waiting in line (see line.py); read
+        them with ``queued_from``."""
         pipe.llen(self._queued)
+        pipe.lindex(self._queued, 0)  # a wake token is pushed into an empty list only
         pipe.zcard(self.prio_key)
         pipe.get(self.lined_key)
+
+    def queued_from(self, listed: int, head: bytes | None, prio: int, lined: bytes | None) -> int:
+        """Jobs waiting in line, from ``count_queued``'s reads: not the wake token."""
+        return int(listed) - (head == self.wake_token) + int(prio) + int(lined or 0)
 
     async def top_users(self, count: int) -> list[tuple[str, int]]:
         """The users holding the most jobs in their lines (fairness user), most first."""
