@@ -35,6 +35,9 @@ from taskhub.store.outage import OutageLog
 from taskhub.store.sharding import Shards
 
 logger = logging.getLogger(__name__)
+# Tries to record a queued tick for display (a cluster client may find its connection
+# dropped once).
+RECORD_ATTEMPTS = 2
 
 # With no rules, KEYS and ARGV are the queue's, each followed by one of ours: the
 # marker key, and its time to live in ms.
@@ -111,9 +114,14 @@ class TickSubmitter:
 
     async def _record(self, name: str, tick: int, job_id: str) -> None:
         """What ``taskhub status`` shows as the last tick: informative, so best effort."""
-        entry = {"tick": tick, "job_id": job_id, "queued_at": time.time()}
-        try:
-            key = last_ticks_key(self.key_prefix)
-            await cast(Awaitable[int], self.redis.hset(key, name, orjson.dumps(entry).decode()))
-        except Exception as exc:  # the tick is queued; only the display misses it
-            logger.warning("schedule %s: tick %s queued, but not recorded: %s", name, tick, exc)
+        entry = orjson.dumps({"tick": tick, "job_id": job_id, "queued_at": time.time()}).decode()
+        key = last_ticks_key(self.key_prefix)
+        for attempt in range(RECORD_ATTEMPTS):  # a dropped connection is worth one more try
+            try:
+                await cast(Awaitable[int], self.redis.hset(key, name, entry))
+                return
+            except Exception as exc:  # the tick is queued; only the display misses it
+                if attempt + 1 == RECORD_ATTEMPTS:
+                    logger.warning(
+                        "schedule %s: tick %s queued, but not recorded: %s", name, tick, exc
+                    )
