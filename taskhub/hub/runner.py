@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -84,21 +84,22 @@ class TaskRunner:
 
     async def emit(self, completion: Completion) -> None:
         if self.tracer is not None:
-            await asyncio.gather(*(self._traced_emit(sink, completion) for sink in self.sinks))
+            await asyncio.gather(
+                *(
+                    self._traced(sink, "emit", completion.task, sink.emit(completion))
+                    for sink in self.sinks
+                )
+            )
         elif len(self.sinks) == 1:
             await self.sinks[0].emit(completion)
         elif self.sinks:
             await asyncio.gather(*(sink.emit(completion) for sink in self.sinks))
 
-    async def _traced_emit(self, sink: Sink, completion: Completion) -> None:
+    async def _traced(self, sink: Sink, call: str, task: Task, work: Awaitable[None]) -> None:
+        """``work``, one sink's ``call`` (emit or failed) of ``task``, in that sink's span."""
         assert self.tracer is not None
-        with self.tracer.sink(sink.name, "emit", completion.task):
-            await sink.emit(completion)
-
-    async def _traced_failed(self, sink: Sink, failure: Failure) -> None:
-        assert self.tracer is not None
-        with self.tracer.sink(sink.name, "failed", failure.task):
-            await sink.failed(failure)
+        with self.tracer.sink(sink.name, call, task):
+            await work
 
     async def failed(
         self,
@@ -125,7 +126,7 @@ class TaskRunner:
         calls = (
             (sink.failed(failure) for sink in self.sinks)
             if self.tracer is None
-            else (self._traced_failed(sink, failure) for sink in self.sinks)
+            else (self._traced(sink, "failed", task, sink.failed(failure)) for sink in self.sinks)
         )
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         for sink, outcome in zip(self.sinks, outcomes, strict=True):
