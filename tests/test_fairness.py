@@ -30,7 +30,7 @@ from taskhub.jobs import AbortOutcome, JobStatus
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
-from tests.support.backends import config_on
+from tests.support.backends import config_on, settings_on
 from tests.support.configs import write_config
 from tests.support.jobs import eventually, store_queued, working
 from tests.support.namespaces import Namespace
@@ -59,9 +59,7 @@ SPEC = TaskSpec(Recorder.name, Recorder())
 
 @pytest.fixture(params=["single", "cluster"])
 def settings(request: pytest.FixtureRequest) -> RedisSettings:
-    if request.param == "cluster":
-        return RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
-    return RedisSettings(url=request.getfixturevalue("redis_url"))
+    return settings_on(request.param, request)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from taskhub.limits.execution import ExecutionGate
 from taskhub.limits.policy import RequestContext, Rule
 from taskhub.store.clients import connect
 from taskhub.store.sharding import SHARD_BY, Shards
-from tests.support.backends import config_on
+from tests.support.backends import config_on, settings_on
 from tests.support.configs import config_dict, write_config
 from tests.support.jobs import eventually, working
 from tests.support.namespaces import Namespace
@@ -212,9 +212,7 @@ def bucket(capacity: int) -> TokenBucket:
 @pytest.fixture(params=["single", "cluster"])
 def settings(request: pytest.FixtureRequest) -> RedisSettings:
     """The shared single Redis, or the test cluster."""
-    if request.param == "cluster":
-        return RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
-    return RedisSettings(url=request.getfixturevalue("redis_url"))
+    return settings_on(request.param, request)
 
 
 @pytest.fixture

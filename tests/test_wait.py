@@ -28,6 +28,7 @@ from taskhub.jobs import AbortOutcome, JobStatus
 from taskhub.limits.admission import Admission, Outcome
 from taskhub.limits.policy import Rule
 from taskhub.store.clients import connect
+from tests.support.backends import settings_on
 from tests.support.namespaces import Namespace
 from tests.support.redis_servers import PrivateRedis
 from tests.test_shards import bucket, ctx, eventually, sharded, working
@@ -55,9 +56,7 @@ class Gate(TaskHandler):
 
 @pytest.fixture(params=["single", "cluster"])
 def settings(request: pytest.FixtureRequest) -> RedisSettings:
-    if request.param == "cluster":
-        return RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
-    return RedisSettings(url=request.getfixturevalue("redis_url"))
+    return settings_on(request.param, request)
 
 
 @pytest.fixture

@@ -22,10 +22,15 @@ def config_on(kind: str, ns: Namespace, request: pytest.FixtureRequest) -> dict[
     return config_dict(ns, request.getfixturevalue("redis_url"))
 
 
+def settings_on(kind: str, request: pytest.FixtureRequest) -> RedisSettings:
+    """Redis settings for the ``single`` shared Redis, the ``cluster``, or ``memory``."""
+    if kind == "cluster":
+        return RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True)
+    if kind == "memory":
+        return RedisSettings(url=f"memory://{request.node.nodeid}")
+    return RedisSettings(url=request.getfixturevalue("redis_url"))
+
+
 def client_on(kind: str, request: pytest.FixtureRequest) -> aioredis.Redis:
     """A client on the ``single`` shared Redis, the ``cluster``, or ``memory``."""
-    if kind == "cluster":
-        return connect(RedisSettings(url=request.getfixturevalue("cluster").url, cluster=True))
-    if kind == "memory":
-        return connect(RedisSettings(url=f"memory://{request.node.nodeid}"))
-    return connect(RedisSettings(url=request.getfixturevalue("redis_url")))
+    return connect(settings_on(kind, request))
