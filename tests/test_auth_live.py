@@ -79,7 +79,7 @@ def test_401_and_403_charge_and_queue_nothing(ns, redis_url, sync_redis, spawn, 
     assert forbidden.status_code == 403
     assert forbidden.json() == {
         "error": "forbidden",
-        "message": "this API key is bound to user 'alice' and cannot submit for 'bob'",
+        "message": "the credential is bound to user 'alice' and cannot submit for 'bob'",
     }
     assert ns.keys(sync_redis) == set()  # no limiter key, no job
     assert bad_requests(url)["unauthorized"] == 3 and bad_requests(url)["forbidden"] == 1

@@ -57,7 +57,7 @@ class Unauthorized(ClientError):
 
 
 class Forbidden(Unauthorized):
-    """403: the API key is bound to another user."""
+    """403: the credential (an API key, say) is bound to another user."""
 
 
 class NotFound(ClientError):

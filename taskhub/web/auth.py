@@ -32,10 +32,15 @@ def request_auth(authenticator: Authenticator) -> RequestAuth | None:
     return authenticated
 
 
+def not_yours(bound: str, user_id: str) -> str:
+    """Why a credential bound to ``bound`` may not submit for ``user_id``: worded for any
+    authenticator (an API key, a token of a plugin), not only for API keys."""
+    return f"the credential is bound to user {bound!r} and cannot submit for {user_id!r}"
+
+
 def forbidden(bound: str, user_id: str) -> HttpResponse:
-    """403 for a key bound to ``bound`` that submits for someone else."""
-    message = f"this API key is bound to user {bound!r} and cannot submit for {user_id!r}"
-    return error_response(403, "forbidden", message)
+    """403 for a credential bound to ``bound`` that submits for someone else."""
+    return error_response(403, "forbidden", not_yours(bound, user_id))
 
 
 def may_see(principal: Principal | None, owner: str) -> bool:

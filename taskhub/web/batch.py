@@ -32,6 +32,7 @@ from taskhub.http import HttpRequest, HttpResponse
 from taskhub.limits.admission import Ask, Decision
 from taskhub.limits.headers import rate_limit_headers
 from taskhub.limits.policy import Outcome, RequestContext
+from taskhub.web.auth import not_yours
 from taskhub.web.models import FieldProblem
 from taskhub.web.responses import STORE_DOWN, json_response, unavailable
 from taskhub.web.submission import (
@@ -136,8 +137,7 @@ class SubmitBatch:
             raise _problem(422, exc.code, ITEM_KEY, exc.message) from None
         user_id = submission.user_id
         if bound is not None and bound != user_id:
-            message = f"this API key is bound to user {bound!r} and cannot submit for {user_id!r}"
-            raise _problem(403, "forbidden", "user_id", message)
+            raise _problem(403, "forbidden", "user_id", not_yours(bound, user_id))
         context = RequestContext(user_id, submission.spec.name, client_ip, keyed)
         return Ask(
             submission.spec,
