@@ -378,9 +378,11 @@ def request_of(scope: Scope) -> HttpRequest | None:
         if path.startswith(prefix):
             path = path[len(prefix) :] or "/"
     headers: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        # The first of a repeated header, decoded as the Sanic server decodes it.
-        headers.setdefault(name.decode("latin-1"), value.decode(errors="surrogateescape"))
+    for name, raw in scope["headers"]:
+        # The first of a repeated header, decoded as the Sanic server decodes it, without
+        # the blanks around it (RFC 9110, 5.5) that uvicorn's httptools mode passes on.
+        value = raw.strip(b" \t").decode(errors="surrogateescape")
+        headers.setdefault(name.decode("latin-1"), value)
     client = scope.get("client")
     return HttpRequest(scope["method"], path, headers, b"", query, client[0] if client else "")
 

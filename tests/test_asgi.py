@@ -237,9 +237,11 @@ def test_the_path_the_api_sees(fields: dict[str, Any], path: str) -> None:
 
 def test_headers_query_and_client_reach_the_api() -> None:
     headers = [(b"x-user", b"caf\xc3\xa9"), (b"x-user", b"second"), (b"content-type", b"a/b")]
+    headers.append((b"idempotency-key", b" \tk1 \t"))  # uvicorn's httptools mode keeps blanks
     request = request_of(scope(headers=headers, query_string=b"rule=per_ip"))
     assert request is not None
     assert request.headers.get("x-user") == "café"  # the first, decoded as Sanic decodes
+    assert request.headers.get("idempotency-key") == "k1"  # a value without its blanks
     assert (request.query, request.client, request.method) == ("rule=per_ip", "10.0.0.7", "GET")
     assert request_of(scope(client=None)).client == ""  # type: ignore[union-attr]
     assert request_of(scope(raw_path=b"/caf\xc3\xa9")) is None  # not ASCII: a 400

@@ -114,6 +114,21 @@ def test_pipelined_requests_are_answered_in_order(wire: Wire) -> None:
     assert answers[0].json()["job_id"] != answers[4].json()["job_id"]
 
 
+def test_header_values_are_read_without_their_surrounding_blanks(wire: Wire) -> None:
+    """A field value excludes its surrounding whitespace (RFC 9110, 5.5): the same
+    Idempotency-Key with blanks around it names the same job on every server, and a
+    padded Content-Type is still JSON."""
+    json = {"Content-Type": " application/json \t"}
+    sent = [
+        request("POST", "/task", SUBMIT, {**json, "Idempotency-Key": key})
+        for key in ("padded-1", "padded-1  ", " \tpadded-1\t")
+    ]
+    wire.send(b"".join(sent))
+    answers = [wire.read() for _ in sent]
+    assert [answer.status for answer in answers] == [200, 200, 200], answers
+    assert len({answer.json()["job_id"] for answer in answers}) == 1, answers
+
+
 def test_a_body_over_the_limit_is_refused_before_it_is_read(wire: Wire) -> None:
     head = request("POST", "/task", headers={"Content-Length": str(1 << 30)})
     wire.send(head + b"x" * 4096)  # a 1 GiB body, of which 4 KiB is ever sent

@@ -240,7 +240,8 @@ class HttpConnection(asyncio.Protocol):
             raise Refusal(431)
         key = name.decode("latin-1").lower()
         if key not in self.headers:  # the first of repeated headers, as Sanic's get()
-            self.headers[key] = value.decode(errors="surrogateescape")
+            # llhttp passes a value's trailing blanks on; a field value has none (RFC 9110)
+            self.headers[key] = value.rstrip(b" \t").decode(errors="surrogateescape")
 
     def on_headers_complete(self) -> None:
         self.in_head = False

@@ -29,6 +29,7 @@ from sanic.response import HTTPResponse
 from sanic.server import AsyncioServer, HttpProtocol
 
 from taskhub import (
+    Headers,
     HttpHandler,
     HttpRequest,
     HttpResponse,
@@ -48,11 +49,26 @@ _app_numbers = itertools.count(1)
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
+class TrimmedHeaders:
+    """Sanic's headers with each value's trailing blanks dropped. A field value has no
+    surrounding whitespace (RFC 9110, 5.5); Sanic strips only the leading ones, so
+    ``Idempotency-Key: k1 `` would name another job than under the other servers."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    def get(self, name: str, /) -> str | None:
+        value = self._headers.get(name)
+        return None if value is None else value.rstrip(" \t")
+
+
 def http_request(request: Request) -> HttpRequest:
     return HttpRequest(
         request.method,
         request.path,
-        request.headers,
+        TrimmedHeaders(request.headers),
         request.body,
         request.query_string,
         request.ip,
