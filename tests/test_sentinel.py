@@ -31,10 +31,10 @@ from taskhub.store.clients import connect, is_unavailable
 from taskhub.store.cluster_router import admission_pipeline
 from taskhub.store.connection import connection_settings
 from taskhub.store.pipeline import RedisPipeline
-from tests.support.configs import ROOT, config_dict, crash_queue
+from tests.support.configs import ROOT, config_dict, crash_queue, write_config
 from tests.support.failover import CONNECT_TIMEOUT, SOCKET_TIMEOUT, check, run_through_failover
 from tests.support.namespaces import Namespace
-from tests.support.processes import TaskhubProcess, free_port, wait_until
+from tests.support.processes import TaskhubProcess, free_port, run_cli, wait_until
 from tests.support.replies import assert_quiet, completions
 from tests.support.sentinel import SENTINEL_PASSWORD, SERVICE, LocalSentinels, ReplicatedRedis
 from tests.support.tls import TlsFiles
@@ -254,3 +254,24 @@ async def test_a_master_demoted_behind_the_sentinels_backs_is_unavailable(
     finally:
         await pipeline.close()
         elsewhere.kill()
+
+
+def test_an_evicting_master_is_named_by_its_service_and_where_it_is(
+    tmp_path: Path, sentinels: LocalSentinels
+) -> None:
+    """The eviction check names the master the sentinels named and where it was found,
+    not redis.url's host and port (the service's name and a default port there), and its
+    fix covers the replicas they may promote."""
+    master = sentinels.master()
+    with master.client() as direct:
+        direct.config_set("maxmemory-policy", "allkeys-lru")
+    config = sentinel_config(sentinels, Namespace.new())
+    result = run_cli(["check", str(write_config(tmp_path, config))], tmp_path)
+    assert result.returncode == 0, result.stderr
+    named = (
+        f"maxmemory-policy is allkeys-lru on the master of {SERVICE!r} at "
+        f"127.0.0.1:{master.port} (redis.url), not noeviction"
+    )
+    assert named in result.stderr, result.stderr
+    assert "on each replica the sentinels may promote" in result.stderr, result.stderr
+    assert f"{SERVICE}:6379" not in result.stderr, result.stderr

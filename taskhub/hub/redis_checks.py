@@ -121,11 +121,13 @@ def _eviction(
                 "noeviction: when it reaches maxmemory, Redis deletes keys instead of refusing "
                 f"writes, and can lose {target.losses(master.policy)}"
             )
+            where = " (and on each replica the sentinels may promote)"
             fix = (
-                "set maxmemory-policy noeviction (in redis.conf, or CONFIG SET "
-                "maxmemory-policy noeviction then CONFIG REWRITE, or the hosted service's "
-                "parameter of that name); a full Redis then refuses writes instead (POST "
-                "/task answers 503) and keeps what it has"
+                "set maxmemory-policy noeviction"
+                + (where if target.connection.sentinels is not None else "")
+                + " (in redis.conf, or CONFIG SET maxmemory-policy noeviction then CONFIG "
+                "REWRITE, or the hosted service's parameter of that name); a full Redis then "
+                "refuses writes instead (POST /task answers 503) and keeps what it has"
             )
             if refuse:
                 message = f"{found}. Fix: {fix}; or redis.eviction: warn to start anyway"

@@ -181,6 +181,10 @@ class ConnectionSettings:
 
     @property
     def name(self) -> str:
+        """What messages call this Redis: through sentinels, the master of their service
+        (the URL's host and port are not where it is)."""
+        if self.sentinels is not None:
+            return f"the master of {self.sentinels.service!r}"
         return self.path or f"{self.host}:{self.port}"
 
     def at(self, address: Address) -> ConnectionSettings:

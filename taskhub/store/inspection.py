@@ -77,13 +77,14 @@ def shards_by_master(cluster: ClusterPipeline, shards: Shards) -> dict[int, tupl
 
 
 async def master_state(node: RedisPipeline, shards: tuple[int, ...]) -> MasterState:
-    name = node.connection.name
     try:
-        return MasterState(name, await eviction_policy(node), shards=shards)
+        policy = await eviction_policy(node)
     except PolicyUnknown as exc:
-        return MasterState(name, None, f"it refused to say ({exc})", shards)
+        return MasterState(node.server_name, None, f"it refused to say ({exc})", shards)
     except UNREACHABLE as exc:
-        return MasterState(name, None, f"it did not answer ({exc or type(exc).__name__})", shards)
+        said = f"it did not answer ({exc or type(exc).__name__})"
+        return MasterState(node.server_name, None, said, shards)
+    return MasterState(node.server_name, policy, shards=shards)
 
 
 async def eviction_policy(node: RedisPipeline) -> str:

@@ -170,6 +170,16 @@ class RedisPipeline:
         if connection.sentinels is not None:
             self._locator = MasterLocator(connection, on_switch=self._switched)
 
+    @property
+    def server_name(self) -> str:
+        """The connection's name and, for a master the sentinels named, where it was
+        found: "the master of 'svc' at 10.0.0.5:6379"."""
+        stream = self._stream
+        if self._locator is None or stream is None or stream.address is None:
+            return self.connection.name
+        host, port = stream.address
+        return f"{self.connection.name} at {host}:{port}"
+
     def script(self, source: str) -> PipelinedScript:
         script = PipelinedScript(self, source)
         self._scripts[script.sha] = source
