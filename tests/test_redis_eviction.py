@@ -101,6 +101,32 @@ def test_eviction_error_refuses_to_start_and_check_exits_2(
     assert code == 2 and expected in said, said
 
 
+def test_serve_with_workers_checks_once_for_all_its_processes(
+    tmp_path: Path, servers: Servers
+) -> None:
+    """The supervisor of ``serve --workers N`` checks before it binds, and its children
+    do not check again: one warning, not N + 1; a refused policy stops it before any
+    child starts, with the config error and exit code 2."""
+    server = servers("--maxmemory-policy", "allkeys-lru")
+    config = config_dict(Namespace.new(), server.url)
+    config["server"].update(host="127.0.0.1", port=0)
+    path = write_config(tmp_path, config)
+    process = TaskhubProcess(["serve", str(path), "--workers", "2"], cwd=tmp_path)
+    try:
+        process.start("server processes serving", timeout=60)
+        named = f"maxmemory-policy is allkeys-lru on 127.0.0.1:{server.port} (redis.url)"
+        assert process.output.count(named) == 1, process.output
+        assert process.output.count("redis.url: maxmemory-policy: ") == 1, process.output
+    finally:
+        process.stop()
+    config["redis"]["eviction"] = "error"
+    args = ["serve", str(write_config(tmp_path, config)), "--workers", "2"]
+    refused = TaskhubProcess(args, cwd=tmp_path)
+    assert refused.start(None).wait(30) == 2, refused.output
+    assert "redis.eviction: maxmemory-policy is allkeys-lru" in refused.output
+    assert "server process" not in refused.output and "Traceback" not in refused.output
+
+
 def test_info_is_enough_where_config_is_disabled(tmp_path: Path, servers: Servers) -> None:
     """Managed services often disable CONFIG; INFO still says the policy."""
     server = servers("--maxmemory-policy", "allkeys-random", "--rename-command", "CONFIG", "")

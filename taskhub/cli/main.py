@@ -146,9 +146,7 @@ def check_command(config: str) -> int:
     sys.stdout.write(yaml.safe_dump(connections, sort_keys=False, allow_unicode=True))
     sys.stdout.flush()
     # What the servers say (eviction policy, shards per master): logged, on stderr.
-    findings = asyncio.run(hub.check_redis())
-    findings.log()
-    findings.raise_if_refused(hub.raw.source)
+    asyncio.run(hub.check_redis())
     return 0
 
 
@@ -241,7 +239,8 @@ def run_hub(
         return serve_processes(hub, role, workers, [config, *option_args(host=host, port=port)])
     hub.check_role(role)
     link = adopt_supervisor_fds(hub, *fds)
-    run_async(Runtime(hub, role).run(on_started=link.started if link else None))
+    runtime = Runtime(hub, role, redis_checked=link is not None)  # the supervisor checked
+    run_async(runtime.run(on_started=link.started if link else None))
     return 0
 
 
@@ -271,6 +270,7 @@ def serve_processes(hub: Hub, role: Role, workers: int, child_args: list[str]) -
             "redis://127.0.0.1:6379), or run one process with `taskhub run`"
         )
     hub.check_role(role)
+    asyncio.run(hub.check_redis())  # once for every process, not once in each
     return supervisor.serve(
         hub.server.bind(),
         child_args,

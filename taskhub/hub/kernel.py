@@ -25,7 +25,7 @@ from taskhub.hub.build import build_components, limiter_shards, per_shard_rules
 from taskhub.hub.connections import Connections
 from taskhub.hub.describe import connections, resolved
 from taskhub.hub.plugins import PluginRegistry, load_plugins
-from taskhub.hub.redis_checks import Findings, check_redis
+from taskhub.hub.redis_checks import check_redis
 from taskhub.jobs import TaskSpec
 from taskhub.limits.admin import LimitsAdmin
 from taskhub.limits.admission import Admission
@@ -142,10 +142,14 @@ class Hub:
         """How each Redis is reached (address, db, TLS, user, timeouts), secrets masked."""
         return connections(self.settings, self.components.endpoints)
 
-    async def check_redis(self) -> Findings:
-        """Ask every Redis the config names what it is (eviction policy, shards per master)
-        and say what is wrong with it; raises nothing for what it finds."""
-        return await check_redis(self.settings, self.raw, self.components.endpoints, self.shards)
+    async def check_redis(self) -> None:
+        """Ask every Redis the config names what it is (eviction policy, shards per master),
+        log what it found and what to warn of, and raise ConfigError for what it refuses."""
+        findings = await check_redis(
+            self.settings, self.raw, self.components.endpoints, self.shards
+        )
+        findings.log()
+        findings.raise_if_refused(self.raw.source)
 
     def check_role(self, role: Role) -> None:
         if self.embedded and role is not Role.BOTH:

@@ -55,11 +55,15 @@ logger = logging.getLogger("taskhub")
 class Runtime:
     """Starts, runs and stops one process; implements :class:`taskhub.PluginContext`."""
 
-    def __init__(self, hub: Hub, role: Role, *, serve_http: bool = True) -> None:
+    def __init__(
+        self, hub: Hub, role: Role, *, serve_http: bool = True, redis_checked: bool = False
+    ) -> None:
         self.hub = hub
         self._role = role
         # False: another server (an ASGI one) serves ``http``; the server component stays idle.
         self._serve_http = serve_http
+        # True: a supervisor checked the Redis servers for all its processes, once.
+        self._redis_checked = redis_checked
         self.stopping = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
         self.worker: asyncio.Task[None] | None = None
@@ -186,9 +190,8 @@ class Runtime:
     async def _start(self) -> None:
         """Each step, then its undo on the stack: stopping is the same list, backwards."""
         hub, stack, role = self.hub, self._stack, self._role
-        findings = await hub.check_redis()  # before anything is admitted or taken
-        findings.log()
-        findings.raise_if_refused(hub.raw.source)
+        if not self._redis_checked:
+            await hub.check_redis()  # before anything is admitted or taken
         self._start_tracing()
         stack.push_async_callback(hub.connections.aclose)
         hub.connections.shared()
