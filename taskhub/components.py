@@ -256,6 +256,10 @@ class QueueBackend(Component):
         """
         return await self.status(job_id)
 
+    def end_waits(self) -> None:
+        """The process is stopping: make every :meth:`wait` under way, and any that starts
+        from now on, answer at once with its job's state. Default: waits end by themselves."""
+
     async def abort(self, job_id: str) -> AbortResult:
         """Abort a job that is waiting or running; a finished job is left as it is."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ the whole wait otherwise).
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -107,6 +108,41 @@ def test_waits_over_http(
     server = spawn(config_dict(Namespace.new(), private_redis.url), "serve")
     check_waits(server.url, private_client)
     assert "Traceback" not in server.output, server.output
+
+
+def test_a_stopping_server_answers_its_waits_at_once(
+    tmp_path: Path, private_redis: PrivateRedis, private_client: redis.Redis, server_type: str
+) -> None:
+    """SIGTERM wakes every wait: each answers with its job's current state (the job has
+    no worker here: queued) within moments, not when the graceful period cuts it."""
+    config = config_dict(Namespace.new(), private_redis.url)
+    config["server"].update(type=server_type, graceful_shutdown=25)
+    process = TaskhubProcess(["serve", str(write_config(tmp_path, config))], cwd=tmp_path)
+    try:
+        url = process.start().url
+        job_id = submit(url)
+        answers: list[httpx.Response] = []
+        waits = [
+            threading.Thread(
+                target=lambda: answers.append(httpx.get(f"{url}/task/{job_id}?wait=30", timeout=40))
+            )
+            for _ in range(3)
+        ]
+        for wait in waits:
+            wait.start()
+        assert wait_until(lambda: blocked_clients(private_client) == 1, SOON)
+        time.sleep(0.2)  # the three have registered (one reader blocks for all of them)
+        stopped = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for wait in waits:
+            wait.join(40)
+        assert [answer.status_code for answer in answers] == [200] * 3, answers
+        assert {answer.json()["status"] for answer in answers} == {"queued"}
+        assert time.monotonic() - stopped < 5, "the waits were not answered at once"
+        assert process.wait(30) == 0, process.output
+        assert "Traceback" not in process.output, process.output
+    finally:
+        process.kill()
 
 
 def test_waits_over_asgi(

@@ -213,6 +213,8 @@ class Runtime:
         if role & Role.SERVER and self._serve_http:
             await hub.server.start(self)
             stack.push_async_callback(hub.server.stop)
+        if role & Role.SERVER:  # first when stopping: the server then drains answered waits
+            stack.callback(hub.queue.end_waits)
         stack.push_async_callback(self._lifecycle, "shutdown", True)
         await self._lifecycle("startup")
         address = hub.server.address if self._serve_http else None

@@ -169,6 +169,7 @@ class SaqQueue(QueueBackend):
         self._jobs: list[HardenedRedisQueue] = []
         self._context: PluginContext | None = None
         self._readers: dict[int, SettledReader] = {}  # by shard, made on the first wait
+        self._waits_ended = False
 
     def _lay_out(self, shards: Shards) -> None:
         self.shards = shards
@@ -339,6 +340,11 @@ class SaqQueue(QueueBackend):
         queue = self._queues()[shard]
         return await redis_call(saq_jobs.wait(queue, self._reader(shard), job_id, timeout))
 
+    def end_waits(self) -> None:
+        self._waits_ended = True
+        for reader in self._readers.values():
+            reader.end()
+
     def waiting(self) -> int:
         """Waiters in this process, over every shard (tests and benchmarks count them)."""
         return sum(reader.waiting for reader in self._readers.values())
@@ -356,6 +362,8 @@ class SaqQueue(QueueBackend):
 
             stream = self._queues()[shard].settled_key
             reader = self._readers[shard] = SettledReader(stream, connect, self._names[shard])
+            if self._waits_ended:
+                reader.end()
         return reader
 
     async def abort(self, job_id: str) -> AbortResult:

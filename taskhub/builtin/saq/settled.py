@@ -58,6 +58,7 @@ class SettledReader:
         self._position: bytes | None = None  # the id the next XREAD reads after
         self._positioned: asyncio.Future[None] | None = None
         self._outage = OutageLog(f"Redis (waiting for jobs, {what})", logger)
+        self._ended = False  # the process is stopping: every wait answers at once
 
     @property
     def waiting(self) -> int:
@@ -72,7 +73,19 @@ class SettledReader:
         """A future resolved when ``job_key`` settles; release it when done with it."""
         future: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_key, set()).add(future)
+        if self._ended:
+            future.set_result(None)
         return future
+
+    def end(self) -> None:
+        """The process is stopping: wake every waiter now, and any later one at once, so
+        each answers with its job's current state (as after its N seconds) instead of
+        holding a connection the server is draining until the grace period cuts it."""
+        self._ended = True
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
 
     def release(self, job_key: bytes, future: asyncio.Future[Settled]) -> None:
         futures = self._waiters.get(job_key)
@@ -87,6 +100,8 @@ class SettledReader:
         """Start the reader if it is not running; return once it holds a stream position,
         so that every entry added from now on reaches this process's waiters. Raises
         redis-py's error when Redis cannot be reached."""
+        if self._ended:  # its waiters are woken already: nothing to read for them
+            return
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"settled-{self.stream}")
         if self._position is not None:
