@@ -10,6 +10,7 @@ import asyncio
 
 import orjson
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
@@ -177,6 +178,41 @@ async def test_a_dead_workers_last_attempt_becomes_a_dead_letter(
     assert await queue.redis.zrange(queue.dead_key, 0, -1) == [job_id.encode()]
     assert await lists(queue) == ([], [])
     assert "attempt 1 of 1 was its last: now a dead letter" in caplog.text
+
+
+async def test_a_dead_letter_whose_reply_was_lost_reaches_the_sinks_once(
+    queue: HardenedRedisQueue,
+) -> None:
+    """The sweep's dead-letter step runs on Redis but its reply is lost (a connection
+    dropped): the sweep asks again, the repeat finds the job as the step left it, and the
+    dead letter is reported once. Before, the error skipped the round, and no later sweep
+    saw the job again (it is no longer active): the sinks never heard of it."""
+    job_id = await enqueue(queue, retries=1)
+    job, raw = await queue.take(1)  # type: ignore[misc]
+    assert await queue.claim(job, raw, "worker-1")
+    await sweep(queue)
+    await asyncio.sleep(HEARTBEAT + 0.2)
+    reported: list[str] = []
+
+    async def on_dead(dead: Job) -> None:
+        reported.append(dead.id)
+
+    queue.on_dead = on_dead
+    step, lost = queue._step, []
+
+    async def reply_lost(**kwargs: object) -> object:
+        result = await step(**kwargs)  # type: ignore[arg-type]
+        if not lost:
+            lost.append(result)
+            raise RedisConnectionError("Connection closed by server.")
+        return result
+
+    queue._step = reply_lost  # type: ignore[method-assign]
+    assert await sweep(queue) == [job_id]
+    assert lost, "the reply was not lost: the test did not test it"
+    assert reported == [job_id]
+    assert await queue.redis.zrange(queue.dead_key, 0, -1) == [job_id.encode()]
+    assert await sweep(queue) == [] and reported == [job_id]
 
 
 async def test_a_claim_after_the_sweep_took_the_job_is_refused(

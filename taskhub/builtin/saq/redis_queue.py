@@ -644,7 +644,15 @@ class HardenedRedisQueue(RedisQueue):
         else:
             job.status, job.error, job.completed, job.worker_id = Status.FAILED, lost, now(), None
             move, outcome = Move.DEAD, f"{attempt} was its last: now a dead letter"
-        moved = bool(await self.move(job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms))
+        # A dead letter is asked again while Redis is unreachable: if the first call ran and
+        # its reply was lost, the repeat finds the job as it left it and reports it (DONE),
+        # so the sinks hear of it once; without the repeat, no later sweep would see it.
+        persist = self.lease(job) if move is Move.DEAD else 0
+        moved = bool(
+            await self.move(
+                job, move, Fence.STORED, raw, score=now(), stale_ms=limit_ms, persist=persist
+            )
+        )
         if moved:
             if self.on_recovered is not None:
                 self.on_recovered(job.function, move)
