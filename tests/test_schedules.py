@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskhub.cli.main import main
 from taskhub.components import QueueBackend
@@ -254,6 +255,52 @@ async def test_racing_schedulers_queue_a_tick_once_and_a_restart_does_not_again(
         now += 60
         await asyncio.gather(*(r.tick_once() for r in racers))
         assert len(await queued_ids(client, hub)) == 1
+    finally:
+        if on == "cluster":
+            for key in await cluster_keys(client, ns):
+                await client.delete(key)
+        else:
+            await client.delete(last_ticks_key(prefix))
+        await client.aclose()
+
+
+@pytest.mark.parametrize("on", ["single", "cluster"])
+async def test_a_tick_whose_reply_was_lost_is_recorded_once_found_done(
+    on: str, ns: Namespace, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The tick's script runs but its reply is lost (a dropped connection): the tick is
+    pending, tried again, found done, and recorded then for ``taskhub status``. Before,
+    only the process that queued it recorded it, so the record was lost with the reply.
+    A record is never replaced by an older tick's."""
+    hub = hub_on(on, ns, request, tmp_path, shards=3 if on == "cluster" else 1)
+    client = client_on(on, request)
+    plan = schedule(name="report", interval=60, payload={"n": 1})
+    tick = int(at("2026-12-08T10:00:00+00:00"))
+    prefix = hub.settings.redis.key_prefix
+    submitter = TickSubmitter(client, hub.queue, hub.tasks, hub.shards, prefix)
+    script, lost = submitter._script, []
+
+    async def reply_lost(**kwargs: Any) -> Any:
+        result = await script(**kwargs)
+        if not lost:
+            lost.append(result)
+            raise RedisConnectionError("Connection closed by server.")
+        return result
+
+    submitter._script = reply_lost  # type: ignore[assignment]
+    scheduler = Scheduler([plan], submitter, clock=lambda: tick + 5)
+    try:
+        assert await scheduler.tick_once() is True  # pending: it does not know
+        assert lost and await client.hget(last_ticks_key(prefix), "report") is None
+        assert await scheduler.tick_once() is False  # a duplicate now: recorded
+        key = tick_job_id("report", tick)
+        job_id = hub.shards.job_id(key, hub.shards.place("u", key))
+        assert await queued_ids(client, hub) == [job_id]
+        last = orjson.loads(await client.hget(last_ticks_key(prefix), "report"))
+        assert (last["tick"], last["job_id"]) == (tick, job_id)
+        await submitter._record("report", tick - 60, "an-older-tick")
+        last = orjson.loads(await client.hget(last_ticks_key(prefix), "report"))
+        assert last["tick"] == tick
     finally:
         if on == "cluster":
             for key in await cluster_keys(client, ns):

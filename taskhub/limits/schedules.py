@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -38,6 +38,18 @@ logger = logging.getLogger(__name__)
 # Tries to record a queued tick for display (a cluster client may find its connection
 # dropped once).
 RECORD_ATTEMPTS = 2
+
+# The last tick shown by ``taskhub status``: written by whoever sees a tick done
+# (queued now, or by another process), never over a later one. KEYS: the hash;
+# ARGV: the schedule's name, the tick, the entry (JSON with its "tick").
+RECORD_LUA = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and tonumber(cjson.decode(old)['tick']) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
 
 # With no rules, KEYS and ARGV are the queue's, each followed by one of ours: the
 # marker key, and its time to live in ms.
@@ -83,6 +95,7 @@ class TickSubmitter:
         self.shards = shards
         self.key_prefix = key_prefix
         self._script = redis.register_script(build_script((), queue, body=SCHEDULE_BODY))
+        self._record_script = redis.register_script(RECORD_LUA)
         self._outage = OutageLog("Redis (schedules)", logger)
 
     def marker_key(self, name: str, tick: int, shard: int) -> str:
@@ -109,6 +122,9 @@ class TickSubmitter:
         outcome = Outcome(int(reply[0]))
         if outcome is Outcome.ADMITTED:
             logger.info("schedule %s: queued %s", schedule.name, job.job_id)
+        if outcome is not Outcome.FULL:
+            # A duplicate records it too: the process that queued it may have lost its
+            # reply (then it tries again and finds it done) or died before recording.
             await self._record(schedule.name, tick, job.job_id)
         return outcome
 
@@ -118,7 +134,7 @@ class TickSubmitter:
         key = last_ticks_key(self.key_prefix)
         for attempt in range(RECORD_ATTEMPTS):  # a dropped connection is worth one more try
             try:
-                await cast(Awaitable[int], self.redis.hset(key, name, entry))
+                await self._record_script(keys=[key], args=[name, tick, entry])
                 return
             except Exception as exc:  # the tick is queued; only the display misses it
                 if attempt + 1 == RECORD_ATTEMPTS:
