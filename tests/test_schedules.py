@@ -256,12 +256,7 @@ async def test_racing_schedulers_queue_a_tick_once_and_a_restart_does_not_again(
         await asyncio.gather(*(r.tick_once() for r in racers))
         assert len(await queued_ids(client, hub)) == 1
     finally:
-        if on == "cluster":
-            for key in await cluster_keys(client, ns):
-                await client.delete(key)
-        else:
-            await client.delete(last_ticks_key(prefix))
-        await client.aclose()
+        await clean_up(on, client, ns, prefix)
 
 
 @pytest.mark.parametrize("on", ["single", "cluster"])
@@ -302,12 +297,18 @@ async def test_a_tick_whose_reply_was_lost_is_recorded_once_found_done(
         last = orjson.loads(await client.hget(last_ticks_key(prefix), "report"))
         assert last["tick"] == tick
     finally:
-        if on == "cluster":
-            for key in await cluster_keys(client, ns):
-                await client.delete(key)
-        else:
-            await client.delete(last_ticks_key(prefix))
-        await client.aclose()
+        await clean_up(on, client, ns, prefix)
+
+
+async def clean_up(on: str, client: aioredis.Redis, ns: Namespace, prefix: str) -> None:
+    """Remove what a test wrote (the namespace's keys on the cluster; on the shared
+    Redis, the one key outside it) and close its client."""
+    if on == "cluster":
+        for key in await cluster_keys(client, ns):
+            await client.delete(key)
+    else:
+        await client.delete(last_ticks_key(prefix))
+    await client.aclose()
 
 
 async def cluster_keys(client: aioredis.Redis, ns: Namespace) -> list[bytes]:
