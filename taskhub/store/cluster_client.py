@@ -33,6 +33,11 @@ RedisCluster routes them as they are. What it lacks or routes otherwise:
   read (after any connection error, e.g. while a cluster comes back) drops them with
   their connections open ("Unclosed ClusterNode object", an ERROR from asyncio, and
   leaked sockets). Here the slots point at the node list's objects.
+- the first commands of a new client: issued at once (ten scripts of a schedule's
+  racers), they each began redis-py's command path before the slot map was read,
+  and with a ``socket_timeout`` some then failed with "Connection closed by server"
+  or ``'NoneType' object has no attribute 'writelines'`` (redis-py 7.4: 9 of 250
+  calls on the local cluster). Here a command first waits for the map, read once.
 - reading the slot map while no node answers: redis-py tries every seed on every
   command, and again for each of its retries. Here a failed read is not tried again
   for ``REFRESH_INTERVAL`` (as taskhub's own router): commands meanwhile fail at once,
@@ -117,6 +122,11 @@ class ClusterClient(RedisCluster):
         for seed in self._seeds:
             startup.setdefault(seed.name, seed)
         return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:  # the slot map first, then redis-py's path (see above)
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
 
     def _route_to_listed_nodes(self) -> None:
         """Each slot's nodes as the objects of the node list, one per address."""
