@@ -9,13 +9,33 @@ and the CLI never import a queue library.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 
 MAX_USER_ID = 256  # characters: the longest user id a job may have
+_CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# The same rule for the OpenAPI document, so generated clients and fuzzers know it.
+NO_CONTROL = f"^[^{_CONTROL_CHARS}]*$"
+
+
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# A user id wherever one is given (POST /task, a schedule): one rule, so a schedule
+# never submits as a user the API would refuse.
+UserId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_USER_ID, json_schema_extra={"pattern": NO_CONTROL}),
+    AfterValidator(_printable),
+]
 # A job's priority (POST /task ``priority``, a task's default): higher runs first.
 MIN_PRIORITY, MAX_PRIORITY = -10, 10
 # Jobs per turn a user's weight may give him under fair scheduling.

@@ -145,6 +145,18 @@ def test_bad_schedule_entries_name_the_key(tmp_path: Path, entry: str, expected:
     assert expected in errors_of(tmp_path, text)
 
 
+# YAML double-quoted, so the escapes are read as the characters they name.
+BAD_USER_IDS = ['""', r'"a\u2028b"', r'"a\x85b"', r'"a\tb"', '"' + "u" * 257 + '"']
+
+
+@pytest.mark.parametrize("user_id", BAD_USER_IDS)
+def test_a_schedules_user_id_follows_the_apis_rule(tmp_path: Path, user_id: str) -> None:
+    """A user id POST /task would refuse (empty, a control or line-separator character,
+    over 256 characters) is refused in a schedule too: one rule for both."""
+    entry = "name: s\n    task: log_completion\n    interval: 5\n    user_id: "
+    assert "schedules[0].user_id: " in errors_of(tmp_path, f"schedules:\n  - {entry}{user_id}\n")
+
+
 def test_unknown_task_and_duplicate_names(tmp_path: Path) -> None:
     error = errors_of(
         tmp_path,

@@ -11,7 +11,6 @@ five fields or an alias such as ``@daily``, in the schedule's time zone.
 from __future__ import annotations
 
 import math
-import re
 from datetime import UTC, datetime, tzinfo
 from functools import cached_property
 from typing import Any
@@ -21,11 +20,12 @@ import orjson
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from taskhub.jobs import UserId
+
 SCHEDULE_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 MAX_INTERVAL = 31 * 86_400
 MAX_LATENESS = 7 * 86_400
 CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ScheduleSettings(BaseModel):
@@ -55,10 +55,8 @@ class ScheduleSettings(BaseModel):
     tz: str = Field(
         "UTC", max_length=64, description="the time zone of cron, an IANA name (Europe/Paris)"
     )
-    user_id: str = Field(
-        min_length=1,
-        max_length=256,
-        description="the user the jobs are submitted as (their user_id, their shard)",
+    user_id: UserId = Field(
+        description="the user the jobs are submitted as (their user_id, their shard)"
     )
     payload: dict[str, Any] | None = Field(
         None,
@@ -81,13 +79,6 @@ class ScheduleSettings(BaseModel):
         except orjson.JSONEncodeError as exc:
             raise ValueError(f"cannot be stored as JSON: {exc}") from None
         return payload
-
-    @field_validator("user_id")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if _CONTROL.search(value):
-            raise ValueError("must not contain control characters")
-        return value
 
     @field_validator("tz")
     @classmethod
