@@ -147,6 +147,12 @@ def test_a_short_key_is_refused_without_showing_it(tmp_path: Path) -> None:
     assert "short-key" not in message
 
 
+def test_a_keys_user_id_follows_the_apis_rule(tmp_path: Path) -> None:
+    """A key bound to a user POST /task would refuse could never submit: refused at load."""
+    message = problems(tmp_path, API_KEYS.replace("user_id: alice", 'user_id: "al\\u2028ice"'))
+    assert "auth.keys[0].user_id: value error, must not contain control characters" in message
+
+
 def test_duplicate_keys_and_names_are_refused_by_name(tmp_path: Path) -> None:
     message = problems(tmp_path, API_KEYS, {**ENV, "TASKHUB_KEY_CI": ALICE})
     assert (

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from taskhub import Authenticator, Headers, Options, Principal, Unauthenticated, hookimpl
 from taskhub.bearer import bearer_credentials, digest
 from taskhub.http import HEADER_NAME
-from taskhub.jobs import MAX_USER_ID
+from taskhub.jobs import UserId
 
 MIN_KEY_LENGTH = 16
 AUTHORIZATION = "authorization"
@@ -35,10 +35,8 @@ class ApiKey(Options):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
         description="labels the key in logs and the start-up line; unique",
     )
-    user_id: str | None = Field(
+    user_id: UserId | None = Field(
         None,
-        min_length=1,
-        max_length=MAX_USER_ID,
         description="the one user this key may submit for and read the jobs of; null: any",
     )
 

@@ -41,7 +41,7 @@ from taskhub.builtin.saq.line import LINE_LUA
 from taskhub.builtin.saq.redis_queue import HOLDS, REQUEST_ID, HardenedRedisQueue
 from taskhub.builtin.saq.settled import BLOCK_S, SettledReader
 from taskhub.builtin.saq.worker import HubWorker
-from taskhub.jobs import MAX_USER_ID, MAX_WEIGHT, AbortOutcome, AbortResult, JobInfo
+from taskhub.jobs import MAX_WEIGHT, AbortOutcome, AbortResult, JobInfo, UserId
 from taskhub.monitoring import request_id, trace_context
 from taskhub.store.clients import redis_call
 from taskhub.store.sharding import MAX_SHARDS, ShardBy, Shards
@@ -148,7 +148,7 @@ class SaqQueue(QueueBackend):
             description="none: one line, first in first out (by priority); user: workers "
             "take jobs round-robin across the users with queued jobs",
         )
-        weights: dict[Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)], Weight] = Field(
+        weights: dict[UserId, Weight] = Field(
             default_factory=dict,
             max_length=10_000,
             description="with fairness user: jobs a user gets per turn (default 1); "
