@@ -19,6 +19,9 @@ import redis
 import redis.asyncio as aioredis
 
 from taskhub.builtin.saq.redis_queue import HardenedRedisQueue
+from taskhub.config.models import RedisSettings
+from taskhub.store.cluster_router import ClusterPipeline, admission_pipeline
+from taskhub.store.connection import connection_settings
 from tests.support.backends import client_on
 from tests.support.cluster import LocalCluster
 from tests.support.configs import SERVER_TYPES, config_dict, served_by, write_config
@@ -196,3 +199,12 @@ def sentinels() -> Iterator[LocalSentinels]:
     local = LocalSentinels.start()
     yield local
     local.stop()
+
+
+@pytest.fixture
+async def router(cluster: LocalCluster) -> AsyncIterator[ClusterPipeline]:
+    """The admission path's slot router on the local cluster."""
+    pipeline = admission_pipeline(connection_settings(RedisSettings(url=cluster.url, cluster=True)))
+    assert isinstance(pipeline, ClusterPipeline)
+    yield pipeline
+    await pipeline.close()

@@ -36,7 +36,7 @@ from taskhub.limits.admission import Admission, Ask, Decision
 from taskhub.limits.policy import Outcome, RequestContext, Rule
 from taskhub.monitoring.metrics import BAD_REQUESTS, REQUESTS
 from taskhub.store.clients import connect, is_unavailable
-from taskhub.store.cluster_router import ClusterPipeline, admission_pipeline, slot_of
+from taskhub.store.cluster_router import admission_pipeline, slot_of
 from taskhub.store.connection import connection_settings
 from taskhub.store.pipeline import RedisPipeline, _ReplyStream
 from taskhub.web.batch import SubmitBatch
@@ -547,14 +547,6 @@ def ask(user: str, job_id: str | None = None) -> Ask:
 # ------------------------------------------------------------ a cluster's redirects and outages
 
 INCR = "return redis.call('INCR', KEYS[1])"
-
-
-@pytest.fixture
-async def router(cluster: LocalCluster) -> AsyncIterator[ClusterPipeline]:
-    pipeline = admission_pipeline(connection_settings(RedisSettings(url=cluster.url, cluster=True)))
-    assert isinstance(pipeline, ClusterPipeline)
-    yield pipeline
-    await pipeline.close()
 
 
 def on_each_master(cluster: LocalCluster) -> list[str]:

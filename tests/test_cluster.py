@@ -8,26 +8,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from taskhub.config.models import RedisSettings
 from taskhub.store.clients import connect, is_unavailable
-from taskhub.store.cluster_router import ClusterPipeline, CrossSlotKeys, admission_pipeline, slot_of
+from taskhub.store.cluster_router import CrossSlotKeys, slot_of
 from taskhub.store.connection import connection_settings
 from tests.support.cluster import LocalCluster, Node
 from tests.support.processes import wait_until
 
 INCR = "return redis.call('INCR', KEYS[1])"
-
-
-@pytest.fixture
-async def router(cluster: LocalCluster) -> AsyncIterator[ClusterPipeline]:
-    pipeline = admission_pipeline(connection_settings(RedisSettings(url=cluster.url, cluster=True)))
-    assert isinstance(pipeline, ClusterPipeline)
-    yield pipeline
-    await pipeline.close()
 
 
 def tagged(name: str = "k") -> str:
